@@ -1,0 +1,131 @@
+//! The DB actor: the only code that holds the pool. It runs on a `SyncArbiter` (one thread per
+//! pooled connection), because diesel is blocking; async code talks to it through [`Database`].
+
+use actix::prelude::*;
+
+use crate::db::{
+    CredentialVersion, DbError, DbPool, ReencryptPass, StoredToken, TokenStore, TokenUpdate,
+    run_migrations,
+};
+use crate::domain::NewToken;
+
+pub struct DbActor {
+    pool: DbPool,
+    store: TokenStore,
+}
+
+impl Actor for DbActor {
+    type Context = SyncContext<Self>;
+}
+
+/// Declares each message with its reply type and the store call that answers it.
+macro_rules! db_messages {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident { $($field:ident : $ty:ty),* $(,)? } -> $out:ty =
+            |$store:ident, $conn:ident, $msg:ident| $body:expr;
+    )*) => {$(
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name { $(pub $field: $ty),* }
+
+        impl Message for $name {
+            type Result = Result<$out, DbError>;
+        }
+
+        impl Handler<$name> for DbActor {
+            type Result = Result<$out, DbError>;
+
+            fn handle(&mut self, $msg: $name, _: &mut SyncContext<Self>) -> Self::Result {
+                let $store = &self.store;
+                let $conn = &mut *self.pool.get()?;
+                $body
+            }
+        }
+    )*};
+}
+
+db_messages! {
+    /// Applies pending migrations; returns the versions applied.
+    Migrate {} -> Vec<String> = |_store, conn, _msg| run_migrations(conn);
+    /// A trivial query: is the database reachable?
+    Ping {} -> () = |_store, conn, _msg| {
+        use diesel::connection::SimpleConnection;
+        conn.batch_execute("SELECT 1").map_err(DbError::Query)
+    };
+    UpdateToken { token: NewToken, now: i64 } -> Option<StoredToken> =
+        |store, conn, msg| store.update_token(conn, &msg.token, msg.now);
+    StoreRefreshed {
+        expected: CredentialVersion,
+        user_id: String,
+        provider: String,
+        update: TokenUpdate,
+        now: i64,
+    } -> StoredToken = |store, conn, msg| {
+        store.store_refreshed(conn, msg.expected, &msg.user_id, &msg.provider, &msg.update, msg.now)
+    };
+    MarkNeedsRedelegation { expected: CredentialVersion, now: i64 } -> () =
+        |store, conn, msg| store.mark_needs_redelegation(conn, msg.expected, msg.now);
+    GetCredential { user_id: String, provider: String } -> Option<StoredToken> =
+        |store, conn, msg| store.credential(conn, &msg.user_id, &msg.provider);
+    TokensByUserId { user_id: String } -> Vec<StoredToken> =
+        |store, conn, msg| store.tokens_by_user_id(conn, &msg.user_id);
+    RemoveTokens { user_id: String } -> usize =
+        |store, conn, msg| store.remove_tokens(conn, &msg.user_id);
+    PurgeExpired { now: i64 } -> usize = |store, conn, msg| store.purge_expired(conn, msg.now);
+    RowsUnderOldKeys {} -> i64 = |store, conn, _msg| store.rows_under_old_keys(conn);
+    ReencryptBatch { limit: i64 } -> ReencryptPass =
+        |store, conn, msg| store.reencrypt_pass(conn, msg.limit);
+}
+
+/// The async face of the DB actor: what the rest of the service holds.
+#[derive(Clone)]
+pub struct Database {
+    addr: Addr<DbActor>,
+    pool: DbPool,
+}
+
+impl Database {
+    /// Starts the actor's threads, one per pooled connection. Needs a running actix system.
+    pub fn start(pool: DbPool, store: TokenStore) -> Self {
+        let threads = pool.max_size() as usize;
+        let actor_pool = pool.clone();
+        let addr = SyncArbiter::start(threads, move || DbActor {
+            pool: actor_pool.clone(),
+            store: store.clone(),
+        });
+        Self { addr, pool }
+    }
+
+    pub async fn call<M>(&self, message: M) -> Result<<M::Result as ResultValue>::Value, DbError>
+    where
+        M: Message + Send + 'static,
+        M::Result: ResultValue + Send,
+        DbActor: Handler<M>,
+    {
+        self.addr
+            .send(message)
+            .await
+            .map_err(|_| DbError::Unavailable)?
+            .into_result()
+    }
+
+    /// Connections open and idle, for metrics.
+    pub fn pool_state(&self) -> (u32, u32) {
+        let state = self.pool.state();
+        (state.connections, state.idle_connections)
+    }
+}
+
+/// Lets [`Database::call`] flatten the actor's `Result<T, DbError>` replies.
+pub trait ResultValue {
+    type Value;
+    fn into_result(self) -> Result<Self::Value, DbError>;
+}
+
+impl<T> ResultValue for Result<T, DbError> {
+    type Value = T;
+    fn into_result(self) -> Result<T, DbError> {
+        self
+    }
+}

@@ -1,0 +1,48 @@
+//! Storage: diesel over SQLite, PostgreSQL and MariaDB/MySQL. Only the DB actor
+//! (`crate::actors::db`) holds the pool; everything here is called from its threads.
+
+mod connection;
+mod migrate;
+mod schema;
+mod sqlite_lock;
+mod store;
+
+pub use connection::{Backend, DatabaseUrl, DbConn, DbPool, PoolOptions, build_pool};
+pub use migrate::run_migrations;
+pub use sqlite_lock::SqliteServeLock;
+pub use store::{CredentialVersion, ReencryptPass, StoredToken, TokenStore, TokenUpdate};
+
+use thiserror::Error;
+
+use crate::crypto::CryptoError;
+use crate::domain::TokenDictError;
+
+#[derive(Debug, Error)]
+pub enum DbError {
+    #[error("invalid database URL {url}: {problem}")]
+    BadUrl { url: String, problem: String },
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: diesel::ConnectionError,
+    },
+    #[error("no database connection available: {0}")]
+    Pool(#[from] r2d2::Error),
+    #[error("database error: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("migrations failed: {0}")]
+    Migration(String),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Refused(#[from] TokenDictError),
+    #[error(
+        "the stored credential changed since it was read (generation {expected} is no longer current)"
+    )]
+    Conflict { expected: i64 },
+    #[error("a row holds an unknown credential state '{0}'")]
+    BadState(String),
+    #[error("the database actor is not running")]
+    Unavailable,
+}

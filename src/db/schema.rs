@@ -1,0 +1,28 @@
+// The one schema for every backend; migrations/<backend>/ create it.
+
+diesel::table! {
+    tokens (id) {
+        id -> BigInt,
+        user_id -> Text,
+        provider -> Text,
+        state -> Text,
+        generation -> BigInt,
+        key_id -> Text,
+        refresh_token -> Binary,
+        rt_expires_at -> BigInt,
+        access_token -> Nullable<Binary>,
+        expires_at -> BigInt,
+        expires_in -> BigInt,
+        token_type -> Nullable<Text>,
+        scope -> Text,
+        audience -> Nullable<Text>,
+        client_id -> Nullable<Text>,
+        issued_at -> BigInt,
+        access_token_revoked_at -> BigInt,
+        refresh_token_revoked_at -> BigInt,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<BigInt>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}

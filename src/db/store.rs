@@ -1,0 +1,514 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+
+use super::schema::tokens;
+use super::{DbConn, DbError};
+use crate::crypto::{Keyring, SealContext, SharedKeyring, TokenColumn};
+use crate::domain::{CredentialState, NewToken, Secret};
+
+/// How often a write that lost a race (unique-key insert, busy SQLite file, MySQL deadlock) is
+/// tried again before the error reaches the caller.
+const WRITE_ATTEMPTS: u32 = 8;
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = tokens)]
+struct TokenRow {
+    id: i64,
+    user_id: String,
+    provider: String,
+    state: String,
+    generation: i64,
+    key_id: String,
+    refresh_token: Vec<u8>,
+    rt_expires_at: i64,
+    access_token: Option<Vec<u8>>,
+    expires_at: i64,
+    expires_in: i64,
+    token_type: Option<String>,
+    scope: String,
+    audience: Option<String>,
+    client_id: Option<String>,
+    issued_at: i64,
+    access_token_revoked_at: i64,
+    refresh_token_revoked_at: i64,
+    lease_owner: Option<String>,
+    lease_expires_at: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+/// The row fields a token write sets; the ciphertexts are made from `NewToken`/`TokenUpdate`.
+#[derive(AsChangeset, Insertable)]
+#[diesel(table_name = tokens, treat_none_as_null = true)]
+struct TokenWrite<'a> {
+    user_id: &'a str,
+    provider: &'a str,
+    state: &'a str,
+    generation: i64,
+    key_id: &'a str,
+    refresh_token: &'a [u8],
+    rt_expires_at: i64,
+    access_token: Option<&'a [u8]>,
+    expires_at: i64,
+    expires_in: i64,
+    token_type: Option<&'a str>,
+    scope: &'a str,
+    audience: Option<&'a str>,
+    client_id: Option<&'a str>,
+    issued_at: i64,
+    access_token_revoked_at: i64,
+    refresh_token_revoked_at: i64,
+    lease_owner: Option<&'a str>,
+    lease_expires_at: Option<i64>,
+    updated_at: i64,
+}
+
+/// Identifies one state of one stored credential. The row id is part of it because a credential
+/// deleted and stored again starts a new row whose generation counts from 1 again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CredentialVersion {
+    pub id: i64,
+    pub generation: i64,
+}
+
+/// A stored credential with its tokens decrypted.
+#[derive(Clone, Debug)]
+pub struct StoredToken {
+    pub id: i64,
+    pub user_id: String,
+    pub provider: String,
+    pub state: CredentialState,
+    pub generation: i64,
+    pub key_id: String,
+    pub refresh_token: Secret,
+    pub rt_expires_at: i64,
+    pub access_token: Option<Secret>,
+    pub expires_at: i64,
+    pub expires_in: i64,
+    pub token_type: Option<String>,
+    pub scope: String,
+    pub audience: Option<String>,
+    pub client_id: Option<String>,
+    pub issued_at: i64,
+    pub access_token_revoked_at: i64,
+    pub refresh_token_revoked_at: i64,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl StoredToken {
+    pub fn version(&self) -> CredentialVersion {
+        CredentialVersion {
+            id: self.id,
+            generation: self.generation,
+        }
+    }
+}
+
+/// What the token path writes after an IdP exchange: the (possibly rotated) refresh token and the
+/// access token it obtained.
+#[derive(Clone, Debug)]
+pub struct TokenUpdate {
+    pub refresh_token: Secret,
+    pub rt_expires_at: i64,
+    pub access_token: Option<Secret>,
+    pub expires_at: i64,
+    pub expires_in: i64,
+    pub token_type: Option<String>,
+    pub scope: String,
+    pub audience: Option<String>,
+}
+
+/// The outcome of one re-encryption pass of `rotate-key`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReencryptPass {
+    /// Rows now sealed under the newest key.
+    pub rewritten: usize,
+    /// Rows a concurrent token write changed between read and write; left for the next pass.
+    pub conflicts: usize,
+}
+
+/// The token operations, with DIRAC's TokenDB semantics where DIRAC is right (§3.3–3.6 of the
+/// reference) and every token value sealed before it reaches the database.
+#[derive(Clone, Debug)]
+pub struct TokenStore {
+    keyring: Arc<SharedKeyring>,
+}
+
+impl TokenStore {
+    pub fn new(keyring: Arc<SharedKeyring>) -> Self {
+        Self { keyring }
+    }
+
+    /// DIRAC's `updateToken`: the user's row for that provider is replaced (one row per pair,
+    /// kept by the unique key) and the replaced credential is returned, so that its refresh token
+    /// can be revoked. A replaced row that no longer decrypts is logged and replaced all the same:
+    /// a new login is exactly what repairs it.
+    pub fn update_token(
+        &self,
+        conn: &mut DbConn,
+        token: &NewToken,
+        now: i64,
+    ) -> Result<Option<StoredToken>, DbError> {
+        retry_lost_races(|| {
+            conn.transaction(|conn| {
+                let old: Option<TokenRow> = tokens::table
+                    .filter(tokens::user_id.eq(&token.user_id))
+                    .filter(tokens::provider.eq(&token.provider))
+                    .select(TokenRow::as_select())
+                    .first(conn)
+                    .optional()?;
+                let keyring = self.keyring.current();
+                let sealed = Sealed::new(&keyring, &token.user_id, &token.provider, &token.refresh_token, token.access_token.as_ref());
+                let mut write = TokenWrite {
+                    user_id: &token.user_id,
+                    provider: &token.provider,
+                    state: CredentialState::Active.as_str(),
+                    generation: 1,
+                    key_id: &sealed.key_id,
+                    refresh_token: &sealed.refresh_token,
+                    rt_expires_at: token.rt_expires_at,
+                    access_token: sealed.access_token.as_deref(),
+                    expires_at: token.expires_at,
+                    expires_in: token.expires_in,
+                    token_type: token.token_type.as_deref(),
+                    scope: &token.scope,
+                    audience: None,
+                    client_id: token.client_id.as_deref(),
+                    issued_at: token.issued_at,
+                    access_token_revoked_at: 0,
+                    refresh_token_revoked_at: 0,
+                    lease_owner: None,
+                    lease_expires_at: None,
+                    updated_at: now,
+                };
+                match old {
+                    None => {
+                        diesel::insert_into(tokens::table)
+                            .values((write, tokens::created_at.eq(now)))
+                            .execute(conn)?;
+                        Ok(None)
+                    }
+                    Some(old) => {
+                        write.generation = old.generation + 1;
+                        let changed = diesel::update(tokens::table)
+                            .filter(tokens::id.eq(old.id))
+                            .filter(tokens::generation.eq(old.generation))
+                            .set(write)
+                            .execute(conn)?;
+                        if changed == 0 {
+                            return Err(DbError::Conflict { expected: old.generation });
+                        }
+                        match self.decrypt(old) {
+                            Ok(old) => Ok(Some(old)),
+                            Err(e) => {
+                                tracing::warn!(user_id = %token.user_id, provider = %token.provider, error = %e,
+                                    "replaced a stored credential that did not decrypt");
+                                Ok(None)
+                            }
+                        }
+                    }
+                }
+            })
+        })
+    }
+
+    /// The token path's compare-and-set: writes `update` only if the row is still at `expected`,
+    /// so a refresh that raced with another writer (or with updateToken) never overwrites the
+    /// newer credential. Returns the row as written.
+    pub fn store_refreshed(
+        &self,
+        conn: &mut DbConn,
+        expected: CredentialVersion,
+        user_id: &str,
+        provider: &str,
+        update: &TokenUpdate,
+        now: i64,
+    ) -> Result<StoredToken, DbError> {
+        let keyring = self.keyring.current();
+        let sealed = Sealed::new(
+            &keyring,
+            user_id,
+            provider,
+            &update.refresh_token,
+            update.access_token.as_ref(),
+        );
+        let changed = retry_lost_races(|| {
+            diesel::update(tokens::table)
+                .filter(tokens::id.eq(expected.id))
+                .filter(tokens::generation.eq(expected.generation))
+                .filter(tokens::user_id.eq(user_id))
+                .filter(tokens::provider.eq(provider))
+                .set((
+                    tokens::generation.eq(expected.generation + 1),
+                    tokens::key_id.eq(&sealed.key_id),
+                    tokens::refresh_token.eq(&sealed.refresh_token),
+                    tokens::rt_expires_at.eq(update.rt_expires_at),
+                    tokens::access_token.eq(sealed.access_token.as_deref()),
+                    tokens::expires_at.eq(update.expires_at),
+                    tokens::expires_in.eq(update.expires_in),
+                    tokens::token_type.eq(update.token_type.as_deref()),
+                    tokens::scope.eq(&update.scope),
+                    tokens::audience.eq(update.audience.as_deref()),
+                    tokens::updated_at.eq(now),
+                ))
+                .execute(conn)
+                .map_err(DbError::from)
+        })?;
+        if changed == 0 {
+            return Err(DbError::Conflict {
+                expected: expected.generation,
+            });
+        }
+        self.credential(conn, user_id, provider)?
+            .ok_or(DbError::Conflict {
+                expected: expected.generation,
+            })
+    }
+
+    /// Marks a credential the IdP refused; compare-and-set like every token-path write.
+    pub fn mark_needs_redelegation(
+        &self,
+        conn: &mut DbConn,
+        expected: CredentialVersion,
+        now: i64,
+    ) -> Result<(), DbError> {
+        let changed = retry_lost_races(|| {
+            diesel::update(tokens::table)
+                .filter(tokens::id.eq(expected.id))
+                .filter(tokens::generation.eq(expected.generation))
+                .set((
+                    tokens::state.eq(CredentialState::NeedsRedelegation.as_str()),
+                    tokens::generation.eq(expected.generation + 1),
+                    tokens::updated_at.eq(now),
+                ))
+                .execute(conn)
+                .map_err(DbError::from)
+        })?;
+        if changed == 0 {
+            return Err(DbError::Conflict {
+                expected: expected.generation,
+            });
+        }
+        Ok(())
+    }
+
+    /// The credential of one user at one provider, whatever its state and expiry.
+    pub fn credential(
+        &self,
+        conn: &mut DbConn,
+        user_id: &str,
+        provider: &str,
+    ) -> Result<Option<StoredToken>, DbError> {
+        tokens::table
+            .filter(tokens::user_id.eq(user_id))
+            .filter(tokens::provider.eq(provider))
+            .select(TokenRow::as_select())
+            .first(conn)
+            .optional()?
+            .map(|row| self.decrypt(row))
+            .transpose()
+    }
+
+    /// DIRAC's `getTokensByUserID`: every provider's row of the user, expired ones included.
+    pub fn tokens_by_user_id(
+        &self,
+        conn: &mut DbConn,
+        user_id: &str,
+    ) -> Result<Vec<StoredToken>, DbError> {
+        tokens::table
+            .filter(tokens::user_id.eq(user_id))
+            .order(tokens::provider.asc())
+            .select(TokenRow::as_select())
+            .load(conn)?
+            .into_iter()
+            .map(|row| self.decrypt(row))
+            .collect()
+    }
+
+    /// DIRAC's `removeToken(user_id=…)`: all of the user's rows, for every provider.
+    pub fn remove_tokens(&self, conn: &mut DbConn, user_id: &str) -> Result<usize, DbError> {
+        retry_lost_races(|| {
+            diesel::delete(tokens::table.filter(tokens::user_id.eq(user_id)))
+                .execute(conn)
+                .map_err(DbError::from)
+        })
+    }
+
+    /// Deletes credentials whose *refresh* token has expired (DIRAC purges by access-token expiry
+    /// and so loses valid refresh tokens).
+    pub fn purge_expired(&self, conn: &mut DbConn, now: i64) -> Result<usize, DbError> {
+        retry_lost_races(|| {
+            diesel::delete(tokens::table.filter(tokens::rt_expires_at.lt(now)))
+                .execute(conn)
+                .map_err(DbError::from)
+        })
+    }
+
+    /// How many rows are sealed under a key other than the newest.
+    pub fn rows_under_old_keys(&self, conn: &mut DbConn) -> Result<i64, DbError> {
+        let newest = self.keyring.current().newest_key_id().to_owned();
+        Ok(tokens::table
+            .filter(tokens::key_id.ne(newest))
+            .count()
+            .get_result(conn)?)
+    }
+
+    /// One pass of `rotate-key`: re-seals up to `limit` rows under the newest key. Each row is
+    /// written only if neither its generation nor its key changed since it was read, so a
+    /// concurrent token write always wins and the row is taken again in a later pass.
+    pub fn reencrypt_pass(&self, conn: &mut DbConn, limit: i64) -> Result<ReencryptPass, DbError> {
+        let keyring = self.keyring.current();
+        let newest = keyring.newest_key_id().to_owned();
+        let rows: Vec<TokenRow> = tokens::table
+            .filter(tokens::key_id.ne(&newest))
+            .order(tokens::id.asc())
+            .limit(limit)
+            .select(TokenRow::as_select())
+            .load(conn)?;
+        let mut pass = ReencryptPass::default();
+        for row in rows {
+            let (id, generation, old_key) = (row.id, row.generation, row.key_id.clone());
+            let plain = self.decrypt(row)?;
+            let sealed = Sealed::new(
+                &keyring,
+                &plain.user_id,
+                &plain.provider,
+                &plain.refresh_token,
+                plain.access_token.as_ref(),
+            );
+            let changed = retry_lost_races(|| {
+                diesel::update(tokens::table)
+                    .filter(tokens::id.eq(id))
+                    .filter(tokens::generation.eq(generation))
+                    .filter(tokens::key_id.eq(&old_key))
+                    .set((
+                        tokens::key_id.eq(&sealed.key_id),
+                        tokens::refresh_token.eq(&sealed.refresh_token),
+                        tokens::access_token.eq(sealed.access_token.as_deref()),
+                    ))
+                    .execute(conn)
+                    .map_err(DbError::from)
+            })?;
+            if changed == 0 {
+                pass.conflicts += 1;
+            } else {
+                pass.rewritten += 1;
+            }
+        }
+        Ok(pass)
+    }
+
+    fn decrypt(&self, row: TokenRow) -> Result<StoredToken, DbError> {
+        let keyring = self.keyring.with_key(&row.key_id)?;
+        let context = |column| SealContext {
+            user_id: &row.user_id,
+            provider: &row.provider,
+            column,
+        };
+        let refresh_token = keyring.open(
+            &row.key_id,
+            context(TokenColumn::RefreshToken),
+            &row.refresh_token,
+        )?;
+        let access_token = row
+            .access_token
+            .as_deref()
+            .map(|sealed| keyring.open(&row.key_id, context(TokenColumn::AccessToken), sealed))
+            .transpose()?;
+        let state = CredentialState::parse(&row.state)
+            .ok_or_else(|| DbError::BadState(row.state.clone()))?;
+        Ok(StoredToken {
+            id: row.id,
+            user_id: row.user_id,
+            provider: row.provider,
+            state,
+            generation: row.generation,
+            key_id: row.key_id,
+            refresh_token,
+            rt_expires_at: row.rt_expires_at,
+            access_token,
+            expires_at: row.expires_at,
+            expires_in: row.expires_in,
+            token_type: row.token_type,
+            scope: row.scope,
+            audience: row.audience,
+            client_id: row.client_id,
+            issued_at: row.issued_at,
+            access_token_revoked_at: row.access_token_revoked_at,
+            refresh_token_revoked_at: row.refresh_token_revoked_at,
+            lease_owner: row.lease_owner,
+            lease_expires_at: row.lease_expires_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+/// A row's two ciphertexts, both under the key the row records.
+struct Sealed {
+    key_id: String,
+    refresh_token: Vec<u8>,
+    access_token: Option<Vec<u8>>,
+}
+
+impl Sealed {
+    fn new(
+        keyring: &Keyring,
+        user_id: &str,
+        provider: &str,
+        refresh_token: &Secret,
+        access_token: Option<&Secret>,
+    ) -> Self {
+        let context = |column| SealContext {
+            user_id,
+            provider,
+            column,
+        };
+        let (key_id, refresh_token) =
+            keyring.seal(context(TokenColumn::RefreshToken), refresh_token);
+        let access_token = access_token.map(|token| {
+            keyring
+                .seal_with_key(&key_id, context(TokenColumn::AccessToken), token)
+                .expect("the key that just sealed is in the keyring")
+        });
+        Self {
+            key_id,
+            refresh_token,
+            access_token,
+        }
+    }
+}
+
+/// Runs `attempt` again when it lost a race that a retry resolves; any other error is returned.
+fn retry_lost_races<T>(mut attempt: impl FnMut() -> Result<T, DbError>) -> Result<T, DbError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match attempt() {
+            Err(e) if tries < WRITE_ATTEMPTS && lost_a_race(&e) => {
+                std::thread::sleep(Duration::from_millis(2 << tries));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn lost_a_race(error: &DbError) -> bool {
+    match error {
+        DbError::Conflict { .. } => true,
+        DbError::Query(DieselError::DatabaseError(kind, info)) => {
+            matches!(
+                kind,
+                DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::SerializationFailure
+            ) || info.message().contains("Deadlock")
+                || info.message().contains("database is locked")
+        }
+        _ => false,
+    }
+}
