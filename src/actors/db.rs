@@ -3,9 +3,12 @@
 
 use actix::prelude::*;
 
+use std::sync::Arc;
+
+use crate::crypto::SharedKeyring;
 use crate::db::{
-    CredentialVersion, DbError, DbPool, ReencryptPass, StoredToken, TokenStore, TokenUpdate,
-    run_migrations,
+    CredentialVersion, DatabaseUrl, DbError, DbPool, PoolOptions, ReencryptPass, StoredToken,
+    TokenStore, TokenUpdate, build_pool, run_migrations,
 };
 use crate::domain::NewToken;
 
@@ -86,8 +89,21 @@ pub struct Database {
 }
 
 impl Database {
-    /// Starts the actor's threads, one per pooled connection. Needs a running actix system.
-    pub fn start(pool: DbPool, store: TokenStore) -> Self {
+    /// Builds the pool for `url` and starts the actor on it. Needs a running actix system; does
+    /// not wait for the database (send [`Ping`] for that).
+    pub fn open(
+        url: &DatabaseUrl,
+        keyring: Arc<SharedKeyring>,
+        options: PoolOptions,
+    ) -> Result<Self, DbError> {
+        Ok(Self::start(
+            build_pool(url, options)?,
+            TokenStore::new(keyring),
+        ))
+    }
+
+    /// Starts the actor's threads, one per pooled connection.
+    fn start(pool: DbPool, store: TokenStore) -> Self {
         let threads = pool.max_size() as usize;
         let actor_pool = pool.clone();
         let addr = SyncArbiter::start(threads, move || DbActor {

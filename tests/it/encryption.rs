@@ -1,0 +1,228 @@
+//! Encryption at rest, on each backend: dumps hold no token, moved or altered ciphertexts are
+//! refused, and key rotation under concurrent writes loses nothing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokenmanager::actors::db::{
+    GetCredential, ReencryptBatch, RowsUnderOldKeys, StoreRefreshed, TokensByUserId, UpdateToken,
+};
+use tokenmanager::crypto::CryptoError;
+use tokenmanager::db::{Backend, DbError, TokenUpdate};
+use tokenmanager::domain::{Secret, unix_now};
+
+use crate::on_every_backend;
+use crate::support::{TestStore, new_token};
+
+on_every_backend!(
+    a_dump_of_the_database_holds_no_token_in_clear,
+    ciphertexts_moved_to_another_row_or_column_are_refused,
+    rotate_key_under_concurrent_writes_loses_nothing,
+);
+
+async fn a_dump_of_the_database_holds_no_token_in_clear(backend: Backend) {
+    let store = TestStore::new(backend).await;
+    let refresh = "RT-CLEARTEXT-MARKER-7f3a";
+    let access = "AT-CLEARTEXT-MARKER-91bc";
+    let token = new_token("sub-dump", "IAM", refresh, access);
+    store
+        .database
+        .call(UpdateToken {
+            token,
+            now: unix_now(),
+        })
+        .await
+        .unwrap();
+
+    let dump = store.db.dump();
+    let text = String::from_utf8_lossy(&dump);
+    assert!(
+        text.contains("sub-dump"),
+        "the dump has the row (user ids are not secret)"
+    );
+    for marker in [refresh, access, "CLEARTEXT-MARKER"] {
+        assert!(
+            !text.contains(marker),
+            "{marker} found in the {} dump",
+            backend.name()
+        );
+    }
+    if backend == Backend::Sqlite {
+        // The database files themselves, WAL included.
+        for entry in std::fs::read_dir(store.db.dir.path()).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            assert!(!bytes.windows(16).any(|w| w == b"CLEARTEXT-MARKER"));
+        }
+    }
+}
+
+async fn ciphertexts_moved_to_another_row_or_column_are_refused(backend: Backend) {
+    let store = TestStore::new(backend).await;
+    let db = &store.database;
+    for user in ["victim", "attacker"] {
+        let token = new_token(user, "IAM", &format!("rt-{user}"), &format!("at-{user}"));
+        db.call(UpdateToken {
+            token,
+            now: unix_now(),
+        })
+        .await
+        .unwrap();
+    }
+    let tampered = |result: Result<_, DbError>| {
+        matches!(result, Err(DbError::Crypto(CryptoError::Tampered(_))))
+    };
+
+    // The attacker's ciphertexts relabelled as another user's row.
+    store
+        .db
+        .execute_raw("UPDATE tokens SET user_id = 'mallory' WHERE user_id = 'attacker'");
+    let moved = db
+        .call(TokensByUserId {
+            user_id: "mallory".into(),
+        })
+        .await;
+    assert!(
+        tampered(moved.map(|_| ())),
+        "a row moved to another user must not decrypt"
+    );
+
+    // A refresh token copied into the access-token column of the same row.
+    store
+        .db
+        .execute_raw("UPDATE tokens SET access_token = refresh_token WHERE user_id = 'victim'");
+    let swapped = db
+        .call(GetCredential {
+            user_id: "victim".into(),
+            provider: "IAM".into(),
+        })
+        .await;
+    assert!(
+        tampered(swapped.map(|_| ())),
+        "a swapped column must not decrypt"
+    );
+
+    // A row that claims a key it was not sealed under.
+    store.keyring_file.add_key(Some("k2")).unwrap();
+    store.db.execute_raw(
+        "UPDATE tokens SET key_id = 'k2', access_token = NULL WHERE user_id = 'victim'",
+    );
+    let rekeyed = db
+        .call(GetCredential {
+            user_id: "victim".into(),
+            provider: "IAM".into(),
+        })
+        .await;
+    assert!(tampered(rekeyed.map(|_| ())));
+}
+
+async fn rotate_key_under_concurrent_writes_loses_nothing(backend: Backend) {
+    const USERS: usize = 8;
+    let store = TestStore::new(backend).await;
+    // The serving process: its keyring was loaded before the rotation and is never reloaded.
+    let server = store.database.clone();
+    for user in 0..USERS {
+        let token = new_token(&format!("user-{user}"), "IAM", "rt-0", "at-0");
+        server
+            .call(UpdateToken {
+                token,
+                now: unix_now(),
+            })
+            .await
+            .unwrap();
+    }
+
+    // rotate-key: a new key, then passes over the rows from another process's view.
+    let new_key = store.keyring_file.add_key(None).unwrap();
+    let rotator = TestStore::open_database(&store.db, &store.keyring_file);
+
+    let writing = Arc::new(AtomicBool::new(true));
+    let writers = (0..USERS).map(|user| {
+        let (server, writing) = (server.clone(), writing.clone());
+        actix::spawn(async move {
+            let user_id = format!("user-{user}");
+            let mut last = 0;
+            for round in 1..=12 {
+                // Alternate the two token writers: a new login and a refresh (compare-and-set).
+                if round % 2 == 0 {
+                    let token = new_token(&user_id, "IAM", &format!("rt-{round}"), "at");
+                    server
+                        .call(UpdateToken {
+                            token,
+                            now: unix_now(),
+                        })
+                        .await
+                        .unwrap();
+                    last = round;
+                } else {
+                    let query = GetCredential {
+                        user_id: user_id.clone(),
+                        provider: "IAM".into(),
+                    };
+                    let current = server.call(query).await.unwrap().unwrap();
+                    let update = TokenUpdate {
+                        refresh_token: Secret::new(format!("rt-{round}")),
+                        rt_expires_at: unix_now() + 3600,
+                        access_token: None,
+                        expires_at: 0,
+                        expires_in: 0,
+                        token_type: None,
+                        scope: String::new(),
+                        audience: None,
+                    };
+                    let write = StoreRefreshed {
+                        expected: current.version(),
+                        user_id: user_id.clone(),
+                        provider: "IAM".into(),
+                        update,
+                        now: unix_now(),
+                    };
+                    // Only this task writes this user, so the compare-and-set must succeed.
+                    server.call(write).await.unwrap();
+                    last = round;
+                }
+            }
+            writing.store(false, Ordering::Relaxed);
+            (user_id, last)
+        })
+    });
+    let writers: Vec<_> = writers.collect();
+
+    let mut passes = 0;
+    let mut conflicts = 0;
+    loop {
+        let still_writing = writers.iter().any(|w| !w.is_finished());
+        let pass = rotator.call(ReencryptBatch { limit: 3 }).await.unwrap();
+        conflicts += pass.conflicts;
+        passes += 1;
+        let remaining = rotator.call(RowsUnderOldKeys {}).await.unwrap();
+        if remaining == 0 && !still_writing {
+            break;
+        }
+        assert!(passes < 10_000, "rotation did not converge");
+        actix::clock::sleep(std::time::Duration::from_millis(1)).await;
+    }
+
+    for writer in writers {
+        let (user_id, last) = writer.await.unwrap();
+        for view in [&server, &rotator] {
+            let query = GetCredential {
+                user_id: user_id.clone(),
+                provider: "IAM".into(),
+            };
+            let stored = view.call(query).await.unwrap().unwrap();
+            assert_eq!(
+                stored.refresh_token.expose(),
+                format!("rt-{last}"),
+                "{user_id} lost a write"
+            );
+            assert_eq!(
+                stored.key_id, new_key,
+                "{user_id} is sealed under the new key"
+            );
+        }
+    }
+    assert!(
+        passes > 1,
+        "the rotation ran while the writers wrote ({passes} passes, {conflicts} conflicts)"
+    );
+}
