@@ -6,11 +6,13 @@ mod migrate;
 mod schema;
 mod sqlite_lock;
 mod store;
+mod url;
 
-pub use connection::{Backend, DatabaseUrl, DbConn, DbPool, PoolOptions, build_pool};
+pub use connection::{DbConn, DbPool, PoolOptions, build_pool};
 pub use migrate::run_migrations;
-pub use sqlite_lock::SqliteServeLock;
+pub use sqlite_lock::{LockError, SqliteServeLock};
 pub use store::{CredentialVersion, ReencryptPass, StoredToken, TokenStore, TokenUpdate};
+pub use url::{Backend, DatabaseUrl, UrlError, percent_encode};
 
 use thiserror::Error;
 
@@ -19,8 +21,6 @@ use crate::domain::TokenDictError;
 
 #[derive(Debug, Error)]
 pub enum DbError {
-    #[error("invalid database URL {url}: {problem}")]
-    BadUrl { url: String, problem: String },
     #[error("cannot connect to {url}: {source}")]
     Connect {
         url: String,
