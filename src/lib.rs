@@ -5,6 +5,8 @@
 //! CFG format and the settings read from it), `cli` (the subcommands).
 
 pub mod actors;
+pub mod cli;
+pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod domain;

@@ -237,6 +237,9 @@ impl KeyringFile {
     }
 
     fn lock(&self) -> Result<File, CryptoError> {
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(|e| self.write_error(e))?;
+        }
         let mut lock_path = self.path.clone().into_os_string();
         lock_path.push(".lock");
         let file = OpenOptions::new()
@@ -255,9 +258,6 @@ impl KeyringFile {
         temp_path.push(format!(".tmp-{}", std::process::id()));
         let temp_path = PathBuf::from(temp_path);
         let write = || -> std::io::Result<()> {
-            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                fs::create_dir_all(dir)?;
-            }
             let mut file = OpenOptions::new()
                 .create(true)
                 .truncate(true)

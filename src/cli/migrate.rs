@@ -1,0 +1,25 @@
+use super::{CliError, open_database, open_keyring};
+use crate::actors::db::Migrate;
+use crate::config::Settings;
+use crate::db::PoolOptions;
+
+pub async fn run(settings: Settings) -> Result<(), CliError> {
+    let keyring = open_keyring(&settings)?;
+    let url = &settings.database;
+    let database = open_database(
+        url,
+        keyring,
+        PoolOptions {
+            max_size: 1,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let applied = database.call(Migrate {}).await?;
+    if applied.is_empty() {
+        println!("{}: schema up to date", url.masked());
+    } else {
+        println!("{}: applied {}", url.masked(), applied.join(", "));
+    }
+    Ok(())
+}
