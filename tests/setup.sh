@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Prepares a fresh machine of this project's kind for the tests: installs the system packages
+# they need and checks that PostgreSQL and MariaDB answer (their tests are never skipped).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(libmariadb-dev sqlite3 postgresql-client mariadb-client)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+postgres_url=${TOKENMANAGER_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
+mysql_host=127.0.0.1
+if ! psql "$postgres_url" -qtAc 'SELECT 1' >/dev/null; then
+  echo "PostgreSQL is not reachable at $postgres_url: its tests cannot run" >&2
+  exit 1
+fi
+if [[ -z ${TOKENMANAGER_TEST_MYSQL_URL:-} ]] && ! mariadb -h "$mysql_host" -u root -e 'SELECT 1' test >/dev/null; then
+  echo "MariaDB is not reachable at $mysql_host:3306 as root: its tests cannot run" >&2
+  exit 1
+fi
+
