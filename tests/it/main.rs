@@ -3,7 +3,9 @@
 //! TOKENMANAGER_TEST_POSTGRES_URL / TOKENMANAGER_TEST_MYSQL_URL). None is ever skipped: an
 //! unreachable server fails the test.
 
+mod process;
 mod support;
 
+mod cli;
 mod encryption;
 mod storage;

@@ -1,0 +1,262 @@
+//! The binary as an operator uses it: configuration errors, `serve`'s ports and locks,
+//! `migrate` with secrets from the environment, `rotate-key` against a running server.
+
+use std::net::TcpStream;
+
+use tokenmanager::actors::db::{GetCredential, UpdateToken};
+use tokenmanager::crypto::KeyringFile;
+use tokenmanager::db::Backend;
+use tokenmanager::domain::unix_now;
+
+use crate::process::{Server, http_get, run, stderr, write_config};
+use crate::support::{TestDb, TestStore, new_token};
+
+fn sqlite_section(db: &TestDb) -> String {
+    format!("URL = {}", db.url)
+}
+
+fn keyring_for(db: &TestDb) -> KeyringFile {
+    let file = KeyringFile::new(db.dir.path().join("keyring"));
+    file.create().unwrap();
+    file
+}
+
+#[test]
+fn serve_binds_free_ports_and_answers_health_checks() {
+    let db = TestDb::new(Backend::Sqlite);
+    keyring_for(&db);
+    let config = write_config(db.dir.path(), "tm.cfg", &sqlite_section(&db), "");
+    let server = Server::start(&config);
+    let ports = [server.https, server.dips, server.metrics];
+    assert!(ports.iter().all(|&p| p != 0), "{ports:?}");
+    assert!(ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2]);
+    assert_eq!(http_get(server.metrics, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(http_get(server.metrics, "/readyz"), (200, "ready\n".into()));
+    assert_eq!(http_get(server.metrics, "/nothing").0, 404);
+    for port in [server.https, server.dips] {
+        TcpStream::connect(("127.0.0.1", port)).expect("the protocol ports are bound");
+    }
+}
+
+#[test]
+fn a_second_serve_on_the_same_sqlite_file_is_refused() {
+    let db = TestDb::new(Backend::Sqlite);
+    keyring_for(&db);
+    let config = write_config(db.dir.path(), "tm.cfg", &sqlite_section(&db), "");
+    let first = Server::start(&config);
+    let second = run(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert!(!second.status.success());
+    let message = stderr(&second);
+    assert!(
+        message.contains("is already served by another tokenmanager process"),
+        "{message}"
+    );
+    assert!(
+        message.contains("use PostgreSQL or MariaDB for replicas"),
+        "{message}"
+    );
+    assert_eq!(
+        http_get(first.metrics, "/healthz").0,
+        200,
+        "the first one keeps serving"
+    );
+}
+
+#[test]
+fn configuration_errors_name_the_file_the_line_and_the_option() {
+    let db = TestDb::new(Backend::Sqlite);
+    keyring_for(&db);
+    let config = write_config(
+        db.dir.path(),
+        "bad.cfg",
+        &sqlite_section(&db),
+        "MetricsPort = 99999",
+    );
+    let output = run(&["migrate", "--config", config.to_str().unwrap()], &[]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    let line = std::fs::read_to_string(&config)
+        .unwrap()
+        .lines()
+        .position(|l| l.contains("99999"))
+        .unwrap()
+        + 1;
+    assert!(
+        message.contains(&format!("{}:{line}:", config.display())),
+        "{message}"
+    );
+    assert!(
+        message.contains("/Systems/Framework/Production/Services/TokenManager/MetricsPort"),
+        "{message}"
+    );
+
+    let unbalanced = db.dir.path().join("unbalanced.cfg");
+    std::fs::write(&unbalanced, "DIRAC\n{\n  Setup = Test\n").unwrap();
+    let output = run(&["serve", "--config", unbalanced.to_str().unwrap()], &[]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains(&unbalanced.display().to_string()),
+        "{}",
+        stderr(&output)
+    );
+
+    let output = run(&["migrate"], &[]);
+    assert!(
+        stderr(&output).contains("no configuration file given"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn an_unknown_option_in_our_section_is_a_warning() {
+    let db = TestDb::new(Backend::Sqlite);
+    keyring_for(&db);
+    let config = write_config(
+        db.dir.path(),
+        "tm.cfg",
+        &sqlite_section(&db),
+        "Colour = blue",
+    );
+    let output = run(&["migrate", "--config", config.to_str().unwrap()], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("WARN"), "{message}");
+    assert!(
+        message.contains("unknown option") && message.contains("TokenManager/Colour"),
+        "{message}"
+    );
+}
+
+#[test]
+fn later_configuration_files_win() {
+    let db = TestDb::new(Backend::Sqlite);
+    keyring_for(&db);
+    let broken = write_config(db.dir.path(), "a.cfg", "URL = oracle://nowhere/db", "");
+    let fixed = write_config(db.dir.path(), "b.cfg", &sqlite_section(&db), "");
+    let [a, b] = [broken.to_str().unwrap(), fixed.to_str().unwrap()];
+    let output = run(&["migrate", "--config", a, "--config", b], &[]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let output = run(&["migrate", "--config", b, "--config", a], &[]);
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("a.cfg"), "{}", stderr(&output));
+}
+
+#[test]
+fn a_missing_keyring_stops_start_up() {
+    let db = TestDb::new(Backend::Sqlite);
+    let config = write_config(db.dir.path(), "tm.cfg", &sqlite_section(&db), "");
+    let output = run(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(
+        message.contains("cannot read the encryption keyring"),
+        "{message}"
+    );
+    assert!(message.contains(&db.dir.path().join("keyring").display().to_string()));
+    assert!(
+        !db.dir.path().join("keyring").exists(),
+        "nothing generated without the demo option"
+    );
+}
+
+#[test]
+fn migrate_takes_the_database_url_and_password_from_the_environment() {
+    for backend in [Backend::Postgres, Backend::Mysql] {
+        let db = TestDb::new(backend);
+        keyring_for(&db);
+        // No TokenDB section at all: the URL comes from TOKENMANAGER_DB_URL.
+        let config = write_config(db.dir.path(), "tm.cfg", "", "");
+        let password_file = db.dir.path().join("db-password");
+        std::fs::write(&password_file, "unused-by-trust-auth\n").unwrap();
+        let env = [
+            ("TOKENMANAGER_DB_URL", db.url.as_str()),
+            (
+                "TOKENMANAGER_DB_PASSWORD_FILE",
+                password_file.to_str().unwrap(),
+            ),
+        ];
+        let output = run(&["migrate", "--config", config.to_str().unwrap()], &env);
+        let message = stderr(&output);
+        if backend == Backend::Postgres {
+            assert!(output.status.success(), "{message}");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(stdout.contains("applied 20261128000001"), "{stdout}");
+            assert!(
+                !stdout.contains("unused-by-trust-auth")
+                    && !message.contains("unused-by-trust-auth")
+            );
+            assert!(stdout.contains(":***@"), "the password is masked: {stdout}");
+        } else {
+            // MariaDB's root has no password: a wrong one is refused, and the error says so
+            // without showing it.
+            assert!(!output.status.success());
+            assert!(
+                message.contains("Access denied for user 'root'"),
+                "{message}"
+            );
+            assert!(message.contains("using password: YES"), "{message}");
+            assert!(!message.contains("unused-by-trust-auth"), "{message}");
+        }
+    }
+}
+
+#[actix::test]
+async fn rotate_key_reencrypts_every_row_while_serve_runs() {
+    let store = TestStore::new(Backend::Sqlite).await;
+    let config = write_config(
+        store.db.dir.path(),
+        "tm.cfg",
+        &sqlite_section(&store.db),
+        "",
+    );
+    let mut server = Server::start(&config);
+    for user in ["u1", "u2", "u3"] {
+        let token = new_token(user, "IAM", &format!("rt-{user}"), &format!("at-{user}"));
+        store
+            .database
+            .call(UpdateToken {
+                token,
+                now: unix_now(),
+            })
+            .await
+            .unwrap();
+    }
+
+    let output = run(
+        &[
+            "rotate-key",
+            "--config",
+            config.to_str().unwrap(),
+            "--batch",
+            "2",
+        ],
+        &[],
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("added key k2"), "{stdout}");
+    assert!(
+        stdout.contains("re-encrypted 3 stored credentials under k2"),
+        "{stdout}"
+    );
+
+    for user in ["u1", "u2", "u3"] {
+        let query = GetCredential {
+            user_id: user.into(),
+            provider: "IAM".into(),
+        };
+        let stored = store.database.call(query).await.unwrap().unwrap();
+        assert_eq!(
+            (stored.key_id.as_str(), stored.refresh_token.expose()),
+            ("k2", &*format!("rt-{user}"))
+        );
+    }
+    let keyring = std::fs::read_to_string(store.keyring_file.path()).unwrap();
+    assert!(!stdout.contains(keyring.lines().last().unwrap().split(' ').nth(1).unwrap()));
+
+    server.signal("HUP");
+    let reloaded = server.wait_for_log("keyring reloaded");
+    assert!(reloaded.contains("k2"), "{reloaded}");
+    assert_eq!(http_get(server.metrics, "/readyz").0, 200);
+}

@@ -1,0 +1,153 @@
+//! Runs the real `tokenmanager` binary: writes configurations, starts `serve`, reads its log.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_tokenmanager");
+
+/// A minimal DIRAC configuration for one service on 127.0.0.1 with every port 0 (free ports).
+pub fn write_config(
+    dir: &Path,
+    name: &str,
+    database_section: &str,
+    service_options: &str,
+) -> PathBuf {
+    let keyring = dir.join("keyring");
+    let text = format!(
+        "DIRAC\n{{\n  Setup = Test\n  Setups\n  {{\n    Test\n    {{\n      Framework = Production\n    }}\n  }}\n}}\n\
+         Systems\n{{\n  Framework\n  {{\n    Production\n    {{\n      Services\n      {{\n        TokenManager\n        {{\n\
+         ListenAddress = 127.0.0.1\nPort = 0\nHTTPSPort = 0\nMetricsPort = 0\nEncryptionKeyFile = {}\n{service_options}\n\
+         }}\n      }}\n      Databases\n      {{\n        TokenDB\n        {{\n{database_section}\n        }}\n      }}\n    }}\n  }}\n}}\n\
+         Registry\n{{\n  DefaultGroup = dteam_user\n}}\n",
+        keyring.display()
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(BINARY);
+    command.args(args).env_remove("TOKENMANAGER_LOG");
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.output().unwrap()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A running `serve`; killed when dropped.
+pub struct Server {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+    pub https: u16,
+    pub dips: u16,
+    pub metrics: u16,
+}
+
+impl Server {
+    pub fn start(config: &Path) -> Self {
+        let mut child = Command::new(BINARY)
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("TOKENMANAGER_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut server = Self {
+            child,
+            log,
+            https: 0,
+            dips: 0,
+            metrics: 0,
+        };
+        let line = server.wait_for_log("tokenmanager listening");
+        let port = |name: &str| -> u16 {
+            let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+            line[start..]
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        (server.https, server.dips, server.metrics) =
+            (port("https"), port("dips"), port("metrics"));
+        server
+    }
+
+    /// The first log line containing `needle`, waiting for it up to 30 s.
+    pub fn wait_for_log(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return line.clone();
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "serve exited ({status}) before logging {needle:?}:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP/1.1 GET; returns the status code and body.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
