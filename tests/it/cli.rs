@@ -3,13 +3,12 @@
 
 use std::net::TcpStream;
 
-use tokenmanager::actors::db::{GetCredential, UpdateToken};
+use tokenmanager::actors::db::GetCredential;
 use tokenmanager::crypto::KeyringFile;
 use tokenmanager::db::Backend;
-use tokenmanager::domain::unix_now;
 
 use crate::process::{Server, http_get, run, stderr, write_config};
-use crate::support::{TestDb, TestStore, new_token};
+use crate::support::{TestDb, TestStore, new_token, store_token};
 
 fn sqlite_section(db: &TestDb) -> String {
     format!("URL = {}", db.url)
@@ -213,14 +212,7 @@ async fn rotate_key_reencrypts_every_row_while_serve_runs() {
     let mut server = Server::start(&config);
     for user in ["u1", "u2", "u3"] {
         let token = new_token(user, "IAM", &format!("rt-{user}"), &format!("at-{user}"));
-        store
-            .database
-            .call(UpdateToken {
-                token,
-                now: unix_now(),
-            })
-            .await
-            .unwrap();
+        store_token(&store.database, token).await;
     }
 
     let output = run(

@@ -1,18 +1,15 @@
 //! Encryption at rest, on each backend: dumps hold no token, moved or altered ciphertexts are
 //! refused, and key rotation under concurrent writes loses nothing.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use tokenmanager::actors::db::{
-    GetCredential, ReencryptBatch, RowsUnderOldKeys, StoreRefreshed, TokensByUserId, UpdateToken,
+    GetCredential, ReencryptBatch, RowsUnderOldKeys, StoreRefreshed, TokensByUserId,
 };
 use tokenmanager::crypto::CryptoError;
 use tokenmanager::db::{Backend, DbError, TokenUpdate};
 use tokenmanager::domain::{Secret, unix_now};
 
 use crate::on_every_backend;
-use crate::support::{TestStore, new_token};
+use crate::support::{TestStore, new_token, store_token};
 
 on_every_backend!(
     a_dump_of_the_database_holds_no_token_in_clear,
@@ -25,14 +22,7 @@ async fn a_dump_of_the_database_holds_no_token_in_clear(backend: Backend) {
     let refresh = "RT-CLEARTEXT-MARKER-7f3a";
     let access = "AT-CLEARTEXT-MARKER-91bc";
     let token = new_token("sub-dump", "IAM", refresh, access);
-    store
-        .database
-        .call(UpdateToken {
-            token,
-            now: unix_now(),
-        })
-        .await
-        .unwrap();
+    store_token(&store.database, token).await;
 
     let dump = store.db.dump();
     let text = String::from_utf8_lossy(&dump);
@@ -61,12 +51,7 @@ async fn ciphertexts_moved_to_another_row_or_column_are_refused(backend: Backend
     let db = &store.database;
     for user in ["victim", "attacker"] {
         let token = new_token(user, "IAM", &format!("rt-{user}"), &format!("at-{user}"));
-        db.call(UpdateToken {
-            token,
-            now: unix_now(),
-        })
-        .await
-        .unwrap();
+        store_token(db, token).await;
     }
     let tampered = |result: Result<_, DbError>| {
         matches!(result, Err(DbError::Crypto(CryptoError::Tampered(_))))
@@ -122,22 +107,15 @@ async fn rotate_key_under_concurrent_writes_loses_nothing(backend: Backend) {
     let server = store.database.clone();
     for user in 0..USERS {
         let token = new_token(&format!("user-{user}"), "IAM", "rt-0", "at-0");
-        server
-            .call(UpdateToken {
-                token,
-                now: unix_now(),
-            })
-            .await
-            .unwrap();
+        store_token(&server, token).await;
     }
 
     // rotate-key: a new key, then passes over the rows from another process's view.
     let new_key = store.keyring_file.add_key(None).unwrap();
     let rotator = TestStore::open_database(&store.db, &store.keyring_file);
 
-    let writing = Arc::new(AtomicBool::new(true));
     let writers = (0..USERS).map(|user| {
-        let (server, writing) = (server.clone(), writing.clone());
+        let server = server.clone();
         actix::spawn(async move {
             let user_id = format!("user-{user}");
             let mut last = 0;
@@ -145,13 +123,7 @@ async fn rotate_key_under_concurrent_writes_loses_nothing(backend: Backend) {
                 // Alternate the two token writers: a new login and a refresh (compare-and-set).
                 if round % 2 == 0 {
                     let token = new_token(&user_id, "IAM", &format!("rt-{round}"), "at");
-                    server
-                        .call(UpdateToken {
-                            token,
-                            now: unix_now(),
-                        })
-                        .await
-                        .unwrap();
+                    store_token(&server, token).await;
                     last = round;
                 } else {
                     let query = GetCredential {
@@ -181,7 +153,6 @@ async fn rotate_key_under_concurrent_writes_loses_nothing(backend: Backend) {
                     last = round;
                 }
             }
-            writing.store(false, Ordering::Relaxed);
             (user_id, last)
         })
     });

@@ -10,7 +10,7 @@ use tokenmanager::domain::{CredentialState, Secret, unix_now};
 use futures_util::future::join_all;
 
 use crate::on_every_backend;
-use crate::support::{TestStore, new_token};
+use crate::support::{TestStore, new_token, store_token};
 
 on_every_backend!(
     migrations_run_once_from_empty,
@@ -144,12 +144,7 @@ async fn tokens_by_user_id_and_remove_tokens_span_providers_of_one_user_only(bac
     let db = &store.database;
     for (user, provider) in [("alice", "IAM"), ("alice", "CheckIn"), ("bob", "IAM")] {
         let token = new_token(user, provider, &format!("rt-{user}-{provider}"), "at");
-        db.call(UpdateToken {
-            token,
-            now: unix_now(),
-        })
-        .await
-        .unwrap();
+        store_token(db, token).await;
     }
     let alice = db
         .call(TokensByUserId {
@@ -253,12 +248,7 @@ fn refreshed(refresh: &str, access: &str) -> TokenUpdate {
 async fn refresh_writes_are_compare_and_set_on_the_generation(backend: Backend) {
     let store = TestStore::new(backend).await;
     let db = &store.database;
-    db.call(UpdateToken {
-        token: new_token("sub", "IAM", "rt-1", "at-1"),
-        now: unix_now(),
-    })
-    .await
-    .unwrap();
+    store_token(db, new_token("sub", "IAM", "rt-1", "at-1")).await;
     let read = db
         .call(GetCredential {
             user_id: "sub".into(),
@@ -290,12 +280,7 @@ async fn refresh_writes_are_compare_and_set_on_the_generation(backend: Backend) 
 
     // updateToken (a new login) also moves the generation: a refresh begun before it loses.
     let v2 = written.version();
-    db.call(UpdateToken {
-        token: new_token("sub", "IAM", "rt-login", "at"),
-        now: unix_now(),
-    })
-    .await
-    .unwrap();
+    store_token(db, new_token("sub", "IAM", "rt-login", "at")).await;
     let lost = db
         .call(store_refreshed(v2, refreshed("rt-late", "at-late")))
         .await;
@@ -317,12 +302,7 @@ async fn refresh_writes_are_compare_and_set_on_the_generation(backend: Backend) 
     })
     .await
     .unwrap();
-    db.call(UpdateToken {
-        token: new_token("sub", "IAM", "rt-new", "at"),
-        now: unix_now(),
-    })
-    .await
-    .unwrap();
+    store_token(db, new_token("sub", "IAM", "rt-new", "at")).await;
     let again = db
         .call(store_refreshed(v1, refreshed("rt-ghost", "at")))
         .await;
@@ -332,12 +312,7 @@ async fn refresh_writes_are_compare_and_set_on_the_generation(backend: Backend) 
 async fn needs_redelegation_is_compare_and_set_and_cleared_by_a_new_login(backend: Backend) {
     let store = TestStore::new(backend).await;
     let db = &store.database;
-    db.call(UpdateToken {
-        token: new_token("sub", "IAM", "rt", "at"),
-        now: unix_now(),
-    })
-    .await
-    .unwrap();
+    store_token(db, new_token("sub", "IAM", "rt", "at")).await;
     let v1 = db
         .call(credential_query())
         .await
@@ -360,12 +335,7 @@ async fn needs_redelegation_is_compare_and_set_and_cleared_by_a_new_login(backen
         .await;
     assert!(matches!(stale, Err(DbError::Conflict { .. })));
 
-    db.call(UpdateToken {
-        token: new_token("sub", "IAM", "rt-new", "at"),
-        now: unix_now(),
-    })
-    .await
-    .unwrap();
+    store_token(db, new_token("sub", "IAM", "rt-new", "at")).await;
     let relogged = db.call(credential_query()).await.unwrap().unwrap();
     assert_eq!(relogged.state, CredentialState::Active);
 }

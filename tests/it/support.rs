@@ -4,9 +4,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, MysqlConnection, PgConnection};
 use tempfile::TempDir;
-use tokenmanager::actors::db::{Database, Migrate};
+use tokenmanager::actors::db::{Database, Migrate, UpdateToken};
 use tokenmanager::crypto::{KeyringFile, SharedKeyring};
-use tokenmanager::db::{Backend, DatabaseUrl, PoolOptions};
+use tokenmanager::db::{Backend, DatabaseUrl, PoolOptions, StoredToken};
 use tokenmanager::domain::{NewToken, Secret, unix_now};
 
 fn admin_url(backend: Backend) -> String {
@@ -164,6 +164,17 @@ impl TestStore {
         let keyring = Arc::new(SharedKeyring::load(keyring_file.path()).unwrap());
         Database::open(&db.database_url(), keyring, PoolOptions::default()).unwrap()
     }
+}
+
+/// Stores a token as `updateToken` does; returns the credential it replaced.
+pub async fn store_token(database: &Database, token: NewToken) -> Option<StoredToken> {
+    database
+        .call(UpdateToken {
+            token,
+            now: unix_now(),
+        })
+        .await
+        .unwrap()
 }
 
 /// A token as `updateToken` would store it, with recognisable token values.
