@@ -11,6 +11,7 @@ use crate::db::{
     TokenStore, TokenUpdate, build_pool, run_migrations,
 };
 use crate::domain::NewToken;
+use crate::metrics;
 
 pub struct DbActor {
     pool: DbPool,
@@ -41,7 +42,10 @@ macro_rules! db_messages {
 
             fn handle(&mut self, $msg: $name, _: &mut SyncContext<Self>) -> Self::Result {
                 let $store = &self.store;
-                let $conn = &mut *self.pool.get()?;
+                let waited = std::time::Instant::now();
+                let mut pooled = self.pool.get()?;
+                metrics::DB_POOL_WAIT.observe(waited.elapsed().as_secs_f64());
+                let $conn = &mut *pooled;
                 $body
             }
         }
@@ -79,6 +83,9 @@ db_messages! {
     RowsUnderOldKeys {} -> i64 = |store, conn, _msg| store.rows_under_old_keys(conn);
     ReencryptBatch { limit: i64 } -> ReencryptPass =
         |store, conn, msg| store.reencrypt_pass(conn, msg.limit);
+    /// Stored credentials by (provider, state), for metrics.
+    CountCredentials {} -> Vec<(String, String, i64)> =
+        |store, conn, _msg| store.count_credentials(conn);
 }
 
 /// The async face of the DB actor: what the rest of the service holds.
@@ -126,10 +133,11 @@ impl Database {
             .into_result()
     }
 
-    /// Connections open and idle, for metrics.
-    pub fn pool_state(&self) -> (u32, u32) {
+    /// Publishes the pool's open and idle connections to the metrics.
+    pub fn export_pool_state(&self) {
         let state = self.pool.state();
-        (state.connections, state.idle_connections)
+        metrics::DB_POOL_CONNECTIONS.set(i64::from(state.connections));
+        metrics::DB_POOL_IDLE.set(i64::from(state.idle_connections));
     }
 }
 

@@ -14,6 +14,7 @@ use crate::db::DatabaseUrl;
 pub const DEFAULT_DISET_PORT: u16 = 9181;
 pub const DEFAULT_HTTPS_PORT: u16 = 8443;
 pub const DEFAULT_DATABASE_POOL_SIZE: u32 = 8;
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_METRICS_PORT: u16 = 9182;
 pub const DEFAULT_LISTEN_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 pub const DEFAULT_MYSQL_PORT: u16 = 3306;
@@ -89,6 +90,8 @@ pub const SERVICE_OPTIONS: &[KnownOption] = {
         known("GenerateDemoCredentials", O, true, "generate missing throwaway credentials (the shipped example only)"),
         known("DatabasePoolSize", O, true, "database connections (and DB actor threads) per process"),
         known("Authorization", S, true, "<method> = list of rules; Default for the others"),
+        known("ExposeTokenValues", O, true, "include token values in token-info replies to ProxyManagement callers"),
+        known("MaxBodyBytes", O, true, "largest JSON API request body accepted"),
         known("Protocol", O, true, "DIRAC's protocol of the service (dips or https)"),
         known("Module", O, false, "DIRAC: module implementing the service"),
         known("HandlerPath", O, false, "DIRAC: path of the Python handler"),
@@ -149,6 +152,9 @@ pub struct ServiceSettings {
     /// for the shipped example configuration only.
     pub generate_demo_credentials: bool,
     pub database_pool_size: u32,
+    /// Token-info replies carry token values only with this set, and only to ProxyManagement.
+    pub expose_token_values: bool,
+    pub max_body_bytes: u64,
     pub protocol: Option<String>,
     /// `Authorization/<method>` → rules (list semantics); `Default` is an ordinary key.
     pub authorization: BTreeMap<String, Vec<String>>,
@@ -305,6 +311,10 @@ fn resolve_service(
             Some(size) => size,
             None => DEFAULT_DATABASE_POOL_SIZE,
         },
+        expose_token_values: root.get_bool(&option("ExposeTokenValues")).unwrap_or(false),
+        max_body_bytes: root
+            .get_u64(&option("MaxBodyBytes"))?
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES),
         protocol: non_empty(section.get("Protocol")).map(str::to_owned),
         authorization,
         path,
@@ -962,8 +972,9 @@ Systems
         );
         assert_eq!(
             s.registry
-                .username_for_dn("/C=ch/O=DIRAC/OU=Example/CN=Alice"),
-            Some("alice")
+                .username_for_dn(crate::x509::pki::DemoPki::USER_DN),
+            Some("alice"),
+            "the example user is the demo PKI's user"
         );
         assert_eq!(s.registry.id_dns_for_user("alice").len(), 1);
         assert_eq!(

@@ -350,6 +350,18 @@ impl TokenStore {
         })
     }
 
+    /// Stored credentials by (provider, state).
+    pub fn count_credentials(
+        &self,
+        conn: &mut DbConn,
+    ) -> Result<Vec<(String, String, i64)>, DbError> {
+        Ok(tokens::table
+            .group_by((tokens::provider, tokens::state))
+            .select((tokens::provider, tokens::state, diesel::dsl::count_star()))
+            .order((tokens::provider.asc(), tokens::state.asc()))
+            .load(conn)?)
+    }
+
     /// How many rows are sealed under a key other than the newest.
     pub fn rows_under_old_keys(&self, conn: &mut DbConn) -> Result<i64, DbError> {
         let newest = self.keyring.current().newest_key_id().to_owned();

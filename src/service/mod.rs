@@ -1,0 +1,429 @@
+//! The protocol-free service: every TokenManager method behind one entry point, [`Service::call`],
+//! which authorizes the caller with the one rule set and runs the method. Protocol front-ends
+//! decode their requests into a [`CallContext`] and arguments, and encode the `Result`.
+
+mod methods;
+mod system;
+mod token_info;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use serde_json::{Map, Value, json};
+use thiserror::Error;
+
+pub use methods::{Method, Param, ParamKind};
+
+use crate::actors::db::{Database, RemoveTokens, TokensByUserId, UpdateToken};
+use crate::config::{self, Settings};
+use crate::crypto::SharedKeyring;
+use crate::db::{DbError, StoredToken};
+use crate::domain::policy::{self, Authorized, CallerKind, Denied, ExtraCredentials, Peer};
+use crate::domain::{NewToken, TokenDictError, unix_now};
+use crate::metrics;
+
+/// What the transport established about a certificate caller (§6.3.1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CertificateFacts {
+    pub subject: String,
+    pub issuer: String,
+    pub seconds_left: i64,
+    pub is_proxy: bool,
+    pub is_limited_proxy: bool,
+    /// The identity DN: the end-entity certificate's subject for a proxy.
+    pub dn: String,
+    /// Set for proxies only, as DIRAC does.
+    pub identity: Option<String>,
+    /// The DIRAC group carried by the proxy.
+    pub group: Option<String>,
+}
+
+/// One call as a protocol front-end decoded it.
+#[derive(Clone, Debug, Default)]
+pub struct CallContext {
+    pub certificate: Option<CertificateFacts>,
+    pub extra_credentials: ExtraCredentials,
+    pub ip: Option<IpAddr>,
+}
+
+/// How a method call failed. Each kind has a stable code for the JSON API; the message is what
+/// DIRAC's S_ERROR carries.
+#[derive(Debug, Error)]
+pub enum MethodError {
+    #[error("Unauthorized query")]
+    NoCredentials,
+    #[error("Unauthorized query")]
+    Unauthorized(Denied),
+    #[error("{0}")]
+    BadArguments(String),
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl MethodError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NoCredentials => "unauthenticated",
+            Self::Unauthorized(_) => "forbidden",
+            Self::BadArguments(_) => "bad_argument",
+            Self::Refused { code, .. } => code,
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    fn refused(code: &'static str, message: impl Into<String>) -> Self {
+        Self::Refused {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<DbError> for MethodError {
+    fn from(error: DbError) -> Self {
+        match error {
+            DbError::Refused(refusal) => MethodError::from(refusal),
+            other => {
+                // The cause is logged here; callers only learn that storage failed.
+                tracing::error!(error = %other, "storage error");
+                MethodError::Internal("Token storage is unavailable".into())
+            }
+        }
+    }
+}
+
+impl From<TokenDictError> for MethodError {
+    fn from(error: TokenDictError) -> Self {
+        MethodError::refused("invalid_token", error.to_string())
+    }
+}
+
+/// Called after a configuration reload was validated, to apply it elsewhere (TLS contexts).
+/// Returning an error refuses the whole reload.
+pub type ReloadHook =
+    Box<dyn Fn(&Settings) -> Result<Box<dyn FnOnce() + Send>, String> + Send + Sync>;
+
+pub struct Service {
+    database: Database,
+    keyring: Arc<SharedKeyring>,
+    settings: RwLock<Arc<Settings>>,
+    config_files: Vec<PathBuf>,
+    started: SystemTime,
+    reload_hooks: Mutex<Vec<ReloadHook>>,
+}
+
+impl Service {
+    pub fn new(
+        database: Database,
+        keyring: Arc<SharedKeyring>,
+        settings: Settings,
+        config_files: Vec<PathBuf>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            database,
+            keyring,
+            settings: RwLock::new(Arc::new(settings)),
+            config_files,
+            started: SystemTime::now(),
+            reload_hooks: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    pub fn add_reload_hook(&self, hook: ReloadHook) {
+        self.reload_hooks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(hook);
+    }
+
+    /// Re-reads the configuration files and the keyring. A configuration that does not load, or
+    /// that a hook refuses (a certificate that does not read), is refused whole: the settings in
+    /// force stay.
+    pub fn reload(&self) -> Result<(), String> {
+        let result = self.try_reload();
+        let outcome = if result.is_ok() { "ok" } else { "rejected" };
+        metrics::CONFIG_RELOADS.with_label_values(&[outcome]).inc();
+        result
+    }
+
+    fn try_reload(&self) -> Result<(), String> {
+        let loaded = config::load(&self.config_files).map_err(|e| e.to_string())?;
+        for warning in &loaded.warnings {
+            tracing::warn!("{warning}");
+        }
+        let hooks = self.reload_hooks.lock().unwrap_or_else(|e| e.into_inner());
+        let commits = hooks
+            .iter()
+            .map(|hook| hook(&loaded.settings))
+            .collect::<Result<Vec<_>, _>>()?;
+        let keyring = self.keyring.reload().map_err(|e| e.to_string())?;
+        for commit in commits {
+            commit();
+        }
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded.settings);
+        tracing::info!(
+            newest_key = keyring.newest_key_id(),
+            "configuration and keyring reloaded"
+        );
+        Ok(())
+    }
+
+    /// Authorizes and runs one call. `args` are in positional order, already type-checked by
+    /// the front-end with [`Method::positional_args`] or [`Method::named_args`].
+    pub async fn call(
+        &self,
+        context: &CallContext,
+        method: Method,
+        args: Vec<Value>,
+    ) -> Result<Value, MethodError> {
+        let settings = self.settings();
+        let caller = self.authorize(
+            &settings,
+            context,
+            method,
+            method.name(),
+            method.hardcoded_rule(),
+        )?;
+        let mut args = args.into_iter();
+        let mut next = || args.next().unwrap_or(Value::Null);
+        match method {
+            Method::Ping => Ok(system::ping(self.started, &settings.service.name)),
+            Method::Echo => Ok(next()),
+            Method::Whoami => Ok(whoami(context, &caller, &settings)),
+            Method::UpdateToken => {
+                let (token, user_id, provider, lifetime) = (next(), next(), next(), next());
+                self.update_token(
+                    &settings,
+                    context,
+                    &caller,
+                    token,
+                    as_str(&user_id),
+                    as_str(&provider),
+                    lifetime,
+                )
+                .await
+            }
+            Method::DeleteToken => {
+                let user_id = next();
+                self.check_own_or_allowed(&settings, context, &caller, method, as_str(&user_id))?;
+                self.database
+                    .call(RemoveTokens {
+                        user_id: as_str(&user_id).to_owned(),
+                    })
+                    .await?;
+                Ok(json!("Token successfully removed"))
+            }
+            Method::GetTokensByUserId => {
+                let user_id = next();
+                self.check_own_or_allowed(&settings, context, &caller, method, as_str(&user_id))?;
+                let tokens = self.tokens_of(as_str(&user_id)).await?;
+                Ok(token_info::list(&tokens, None, expose(&settings, &caller)))
+            }
+            Method::GetUserTokensInfo => {
+                let ids = user_ids(&settings, &caller.username)?;
+                let mut infos = Vec::new();
+                for id in ids {
+                    let tokens = self.tokens_of(&id).await?;
+                    infos.extend(token_info::items(&tokens, None, expose(&settings, &caller)));
+                }
+                Ok(Value::Array(infos))
+            }
+            Method::GetUsersTokensInfo => {
+                let users = next();
+                let mut infos = Vec::new();
+                let mut seen = std::collections::HashSet::new();
+                for user in users
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                {
+                    for id in user_ids(&settings, user)? {
+                        let tokens = self.tokens_of(&id).await?;
+                        let fresh: Vec<StoredToken> =
+                            tokens.into_iter().filter(|t| seen.insert(t.id)).collect();
+                        infos.extend(token_info::items(
+                            &fresh,
+                            Some(user),
+                            expose(&settings, &caller),
+                        ));
+                    }
+                }
+                Ok(Value::Array(infos))
+            }
+            Method::RefreshConfiguration => {
+                self.reload()
+                    .map_err(|e| MethodError::refused("config_rejected", e))?;
+                Ok(Value::Null)
+            }
+        }
+    }
+
+    fn authorize(
+        &self,
+        settings: &Settings,
+        context: &CallContext,
+        method: Method,
+        rule_name: &str,
+        hardcoded: Option<&'static [&'static str]>,
+    ) -> Result<Authorized, MethodError> {
+        let rules = policy::rules_for(rule_name, hardcoded, &settings.service.authorization);
+        let certificate = context.certificate.as_ref();
+        let peer = Peer {
+            dn: certificate.map(|c| c.dn.as_str()),
+            group: certificate.and_then(|c| c.group.as_deref()),
+            extra: context.extra_credentials.clone(),
+            ip: context.ip,
+            limited_proxy: certificate.is_some_and(|c| c.is_limited_proxy),
+        };
+        policy::authorize(&rules, &peer, &settings.registry).map_err(|denied| {
+            tracing::info!(method = method.name(), dn = ?peer.dn, reason = ?denied, "refused");
+            match denied {
+                Denied::NoCredentials => MethodError::NoCredentials,
+                other => MethodError::Unauthorized(other),
+            }
+        })
+    }
+
+    /// On purpose stricter than DIRAC: acting on another user's ID needs the method's
+    /// `<method>ForOtherUsers` rule (default ProxyManagement).
+    fn check_own_or_allowed(
+        &self,
+        settings: &Settings,
+        context: &CallContext,
+        caller: &Authorized,
+        method: Method,
+        user_id: &str,
+    ) -> Result<(), MethodError> {
+        let own = caller.kind == CallerKind::User
+            && settings
+                .registry
+                .id_dns_for_user(&caller.username)
+                .contains(&user_id);
+        if own {
+            return Ok(());
+        }
+        let rule = method
+            .other_users_rule()
+            .expect("only methods with a user ID argument");
+        self.authorize(settings, context, method, rule, Some(&["ProxyManagement"]))
+            .map(|_| ())
+            .map_err(|_| MethodError::refused("forbidden", "You aren't allowed!"))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn update_token(
+        &self,
+        settings: &Settings,
+        context: &CallContext,
+        caller: &Authorized,
+        token: Value,
+        user_id: &str,
+        provider: &str,
+        lifetime: Value,
+    ) -> Result<Value, MethodError> {
+        self.check_own_or_allowed(settings, context, caller, Method::UpdateToken, user_id)?;
+        if settings.idp(provider).is_none() {
+            return Err(MethodError::refused(
+                "unknown_provider",
+                format!(
+                    "Path /Resources/IdProviders/{provider} does not exist or it's not a section"
+                ),
+            ));
+        }
+        let lifetime = lifetime.as_i64().unwrap_or(86_400);
+        let dict = token.as_object().cloned().unwrap_or_default();
+        let now = unix_now();
+        let token = NewToken::from_dirac_dict(&dict, user_id, provider, lifetime, now)?;
+        self.database.call(UpdateToken { token, now }).await?;
+        let tokens = self.tokens_of(user_id).await?;
+        Ok(token_info::list(&tokens, None, expose(settings, caller)))
+    }
+
+    async fn tokens_of(&self, user_id: &str) -> Result<Vec<StoredToken>, MethodError> {
+        Ok(self
+            .database
+            .call(TokensByUserId {
+                user_id: user_id.to_owned(),
+            })
+            .await?)
+    }
+}
+
+fn as_str(value: &Value) -> &str {
+    value.as_str().unwrap_or_default()
+}
+
+fn expose(settings: &Settings, caller: &Authorized) -> bool {
+    settings.service.expose_token_values && caller.has_property("ProxyManagement")
+}
+
+/// DIRAC's getDNForUsername + getIDFromDN: the IdP user IDs of a DIRAC user.
+fn user_ids(settings: &Settings, username: &str) -> Result<Vec<String>, MethodError> {
+    match settings.registry.user(username) {
+        Some(user) if !user.dns.is_empty() => Ok(settings
+            .registry
+            .id_dns_for_user(username)
+            .into_iter()
+            .map(str::to_owned)
+            .collect()),
+        _ => Err(MethodError::refused(
+            "unknown_user",
+            format!("No DN found for user {username}"),
+        )),
+    }
+}
+
+/// DIRAC's whoami (§6.3.4): the credentials dictionary without the chain object.
+fn whoami(context: &CallContext, caller: &Authorized, settings: &Settings) -> Value {
+    let mut dict = Map::new();
+    if let Some(cert) = &context.certificate {
+        dict.insert("subject".into(), json!(cert.subject));
+        dict.insert("issuer".into(), json!(cert.issuer));
+        dict.insert("secondsLeft".into(), json!(cert.seconds_left));
+        dict.insert("isProxy".into(), json!(cert.is_proxy));
+        dict.insert("isLimitedProxy".into(), json!(cert.is_limited_proxy));
+        dict.insert("validDN".into(), json!(false));
+        dict.insert("validGroup".into(), json!(false));
+    }
+    if let Some(dn) = &caller.dn {
+        dict.insert("DN".into(), json!(dn));
+    }
+    if let Some(identity) = context
+        .certificate
+        .as_ref()
+        .and_then(|c| c.identity.as_ref())
+    {
+        dict.insert("identity".into(), json!(identity));
+    }
+    if caller.kind == CallerKind::Host {
+        dict.insert("extraCredentials".into(), json!("hosts"));
+    }
+    dict.insert("group".into(), json!(caller.group));
+    if caller.kind == CallerKind::User
+        && let Some(vo) = settings.registry.vo_for_group(&caller.group)
+    {
+        dict.insert("VO".into(), json!(vo));
+    }
+    dict.insert("properties".into(), json!(caller.properties));
+    dict.insert("username".into(), json!(caller.username));
+    if let Some(host) = &caller.forwarded_by {
+        dict.insert("forwardedBy".into(), json!(host));
+    }
+    Value::Object(dict)
+}
