@@ -10,3 +10,8 @@ pub mod config;
 pub mod crypto;
 pub mod db;
 pub mod domain;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+pub mod service;
+pub mod x509;

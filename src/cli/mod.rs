@@ -71,6 +71,8 @@ pub enum CliError {
     DatabaseTimeout(Duration),
     #[error("{0}")]
     Rotation(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl Cli {

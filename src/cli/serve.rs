@@ -1,15 +1,17 @@
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use actix_web::{App, HttpResponse, HttpServer, web};
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::{CliError, open_database, open_keyring};
-use crate::actors::db::{Database, Migrate, Ping};
+use crate::actors::db::Migrate;
 use crate::config::Settings;
-use crate::crypto::SharedKeyring;
 use crate::db::{PoolOptions, SqliteServeLock};
+use crate::http::{self, tls::ReloadableTls};
+use crate::metrics;
+use crate::service::Service;
+use crate::x509::pki::{DemoPki, ProxyKind};
 
 /// The bound sockets of one `serve` process. Port 0 in the configuration means "any free port";
 /// the ports actually bound are logged in one line that tests and scripts read.
@@ -42,11 +44,16 @@ impl Listeners {
 }
 
 pub async fn run(settings: Settings, config_files: Vec<PathBuf>) -> Result<(), CliError> {
+    metrics::init();
     let keyring = open_keyring(&settings)?;
+    if settings.service.generate_demo_credentials {
+        generate_demo_pki(&settings)?;
+    }
+    let tls = ReloadableTls::new(&settings).map_err(|e| CliError::Tls(e.to_string()))?;
     let url = &settings.database;
     let _sqlite_lock = match url.sqlite_path() {
         Some(path) => {
-            let lock = SqliteServeLock::acquire(std::path::Path::new(path))?;
+            let lock = SqliteServeLock::acquire(Path::new(path))?;
             tracing::debug!(lock = %lock.path().display(), "holding the SQLite serve lock");
             Some(lock)
         }
@@ -61,73 +68,123 @@ pub async fn run(settings: Settings, config_files: Vec<PathBuf>) -> Result<(), C
     tracing::info!(database = %url.masked(), migrations_applied = applied.len(), "database ready");
 
     let listeners = Listeners::bind(&settings)?;
-    tracing::info!(
-        "tokenmanager listening https={} dips={} metrics={}",
+    let ports = (
         Listeners::port(&listeners.https),
         Listeners::port(&listeners.dips),
         Listeners::port(&listeners.metrics),
     );
-    tracing::info!(config = ?config_files, "serving");
-    // The HTTPS and DISET protocol front-ends attach to these sockets; until then connections
-    // wait in the listen backlog.
-    let _protocol_listeners = (listeners.https, listeners.dips);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let service = Service::new(database, keyring, settings, config_files);
+    let api =
+        http::api_server(listeners.https, service.clone(), &tls, workers).map_err(|source| {
+            CliError::Bind {
+                address: "HTTPS listener".into(),
+                source,
+            }
+        })?;
+    let metrics_server =
+        http::metrics_server(listeners.metrics, service.clone()).map_err(|source| {
+            CliError::Bind {
+                address: "metrics listener".into(),
+                source,
+            }
+        })?;
+    // The DISET front-end attaches to this socket; until then connections wait in its backlog.
+    let _dips_listener = listeners.dips;
+    service.add_reload_hook(Box::new(move |settings| tls.prepare(settings)));
+    tracing::info!(
+        "tokenmanager listening https={} dips={} metrics={}",
+        ports.0,
+        ports.1,
+        ports.2
+    );
+    if service.settings().service.generate_demo_credentials {
+        log_demo_command(&service.settings(), ports.0);
+    }
 
-    actix::spawn(reload_on_sighup(keyring));
-    HttpServer::new({
-        let database = database.clone();
-        move || {
-            App::new()
-                .app_data(web::Data::new(database.clone()))
-                .route("/healthz", web::get().to(healthz))
-                .route("/readyz", web::get().to(readyz))
-        }
-    })
-    .workers(1)
-    .listen(listeners.metrics)
-    .map_err(|source| CliError::Bind {
-        address: "metrics listener".into(),
-        source,
-    })?
-    .run()
-    .await
-    .map_err(|source| CliError::Bind {
-        address: "metrics listener".into(),
+    actix::spawn(reload_on_sighup(service));
+    let (api, metrics_server) = futures_util::future::join(api, metrics_server).await;
+    api.and(metrics_server).map_err(|source| CliError::Bind {
+        address: "HTTP servers".into(),
         source,
     })?;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain").body("ok\n")
-}
-
-async fn readyz(database: web::Data<Database>) -> HttpResponse {
-    match database.call(Ping {}).await {
-        Ok(()) => HttpResponse::Ok()
-            .content_type("text/plain")
-            .body("ready\n"),
-        Err(error) => {
-            tracing::warn!(%error, "readiness check failed");
-            HttpResponse::ServiceUnavailable()
-                .content_type("text/plain")
-                .body("database unreachable\n")
-        }
-    }
-}
-
-/// SIGHUP re-reads the keyring (a key added by `rotate-key` then encrypts this process's writes).
-async fn reload_on_sighup(keyring: Arc<SharedKeyring>) {
+/// SIGHUP re-reads the configuration files, the keyring and the TLS files; a broken new
+/// configuration is refused and the one in force kept.
+async fn reload_on_sighup(service: Arc<Service>) {
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot listen for SIGHUP; reload by restarting");
+        tracing::error!("cannot listen for SIGHUP; reload with refreshConfiguration");
         return;
     };
     while hangups.recv().await.is_some() {
-        match keyring.reload() {
-            Ok(current) => tracing::info!(newest_key = current.newest_key_id(), "keyring reloaded"),
-            Err(error) => {
-                tracing::error!(%error, "keyring reload failed; the previous keys stay in force")
-            }
+        if let Err(error) = service.reload() {
+            tracing::error!(%error, "reload refused; the configuration in force is kept");
         }
     }
+}
+
+/// For the shipped example configuration: a throwaway CA, host certificate, user certificate and
+/// proxy, written where `/DIRAC/Security` points, if the host certificate is not there yet.
+fn generate_demo_pki(settings: &Settings) -> Result<(), CliError> {
+    let security = &settings.security;
+    let Some(cert_file) = security.cert_file.as_ref().filter(|f| !f.exists()) else {
+        return Ok(());
+    };
+    let dir = cert_file.parent().unwrap_or(Path::new("."));
+    // DemoPki::write_to's layout, which /DIRAC/Security must name.
+    let expected = [
+        (dir.join("hostcert.pem"), &security.cert_file, "CertFile"),
+        (dir.join("hostkey.pem"), &security.key_file, "KeyFile"),
+        (
+            dir.join("certificates"),
+            &security.ca_location,
+            "CALocation",
+        ),
+    ];
+    for (path, configured, option) in expected {
+        if configured.as_ref() != Some(&path) {
+            return Err(CliError::Tls(format!(
+                "GenerateDemoCredentials writes {}: set /DIRAC/Security/{option} to it",
+                path.display()
+            )));
+        }
+    }
+    let pki_error = |e: crate::x509::pki::PkiError| CliError::Tls(e.to_string());
+    let pki = DemoPki::generate(&["localhost", "127.0.0.1"]).map_err(pki_error)?;
+    pki.write_to(dir).map_err(pki_error)?;
+    let proxy = pki
+        .user
+        .proxy(ProxyKind::Rfc3820)
+        .issue()
+        .map_err(pki_error)?;
+    proxy
+        .write_proxy_file(&dir.join("userproxy.pem"))
+        .map_err(pki_error)?;
+    tracing::warn!(dir = %dir.display(), user = DemoPki::USER_DN, "generated a throwaway demo PKI");
+    Ok(())
+}
+
+fn log_demo_command(settings: &Settings, https_port: u16) {
+    let Some(dir) = settings
+        .security
+        .cert_file
+        .as_ref()
+        .and_then(|f| f.parent())
+    else {
+        return;
+    };
+    let proxy = dir.join("userproxy.pem");
+    let ca = dir.join("certificates");
+    let host = match settings.service.listen_address {
+        address if address.is_unspecified() => "127.0.0.1".to_owned(),
+        address => address.to_string(),
+    };
+    tracing::info!(
+        "try: curl --capath {} --cert {} -X POST https://{host}:{https_port}/api/v1/whoami",
+        ca.display(),
+        proxy.display()
+    );
 }

@@ -1,0 +1,95 @@
+//! The HTTP servers: the HTTPS listener (JSON API; DIRAC's HTTPS protocol joins it later) and the
+//! plain-HTTP metrics listener with health checks.
+
+pub mod tls;
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::{App, HttpResponse, HttpServer, web};
+
+use crate::actors::db::{CountCredentials, Ping};
+use crate::metrics;
+use crate::protocol::json;
+use crate::service::Service;
+
+/// The HTTPS server on `listener`: client certificates are read at connection time by
+/// [`tls::PeerIdentity`], so that every request knows its caller.
+pub fn api_server(
+    listener: TcpListener,
+    service: Arc<Service>,
+    tls: &tls::ReloadableTls,
+    workers: usize,
+) -> std::io::Result<Server> {
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(service.clone()))
+            .configure(json::routes)
+            .default_service(web::to(not_found))
+    })
+    .workers(workers)
+    .on_connect(tls::record_peer)
+    .listen_openssl(listener, tls.acceptor_builder()?)?
+    .run())
+}
+
+async fn not_found() -> HttpResponse {
+    json::error_reply(
+        actix_web::http::StatusCode::NOT_FOUND,
+        "not_found",
+        "no such path",
+    )
+}
+
+/// The metrics server: `/metrics`, `/healthz` (the process is up) and `/readyz` (the database
+/// answers, the configuration is loaded).
+pub fn metrics_server(listener: TcpListener, service: Arc<Service>) -> std::io::Result<Server> {
+    Ok(HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(service.clone()))
+            .route("/metrics", web::get().to(render_metrics))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+    })
+    .workers(1)
+    .listen(listener)?
+    .run())
+}
+
+async fn render_metrics(service: web::Data<Arc<Service>>) -> HttpResponse {
+    let database = service.database();
+    database.export_pool_state();
+    match database.call(CountCredentials {}).await {
+        Ok(counts) => {
+            metrics::STORED_CREDENTIALS.reset();
+            for (provider, state, count) in counts {
+                metrics::STORED_CREDENTIALS
+                    .with_label_values(&[&provider, &state])
+                    .set(count);
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot count stored credentials for /metrics"),
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(metrics::render())
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+async fn readyz(service: web::Data<Arc<Service>>) -> HttpResponse {
+    match service.database().call(Ping {}).await {
+        Ok(()) => HttpResponse::Ok()
+            .content_type("text/plain")
+            .body("ready\n"),
+        Err(error) => {
+            tracing::warn!(%error, "readiness check failed");
+            HttpResponse::ServiceUnavailable()
+                .content_type("text/plain")
+                .body("database unreachable\n")
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! TLS on the HTTPS listener: who the peer is (read once per connection), and a server context
+//! that reloads (new host certificate, new CA directory) without dropping connections.
+
+use std::any::Any;
+use std::sync::{Arc, RwLock};
+
+use actix_tls::accept::openssl::TlsStream;
+use actix_web::dev::Extensions;
+use actix_web::rt::net::TcpStream;
+use openssl::ssl::{SniError, SslAcceptorBuilder, SslContext};
+
+use crate::config::Settings;
+use crate::service::CertificateFacts;
+use crate::x509::identity::PeerChain;
+use crate::x509::tls::{self, ClientCertMode, TlsError, TlsSettings};
+
+/// The server context in force. Every handshake switches to it in the ClientHello callback
+/// (OpenSSL runs that callback with or without SNI), so a reload applies to new connections and
+/// leaves established ones alone.
+pub struct ReloadableTls {
+    current: Arc<RwLock<SslContext>>,
+    first: TlsSettings,
+}
+
+impl ReloadableTls {
+    pub fn new(settings: &Settings) -> Result<Self, TlsError> {
+        let first = tls_settings(settings)?;
+        let context = tls::acceptor(&first)?.into_context();
+        Ok(Self {
+            current: Arc::new(RwLock::new(context)),
+            first,
+        })
+    }
+
+    /// A builder for actix-web's listener, switching to the current context at each handshake.
+    pub fn acceptor_builder(&self) -> std::io::Result<SslAcceptorBuilder> {
+        let mut builder = tls::acceptor_builder(&self.first).map_err(std::io::Error::other)?;
+        let current = self.current.clone();
+        builder.set_servername_callback(move |ssl, _alert| {
+            let context = current.read().unwrap_or_else(|e| e.into_inner()).clone();
+            ssl.set_ssl_context(&context)
+                .map_err(|_| SniError::ALERT_FATAL)
+        });
+        Ok(builder)
+    }
+
+    /// Builds the context of `settings`; the returned closure puts it in force. A certificate
+    /// or CA directory that does not load refuses the reload.
+    pub fn prepare(&self, settings: &Settings) -> Result<Box<dyn FnOnce() + Send>, String> {
+        let context = tls_settings(settings)
+            .and_then(|s| tls::acceptor(&s))
+            .map_err(|e| e.to_string())?
+            .into_context();
+        let current = self.current.clone();
+        Ok(Box::new(move || {
+            *current.write().unwrap_or_else(|e| e.into_inner()) = context;
+            tracing::info!("TLS certificate and CA directory reloaded");
+        }))
+    }
+}
+
+fn tls_settings(settings: &Settings) -> Result<TlsSettings, TlsError> {
+    let security = &settings.security;
+    let missing = |what: &'static str, option: &str| TlsError::File {
+        what,
+        path: option.into(),
+        reason: "not configured (needed by the HTTPS listener)".into(),
+    };
+    Ok(TlsSettings {
+        cert_file: security
+            .cert_file
+            .clone()
+            .ok_or_else(|| missing("host certificate", "/DIRAC/Security/CertFile"))?,
+        key_file: security
+            .key_file
+            .clone()
+            .ok_or_else(|| missing("host key", "/DIRAC/Security/KeyFile"))?,
+        ca_dir: security
+            .ca_location
+            .clone()
+            .ok_or_else(|| missing("CA directory", "/DIRAC/Security/CALocation"))?,
+        client_cert: ClientCertMode::Requested,
+        session_id_context: format!("DIRAC-tokenmanager-{}", settings.service.https_port),
+    })
+}
+
+/// actix-web's on-connect hook: analyses the verified client chain once per connection and
+/// leaves `Option<CertificateFacts>` for the handlers.
+pub fn record_peer(connection: &dyn Any, data: &mut Extensions) {
+    let Some(stream) = connection.downcast_ref::<TlsStream<TcpStream>>() else {
+        return;
+    };
+    let facts = PeerChain::from_ssl(stream.ssl())
+        .and_then(|chain| match chain.analyse() {
+            Ok(identity) => Some(CertificateFacts {
+                subject: identity.subject,
+                issuer: identity.issuer,
+                seconds_left: identity.seconds_left,
+                is_proxy: identity.is_proxy,
+                is_limited_proxy: identity.is_limited_proxy,
+                dn: identity.dn,
+                identity: identity.identity,
+                group: identity.group_extension,
+            }),
+            Err(error) => {
+                tracing::warn!(%error, "refusing a client chain that cannot be analysed");
+                None
+            }
+        })
+        // A session resumed after its proxy expired is not verified again by OpenSSL.
+        .filter(|facts| facts.seconds_left > 0);
+    data.insert(facts);
+}

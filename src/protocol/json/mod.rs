@@ -1,0 +1,161 @@
+//! The JSON API: `POST /api/v1/<method>` with a JSON object of named arguments, answered with
+//! `{"ok": true, "value": …}` or `{"ok": false, "code": "<stable code>", "message": …}`.
+
+mod openapi;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use serde_json::{Map, Value, json};
+
+use crate::domain::policy::ExtraCredentials;
+use crate::metrics;
+use crate::service::{CallContext, CertificateFacts, Method, MethodError, Service};
+
+const PROTOCOL: &str = "json";
+
+/// The routes of the JSON API, for the HTTPS listener's `App`.
+pub fn routes(config: &mut web::ServiceConfig) {
+    config
+        .route("/api/v1/openapi.json", web::get().to(openapi::document))
+        .route("/api/v1/{method}", web::post().to(call))
+        .route("/api/v1/{method}", web::to(method_not_allowed));
+}
+
+/// A reply of the JSON API with its HTTP status.
+pub fn error_reply(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({"ok": false, "code": code, "message": message}))
+}
+
+async fn method_not_allowed() -> HttpResponse {
+    error_reply(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "use POST",
+    )
+}
+
+/// The status of each stable error code.
+fn status_of(code: &str) -> StatusCode {
+    match code {
+        "unauthenticated" => StatusCode::UNAUTHORIZED,
+        "forbidden" => StatusCode::FORBIDDEN,
+        "unknown_method" | "unknown_user" => StatusCode::NOT_FOUND,
+        "body_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "internal" | "config_rejected" => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
+
+async fn call(
+    request: HttpRequest,
+    method: web::Path<String>,
+    payload: web::Payload,
+    service: web::Data<Arc<Service>>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let Some(method) = Method::from_name(&method) else {
+        let message = format!("Unknown method {method}");
+        return record("unknown", started, Err(("unknown_method", message)));
+    };
+    let outcome = answer(&request, method, payload, &service).await;
+    record(method.name(), started, outcome)
+}
+
+/// Counts and times the reply, then builds it.
+fn record(
+    method: &str,
+    started: Instant,
+    outcome: Result<Value, (&'static str, String)>,
+) -> HttpResponse {
+    let code = outcome.as_ref().err().map_or("ok", |(code, _)| code);
+    metrics::REQUESTS
+        .with_label_values(&[method, PROTOCOL, code])
+        .inc();
+    metrics::REQUEST_DURATION
+        .with_label_values(&[method, PROTOCOL])
+        .observe(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(value) => HttpResponse::Ok().json(json!({"ok": true, "value": value})),
+        Err((code, message)) => error_reply(status_of(code), code, &message),
+    }
+}
+
+async fn answer(
+    request: &HttpRequest,
+    method: Method,
+    payload: web::Payload,
+    service: &Service,
+) -> Result<Value, (&'static str, String)> {
+    let certificate = request
+        .conn_data::<Option<CertificateFacts>>()
+        .cloned()
+        .flatten();
+    if certificate.is_none() {
+        return Err(("unauthenticated", "a client certificate is required".into()));
+    }
+    let settings = service.settings();
+    let body = read_body(payload, settings.service.max_body_bytes).await?;
+    let named = parse_arguments(&body)?;
+    let args = method
+        .named_args(named)
+        .map_err(|message| ("bad_argument", message))?;
+
+    // On the JSON API a host certificate identifies a host without DIRAC's extraCredentials.
+    let is_host = certificate
+        .as_ref()
+        .is_some_and(|c| settings.registry.hostname_for_dn(&c.dn).is_some());
+    let context = CallContext {
+        certificate,
+        extra_credentials: if is_host {
+            ExtraCredentials::Hosts
+        } else {
+            ExtraCredentials::None
+        },
+        ip: request.peer_addr().map(|a| a.ip()),
+    };
+    service
+        .call(&context, method, args)
+        .await
+        .map_err(|error: MethodError| (error.code(), error.to_string()))
+}
+
+async fn read_body(
+    mut payload: web::Payload,
+    limit: u64,
+) -> Result<Vec<u8>, (&'static str, String)> {
+    let too_large = || {
+        (
+            "body_too_large",
+            format!("the request body is larger than {limit} bytes"),
+        )
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ("bad_request", format!("cannot read the request body: {e}")))?;
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// An empty body means no arguments; anything else must be a JSON object.
+fn parse_arguments(body: &[u8]) -> Result<Map<String, Value>, (&'static str, String)> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(named)) => Ok(named),
+        Ok(_) => Err((
+            "bad_request",
+            "the body must be a JSON object of named arguments".into(),
+        )),
+        Err(e) => Err(("malformed_json", format!("the body is not valid JSON: {e}"))),
+    }
+}
