@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(libmariadb-dev sqlite3 postgresql-client mariadb-client)
+packages=(libmariadb-dev sqlite3 postgresql-client mariadb-client prometheus)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
@@ -12,7 +12,7 @@ done
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 postgres_url=${TOKENMANAGER_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}

@@ -3,9 +3,13 @@
 //! TOKENMANAGER_TEST_POSTGRES_URL / TOKENMANAGER_TEST_MYSQL_URL). None is ever skipped: an
 //! unreachable server fails the test.
 
+mod client;
+mod pki;
 mod process;
 mod support;
 
+mod api;
 mod cli;
 mod encryption;
+mod metrics;
 mod storage;

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::pki::TestPki;
+
 pub const BINARY: &str = env!("CARGO_BIN_EXE_tokenmanager");
 
 /// A minimal DIRAC configuration for one service on 127.0.0.1 with every port 0 (free ports).
@@ -18,12 +20,15 @@ pub fn write_config(
 ) -> PathBuf {
     let keyring = dir.join("keyring");
     let text = format!(
-        "DIRAC\n{{\n  Setup = Test\n  Setups\n  {{\n    Test\n    {{\n      Framework = Production\n    }}\n  }}\n}}\n\
+        "DIRAC\n{{\n  Setup = Test\n  Setups\n  {{\n    Test\n    {{\n      Framework = Production\n    }}\n  }}\n\
+         Security\n  {{\n{}\n  }}\n}}\n\
          Systems\n{{\n  Framework\n  {{\n    Production\n    {{\n      Services\n      {{\n        TokenManager\n        {{\n\
          ListenAddress = 127.0.0.1\nPort = 0\nHTTPSPort = 0\nMetricsPort = 0\nEncryptionKeyFile = {}\n{service_options}\n\
          }}\n      }}\n      Databases\n      {{\n        TokenDB\n        {{\n{database_section}\n        }}\n      }}\n    }}\n  }}\n}}\n\
-         Registry\n{{\n  DefaultGroup = dteam_user\n}}\n",
-        keyring.display()
+         {}",
+        TestPki::shared().security_options(),
+        keyring.display(),
+        REGISTRY
     );
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
@@ -43,8 +48,126 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// A running `serve`; killed when dropped.
-pub struct Server {
+/// The users, groups and hosts of the tests, one per kind of caller of the authorization matrix.
+/// Every user has the ID `id-<name>` (DN `/O=DIRAC/CN=id-<name>`).
+pub const REGISTRY: &str = "Registry
+{
+  DefaultGroup = g_user
+  BannedIPs = 127.0.0.2
+  Users
+  {
+    full
+    {
+      DN = /C=ch/O=DIRAC/OU=Test/CN=full
+      DN += /O=DIRAC/CN=id-full
+    }
+    limited
+    {
+      DN = /C=ch/O=DIRAC/OU=Test/CN=limited
+      DN += /O=DIRAC/CN=id-limited
+    }
+    private
+    {
+      DN = /C=ch/O=DIRAC/OU=Test/CN=private
+      DN += /O=DIRAC/CN=id-private
+    }
+    manager
+    {
+      DN = /C=ch/O=DIRAC/OU=Test/CN=manager
+      DN += /O=DIRAC/CN=id-manager
+    }
+    plain
+    {
+      DN = /C=ch/O=DIRAC/OU=Test/CN=plain
+      DN += /O=DIRAC/CN=id-plain
+    }
+    suspended
+    {
+      DN = /C=ch/O=DIRAC/OU=Test/CN=suspended
+      DN += /O=DIRAC/CN=id-suspended
+      Suspended = dteam
+    }
+    admin
+    {
+      DN = /C=ch/O=DIRAC/OU=Test/CN=admin
+      DN += /O=DIRAC/CN=id-admin
+    }
+    victim
+    {
+      DN = /C=ch/O=DIRAC/OU=Test/CN=victim
+      DN += /O=DIRAC/CN=id-victim
+    }
+  }
+  Groups
+  {
+    g_user
+    {
+      Users = plain, suspended, victim
+      Properties = NormalUser
+      VO = dteam
+    }
+    g_full
+    {
+      Users = full
+      Properties = NormalUser, FullDelegation
+      VO = dteam
+    }
+    g_limited
+    {
+      Users = limited
+      Properties = LimitedDelegation
+      VO = dteam
+    }
+    g_private
+    {
+      Users = private
+      Properties = PrivateLimitedDelegation
+      VO = dteam
+    }
+    g_manager
+    {
+      Users = manager
+      Properties = ProxyManagement
+      VO = dteam
+    }
+    g_admin
+    {
+      Users = admin
+      Properties = CSAdministrator
+      VO = dteam
+    }
+  }
+  Hosts
+  {
+    localhost
+    {
+      DN = /C=ch/O=DIRAC/OU=Test/CN=localhost
+      Properties = TrustedHost
+    }
+  }
+  VO
+  {
+    dteam
+    {
+      IdProvider = test-idp
+    }
+  }
+}
+Resources
+{
+  IdProviders
+  {
+    test-idp
+    {
+      issuer = https://127.0.0.1:1/
+      client_id = tm-test
+    }
+  }
+}
+";
+
+/// A running `serve`, the real binary; killed when dropped.
+pub struct TestApp {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
     pub https: u16,
@@ -52,8 +175,8 @@ pub struct Server {
     pub metrics: u16,
 }
 
-impl Server {
-    pub fn start(config: &Path) -> Self {
+impl TestApp {
+    pub fn spawn(config: &Path) -> Self {
         let mut child = Command::new(BINARY)
             .args(["serve", "--config"])
             .arg(config)
@@ -127,7 +250,7 @@ impl Server {
     }
 }
 
-impl Drop for Server {
+impl Drop for TestApp {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

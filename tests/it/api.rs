@@ -1,0 +1,677 @@
+//! The JSON API over real TLS against the real binary: the authorization matrix, whoami's
+//! dictionaries, bad input, reload.
+
+use serde_json::{Value, json};
+use tokenmanager::x509::pki::{CertifiedKey, ProxyKind, Validity};
+
+use crate::client::Client;
+use crate::pki::TestPki;
+use crate::process::{TestApp, write_config};
+use crate::support::TestDb;
+
+fn dn(name: &str) -> String {
+    format!("/C=ch/O=DIRAC/OU=Test/CN={name}")
+}
+
+fn spawn_app(db: &TestDb, service_options: &str) -> TestApp {
+    tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
+        .create()
+        .unwrap();
+    let config = write_config(
+        db.dir.path(),
+        "tm.cfg",
+        &format!("URL = {}", db.url),
+        service_options,
+    );
+    TestApp::spawn(&config)
+}
+
+/// One kind of caller of the matrix.
+struct Caller {
+    name: &'static str,
+    credential: Option<CertifiedKey>,
+    source: Option<&'static str>,
+    /// The user ID the caller acts on as "its own" (a host or stranger has none that counts).
+    own_id: &'static str,
+}
+
+fn callers(pki: &TestPki) -> Vec<Caller> {
+    let proxy =
+        |user: &str, group: Option<&str>| Some(pki.proxy(&dn(user), ProxyKind::Rfc3820, group));
+    let plain_user = pki.user(&dn("plain"));
+    let forger = pki.user(&dn("forger"));
+    let forged = plain_user
+        .proxy(ProxyKind::Rfc3820)
+        .signed_by(&forger.key)
+        .issue()
+        .unwrap();
+    let expired = pki
+        .ca
+        .issue_user(&dn("plain"), Validity::expired())
+        .unwrap();
+    let untrusted = pki
+        .untrusted
+        .issue_user(
+            &dn("plain"),
+            Validity::from_now(std::time::Duration::from_secs(3600)),
+        )
+        .unwrap();
+    let caller = |name, credential, own_id| Caller {
+        name,
+        credential,
+        source: None,
+        own_id,
+    };
+    vec![
+        caller("FullDelegation", proxy("full", Some("g_full")), "id-full"),
+        caller(
+            "LimitedDelegation",
+            proxy("limited", Some("g_limited")),
+            "id-limited",
+        ),
+        caller(
+            "PrivateLimitedDelegation",
+            proxy("private", Some("g_private")),
+            "id-private",
+        ),
+        caller(
+            "ProxyManagement",
+            proxy("manager", Some("g_manager")),
+            "id-manager",
+        ),
+        caller("plain user", proxy("plain", None), "id-plain"),
+        caller(
+            "CSAdministrator",
+            proxy("admin", Some("g_admin")),
+            "id-admin",
+        ),
+        caller("registered host", Some(pki.host.clone()), "id-localhost"),
+        caller(
+            "unregistered DN",
+            Some(pki.user(&dn("stranger"))),
+            "id-stranger",
+        ),
+        caller(
+            "suspended user",
+            proxy("suspended", Some("g_user")),
+            "id-suspended",
+        ),
+        Caller {
+            name: "banned IP",
+            credential: proxy("plain", None),
+            source: Some("127.0.0.2"),
+            own_id: "id-plain",
+        },
+        caller("expired certificate", Some(expired), "id-plain"),
+        caller("untrusted CA", Some(untrusted), "id-plain"),
+        caller("forged proxy", Some(forged), "id-plain"),
+        caller(
+            "limited proxy",
+            Some(pki.proxy(&dn("plain"), ProxyKind::Rfc3820Limited, None)),
+            "id-plain",
+        ),
+        caller("no certificate", None, "id-plain"),
+    ]
+}
+
+/// A column of the matrix: its name, the method, and the arguments for a caller whose own user ID
+/// is the parameter.
+type Column = (&'static str, &'static str, fn(&str) -> Value);
+
+fn columns() -> Vec<Column> {
+    fn token(own: &str) -> Value {
+        json!({"refresh_token": format!("rt-{own}"), "access_token": "at", "expires_in": 3600})
+    }
+    vec![
+        ("ping", "ping", |_| json!({})),
+        ("echo", "echo", |_| json!({"data": "hello"})),
+        ("whoami", "whoami", |_| json!({})),
+        (
+            "updateToken own",
+            "updateToken",
+            |own| json!({"token": token(own), "userID": own, "provider": "test-idp"}),
+        ),
+        (
+            "updateToken other",
+            "updateToken",
+            |_| json!({"token": token("x"), "userID": "id-victim", "provider": "test-idp"}),
+        ),
+        (
+            "getTokensByUserID own",
+            "getTokensByUserID",
+            |own| json!({"userID": own}),
+        ),
+        (
+            "getTokensByUserID other",
+            "getTokensByUserID",
+            |_| json!({"userID": "id-victim"}),
+        ),
+        ("getUserTokensInfo", "getUserTokensInfo", |_| json!({})),
+        (
+            "getUsersTokensInfo",
+            "getUsersTokensInfo",
+            |_| json!({"users": ["victim"]}),
+        ),
+        (
+            "deleteToken other",
+            "deleteToken",
+            |_| json!({"userDN": "id-nobody-victim"}),
+        ),
+        (
+            "deleteToken own",
+            "deleteToken",
+            |own| json!({"userDN": own}),
+        ),
+        (
+            "refreshConfiguration",
+            "refreshConfiguration",
+            |_| json!({}),
+        ),
+    ]
+}
+
+/// The expected answer of every cell: an HTTP status, or 0 where the TLS handshake is refused.
+/// Columns in the order of `columns()`.
+const MATRIX: &[(&str, [u16; 12])] = &[
+    //                           ping echo whoami upd.own upd.oth get.own get.oth user users del.oth del.own refresh
+    (
+        "FullDelegation",
+        [200, 200, 200, 200, 403, 200, 403, 200, 403, 403, 200, 403],
+    ),
+    (
+        "LimitedDelegation",
+        [200, 200, 200, 200, 403, 200, 403, 200, 403, 403, 200, 403],
+    ),
+    (
+        "PrivateLimitedDelegation",
+        [200, 200, 200, 200, 403, 200, 403, 200, 403, 403, 200, 403],
+    ),
+    (
+        "ProxyManagement",
+        [200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 200, 403],
+    ),
+    (
+        "plain user",
+        [200, 200, 200, 200, 403, 200, 403, 200, 403, 403, 200, 403],
+    ),
+    (
+        "CSAdministrator",
+        [200, 200, 200, 200, 403, 200, 403, 200, 403, 403, 200, 200],
+    ),
+    (
+        "registered host",
+        [200, 200, 200, 403, 403, 403, 403, 404, 403, 403, 403, 403],
+    ),
+    (
+        "unregistered DN",
+        [200, 403, 200, 403, 403, 403, 403, 403, 403, 403, 403, 403],
+    ),
+    (
+        "suspended user",
+        [200, 403, 200, 403, 403, 403, 403, 403, 403, 403, 403, 403],
+    ),
+    (
+        "banned IP",
+        [403, 403, 403, 403, 403, 403, 403, 403, 403, 403, 403, 403],
+    ),
+    ("expired certificate", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    ("untrusted CA", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    ("forged proxy", [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+    (
+        "limited proxy",
+        [200, 403, 200, 403, 403, 403, 403, 403, 403, 403, 403, 403],
+    ),
+    (
+        "no certificate",
+        [401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401, 401],
+    ),
+];
+
+#[test]
+fn authorization_matrix_over_real_tls() {
+    let pki = TestPki::shared();
+    let db = TestDb::new(tokenmanager::db::Backend::Sqlite);
+    let app = spawn_app(&db, "");
+    let columns = columns();
+    let callers = callers(pki);
+    assert_eq!(callers.len(), MATRIX.len());
+    let mut failures = Vec::new();
+    let mut cells = 0;
+    for (caller, (row_name, expected_row)) in callers.iter().zip(MATRIX) {
+        assert_eq!(caller.name, *row_name, "rows in the same order");
+        let client = Client {
+            credential: caller.credential.as_ref(),
+            source: caller.source.map(|ip| ip.parse().unwrap()),
+        };
+        for ((column, method, args), expected) in columns.iter().zip(expected_row) {
+            cells += 1;
+            let reply = client.post(
+                app.https,
+                &format!("/api/v1/{method}"),
+                &args(caller.own_id).to_string(),
+            );
+            let got = reply.status().unwrap_or(0);
+            if got != *expected {
+                failures.push(format!(
+                    "{row_name} × {column}: expected {expected}, got {got} {}",
+                    reply.body()
+                ));
+            }
+            if got == 200 {
+                assert_eq!(reply.body()["ok"], json!(true), "{row_name} × {column}");
+            } else if got != 0 {
+                assert_eq!(reply.body()["ok"], json!(false), "{row_name} × {column}");
+                assert!(
+                    reply.body()["code"].is_string(),
+                    "{row_name} × {column}: {}",
+                    reply.body()
+                );
+            }
+        }
+    }
+    assert_eq!(cells, 180);
+    assert!(
+        failures.is_empty(),
+        "{} of {cells} cells differ:\n{}\n\nlog:\n{}",
+        failures.len(),
+        failures.join("\n"),
+        app.log()
+    );
+}
+
+#[test]
+fn whoami_describes_proxy_plain_certificate_and_host_callers() {
+    let pki = TestPki::shared();
+    let db = TestDb::new(tokenmanager::db::Backend::Sqlite);
+    let app = spawn_app(&db, "");
+    let whoami = |credential: &CertifiedKey| {
+        let reply = Client {
+            credential: Some(credential),
+            source: None,
+        }
+        .post(app.https, "/api/v1/whoami", "");
+        assert_eq!(reply.status(), Some(200), "{:?}", reply);
+        reply.body()["value"].clone()
+    };
+
+    let proxy = pki.proxy(&dn("full"), ProxyKind::Rfc3820, Some("g_full"));
+    let value = whoami(&proxy);
+    let keys: Vec<&str> = value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "subject",
+            "issuer",
+            "secondsLeft",
+            "isProxy",
+            "isLimitedProxy",
+            "validDN",
+            "validGroup",
+            "DN",
+            "identity",
+            "group",
+            "VO",
+            "properties",
+            "username"
+        ]
+    );
+    assert_eq!(value["subject"], json!(proxy.subject()));
+    assert_eq!(value["issuer"], json!(dn("full")));
+    assert_eq!(
+        (value["DN"].clone(), value["identity"].clone()),
+        (json!(dn("full")), json!(dn("full")))
+    );
+    assert_eq!(
+        (value["isProxy"].clone(), value["isLimitedProxy"].clone()),
+        (json!(true), json!(false))
+    );
+    assert_eq!(
+        (value["group"].clone(), value["VO"].clone()),
+        (json!("g_full"), json!("dteam"))
+    );
+    assert_eq!(value["properties"], json!(["NormalUser", "FullDelegation"]));
+    assert_eq!(value["username"], json!("full"));
+    let left = value["secondsLeft"].as_i64().unwrap();
+    assert!((3600..=86_400).contains(&left), "{left}");
+
+    let plain = pki.user(&dn("plain"));
+    let value = whoami(&plain);
+    assert_eq!(value["subject"], json!(dn("plain")));
+    assert_eq!(value["isProxy"], json!(false));
+    assert!(
+        value.get("identity").is_none(),
+        "identity is for proxies only"
+    );
+    assert_eq!(
+        (value["group"].clone(), value["username"].clone()),
+        (json!("g_user"), json!("plain"))
+    );
+
+    let value = whoami(&pki.host);
+    assert_eq!(value["DN"], json!(crate::pki::HOST_DN));
+    assert_eq!(value["extraCredentials"], json!("hosts"));
+    assert_eq!(
+        (value["group"].clone(), value["username"].clone()),
+        (json!("hosts"), json!("localhost"))
+    );
+    assert_eq!(value["properties"], json!(["TrustedHost"]));
+    assert!(value.get("VO").is_none());
+
+    let legacy = pki.proxy(&dn("plain"), ProxyKind::Legacy, None);
+    let value = whoami(&legacy);
+    assert_eq!(
+        (value["isProxy"].clone(), value["DN"].clone()),
+        (json!(true), json!(dn("plain")))
+    );
+    let limited = pki.proxy(&dn("plain"), ProxyKind::LegacyLimited, None);
+    assert_eq!(whoami(&limited)["isLimitedProxy"], json!(true));
+}
+
+#[test]
+fn bad_input_gets_the_documented_error_and_changes_nothing() {
+    let pki = TestPki::shared();
+    let db = TestDb::new(tokenmanager::db::Backend::Sqlite);
+    let app = spawn_app(&db, "MaxBodyBytes = 4096");
+    let manager = pki.proxy(&dn("manager"), ProxyKind::Rfc3820, Some("g_manager"));
+    let client = Client {
+        credential: Some(&manager),
+        source: None,
+    };
+    let post =
+        |method: &str, body: &str| client.post(app.https, &format!("/api/v1/{method}"), body);
+    let victim_info = || post("getTokensByUserID", r#"{"userID": "id-victim"}"#);
+
+    let stored = post(
+        "updateToken",
+        &json!({"token": {"refresh_token": "rt-victim", "expires_in": 3600}, "userID": "id-victim", "provider": "test-idp"}).to_string(),
+    );
+    assert_eq!(stored.status(), Some(200), "{stored:?}");
+    let before = victim_info();
+    assert_eq!(before.body()["value"].as_array().unwrap().len(), 1);
+    assert!(
+        before.body()["value"][0].get("refresh_token").is_none(),
+        "no token values by default"
+    );
+
+    let oversized = format!(r#"{{"data": "{}"}}"#, "x".repeat(5000));
+    let cases: &[(&str, &str, u16, &str, &str)] = &[
+        (
+            "updateToken",
+            r#"{"token": "#,
+            400,
+            "malformed_json",
+            "not valid JSON",
+        ),
+        ("updateToken", "[1, 2]", 400, "bad_request", "JSON object"),
+        (
+            "updateToken",
+            r#"{"token": {"refresh_token": "r"}, "userID": 5, "provider": "test-idp"}"#,
+            400,
+            "bad_argument",
+            "argument 'userID' must be a string",
+        ),
+        (
+            "updateToken",
+            r#"{"token": {"refresh_token": "r"}, "userID": "id-victim"}"#,
+            400,
+            "bad_argument",
+            "missing argument 'provider'",
+        ),
+        (
+            "updateToken",
+            r#"{"token": {}, "userID": "id-victim", "provider": "test-idp", "colour": 1}"#,
+            400,
+            "bad_argument",
+            "takes no argument 'colour'",
+        ),
+        (
+            "updateToken",
+            r#"{"token": {"access_token": "a"}, "userID": "id-victim", "provider": "test-idp"}"#,
+            400,
+            "invalid_token",
+            "Cannot store token without a refresh token.",
+        ),
+        (
+            "updateToken",
+            r#"{"token": {"refresh_token": "r", "rt_expires_at": 1}, "userID": "id-victim", "provider": "test-idp"}"#,
+            400,
+            "invalid_token",
+            "Cannot store expired refresh token.",
+        ),
+        (
+            "updateToken",
+            r#"{"token": {"refresh_token": "r", "expires_in": "soon"}, "userID": "id-victim", "provider": "test-idp"}"#,
+            400,
+            "invalid_token",
+            "token field 'expires_in' must be an integer",
+        ),
+        (
+            "updateToken",
+            r#"{"token": {"refresh_token": "r"}, "userID": "id-victim", "provider": "nowhere"}"#,
+            400,
+            "unknown_provider",
+            "/Resources/IdProviders/nowhere does not exist",
+        ),
+        (
+            "getUsersTokensInfo",
+            r#"{"users": ["victim", "ghost"]}"#,
+            404,
+            "unknown_user",
+            "No DN found for user ghost",
+        ),
+        (
+            "echo",
+            &oversized,
+            413,
+            "body_too_large",
+            "larger than 4096 bytes",
+        ),
+        (
+            "getToken2",
+            "{}",
+            404,
+            "unknown_method",
+            "Unknown method getToken2",
+        ),
+    ];
+    for (method, body, status, code, message) in cases {
+        let reply = post(method, body);
+        assert_eq!(reply.status(), Some(*status), "{method} {body}: {reply:?}");
+        assert_eq!(
+            reply.body()["code"],
+            json!(code),
+            "{method} {body}: {reply:?}"
+        );
+        let text = reply.body()["message"].as_str().unwrap();
+        assert!(text.contains(message), "{method}: {text}");
+        assert!(!text.contains("rt-victim"), "no token in errors");
+    }
+    let get = client.request(app.https, "GET", "/api/v1/ping", "");
+    assert_eq!(
+        (get.status(), get.body()["code"].clone()),
+        (Some(405), json!("method_not_allowed"))
+    );
+    let nowhere = client.post(app.https, "/elsewhere", "{}");
+    assert_eq!(
+        (nowhere.status(), nowhere.body()["code"].clone()),
+        (Some(404), json!("not_found"))
+    );
+    assert_eq!(victim_info(), before, "refused calls changed nothing");
+
+    let openapi = Client::anonymous().request(app.https, "GET", "/api/v1/openapi.json", "");
+    assert_eq!(openapi.status(), Some(200));
+    let paths = openapi.body()["paths"].as_object().unwrap();
+    assert_eq!(paths.len(), 9);
+    assert_eq!(
+        openapi.body()["paths"]["/api/v1/updateToken"]["post"]["requestBody"]["content"]["application/json"]
+            ["schema"]["required"],
+        json!(["token", "userID", "provider"])
+    );
+}
+
+#[test]
+fn token_values_are_shown_only_with_the_option_and_only_to_proxy_management() {
+    let pki = TestPki::shared();
+    let db = TestDb::new(tokenmanager::db::Backend::Sqlite);
+    let app = spawn_app(&db, "ExposeTokenValues = yes");
+    let manager = pki.proxy(&dn("manager"), ProxyKind::Rfc3820, Some("g_manager"));
+    let plain = pki.proxy(&dn("plain"), ProxyKind::Rfc3820, None);
+    let token = json!({"refresh_token": "rt-plain", "access_token": "at-plain", "expires_in": 60});
+    let body = json!({"token": token, "userID": "id-plain", "provider": "test-idp"}).to_string();
+    let as_plain = Client {
+        credential: Some(&plain),
+        source: None,
+    };
+    let reply = as_plain.post(app.https, "/api/v1/updateToken", &body);
+    let info = &reply.body()["value"][0];
+    assert_eq!(info["user_id"], json!("id-plain"));
+    assert!(
+        info.get("refresh_token").is_none() && info.get("access_token").is_none(),
+        "{info}"
+    );
+
+    let as_manager = Client {
+        credential: Some(&manager),
+        source: None,
+    };
+    let reply = as_manager.post(
+        app.https,
+        "/api/v1/getUsersTokensInfo",
+        r#"{"users": ["plain"]}"#,
+    );
+    let info = &reply.body()["value"][0];
+    assert_eq!(
+        (info["refresh_token"].clone(), info["access_token"].clone()),
+        (json!("rt-plain"), json!("at-plain"))
+    );
+    assert_eq!(info["username"], json!("plain"));
+    // DIRAC's key set and types: every column a string but expires_at.
+    let keys: Vec<&str> = info
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "id",
+            "kid",
+            "user_id",
+            "provider",
+            "expires_at",
+            "access_token",
+            "refresh_token",
+            "rt_expires_at",
+            "client_id",
+            "token_type",
+            "scope",
+            "issued_at",
+            "access_token_revoked_at",
+            "refresh_token_revoked_at",
+            "expires_in",
+            "state",
+            "username"
+        ]
+    );
+    assert!(info["expires_at"].is_i64() && info["rt_expires_at"].is_string());
+    assert_eq!(
+        (info["client_id"].clone(), info["expires_in"].clone()),
+        (json!("None"), json!("60"))
+    );
+}
+
+#[test]
+fn reload_keeps_serving_refuses_a_broken_config_and_swaps_the_host_certificate() {
+    let pki = TestPki::shared();
+    let db = TestDb::new(tokenmanager::db::Backend::Sqlite);
+    tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
+        .create()
+        .unwrap();
+    // This test replaces the host certificate: give it its own copy.
+    let (cert, key) = (
+        db.dir.path().join("hostcert.pem"),
+        db.dir.path().join("hostkey.pem"),
+    );
+    pki.host.to_pem_files(&cert, &key).unwrap();
+    let config = write_config(db.dir.path(), "tm.cfg", &format!("URL = {}", db.url), "");
+    let shared = crate::pki::shared_host_files();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&shared.0, &cert.display().to_string())
+        .replace(&shared.1, &key.display().to_string());
+    std::fs::write(&config, &text).unwrap();
+    let mut app = TestApp::spawn(&config);
+
+    let admin = pki.proxy(&dn("admin"), ProxyKind::Rfc3820, Some("g_admin"));
+    let mut kept = crate::client::Connection::open(app.https, &admin);
+    let first_serial = kept.server_serial();
+    assert_eq!(kept.post("/api/v1/ping", "{}").0, 200);
+
+    // A broken configuration, by SIGHUP and by refreshConfiguration: refused, service unchanged.
+    std::fs::write(&config, text.replace("Registry\n{", "Registry\n{\n{")).unwrap();
+    app.signal("HUP");
+    let refused = app.wait_for_log("reload refused");
+    assert!(refused.contains("tm.cfg"), "{refused}");
+    let (status, body) = kept.post("/api/v1/refreshConfiguration", "{}");
+    assert_eq!(
+        (status, body["code"].clone()),
+        (500, json!("config_rejected")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("tm.cfg"),
+        "{body}"
+    );
+    assert_eq!(
+        kept.post("/api/v1/whoami", "{}").1["value"]["username"],
+        json!("admin")
+    );
+
+    // A good one with a new user and a new host certificate.
+    let newcomer_dn = dn("newcomer");
+    let fixed = text
+        .replace(
+            "    victim\n",
+            &format!("    newcomer\n    {{\n      DN = {newcomer_dn}\n    }}\n    victim\n"),
+        )
+        .replace(
+            "Users = plain, suspended, victim",
+            "Users = plain, suspended, victim, newcomer",
+        );
+    std::fs::write(&config, fixed).unwrap();
+    let renewed = pki
+        .ca
+        .issue_host(
+            crate::pki::HOST_DN,
+            &["localhost", "127.0.0.1"],
+            Validity::from_now(std::time::Duration::from_secs(86_400)),
+        )
+        .unwrap();
+    renewed.to_pem_files(&cert, &key).unwrap();
+    let (status, body) = kept.post("/api/v1/refreshConfiguration", "{}");
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = kept.post("/api/v1/whoami", "{}");
+    assert_eq!(
+        (status, body["value"]["username"].clone()),
+        (200, json!("admin")),
+        "the kept connection lives on"
+    );
+    let fresh = crate::client::Connection::open(app.https, &pki.user(&newcomer_dn));
+    assert_ne!(
+        fresh.server_serial(),
+        first_serial,
+        "new connections get the new host certificate"
+    );
+    let mut fresh = fresh;
+    assert_eq!(
+        fresh.post("/api/v1/whoami", "{}").1["value"]["username"],
+        json!("newcomer")
+    );
+}

@@ -1,0 +1,145 @@
+//! /metrics as Prometheus reads it: Debian's promtool accepts it, and it counts what happened.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use tokenmanager::x509::pki::ProxyKind;
+
+use crate::client::Client;
+use crate::pki::TestPki;
+use crate::process::{TestApp, http_get, write_config};
+use crate::support::{TestStore, new_token, store_token};
+
+fn promtool_check(exposition: &str) -> (bool, String) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (tests/setup.sh installs Debian's prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+#[actix::test]
+async fn metrics_pass_promtool_and_count_requests_and_credentials() {
+    let store = TestStore::new(tokenmanager::db::Backend::Sqlite).await;
+    for (user, provider) in [("a", "test-idp"), ("b", "test-idp"), ("c", "other-idp")] {
+        store_token(&store.database, new_token(user, provider, "rt", "at")).await;
+    }
+    let config = write_config(
+        store.db.dir.path(),
+        "tm.cfg",
+        &format!("URL = {}", store.db.url),
+        "",
+    );
+    let app = TestApp::spawn(&config);
+    let pki = TestPki::shared();
+    let plain = pki.proxy("/C=ch/O=DIRAC/OU=Test/CN=plain", ProxyKind::Rfc3820, None);
+    let client = Client {
+        credential: Some(&plain),
+        source: None,
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            client
+                .post(app.https, "/api/v1/echo", r#"{"data": 1}"#)
+                .status(),
+            Some(200)
+        );
+    }
+    assert_eq!(
+        client
+            .post(app.https, "/api/v1/refreshConfiguration", "{}")
+            .status(),
+        Some(403)
+    );
+    assert_eq!(
+        Client::anonymous()
+            .post(app.https, "/api/v1/ping", "{}")
+            .status(),
+        Some(401)
+    );
+
+    let (status, exposition) = http_get(app.metrics, "/metrics");
+    assert_eq!(status, 200);
+    let (valid, report) = promtool_check(&exposition);
+    assert!(
+        valid,
+        "promtool check metrics failed:\n{report}\n{exposition}"
+    );
+    assert!(
+        !report.contains("WARNING") && report.trim().is_empty(),
+        "promtool lint: {report}"
+    );
+
+    let requests = |labels: &str| {
+        sample(
+            &exposition,
+            &format!("tokenmanager_requests_total{{{labels}}}"),
+        )
+    };
+    assert_eq!(
+        requests(r#"method="echo",outcome="ok",protocol="json""#),
+        Some(3.0)
+    );
+    assert_eq!(
+        requests(r#"method="refreshConfiguration",outcome="forbidden",protocol="json""#),
+        Some(1.0)
+    );
+    assert_eq!(
+        requests(r#"method="ping",outcome="unauthenticated",protocol="json""#),
+        Some(1.0)
+    );
+    let echo_count = sample(
+        &exposition,
+        r#"tokenmanager_request_duration_seconds_count{method="echo",protocol="json"}"#,
+    );
+    assert_eq!(echo_count, Some(3.0));
+    let stored = |labels: &str| {
+        sample(
+            &exposition,
+            &format!("tokenmanager_stored_credentials{{{labels}}}"),
+        )
+    };
+    assert_eq!(stored(r#"provider="test-idp",state="active""#), Some(2.0));
+    assert_eq!(stored(r#"provider="other-idp",state="active""#), Some(1.0));
+    assert!(sample(&exposition, "tokenmanager_db_pool_connections").unwrap() >= 1.0);
+    assert!(sample(&exposition, "tokenmanager_db_pool_wait_seconds_count").unwrap() >= 1.0);
+    assert_eq!(
+        sample(
+            &exposition,
+            r#"tokenmanager_config_reloads_total{outcome="rejected"}"#
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &exposition,
+            &format!(
+                "tokenmanager_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        Some(1.0)
+    );
+}
