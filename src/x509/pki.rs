@@ -175,6 +175,7 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
 
 /// A certificate, its private key, and the certificates that issued it, nearest first, trust
 /// anchor excluded (empty for a certificate issued by a root [`Ca`]).
+#[derive(Clone)]
 pub struct CertifiedKey {
     pub cert: X509,
     pub key: PKey<Private>,
