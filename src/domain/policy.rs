@@ -216,6 +216,46 @@ pub fn authorize(
     }
 }
 
+/// What a caller may receive from getToken (DIRAC's `__checkProperties`, §2.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delegation {
+    /// FullDelegation: any user's tokens.
+    Full,
+    /// LimitedDelegation, or PrivateLimitedDelegation for oneself: never a refresh token.
+    Limited,
+}
+
+/// DIRAC's delegation check, with its messages. Fixed on purpose: PrivateLimitedDelegation
+/// compares the requested user with the caller by username (DIRAC compares the caller's DN with
+/// the user's `/O=DIRAC/CN=<id>` DN, which never matches an X.509 caller).
+pub fn delegation(
+    caller: &Authorized,
+    requested_user: &str,
+    requested_group: &str,
+    registry: &Registry,
+) -> Result<Delegation, &'static str> {
+    if caller.has_property("FullDelegation") {
+        return Ok(Delegation::Full);
+    }
+    if caller.has_property("LimitedDelegation") {
+        return Ok(Delegation::Limited);
+    }
+    if caller.has_property("PrivateLimitedDelegation") {
+        if caller.kind != CallerKind::User || caller.username != requested_user {
+            return Err("You are not allowed to download any token");
+        }
+        let group_allows = registry
+            .properties_for_group(requested_group)
+            .iter()
+            .any(|p| p == "PrivateLimitedDelegation");
+        if !group_allows {
+            return Err("You can't download tokens for that group");
+        }
+        return Ok(Delegation::Limited);
+    }
+    Err("You can't get tokens!")
+}
+
 /// Takes `group:<g>` and `vo:<vo>` out of the rules: they restrict the caller's group.
 fn split_group_rules<'r>(
     rules: &'r [String],
@@ -533,6 +573,45 @@ Registry
         assert_eq!(
             authorize(&rules("all"), &invalid, &registry),
             Err(Denied::BadExtraCredentials)
+        );
+    }
+
+    #[test]
+    fn delegation_follows_diracs_properties_and_messages() {
+        let registry = registry();
+        let caller = |properties: &[&str], username: &str| Authorized {
+            kind: CallerKind::User,
+            dn: Some(USER.into()),
+            username: username.into(),
+            group: "group_test".into(),
+            properties: properties.iter().map(|p| (*p).to_owned()).collect(),
+            forwarded_by: None,
+        };
+        let check = |c: &Authorized, user: &str, group: &str| delegation(c, user, group, &registry);
+        assert_eq!(
+            check(&caller(&["FullDelegation"], "userA"), "userB", "group_bad"),
+            Ok(Delegation::Full)
+        );
+        assert_eq!(
+            check(
+                &caller(&["LimitedDelegation"], "userA"),
+                "userB",
+                "group_bad"
+            ),
+            Ok(Delegation::Limited)
+        );
+        let private = caller(&["PrivateLimitedDelegation"], "userA");
+        assert_eq!(
+            check(&private, "userB", "group_test"),
+            Err("You are not allowed to download any token")
+        );
+        assert_eq!(
+            check(&private, "userA", "group_test"),
+            Err("You can't download tokens for that group")
+        );
+        assert_eq!(
+            check(&caller(&["NormalUser"], "userA"), "userA", "group_test"),
+            Err("You can't get tokens!")
         );
     }
 
