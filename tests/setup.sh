@@ -1,19 +1,13 @@
 #!/usr/bin/env bash
-# Prepares a fresh machine of this project's kind for the tests: installs the system packages
-# they need and checks that PostgreSQL and MariaDB answer (their tests are never skipped).
+# Prepares a fresh machine of this project's kind for the tests: installs the packages that
+# building and testing need, and checks that PostgreSQL and MariaDB answer (their tests are never
+# skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(libmariadb-dev sqlite3 postgresql-client mariadb-client prometheus)
-missing=()
-for package in "${packages[@]}"; do
-  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
-done
-if ((${#missing[@]})); then
-  echo "installing: ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+scripts/install-packages.sh
+# Dump tools for the no-clear-token tests, promtool for the metrics test.
+scripts/install-packages.sh sqlite3 postgresql-client mariadb-client prometheus
 
 postgres_url=${TOKENMANAGER_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 mysql_host=127.0.0.1
@@ -25,4 +19,3 @@ if [[ -z ${TOKENMANAGER_TEST_MYSQL_URL:-} ]] && ! mariadb -h "$mysql_host" -u ro
   echo "MariaDB is not reachable at $mysql_host:3306 as root: its tests cannot run" >&2
   exit 1
 fi
-
