@@ -10,7 +10,6 @@ use actix_web::rt::net::TcpStream;
 use openssl::ssl::{SniError, SslAcceptorBuilder, SslContext};
 
 use crate::config::Settings;
-use crate::service::CertificateFacts;
 use crate::x509::identity::PeerChain;
 use crate::x509::tls::{self, ClientCertMode, TlsError, TlsSettings};
 
@@ -85,29 +84,19 @@ fn tls_settings(settings: &Settings) -> Result<TlsSettings, TlsError> {
 }
 
 /// actix-web's on-connect hook: analyses the verified client chain once per connection and
-/// leaves `Option<CertificateFacts>` for the handlers.
+/// leaves `Option<ChainIdentity>` for the handlers.
 pub fn record_peer(connection: &dyn Any, data: &mut Extensions) {
     let Some(stream) = connection.downcast_ref::<TlsStream<TcpStream>>() else {
         return;
     };
-    let facts = PeerChain::from_ssl(stream.ssl())
-        .and_then(|chain| match chain.analyse() {
-            Ok(identity) => Some(CertificateFacts {
-                subject: identity.subject,
-                issuer: identity.issuer,
-                seconds_left: identity.seconds_left,
-                is_proxy: identity.is_proxy,
-                is_limited_proxy: identity.is_limited_proxy,
-                dn: identity.dn,
-                identity: identity.identity,
-                group: identity.group_extension,
-            }),
-            Err(error) => {
-                tracing::warn!(%error, "refusing a client chain that cannot be analysed");
-                None
-            }
+    let identity = PeerChain::from_ssl(stream.ssl())
+        .and_then(|chain| {
+            chain
+                .analyse()
+                .map_err(|error| tracing::warn!(%error, "refusing a client chain that cannot be analysed"))
+                .ok()
         })
         // A session resumed after its proxy expired is not verified again by OpenSSL.
-        .filter(|facts| facts.seconds_left > 0);
-    data.insert(facts);
+        .filter(|identity| identity.seconds_left > 0);
+    data.insert(identity);
 }

@@ -23,27 +23,13 @@ use crate::db::{DbError, StoredToken};
 use crate::domain::policy::{self, Authorized, CallerKind, Denied, ExtraCredentials, Peer};
 use crate::domain::{NewToken, TokenDictError, unix_now};
 use crate::metrics;
-
-/// What the transport established about a certificate caller (§6.3.1).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct CertificateFacts {
-    pub subject: String,
-    pub issuer: String,
-    pub seconds_left: i64,
-    pub is_proxy: bool,
-    pub is_limited_proxy: bool,
-    /// The identity DN: the end-entity certificate's subject for a proxy.
-    pub dn: String,
-    /// Set for proxies only, as DIRAC does.
-    pub identity: Option<String>,
-    /// The DIRAC group carried by the proxy.
-    pub group: Option<String>,
-}
+use crate::x509::identity::ChainIdentity;
 
 /// One call as a protocol front-end decoded it.
 #[derive(Clone, Debug, Default)]
 pub struct CallContext {
-    pub certificate: Option<CertificateFacts>,
+    /// What the transport read from the caller's verified certificate chain (§6.3.1).
+    pub certificate: Option<ChainIdentity>,
     pub extra_credentials: ExtraCredentials,
     pub ip: Option<IpAddr>,
 }
@@ -286,7 +272,7 @@ impl Service {
         let certificate = context.certificate.as_ref();
         let peer = Peer {
             dn: certificate.map(|c| c.dn.as_str()),
-            group: certificate.and_then(|c| c.group.as_deref()),
+            group: certificate.and_then(|c| c.group_extension.as_deref()),
             extra: context.extra_credentials.clone(),
             ip: context.ip,
             limited_proxy: certificate.is_some_and(|c| c.is_limited_proxy),

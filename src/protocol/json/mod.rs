@@ -13,7 +13,8 @@ use serde_json::{Map, Value, json};
 
 use crate::domain::policy::ExtraCredentials;
 use crate::metrics;
-use crate::service::{CallContext, CertificateFacts, Method, MethodError, Service};
+use crate::service::{CallContext, Method, MethodError, Service};
+use crate::x509::identity::ChainIdentity;
 
 const PROTOCOL: &str = "json";
 
@@ -91,7 +92,7 @@ async fn answer(
     service: &Service,
 ) -> Result<Value, (&'static str, String)> {
     let certificate = request
-        .conn_data::<Option<CertificateFacts>>()
+        .conn_data::<Option<ChainIdentity>>()
         .cloned()
         .flatten();
     if certificate.is_none() {
