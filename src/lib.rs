@@ -11,6 +11,7 @@ pub mod crypto;
 pub mod db;
 pub mod domain;
 pub mod http;
+pub mod idp;
 pub mod metrics;
 pub mod protocol;
 pub mod service;

@@ -3,8 +3,9 @@
 //! logs.
 
 pub mod policy;
+pub mod scopes;
 mod secret;
 mod token;
 
 pub use secret::Secret;
-pub use token::{CredentialState, NewToken, TokenDictError, unix_now};
+pub use token::{CredentialState, NewToken, TokenDictError, jwt_expiry, unix_now};

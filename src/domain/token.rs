@@ -228,7 +228,7 @@ fn normalise_scope(value: Option<&Value>) -> Result<String, TokenDictError> {
 
 /// The `exp` claim of a JWT, read without verifying anything: DIRAC does the same to learn a
 /// refresh token's lifetime. Opaque tokens and unsigned IAM refresh tokens without `exp` give None.
-fn jwt_expiry(token: &str) -> Option<i64> {
+pub fn jwt_expiry(token: &str) -> Option<i64> {
     let payload = token.split('.').nth(1)?;
     let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
     let claims: Value = serde_json::from_slice(&bytes).ok()?;

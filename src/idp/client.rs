@@ -1,0 +1,386 @@
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use openidconnect::core::{
+    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod,
+    CoreErrorResponseType, CoreGrantType, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm, CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
+    CoreTokenResponse,
+};
+use openidconnect::{
+    AdditionalProviderMetadata, AuthType, ClientId, ClientSecret, EndpointMaybeSet, EndpointNotSet,
+    EndpointSet, HttpClientError, IssuerUrl, OAuth2TokenResponse, ProviderMetadata, RefreshToken,
+    RequestTokenError, RevocationUrl, Scope, StandardErrorResponse,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, Semaphore};
+
+use super::{IdpError, IdpOptions};
+use crate::domain::Secret;
+use crate::domain::scopes::ScopeSet;
+
+/// The RFC 7009 endpoint is not part of OpenID discovery's core fields.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+struct RevocationEndpoint {
+    revocation_endpoint: Option<String>,
+}
+impl AdditionalProviderMetadata for RevocationEndpoint {}
+
+type Metadata = ProviderMetadata<
+    RevocationEndpoint,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
+
+type Client = CoreClient<
+    EndpointSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointNotSet,
+    EndpointMaybeSet,
+    EndpointMaybeSet,
+>;
+type TokenError = RequestTokenError<
+    HttpClientError<reqwest::Error>,
+    StandardErrorResponse<CoreErrorResponseType>,
+>;
+
+#[derive(Clone)]
+struct Discovered {
+    client: Client,
+    revocation: Option<RevocationUrl>,
+    fetched: Instant,
+}
+
+/// What the IdP issued.
+#[derive(Clone, Debug)]
+pub struct IssuedToken {
+    pub access_token: Secret,
+    pub token_type: String,
+    pub expires_in: Option<i64>,
+    /// The scopes the IdP granted, when it says.
+    pub scope: Option<ScopeSet>,
+    /// A rotated refresh token, when the IdP rotates.
+    pub refresh_token: Option<Secret>,
+}
+
+/// One IdP: its discovery document cached (fetched again after `discovery_refresh`, or after a
+/// failure, never per call), its requests bounded in time and number.
+pub struct IdpClient {
+    options: IdpOptions,
+    http: reqwest::Client,
+    discovered: RwLock<Option<Discovered>>,
+    discovering: Mutex<()>,
+    in_flight: Semaphore,
+}
+
+impl IdpClient {
+    pub fn new(options: IdpOptions) -> Result<Self, IdpError> {
+        let http = reqwest::Client::builder()
+            // Following redirects would open the client to SSRF.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(options.connect_timeout)
+            .timeout(options.timeout)
+            // A fresh connection per request: a reply lost on a reused keep-alive connection
+            // would be indistinguishable from one the IdP processed and did not answer.
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| IdpError::Config {
+                idp: options.name.clone(),
+                problem: e.to_string(),
+            })?;
+        Ok(Self {
+            in_flight: Semaphore::new(options.max_in_flight),
+            options,
+            http,
+            discovered: RwLock::new(None),
+            discovering: Mutex::new(()),
+        })
+    }
+
+    pub fn options(&self) -> &IdpOptions {
+        &self.options
+    }
+
+    fn unavailable(&self, reason: impl Into<String>) -> IdpError {
+        IdpError::Unavailable {
+            idp: self.options.name.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    fn cached(&self) -> Option<Discovered> {
+        self.discovered
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The discovered client; fetches discovery when none is cached or the cached one is due,
+    /// keeping a stale copy if the fetch fails.
+    async fn client(&self) -> Result<Discovered, IdpError> {
+        if let Some(current) = self
+            .cached()
+            .filter(|d| d.fetched.elapsed() < self.options.discovery_refresh)
+        {
+            return Ok(current);
+        }
+        let _one_at_a_time = self.discovering.lock().await;
+        if let Some(current) = self
+            .cached()
+            .filter(|d| d.fetched.elapsed() < self.options.discovery_refresh)
+        {
+            return Ok(current);
+        }
+        match self.discover().await {
+            Ok(fresh) => {
+                *self.discovered.write().unwrap_or_else(|e| e.into_inner()) = Some(fresh.clone());
+                Ok(fresh)
+            }
+            Err(error) => match self.cached() {
+                Some(stale) => {
+                    tracing::warn!(idp = %self.options.name, %error, "discovery failed; using the cached document");
+                    Ok(stale)
+                }
+                None => Err(error),
+            },
+        }
+    }
+
+    /// After a transport failure the endpoints may have moved: fetch discovery again next time.
+    fn discovery_is_due(&self) {
+        if let Some(current) = self
+            .discovered
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            current.fetched = Instant::now() - self.options.discovery_refresh;
+        }
+    }
+
+    async fn discover(&self) -> Result<Discovered, IdpError> {
+        let issuer = IssuerUrl::new(self.options.issuer.clone())
+            .map_err(|e| self.unavailable(e.to_string()))?;
+        let response = self
+            .http
+            .get(&self.options.discovery_url)
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| self.unavailable(format!("discovery: {e}")))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.unavailable(format!("discovery document: {e}")))?;
+        let metadata: Metadata = serde_json::from_slice(&body)
+            .map_err(|e| self.unavailable(format!("discovery document: {e}")))?;
+        // OpenID Connect Discovery §4.3: the document must name the issuer it was fetched for.
+        if metadata.issuer().as_str().trim_end_matches('/') != issuer.as_str().trim_end_matches('/')
+        {
+            return Err(self.unavailable(format!(
+                "discovery names issuer {} instead of {}",
+                metadata.issuer().as_str(),
+                issuer.as_str()
+            )));
+        }
+        let revocation = metadata
+            .additional_metadata()
+            .revocation_endpoint
+            .clone()
+            .map(RevocationUrl::new)
+            .transpose()
+            .map_err(|e| self.unavailable(format!("revocation endpoint: {e}")))?;
+        let mut client = CoreClient::from_provider_metadata(
+            metadata,
+            ClientId::new(self.options.client_id.clone()),
+            self.options
+                .client_secret
+                .as_ref()
+                .map(|s| ClientSecret::new(s.expose().to_owned())),
+        );
+        if self.options.secret_in_body {
+            client = client.set_auth_type(AuthType::RequestBody);
+        }
+        tracing::info!(idp = %self.options.name, "discovery fetched");
+        Ok(Discovered {
+            client,
+            revocation,
+            fetched: Instant::now(),
+        })
+    }
+
+    /// The `refresh_token` grant.
+    pub async fn refresh(
+        &self,
+        refresh_token: &Secret,
+        scopes: &ScopeSet,
+        audience: Option<&str>,
+    ) -> Result<IssuedToken, IdpError> {
+        self.options.check_audience(audience)?;
+        let discovered = self.client().await?;
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| self.unavailable("shutting down"))?;
+        let token = RefreshToken::new(refresh_token.expose().to_owned());
+        let mut request = discovered
+            .client
+            .exchange_refresh_token(&token)
+            .map_err(|e| self.unavailable(e.to_string()))?
+            .add_scopes(scopes.iter().map(|s| Scope::new(s.to_owned())));
+        if let Some(audience) = audience {
+            request = request
+                .add_extra_param(self.options.audience_parameter.name(), audience.to_owned());
+        }
+        let response = self.bounded(request.request_async(&self.http)).await?;
+        response
+            .map(issued)
+            .map_err(|e| self.classify(e, "Invalid refresh token"))
+    }
+
+    /// The `client_credentials` grant: a token for DIRAC itself.
+    pub async fn client_credentials(
+        &self,
+        scopes: &ScopeSet,
+        audience: Option<&str>,
+    ) -> Result<IssuedToken, IdpError> {
+        self.options.check_audience(audience)?;
+        let discovered = self.client().await?;
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| self.unavailable("shutting down"))?;
+        let mut request = discovered
+            .client
+            .exchange_client_credentials()
+            .map_err(|e| self.unavailable(e.to_string()))?
+            .add_scopes(scopes.iter().map(|s| Scope::new(s.to_owned())));
+        if let Some(audience) = audience {
+            request = request
+                .add_extra_param(self.options.audience_parameter.name(), audience.to_owned());
+        }
+        let response = self.bounded(request.request_async(&self.http)).await?;
+        response
+            .map(issued)
+            .map_err(|e| self.classify(e, "Cannot fetch access token"))
+    }
+
+    /// RFC 7009 revocation of a refresh token. Like DIRAC, a refusal by the IdP is not an error of
+    /// the caller's; the caller logs it. A plain form POST: oauth2's typed request insists on an
+    /// https endpoint, which loopback test IdPs do not have.
+    pub async fn revoke(&self, refresh_token: &Secret) -> Result<(), IdpError> {
+        let discovered = self.client().await?;
+        let Some(url) = discovered.revocation.clone() else {
+            return Err(self.unavailable("the IdP advertises no revocation endpoint"));
+        };
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| self.unavailable("shutting down"))?;
+        let mut form = vec![
+            ("token", refresh_token.expose()),
+            ("token_type_hint", "refresh_token"),
+        ];
+        let mut request = self
+            .http
+            .post(url.as_str())
+            .header("Accept", "application/json");
+        let secret = self.options.client_secret.as_ref().map(Secret::expose);
+        if self.options.secret_in_body {
+            form.push(("client_id", &self.options.client_id));
+            if let Some(secret) = secret {
+                form.push(("client_secret", secret));
+            }
+        } else {
+            request = request.basic_auth(&self.options.client_id, secret);
+        }
+        let response = self
+            .bounded(request.form(&form).send())
+            .await?
+            .map_err(|e| self.unavailable(format!("revocation: {e}")))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(self.unavailable(format!("revocation answered {}", response.status())))
+        }
+    }
+
+    /// The total timeout again around the whole exchange (reqwest's covers each request).
+    async fn bounded<T>(&self, exchange: impl Future<Output = T>) -> Result<T, IdpError> {
+        tokio::time::timeout(self.options.timeout + Duration::from_secs(1), exchange)
+            .await
+            .map_err(|_| self.unavailable("timed out"))
+    }
+
+    fn classify(&self, error: TokenError, context: &'static str) -> IdpError {
+        match error {
+            RequestTokenError::ServerResponse(response) => {
+                let description = response.error_description().cloned().unwrap_or_default();
+                match response.error() {
+                    CoreErrorResponseType::InvalidGrant => IdpError::InvalidGrant(description),
+                    CoreErrorResponseType::Extension(code)
+                        if code == "server_error" || code == "temporarily_unavailable" =>
+                    {
+                        self.unavailable(format!("{code}: {description}"))
+                    }
+                    other => IdpError::Refused {
+                        context,
+                        error: other.to_string(),
+                        description,
+                    },
+                }
+            }
+            RequestTokenError::Request(HttpClientError::Reqwest(error)) => {
+                self.discovery_is_due();
+                if error.is_timeout() {
+                    self.unavailable("timed out")
+                } else if error.is_connect() {
+                    self.unavailable(format!("cannot connect: {error}"))
+                } else {
+                    IdpError::ReplyLost {
+                        idp: self.options.name.clone(),
+                        reason: error.to_string(),
+                    }
+                }
+            }
+            RequestTokenError::Request(other) => self.unavailable(other.to_string()),
+            // A non-JSON or empty error body: an HTML 5xx page, a proxy's error.
+            RequestTokenError::Parse(_, body) => self.unavailable(format!(
+                "unreadable reply: {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            )),
+            RequestTokenError::Other(reason) => self.unavailable(reason),
+        }
+    }
+}
+
+fn issued(response: CoreTokenResponse) -> IssuedToken {
+    IssuedToken {
+        access_token: Secret::new(response.access_token().secret().to_owned()),
+        token_type: match response.token_type() {
+            openidconnect::core::CoreTokenType::Bearer => "Bearer".to_owned(),
+            other => format!("{other:?}"),
+        },
+        expires_in: response.expires_in().map(|d| d.as_secs() as i64),
+        scope: response
+            .scopes()
+            .map(|scopes| ScopeSet::from_items(scopes.iter().map(|s| s.as_str()))),
+        refresh_token: response
+            .refresh_token()
+            .map(|t| Secret::new(t.secret().to_owned())),
+    }
+}

@@ -1,0 +1,64 @@
+//! Identity providers: the only code that calls out over HTTP. One [`IdpClient`] per
+//! `/Resources/IdProviders/<name>` section, with its discovery cached, its requests bounded in
+//! time and number, and its errors sorted into what the token path must do about them.
+
+mod client;
+mod options;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use client::{IdpClient, IssuedToken};
+pub use options::{AudienceParameter, IdpOptions};
+
+use crate::config::Settings;
+
+/// How an IdP call failed, sorted by what the caller must do.
+#[derive(Debug, thiserror::Error)]
+pub enum IdpError {
+    /// The section's options are unusable.
+    #[error("identity provider {idp}: {problem}")]
+    Config { idp: String, problem: String },
+    /// The audience is not in the IdP's allow-list: refused before any request.
+    #[error("audience {audience} is not allowed for identity provider {idp}")]
+    AudienceNotAllowed { idp: String, audience: String },
+    /// The IdP refused the refresh token: only a new login (updateToken) helps.
+    #[error("Invalid refresh token: invalid_grant: {0}")]
+    InvalidGrant(String),
+    /// The IdP refused this request (scope, audience, client...); the stored token is intact.
+    #[error("{context}: {error}: {description}")]
+    Refused {
+        context: &'static str,
+        error: String,
+        description: String,
+    },
+    /// Discovery failed, the IdP timed out, refused the connection or answered 5xx: nothing was
+    /// consumed, a later call may succeed.
+    #[error("identity provider {idp} is unavailable: {reason}")]
+    Unavailable { idp: String, reason: String },
+    /// The request reached the IdP but its reply was lost: the refresh token may have been
+    /// consumed, so it must not be presented again.
+    #[error("identity provider {idp} did not answer a request it received: {reason}")]
+    ReplyLost { idp: String, reason: String },
+}
+
+/// Every configured IdP, built from the settings (again on reload).
+#[derive(Clone, Default)]
+pub struct IdpRegistry {
+    clients: HashMap<String, Arc<IdpClient>>,
+}
+
+impl IdpRegistry {
+    pub fn from_settings(settings: &Settings) -> Result<Self, IdpError> {
+        let mut clients = HashMap::new();
+        for idp in &settings.idps {
+            let options = IdpOptions::from_config(idp)?;
+            clients.insert(idp.name().to_owned(), Arc::new(IdpClient::new(options)?));
+        }
+        Ok(Self { clients })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<IdpClient>> {
+        self.clients.get(name)
+    }
+}

@@ -1,0 +1,163 @@
+use std::time::Duration;
+
+use super::IdpError;
+use crate::config::IdProvider;
+use crate::domain::Secret;
+use crate::domain::scopes::ProviderType;
+
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
+pub const DEFAULT_DISCOVERY_REFRESH: Duration = Duration::from_secs(3600);
+
+/// How the requested audience travels to the IdP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AudienceParameter {
+    /// `audience=…`, as INDIGO IAM and DIRAC send it.
+    Audience,
+    /// RFC 8707 `resource=…`.
+    Resource,
+}
+
+impl AudienceParameter {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Audience => "audience",
+            Self::Resource => "resource",
+        }
+    }
+}
+
+/// The options of one `/Resources/IdProviders/<name>` section that the token path uses. DIRAC's
+/// own names where DIRAC has the option, ours (documented in config/README.md) otherwise.
+#[derive(Clone, Debug)]
+pub struct IdpOptions {
+    pub name: String,
+    pub provider_type: ProviderType,
+    pub issuer: String,
+    /// DIRAC's `server_metadata_url`; default `<issuer>/.well-known/openid-configuration`.
+    pub discovery_url: String,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    /// `client_secret_post` sends the secret in the body; `client_secret_basic` (the default with
+    /// a secret) in the Authorization header.
+    pub secret_in_body: bool,
+    pub audience_parameter: AudienceParameter,
+    /// None: any audience; Some: only these.
+    pub allowed_audiences: Option<Vec<String>>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_in_flight: usize,
+    pub discovery_refresh: Duration,
+}
+
+impl IdpOptions {
+    pub fn from_config(idp: &IdProvider) -> Result<Self, IdpError> {
+        let name = idp.name().to_owned();
+        let problem = |problem: String| IdpError::Config {
+            idp: name.clone(),
+            problem,
+        };
+        let provider_type = ProviderType::parse(idp.provider_type()).ok_or_else(|| {
+            problem(format!(
+                "ProviderType {} is not OAuth2, IAM or CheckIn",
+                idp.provider_type()
+            ))
+        })?;
+        let issuer = idp
+            .issuer()
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| problem("issuer is not set".into()))?
+            .trim_end_matches('/')
+            .to_owned();
+        let client_id = idp
+            .client_id()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| problem("client_id is not set".into()))?
+            .to_owned();
+        let secret_in_body = match idp.token_endpoint_auth_method() {
+            None | Some("client_secret_basic") => false,
+            Some("client_secret_post") => true,
+            Some(other) => {
+                return Err(problem(format!(
+                    "token_endpoint_auth_method {other} is not client_secret_basic or client_secret_post"
+                )));
+            }
+        };
+        let audience_parameter = match idp.option("audience_parameter") {
+            None | Some("audience") => AudienceParameter::Audience,
+            Some("resource") => AudienceParameter::Resource,
+            Some(other) => {
+                return Err(problem(format!(
+                    "audience_parameter {other} is not audience or resource"
+                )));
+            }
+        };
+        let allowed_audiences = idp.option("allowed_audiences").map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .collect()
+        });
+        let seconds = |option: &str, default: Duration| -> Result<Duration, IdpError> {
+            match idp.option(option) {
+                None => Ok(default),
+                Some(text) => text
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s > 0.0)
+                    .map(Duration::from_secs_f64)
+                    .ok_or_else(|| {
+                        problem(format!(
+                            "{option} = {text} is not a positive number of seconds"
+                        ))
+                    }),
+            }
+        };
+        let max_in_flight = match idp.option("max_in_flight") {
+            None => DEFAULT_MAX_IN_FLIGHT,
+            Some(text) => text
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    problem(format!("max_in_flight = {text} is not a positive integer"))
+                })?,
+        };
+        Ok(Self {
+            name: name.clone(),
+            discovery_url: idp
+                .option("server_metadata_url")
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("{issuer}/.well-known/openid-configuration")),
+            provider_type,
+            issuer,
+            client_id,
+            client_secret: idp.client_secret().cloned(),
+            secret_in_body,
+            audience_parameter,
+            allowed_audiences,
+            timeout: seconds("timeout", DEFAULT_TIMEOUT)?,
+            connect_timeout: seconds("connect_timeout", DEFAULT_CONNECT_TIMEOUT)?,
+            max_in_flight,
+            discovery_refresh: seconds("discovery_refresh", DEFAULT_DISCOVERY_REFRESH)?,
+        })
+    }
+
+    /// Refuses an audience outside the allow-list, before the IdP is contacted: some IdPs rotate
+    /// the refresh token and only then refuse an unknown audience, which would burn the grant.
+    pub fn check_audience(&self, audience: Option<&str>) -> Result<(), IdpError> {
+        match (audience, &self.allowed_audiences) {
+            (Some(audience), Some(allowed)) if !allowed.iter().any(|a| a == audience) => {
+                Err(IdpError::AudienceNotAllowed {
+                    idp: self.name.clone(),
+                    audience: audience.to_owned(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
