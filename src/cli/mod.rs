@@ -73,6 +73,8 @@ pub enum CliError {
     Rotation(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error(transparent)]
+    Idp(#[from] crate::idp::IdpError),
 }
 
 impl Cli {

@@ -26,7 +26,7 @@ impl Listeners {
         let service = &settings.service;
         let bind = |port| {
             let address = SocketAddr::new(service.listen_address, port);
-            TcpListener::bind(address).map_err(|source| CliError::Bind {
+            listen(address).map_err(|source| CliError::Bind {
                 address: address.to_string(),
                 source,
             })
@@ -41,6 +41,22 @@ impl Listeners {
     fn port(listener: &TcpListener) -> u16 {
         listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
+}
+
+/// Thousands of jobs may connect at once: a listen backlog of 4096 rather than std's 128, whose
+/// overflow drops connections before TLS even starts.
+const LISTEN_BACKLOG: i32 = 4096;
+
+fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
 }
 
 pub async fn run(settings: Settings, config_files: Vec<PathBuf>) -> Result<(), CliError> {
@@ -74,7 +90,7 @@ pub async fn run(settings: Settings, config_files: Vec<PathBuf>) -> Result<(), C
         Listeners::port(&listeners.metrics),
     );
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let service = Service::new(database, keyring, settings, config_files);
+    let service = Service::new(database, keyring, settings, config_files)?;
     let api =
         http::api_server(listeners.https, service.clone(), &tls, workers).map_err(|source| {
             CliError::Bind {

@@ -15,6 +15,7 @@ pub const DEFAULT_DISET_PORT: u16 = 9181;
 pub const DEFAULT_HTTPS_PORT: u16 = 8443;
 pub const DEFAULT_DATABASE_POOL_SIZE: u32 = 8;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+pub const DEFAULT_REFRESH_ACTOR_IDLE_SECONDS: u64 = 300;
 pub const DEFAULT_METRICS_PORT: u16 = 9182;
 pub const DEFAULT_LISTEN_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 pub const DEFAULT_MYSQL_PORT: u16 = 3306;
@@ -92,6 +93,7 @@ pub const SERVICE_OPTIONS: &[KnownOption] = {
         known("Authorization", S, true, "<method> = list of rules; Default for the others"),
         known("ExposeTokenValues", O, true, "include token values in token-info replies to ProxyManagement callers"),
         known("MaxBodyBytes", O, true, "largest JSON API request body accepted"),
+        known("RefreshActorIdleTime", O, true, "seconds an idle refresh actor lives"),
         known("Protocol", O, true, "DIRAC's protocol of the service (dips or https)"),
         known("Module", O, false, "DIRAC: module implementing the service"),
         known("HandlerPath", O, false, "DIRAC: path of the Python handler"),
@@ -155,6 +157,7 @@ pub struct ServiceSettings {
     /// Token-info replies carry token values only with this set, and only to ProxyManagement.
     pub expose_token_values: bool,
     pub max_body_bytes: u64,
+    pub refresh_actor_idle_time: std::time::Duration,
     pub protocol: Option<String>,
     /// `Authorization/<method>` → rules (list semantics); `Default` is an ordinary key.
     pub authorization: BTreeMap<String, Vec<String>>,
@@ -315,6 +318,10 @@ fn resolve_service(
         max_body_bytes: root
             .get_u64(&option("MaxBodyBytes"))?
             .unwrap_or(DEFAULT_MAX_BODY_BYTES),
+        refresh_actor_idle_time: std::time::Duration::from_secs(
+            root.get_u64(&option("RefreshActorIdleTime"))?
+                .unwrap_or(DEFAULT_REFRESH_ACTOR_IDLE_SECONDS),
+        ),
         protocol: non_empty(section.get("Protocol")).map(str::to_owned),
         authorization,
         path,

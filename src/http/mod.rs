@@ -29,6 +29,9 @@ pub fn api_server(
             .default_service(web::to(not_found))
     })
     .workers(workers)
+    // Thousands of clients may handshake at once on a small machine: actix's 3 s default
+    // drops the slowest of a burst.
+    .tls_handshake_timeout(std::time::Duration::from_secs(20))
     .on_connect(tls::record_peer)
     .listen_openssl(listener, tls.acceptor_builder()?)?
     .run())

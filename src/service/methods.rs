@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Method {
+    GetToken,
     Ping,
     Echo,
     Whoami,
@@ -25,6 +26,10 @@ pub enum ParamKind {
     Dict,
     /// A list of strings.
     StrList,
+    /// A string or null.
+    OptStr,
+    /// Scopes: a list of strings, one space-separated string, or null.
+    Scopes,
 }
 
 impl ParamKind {
@@ -39,6 +44,8 @@ impl ParamKind {
             Self::StrList => value
                 .as_array()
                 .is_some_and(|items| items.iter().all(Value::is_string)),
+            Self::OptStr => value.is_string() || value.is_null(),
+            Self::Scopes => Self::StrList.accepts(value) || Self::OptStr.accepts(value),
         }
     }
 
@@ -50,7 +57,8 @@ impl ParamKind {
             Self::Int => "<class 'int'>",
             Self::Bool => "<class 'bool'>",
             Self::Dict => "<class 'dict'>",
-            Self::StrList => "<class 'list'>",
+            Self::StrList | Self::Scopes => "<class 'list'>",
+            Self::OptStr => "<class 'str'>",
         }
     }
 
@@ -63,6 +71,8 @@ impl ParamKind {
             Self::Bool => "a boolean",
             Self::Dict => "an object",
             Self::StrList => "a list of strings",
+            Self::OptStr => "a string or null",
+            Self::Scopes => "a list of scopes, a space-separated string or null",
         }
     }
 }
@@ -85,6 +95,35 @@ const fn required(name: &'static str, kind: ParamKind, description: &'static str
     }
 }
 
+const GET_TOKEN: &[Param] = &[
+    optional(
+        "username",
+        ParamKind::OptStr,
+        "the user whose token is wanted; null for a client token",
+    ),
+    optional(
+        "userGroup",
+        ParamKind::OptStr,
+        "the DIRAC group: its VO's IdP and its IdPRole scopes",
+    ),
+    optional("scope", ParamKind::Scopes, "scopes added to the group's"),
+    optional(
+        "audience",
+        ParamKind::OptStr,
+        "the audience of the access token",
+    ),
+    optional(
+        "identityProvider",
+        ParamKind::OptStr,
+        "the IdP (default: the group's VO's)",
+    ),
+    Param {
+        name: "requiredTimeLeft",
+        kind: ParamKind::Int,
+        default: Some(default_zero),
+        description: "seconds the returned access token must still live",
+    },
+];
 const ECHO: &[Param] = &[required("data", ParamKind::Any, "anything")];
 const UPDATE_TOKEN: &[Param] = &[
     required(
@@ -120,6 +159,23 @@ const REFRESH_CONFIGURATION: &[Param] = &[Param {
     description: "ask the master Configuration Server (local files are re-read either way)",
 }];
 
+const fn optional(name: &'static str, kind: ParamKind, description: &'static str) -> Param {
+    Param {
+        name,
+        kind,
+        default: Some(default_null),
+        description,
+    }
+}
+
+fn default_null() -> Value {
+    Value::Null
+}
+
+fn default_zero() -> Value {
+    Value::from(0)
+}
+
 /// DIRAC's `rt_expired_in` default: one day.
 fn default_refresh_lifetime() -> Value {
     Value::from(86_400)
@@ -130,7 +186,8 @@ fn default_false() -> Value {
 }
 
 impl Method {
-    pub const ALL: [Method; 9] = [
+    pub const ALL: [Method; 10] = [
+        Self::GetToken,
         Self::Ping,
         Self::Echo,
         Self::Whoami,
@@ -144,6 +201,7 @@ impl Method {
 
     pub fn name(self) -> &'static str {
         match self {
+            Self::GetToken => "getToken",
             Self::Ping => "ping",
             Self::Echo => "echo",
             Self::Whoami => "whoami",
@@ -185,6 +243,9 @@ impl Method {
 
     pub fn summary(self) -> &'static str {
         match self {
+            Self::GetToken => {
+                "An access token for a user (refreshing the stored token) or for DIRAC itself (client credentials)"
+            }
             Self::Ping => "Service version, time, uptimes and load",
             Self::Echo => "Returns its argument",
             Self::Whoami => "The caller's credentials as the service sees them",
@@ -203,6 +264,7 @@ impl Method {
     pub fn params(self) -> &'static [Param] {
         match self {
             Self::Ping | Self::Whoami | Self::GetUserTokensInfo => &[],
+            Self::GetToken => GET_TOKEN,
             Self::Echo => ECHO,
             Self::UpdateToken => UPDATE_TOKEN,
             Self::DeleteToken => DELETE_TOKEN,

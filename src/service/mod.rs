@@ -2,6 +2,7 @@
 //! which authorizes the caller with the one rule set and runs the method. Protocol front-ends
 //! decode their requests into a [`CallContext`] and arguments, and encode the `Result`.
 
+mod get_token;
 mod methods;
 mod system;
 mod token_info;
@@ -17,11 +18,13 @@ use thiserror::Error;
 pub use methods::{Method, Param, ParamKind};
 
 use crate::actors::db::{Database, RemoveTokens, TokensByUserId, UpdateToken};
+use crate::actors::tokens::TokenBroker;
 use crate::config::{self, Settings};
 use crate::crypto::SharedKeyring;
 use crate::db::{DbError, StoredToken};
 use crate::domain::policy::{self, Authorized, CallerKind, Denied, ExtraCredentials, Peer};
 use crate::domain::{NewToken, TokenDictError, unix_now};
+use crate::idp::{IdpError, IdpRegistry};
 use crate::metrics;
 use crate::x509::identity::ChainIdentity;
 
@@ -95,6 +98,8 @@ pub type ReloadHook =
 
 pub struct Service {
     database: Database,
+    idps: RwLock<IdpRegistry>,
+    broker: TokenBroker,
     keyring: Arc<SharedKeyring>,
     settings: RwLock<Arc<Settings>>,
     config_files: Vec<PathBuf>,
@@ -108,15 +113,23 @@ impl Service {
         keyring: Arc<SharedKeyring>,
         settings: Settings,
         config_files: Vec<PathBuf>,
-    ) -> Arc<Self> {
-        Arc::new(Self {
+    ) -> Result<Arc<Self>, IdpError> {
+        let idps = IdpRegistry::from_settings(&settings)?;
+        let broker = TokenBroker::new(database.clone(), settings.service.refresh_actor_idle_time);
+        Ok(Arc::new(Self {
+            idps: RwLock::new(idps),
+            broker,
             database,
             keyring,
             settings: RwLock::new(Arc::new(settings)),
             config_files,
             started: SystemTime::now(),
             reload_hooks: Mutex::new(Vec::new()),
-        })
+        }))
+    }
+
+    fn idps(&self) -> IdpRegistry {
+        self.idps.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn settings(&self) -> Arc<Settings> {
@@ -152,6 +165,7 @@ impl Service {
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
         }
+        let idps = IdpRegistry::from_settings(&loaded.settings).map_err(|e| e.to_string())?;
         let hooks = self.reload_hooks.lock().unwrap_or_else(|e| e.into_inner());
         let commits = hooks
             .iter()
@@ -161,6 +175,7 @@ impl Service {
         for commit in commits {
             commit();
         }
+        *self.idps.write().unwrap_or_else(|e| e.into_inner()) = idps;
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded.settings);
         tracing::info!(
             newest_key = keyring.newest_key_id(),
@@ -188,6 +203,10 @@ impl Service {
         let mut args = args.into_iter();
         let mut next = || args.next().unwrap_or(Value::Null);
         match method {
+            Method::GetToken => {
+                let request = get_token::Request::from_args(args.collect());
+                get_token::get_token(&settings, &self.idps(), &self.broker, &caller, request).await
+            }
             Method::Ping => Ok(system::ping(self.started, &settings.service.name)),
             Method::Echo => Ok(next()),
             Method::Whoami => Ok(whoami(context, &caller, &settings)),
@@ -212,6 +231,7 @@ impl Service {
                         user_id: as_str(&user_id).to_owned(),
                     })
                     .await?;
+                self.broker.cache.forget_user(as_str(&user_id));
                 Ok(json!("Token successfully removed"))
             }
             Method::GetTokensByUserId => {
@@ -336,7 +356,20 @@ impl Service {
         let dict = token.as_object().cloned().unwrap_or_default();
         let now = unix_now();
         let token = NewToken::from_dirac_dict(&dict, user_id, provider, lifetime, now)?;
-        self.database.call(UpdateToken { token, now }).await?;
+        let new_refresh_token = token.refresh_token.clone();
+        let replaced = self.database.call(UpdateToken { token, now }).await?;
+        self.broker.cache.forget_user(user_id);
+        // The replaced refresh token is revoked once the new one is stored; a failure is logged.
+        if let Some(old) = replaced.filter(|old| old.refresh_token != new_refresh_token)
+            && let Some(idp) = self.idps().get(provider).cloned()
+        {
+            actix::spawn(async move {
+                if let Err(error) = idp.revoke(&old.refresh_token).await {
+                    tracing::warn!(user_id = %old.user_id, provider = %old.provider, %error,
+                        "could not revoke the replaced refresh token");
+                }
+            });
+        }
         let tokens = self.tokens_of(user_id).await?;
         Ok(token_info::list(&tokens, None, expose(settings, caller)))
     }

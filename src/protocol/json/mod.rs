@@ -44,7 +44,9 @@ fn status_of(code: &str) -> StatusCode {
     match code {
         "unauthenticated" => StatusCode::UNAUTHORIZED,
         "forbidden" => StatusCode::FORBIDDEN,
-        "unknown_method" | "unknown_user" => StatusCode::NOT_FOUND,
+        "unknown_method" | "unknown_user" | "no_token" => StatusCode::NOT_FOUND,
+        "needs_redelegation" => StatusCode::CONFLICT,
+        "idp_unavailable" | "idp_refused" => StatusCode::BAD_GATEWAY,
         "body_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
         "internal" | "config_rejected" => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,

@@ -18,6 +18,9 @@ fn schema(kind: ParamKind) -> Value {
         ParamKind::Bool => json!({"type": "boolean"}),
         ParamKind::Dict => json!({"type": "object"}),
         ParamKind::StrList => json!({"type": "array", "items": {"type": "string"}}),
+        ParamKind::OptStr => json!({"type": ["string", "null"]}),
+        ParamKind::Scopes => json!({"oneOf": [
+            {"type": "array", "items": {"type": "string"}}, {"type": "string"}, {"type": "null"}]}),
     }
 }
 

@@ -1,0 +1,203 @@
+//! getToken (§2.4): authorize, resolve the IdP and the scopes, check delegation, then the cache
+//! and, on a miss, the key's refresh actor. DIRAC's messages where DIRAC has them.
+
+use serde_json::{Map, Value, json};
+
+use super::MethodError;
+use crate::actors::tokens::{AccessToken, Subject, TokenBroker, TokenError, TokenKey};
+use crate::config::Settings;
+use crate::domain::policy::{self, Authorized};
+use crate::domain::scopes::{ScopeSet, group_scopes};
+use crate::domain::unix_now;
+use crate::idp::{IdpError, IdpRegistry};
+
+pub struct Request {
+    pub username: Option<String>,
+    pub group: Option<String>,
+    pub scopes: ScopeSet,
+    pub audience: Option<String>,
+    pub provider: Option<String>,
+    pub required_time_left: i64,
+}
+
+impl Request {
+    /// From the method's arguments in positional order (already type-checked).
+    pub fn from_args(args: Vec<Value>) -> Self {
+        let mut args = args.into_iter();
+        let mut text = || {
+            args.next()
+                .and_then(|v| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned))
+        };
+        let username = text();
+        let group = text();
+        let scopes = match args.next() {
+            Some(Value::String(scopes)) => ScopeSet::parse(&scopes),
+            Some(Value::Array(items)) => {
+                ScopeSet::from_items(items.iter().filter_map(Value::as_str))
+            }
+            _ => ScopeSet::default(),
+        };
+        let mut text = || {
+            args.next()
+                .and_then(|v| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned))
+        };
+        let audience = text();
+        let provider = text();
+        let required_time_left = args.next().and_then(|v| v.as_i64()).unwrap_or(0).max(0);
+        Self {
+            username,
+            group,
+            scopes,
+            audience,
+            provider,
+            required_time_left,
+        }
+    }
+}
+
+fn refused(code: &'static str, message: impl Into<String>) -> MethodError {
+    MethodError::Refused {
+        code,
+        message: message.into(),
+    }
+}
+
+fn token_error(error: TokenError) -> MethodError {
+    let code = match &error {
+        TokenError::NoCredential(_) => "no_token",
+        TokenError::NeedsRedelegation { .. } | TokenError::Idp(IdpError::InvalidGrant(_)) => {
+            "needs_redelegation"
+        }
+        TokenError::Idp(IdpError::AudienceNotAllowed { .. }) => "audience_not_allowed",
+        TokenError::Idp(IdpError::Refused { .. }) => "idp_refused",
+        TokenError::Idp(_) => "idp_unavailable",
+        TokenError::NotStored | TokenError::Storage => "internal",
+    };
+    refused(code, error.to_string())
+}
+
+pub async fn get_token(
+    settings: &Settings,
+    idps: &IdpRegistry,
+    broker: &TokenBroker,
+    caller: &Authorized,
+    request: Request,
+) -> Result<Value, MethodError> {
+    let registry = &settings.registry;
+    let group = request.group.as_deref();
+    let provider = match request.provider.clone().or_else(|| {
+        group
+            .and_then(|g| registry.idp_for_group(g))
+            .map(str::to_owned)
+    }) {
+        Some(provider) => provider,
+        None => {
+            return Err(refused(
+                "no_idp",
+                format!(
+                    "The {} group belongs to the VO that is not tied to any Identity Provider.",
+                    group.unwrap_or("None")
+                ),
+            ));
+        }
+    };
+    let idp = idps.get(&provider).ok_or_else(|| {
+        refused(
+            "unknown_provider",
+            format!("Path /Resources/IdProviders/{provider} does not exist or it's not a section"),
+        )
+    })?;
+    let options = idp.options();
+    // The requested scopes are added to the group's (DIRAC's refresh replaced them).
+    let scopes = match group {
+        Some(group) => request.scopes.union(&group_scopes(
+            options.provider_type,
+            group,
+            registry.group(group).and_then(|g| g.idp_role.as_deref()),
+            registry.vo_for_group(group),
+        )),
+        None => request.scopes.clone(),
+    };
+    options
+        .check_audience(request.audience.as_deref())
+        .map_err(|e| token_error(e.into()))?;
+    let key = |subject| TokenKey {
+        subject,
+        provider: provider.clone(),
+        client_id: options.client_id.clone(),
+        scopes: scopes.clone(),
+        audience: request.audience.clone(),
+    };
+
+    let Some(username) = request.username.as_deref() else {
+        // A client token, for DIRAC itself.
+        policy::delegation(caller, "", "", registry).map_err(|m| refused("forbidden", m))?;
+        let token = broker
+            .obtain(idp, key(Subject::Client), request.required_time_left)
+            .await
+            .map_err(token_error)?;
+        let mut reply = reply(&token);
+        reply.insert("client_id".into(), json!(options.client_id));
+        reply.insert("provider".into(), json!(provider));
+        return Ok(Value::Object(reply));
+    };
+
+    if registry.user(username).is_none_or(|u| u.dns.is_empty()) {
+        return Err(refused(
+            "unknown_user",
+            format!("No DN found for user {username}"),
+        ));
+    }
+    // DIRAC does not check this; a token for a group the user is not in is refused here.
+    if let Some(group) = group
+        && !registry.groups_for_user(username).contains(&group)
+    {
+        return Err(refused(
+            "forbidden",
+            format!("User {username} is not a member of group {group}"),
+        ));
+    }
+    policy::delegation(caller, username, group.unwrap_or_default(), registry)
+        .map_err(|m| refused("forbidden", m))?;
+    let ids = registry.id_dns_for_user(username);
+    if ids.is_empty() {
+        return Err(refused(
+            "no_token",
+            format!("No user ID found for {username}"),
+        ));
+    }
+    let mut errors = Vec::new();
+    for id in ids {
+        match broker
+            .obtain(
+                idp,
+                key(Subject::User(id.to_owned())),
+                request.required_time_left,
+            )
+            .await
+        {
+            Ok(token) => return Ok(Value::Object(reply(&token))),
+            Err(error) => errors.push(token_error(error)),
+        }
+    }
+    // DIRAC joins the failures of every ID; the code is the first one's.
+    let code = errors.first().map_or("no_token", MethodError::code);
+    let message = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(refused(code, message))
+}
+
+/// DIRAC's reply keys, without refresh or id token: those never leave the service.
+fn reply(token: &AccessToken) -> Map<String, Value> {
+    let now = unix_now();
+    let mut reply = Map::new();
+    reply.insert("access_token".into(), json!(token.access_token.expose()));
+    reply.insert("token_type".into(), json!(token.token_type));
+    reply.insert("expires_in".into(), json!(token.seconds_left(now).max(0)));
+    reply.insert("expires_at".into(), json!(token.expires_at));
+    reply.insert("scope".into(), json!(token.scope.to_string()));
+    reply
+}
