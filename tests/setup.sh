@@ -9,6 +9,9 @@ scripts/install-packages.sh
 # Dump tools for the no-clear-token tests, promtool for the metrics test.
 scripts/install-packages.sh sqlite3 postgresql-client mariadb-client prometheus
 
+# The test OpenID provider (oidc-provider, pinned in tests/idp/package-lock.json).
+npm ci --prefix tests/idp --no-audit --no-fund --loglevel=error
+
 postgres_url=${TOKENMANAGER_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 mysql_host=127.0.0.1
 if ! psql "$postgres_url" -qtAc 'SELECT 1' >/dev/null; then

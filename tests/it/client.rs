@@ -2,8 +2,10 @@
 //! included, which rustls-based tools refuse), one request per connection, optionally from
 //! another loopback address.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::sync::{Mutex, OnceLock};
 
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use serde_json::Value;
@@ -13,8 +15,8 @@ use crate::pki::TestPki;
 
 #[derive(Debug, PartialEq)]
 pub enum Reply {
-    /// The server refused the TLS handshake (bad certificate).
-    TlsRefused,
+    /// The server refused the TLS handshake (bad certificate); what the client saw.
+    TlsRefused(String),
     Http {
         status: u16,
         body: Value,
@@ -25,14 +27,14 @@ impl Reply {
     pub fn status(&self) -> Option<u16> {
         match self {
             Self::Http { status, .. } => Some(*status),
-            Self::TlsRefused => None,
+            Self::TlsRefused(_) => None,
         }
     }
 
     pub fn body(&self) -> &Value {
         match self {
             Self::Http { body, .. } => body,
-            Self::TlsRefused => &Value::Null,
+            Self::TlsRefused(_) => &Value::Null,
         }
     }
 }
@@ -55,41 +57,30 @@ impl Client<'_> {
     }
 
     pub fn request(&self, port: u16, verb: &str, path: &str, body: &str) -> Reply {
-        let mut connector = SslConnector::builder(SslMethod::tls_client()).unwrap();
-        connector
-            .cert_store_mut()
-            .add_cert(TestPki::shared().ca.cert().to_owned())
-            .unwrap();
-        connector.set_verify(SslVerifyMode::PEER);
-        if let Some(credential) = self.credential {
-            connector.set_certificate(&credential.cert).unwrap();
-            connector.set_private_key(&credential.key).unwrap();
-            for issuer in &credential.chain {
-                connector.add_extra_chain_cert(issuer.clone()).unwrap();
-            }
-        }
         let tcp = connect(port, self.source);
-        let ssl = connector.build().configure().unwrap();
+        let ssl = connector(self.credential).configure().unwrap();
         let mut stream = match ssl.connect("127.0.0.1", tcp) {
             Ok(stream) => stream,
-            Err(_) => return Reply::TlsRefused,
+            Err(e) => return Reply::TlsRefused(e.to_string()),
         };
         let request = format!(
             "{verb} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
-        if stream.write_all(request.as_bytes()).is_err() {
-            return Reply::TlsRefused;
+        if let Err(e) = stream.write_all(request.as_bytes()) {
+            return Reply::TlsRefused(e.to_string());
         }
         let mut response = Vec::new();
         // TLS 1.3 reports a refused client certificate only at the first read.
-        if stream.read_to_end(&mut response).is_err() && response.is_empty() {
-            return Reply::TlsRefused;
+        if let Err(e) = stream.read_to_end(&mut response)
+            && response.is_empty()
+        {
+            return Reply::TlsRefused(e.to_string());
         }
         let text = String::from_utf8_lossy(&response);
         let Some(status) = text.split(' ').nth(1).and_then(|s| s.parse().ok()) else {
-            return Reply::TlsRefused;
+            return Reply::TlsRefused(format!("no HTTP reply: {text}"));
         };
         let body = text
             .split_once("\r\n\r\n")
@@ -97,6 +88,35 @@ impl Client<'_> {
             .unwrap_or(Value::Null);
         Reply::Http { status, body }
     }
+}
+
+/// One connector per credential for the whole run: building one loads the system CA bundle,
+/// which costs more than the handshake itself and would make bursts measure the test client.
+fn connector(credential: Option<&CertifiedKey>) -> SslConnector {
+    static CONNECTORS: OnceLock<Mutex<HashMap<Vec<u8>, SslConnector>>> = OnceLock::new();
+    let key = credential
+        .map(|c| c.cert.to_der().unwrap())
+        .unwrap_or_default();
+    let mut connectors = CONNECTORS.get_or_init(Mutex::default).lock().unwrap();
+    connectors
+        .entry(key)
+        .or_insert_with(|| {
+            let mut connector = SslConnector::builder(SslMethod::tls_client()).unwrap();
+            connector
+                .cert_store_mut()
+                .add_cert(TestPki::shared().ca.cert().to_owned())
+                .unwrap();
+            connector.set_verify(SslVerifyMode::PEER);
+            if let Some(credential) = credential {
+                connector.set_certificate(&credential.cert).unwrap();
+                connector.set_private_key(&credential.key).unwrap();
+                for issuer in &credential.chain {
+                    connector.add_extra_chain_cert(issuer.clone()).unwrap();
+                }
+            }
+            connector.build()
+        })
+        .clone()
 }
 
 fn connect(port: u16, source: Option<IpAddr>) -> TcpStream {

@@ -11,5 +11,7 @@ mod support;
 mod api;
 mod cli;
 mod encryption;
+mod get_token;
+mod idp;
 mod metrics;
 mod storage;

@@ -1,0 +1,438 @@
+//! getToken against a real OpenID provider (oidc-provider, rotating refresh tokens on every use,
+//! revoking the grant on reuse), through the real binary over real TLS.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokenmanager::x509::pki::{CertifiedKey, ProxyKind};
+
+use crate::client::{Client, Reply};
+use crate::idp::TestIdp;
+use crate::pki::TestPki;
+use crate::process::{TestApp, write_config};
+use crate::support::TestDb;
+
+const SCOPE: &str = "openid offline_access compute.read";
+const CE: &str = "https://ce.example.org";
+
+fn dn(name: &str) -> String {
+    format!("/C=ch/O=DIRAC/OU=Test/CN={name}")
+}
+
+/// A service on SQLite whose `test-idp` is the fixture, with `extra_users` more users (IDs
+/// `id-<name>`) in group g_user.
+struct Setup {
+    idp: TestIdp,
+    app: TestApp,
+    _db: TestDb,
+    full: CertifiedKey,
+    manager: CertifiedKey,
+}
+
+fn setup(extra_users: &[String], idp_options: &str) -> Setup {
+    let idp = TestIdp::spawn();
+    let db = TestDb::new(tokenmanager::db::Backend::Sqlite);
+    tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
+        .create()
+        .unwrap();
+    let config = write_config(db.dir.path(), "tm.cfg", &format!("URL = {}", db.url), "");
+    let mut text = std::fs::read_to_string(&config).unwrap().replace(
+        "      issuer = https://127.0.0.1:1/\n      client_id = tm-test\n",
+        &format!(
+            "      issuer = {}\n      client_id = tm-basic\n      client_secret = tm-basic-secret\n      \
+             audience_parameter = resource\n      allowed_audiences = {CE}, https://fts.example.org\n{idp_options}\n",
+            idp.issuer()
+        ),
+    );
+    let users: String = extra_users
+        .iter()
+        .map(|u| {
+            format!(
+                "    {u}\n    {{\n      DN = {}\n      DN += /O=DIRAC/CN=id-{u}\n    }}\n",
+                dn(u)
+            )
+        })
+        .collect();
+    text = text.replace("    victim\n", &format!("{users}    victim\n"));
+    let members: String = extra_users.iter().map(|u| format!(", {u}")).collect();
+    text = text.replace(
+        "Users = plain, suspended, victim",
+        &format!("Users = plain, suspended, victim{members}"),
+    );
+    std::fs::write(&config, text).unwrap();
+    let app = TestApp::spawn(&config);
+    let pki = TestPki::shared();
+    Setup {
+        idp,
+        app,
+        _db: db,
+        full: pki.proxy(&dn("full"), ProxyKind::Rfc3820, Some("g_full")),
+        manager: pki.proxy(&dn("manager"), ProxyKind::Rfc3820, Some("g_manager")),
+    }
+}
+
+impl Setup {
+    /// Logs `user` in at the IdP and stores its refresh token through updateToken.
+    fn delegate(&self, user: &str) {
+        let grant = self.idp.grant(&format!("id-{user}"), SCOPE);
+        let body = json!({"token": {"refresh_token": grant.refresh_token, "access_token": grant.access_token,
+                                    "expires_in": grant.expires_in},
+                          "userID": format!("id-{user}"), "provider": "test-idp"});
+        let reply = self.call(&self.manager, "updateToken", body);
+        assert_eq!(reply.status(), Some(200), "{reply:?}");
+    }
+
+    fn call(&self, credential: &CertifiedKey, method: &str, body: Value) -> Reply {
+        Client {
+            credential: Some(credential),
+            source: None,
+        }
+        .post(
+            self.app.https,
+            &format!("/api/v1/{method}"),
+            &body.to_string(),
+        )
+    }
+
+    fn get_token(
+        &self,
+        user: Option<&str>,
+        audience: Option<&str>,
+        required_time_left: i64,
+    ) -> Reply {
+        let body = json!({"username": user, "userGroup": "g_user", "scope": ["compute.read"], "audience": audience,
+                          "requiredTimeLeft": required_time_left});
+        self.call(&self.full, "getToken", body)
+    }
+}
+
+/// Runs `count` calls at once, each on its own thread and connection. One burst at a time in the
+/// whole test binary: on two cores, several bursts of RSA handshakes at once measure the
+/// machine, not the service.
+fn concurrently(count: usize, call: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Vec<Reply> {
+    static ONE_BURST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _burst = ONE_BURST.lock().unwrap_or_else(|e| e.into_inner());
+    let call = Arc::new(call);
+    let threads: Vec<_> = (0..count)
+        .map(|i| {
+            let call = call.clone();
+            std::thread::spawn(move || call(i))
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+fn jwt_claims(token: &str) -> Value {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT access token");
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn two_hundred_concurrent_calls_for_one_user_cost_one_refresh_and_keep_the_grant() {
+    let setup = Arc::new(setup(&[], ""));
+    setup.delegate("plain");
+    setup.idp.reset_stats();
+    let shared = setup.clone();
+    let replies = concurrently(200, move |_| shared.get_token(Some("plain"), Some(CE), 0));
+    let ok = replies.iter().filter(|r| r.status() == Some(200)).count();
+    assert_eq!(
+        ok,
+        200,
+        "{:?}",
+        replies.iter().find(|r| r.status() != Some(200))
+    );
+    assert_eq!(setup.idp.stats().refreshes("id-plain"), 1);
+    let first = replies[0].body()["value"].clone();
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.body()["value"]["access_token"] == first["access_token"])
+    );
+    assert!(
+        first.get("refresh_token").is_none() && first.get("id_token").is_none(),
+        "{first}"
+    );
+    assert_eq!(
+        jwt_claims(first["access_token"].as_str().unwrap())["aud"],
+        json!(CE)
+    );
+    assert_eq!(
+        jwt_claims(first["access_token"].as_str().unwrap())["sub"],
+        json!("id-plain")
+    );
+    assert!(
+        first["scope"].as_str().unwrap().contains("compute.read"),
+        "{first}"
+    );
+
+    // The rotated refresh token was stored: more refreshes work and the grant lives.
+    for round in 2..=4 {
+        // Each round asks for more than the last token could give: a refresh every time.
+        let reply = setup.get_token(Some("plain"), Some(CE), 100_000 * round as i64);
+        assert_eq!(reply.status(), Some(200), "round {round}: {reply:?}");
+        assert_eq!(setup.idp.stats().refreshes("id-plain"), round);
+    }
+    assert!(setup.idp.grant_alive("id-plain"));
+}
+
+#[test]
+fn identical_client_token_requests_cost_one_client_credentials_call_per_audience() {
+    let setup = Arc::new(setup(&[], ""));
+    let shared = setup.clone();
+    let replies = concurrently(200, move |i| {
+        let audience = if i % 2 == 0 {
+            CE
+        } else {
+            "https://fts.example.org"
+        };
+        shared.get_token(None, Some(audience), 0)
+    });
+    assert!(
+        replies.iter().all(|r| r.status() == Some(200)),
+        "{:?}",
+        replies.iter().find(|r| r.status() != Some(200))
+    );
+    assert_eq!(setup.idp.stats().client_credentials_total(), 2);
+    let value = &replies[0].body()["value"];
+    assert_eq!(
+        (value["client_id"].clone(), value["provider"].clone()),
+        (json!("tm-basic"), json!("test-idp"))
+    );
+}
+
+#[test]
+fn fifty_users_times_twenty_calls_cost_fifty_refreshes_in_parallel() {
+    let users: Vec<String> = (0..50).map(|i| format!("u{i}")).collect();
+    let setup = Arc::new(setup(&users, ""));
+    for user in &users {
+        setup.delegate(user);
+    }
+    setup.idp.reset_stats();
+    // Each refresh takes 2 s at the IdP: fifty in a row would take 100 s.
+    setup.idp.latency(2000);
+    let shared = setup.clone();
+    let started = Instant::now();
+    let replies = concurrently(1000, move |i| {
+        shared.get_token(Some(&format!("u{}", i % 50)), Some(CE), 0)
+    });
+    let elapsed = started.elapsed();
+    assert!(
+        replies.iter().all(|r| r.status() == Some(200)),
+        "{:?}",
+        replies.iter().find(|r| r.status() != Some(200))
+    );
+    let stats = setup.idp.stats();
+    for user in &users {
+        assert_eq!(stats.refreshes(&format!("id-{user}")), 1, "{user}");
+    }
+    assert!(
+        elapsed < Duration::from_secs(40),
+        "refreshes of different users ran serially: {elapsed:?}"
+    );
+    for (i, reply) in replies.iter().enumerate() {
+        let sub =
+            jwt_claims(reply.body()["value"]["access_token"].as_str().unwrap())["sub"].clone();
+        assert_eq!(
+            sub,
+            json!(format!("id-u{}", i % 50)),
+            "a user got another user's token"
+        );
+    }
+}
+
+#[test]
+fn required_time_left_beyond_the_cached_token_forces_exactly_one_refresh() {
+    let setup = Arc::new(setup(&[], ""));
+    setup.idp.set_access_token_ttl(600);
+    setup.delegate("plain");
+    setup.idp.reset_stats();
+    assert_eq!(
+        setup.get_token(Some("plain"), Some(CE), 0).status(),
+        Some(200)
+    );
+    assert_eq!(
+        setup.get_token(Some("plain"), Some(CE), 300).status(),
+        Some(200)
+    );
+    assert_eq!(
+        setup.idp.stats().refreshes("id-plain"),
+        1,
+        "600 s left covers 300 s"
+    );
+    let shared = setup.clone();
+    let replies = concurrently(20, move |_| shared.get_token(Some("plain"), Some(CE), 3000));
+    assert!(replies.iter().all(|r| r.status() == Some(200)));
+    assert_eq!(
+        setup.idp.stats().refreshes("id-plain"),
+        2,
+        "one refresh for the whole queue"
+    );
+}
+
+#[test]
+fn a_hanging_refresh_does_not_delay_other_users_cache_hits() {
+    let setup = Arc::new(setup(&["slow".to_owned()], ""));
+    setup.delegate("plain");
+    setup.delegate("slow");
+    assert_eq!(
+        setup.get_token(Some("plain"), Some(CE), 0).status(),
+        Some(200)
+    );
+    setup.idp.hold("id-slow");
+    let shared = setup.clone();
+    let slow = std::thread::spawn(move || shared.get_token(Some("slow"), Some(CE), 0));
+    while setup.idp.held() == 0 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for _ in 0..20 {
+        assert_eq!(
+            setup.get_token(Some("plain"), Some(CE), 0).status(),
+            Some(200)
+        );
+    }
+    assert!(
+        !slow.is_finished(),
+        "the slow refresh is still held while the other user was served"
+    );
+    setup.idp.release("id-slow");
+    assert_eq!(slow.join().unwrap().status(), Some(200));
+}
+
+#[test]
+fn an_idp_error_or_timeout_leaves_the_stored_token_usable() {
+    let setup = setup(&[], "      timeout = 1");
+    setup.delegate("plain");
+    setup.idp.fail_next(1, 500);
+    let failed = setup.get_token(Some("plain"), Some(CE), 0);
+    assert_eq!(
+        (failed.status(), failed.body()["code"].clone()),
+        (Some(502), json!("idp_unavailable")),
+        "{failed:?}"
+    );
+    let ok = setup.get_token(Some("plain"), Some(CE), 0);
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+
+    setup.idp.hold("id-plain");
+    let timed_out = setup.get_token(Some("plain"), Some(CE), 100_000);
+    assert_eq!(
+        timed_out.body()["code"],
+        json!("idp_unavailable"),
+        "{timed_out:?}"
+    );
+    assert!(
+        timed_out.body()["message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out"),
+        "{timed_out:?}"
+    );
+    setup.idp.release("id-plain");
+    let ok = setup.get_token(Some("plain"), Some(CE), 100_000);
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    assert!(setup.idp.grant_alive("id-plain"));
+}
+
+#[test]
+fn a_lost_reply_never_makes_the_service_present_the_consumed_token() {
+    let setup = setup(&[], "");
+    setup.delegate("plain");
+    setup.idp.reset_stats();
+    setup.idp.drop_reply("id-plain");
+    let lost = setup.get_token(Some("plain"), Some(CE), 0);
+    assert_eq!(lost.body()["code"], json!("needs_redelegation"), "{lost:?}");
+    for _ in 0..3 {
+        let again = setup.get_token(Some("plain"), Some(CE), 0);
+        assert_eq!(
+            again.body()["code"],
+            json!("needs_redelegation"),
+            "{again:?}"
+        );
+    }
+    assert_eq!(
+        setup.idp.stats().refreshes("id-plain"),
+        1,
+        "the consumed token was never presented again"
+    );
+    assert!(
+        setup.idp.grant_alive("id-plain"),
+        "no reuse, so the IdP did not revoke the grant"
+    );
+    // A new login repairs it.
+    setup.delegate("plain");
+    assert_eq!(
+        setup.get_token(Some("plain"), Some(CE), 0).status(),
+        Some(200)
+    );
+}
+
+#[test]
+fn an_audience_outside_the_allow_list_is_refused_before_the_idp() {
+    let setup = setup(&[], "");
+    setup.delegate("plain");
+    setup.idp.reset_stats();
+    for user in [Some("plain"), None] {
+        let reply = setup.get_token(user, Some("https://elsewhere.example.org"), 0);
+        assert_eq!(
+            (reply.status(), reply.body()["code"].clone()),
+            (Some(400), json!("audience_not_allowed"))
+        );
+    }
+    let stats = setup.idp.stats();
+    assert_eq!(
+        (
+            stats.refreshes("id-plain"),
+            stats.client_credentials_total()
+        ),
+        (0, 0)
+    );
+}
+
+#[test]
+fn deleted_or_replaced_credentials_are_not_served_from_the_cache() {
+    let setup = setup(&[], "");
+    setup.delegate("plain");
+    assert_eq!(
+        setup.get_token(Some("plain"), Some(CE), 0).status(),
+        Some(200)
+    );
+    let deleted = setup.call(&setup.manager, "deleteToken", json!({"userDN": "id-plain"}));
+    assert_eq!(deleted.status(), Some(200));
+    let reply = setup.get_token(Some("plain"), Some(CE), 0);
+    assert_eq!(reply.body()["code"], json!("no_token"), "{reply:?}");
+
+    // updateToken stores a new login and revokes the replaced refresh token at the IdP.
+    setup.delegate("plain");
+    let first = setup.idp.grant("id-plain", SCOPE);
+    setup.idp.reset_stats();
+    setup.delegate("plain");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        setup.idp.stats().revocations() >= 1,
+        "the replaced refresh token was not revoked:\n{}",
+        setup.app.log()
+    );
+    let _ = first;
+}
+
+#[test]
+fn callers_without_delegation_rights_get_no_token() {
+    let setup = setup(&[], "");
+    setup.delegate("plain");
+    let pki = TestPki::shared();
+    let plain = pki.proxy(&dn("plain"), ProxyKind::Rfc3820, None);
+    let body = json!({"username": "plain", "userGroup": "g_user", "audience": CE});
+    let reply = setup.call(&plain, "getToken", body);
+    assert_eq!(
+        (reply.status(), reply.body()["message"].clone()),
+        (Some(403), json!("You can't get tokens!"))
+    );
+    let reply = setup.call(&plain, "getToken", json!({"userGroup": "g_user"}));
+    assert_eq!(reply.status(), Some(403));
+}
