@@ -83,6 +83,13 @@ db_messages! {
     RowsUnderOldKeys {} -> i64 = |store, conn, _msg| store.rows_under_old_keys(conn);
     ReencryptBatch { limit: i64 } -> ReencryptPass =
         |store, conn, msg| store.reencrypt_pass(conn, msg.limit);
+    /// Takes (or renews) a credential's refresh lease; false if another owner holds a live one.
+    TakeLease { version: CredentialVersion, owner: String, now: i64, until: i64 } -> bool =
+        |store, conn, msg| store.take_lease(conn, msg.version, &msg.owner, msg.now, msg.until);
+    ReleaseLease { id: i64, owner: String } -> () =
+        |store, conn, msg| store.release_lease(conn, msg.id, &msg.owner);
+    CredentialVersionOf { user_id: String, provider: String } -> Option<CredentialVersion> =
+        |store, conn, msg| store.credential_version(conn, &msg.user_id, &msg.provider);
     /// Stored credentials by (provider, state), for metrics.
     CountCredentials {} -> Vec<(String, String, i64)> =
         |store, conn, _msg| store.count_credentials(conn);

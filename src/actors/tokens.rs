@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::db::{Database, GetCredential, MarkNeedsRedelegation, StoreRefreshed};
+use super::db::{
+    CredentialVersionOf, Database, GetCredential, MarkNeedsRedelegation, ReleaseLease,
+    StoreRefreshed, TakeLease,
+};
 use crate::db::{CredentialVersion, DbError, StoredToken, TokenUpdate};
 use crate::domain::scopes::ScopeSet;
 use crate::domain::{CredentialState, Secret, unix_now};
@@ -44,6 +47,8 @@ pub struct AccessToken {
     lifetime: i64,
     /// The `requiredTimeLeft` of the request that had it minted.
     minted_for: i64,
+    /// The stored credential it came from (user tokens).
+    credential: Option<CredentialVersion>,
 }
 
 impl AccessToken {
@@ -56,6 +61,7 @@ impl AccessToken {
             minted: Instant::now(),
             lifetime: issued.expires_in.unwrap_or(0),
             minted_for,
+            credential: None,
         }
     }
 
@@ -129,6 +135,13 @@ impl TokenCache {
             .cloned()
     }
 
+    fn forget(&self, key: &TokenKey) {
+        self.entries
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+
     fn insert(&self, key: TokenKey, token: Arc<AccessToken>) {
         self.entries
             .write()
@@ -168,6 +181,7 @@ impl Message for Obtain {
 /// One per stored credential (user, provider) or client-token key; stops itself when idle.
 struct RefreshActor {
     user_id: Option<String>,
+    lease_owner: Arc<str>,
     idp: Arc<IdpClient>,
     database: Database,
     cache: Arc<TokenCache>,
@@ -208,6 +222,7 @@ impl Handler<Obtain> for RefreshActor {
         }
         let (idp, database, cache) = (self.idp.clone(), self.database.clone(), self.cache.clone());
         let user_id = self.user_id.clone();
+        let lease_owner = self.lease_owner.clone();
         AtomicResponse::new(Box::pin(
             async move {
                 let token = match &user_id {
@@ -215,6 +230,7 @@ impl Handler<Obtain> for RefreshActor {
                         refresh_user_token(
                             &idp,
                             &database,
+                            &lease_owner,
                             user_id,
                             &request.key,
                             request.required_time_left,
@@ -245,48 +261,149 @@ impl Handler<Obtain> for RefreshActor {
     }
 }
 
-/// Refreshes a stored credential and stores the (rotated) refresh token, compare-and-set on the
-/// row's generation, before the access token is handed out.
+/// How often a replica that meets another's live lease looks at the row again.
+const LEASE_POLL: Duration = Duration::from_millis(50);
+
+/// Refreshes a stored credential, under the row's lease, and stores the (rotated) refresh token,
+/// compare-and-set on the row's generation, before the access token is handed out. A replica
+/// that meets another's live lease waits and serves the result that replica stores.
 async fn refresh_user_token(
     idp: &IdpClient,
     database: &Database,
+    lease_owner: &str,
     user_id: &str,
     key: &TokenKey,
     required_time_left: i64,
 ) -> Result<AccessToken, TokenError> {
     let provider = key.provider.clone();
-    let stored = database
-        .call(GetCredential {
-            user_id: user_id.to_owned(),
-            provider: provider.clone(),
-        })
-        .await?
-        .filter(|t| t.rt_expires_at > unix_now())
-        .ok_or_else(|| TokenError::NoCredential(user_id.to_owned()))?;
-    if stored.state == CredentialState::NeedsRedelegation {
-        return Err(TokenError::NeedsRedelegation {
-            user_id: user_id.to_owned(),
-            provider,
-        });
+    // Longer than any refresh can hold the lease: the IdP call is bounded by its timeout.
+    let lease_seconds = idp.options().timeout.as_secs() as i64 + 5;
+    let give_up = Instant::now() + Duration::from_secs(lease_seconds as u64 * 2);
+    let mut first_seen: Option<CredentialVersion> = None;
+    loop {
+        let stored = database
+            .call(GetCredential {
+                user_id: user_id.to_owned(),
+                provider: provider.clone(),
+            })
+            .await?
+            .filter(|t| t.rt_expires_at > unix_now())
+            .ok_or_else(|| TokenError::NoCredential(user_id.to_owned()))?;
+        if stored.state == CredentialState::NeedsRedelegation {
+            return Err(TokenError::NeedsRedelegation {
+                user_id: user_id.to_owned(),
+                provider,
+            });
+        }
+        // Stored by another replica's refresh while we waited: its result is ours, as for a
+        // caller queued behind an actor; otherwise the stored token serves if it lives enough.
+        let peer_refreshed = first_seen.is_some_and(|seen| seen != stored.version());
+        if let Some(token) = stored_access_token(&stored, key, required_time_left, peer_refreshed) {
+            return Ok(token);
+        }
+        first_seen.get_or_insert(stored.version());
+        let now = unix_now();
+        let lease = TakeLease {
+            version: stored.version(),
+            owner: lease_owner.to_owned(),
+            now,
+            until: now + lease_seconds,
+        };
+        if database.call(lease).await? {
+            return refresh_under_lease(
+                idp,
+                database,
+                lease_owner,
+                lease_seconds,
+                stored,
+                key,
+                required_time_left,
+            )
+            .await;
+        }
+        if Instant::now() >= give_up {
+            return Err(TokenError::Idp(IdpError::Unavailable {
+                idp: provider,
+                reason: "another replica's refresh of this credential did not finish".into(),
+            }));
+        }
+        tokio::time::sleep(LEASE_POLL).await;
     }
-    match idp
-        .refresh(&stored.refresh_token, &key.scopes, key.audience.as_deref())
-        .await
-    {
+}
+
+/// The access token stored with the credential, if it is one for this key: same audience, the
+/// requested scopes granted, alive (and long enough, unless a peer just obtained it for us).
+fn stored_access_token(
+    stored: &StoredToken,
+    key: &TokenKey,
+    required_time_left: i64,
+    peer_refreshed: bool,
+) -> Option<AccessToken> {
+    let access_token = stored.access_token.clone()?;
+    let granted = ScopeSet::parse(&stored.scope);
+    let now = unix_now();
+    let left = stored.expires_at - now;
+    let fits = stored.audience == key.audience
+        && key.scopes.iter().all(|s| granted.contains(s))
+        && left > 0
+        && (peer_refreshed || left >= required_time_left);
+    fits.then(|| AccessToken {
+        access_token,
+        token_type: stored.token_type.clone().unwrap_or_else(|| "Bearer".into()),
+        expires_at: stored.expires_at,
+        scope: granted,
+        minted: Instant::now(),
+        lifetime: stored.expires_in,
+        minted_for: required_time_left,
+        credential: Some(stored.version()),
+    })
+}
+
+async fn refresh_under_lease(
+    idp: &IdpClient,
+    database: &Database,
+    lease_owner: &str,
+    lease_seconds: i64,
+    stored: StoredToken,
+    key: &TokenKey,
+    required_time_left: i64,
+) -> Result<AccessToken, TokenError> {
+    let (user_id, provider) = (stored.user_id.clone(), stored.provider.clone());
+    let renew = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs((lease_seconds / 3).max(1) as u64)).await;
+            let now = unix_now();
+            let lease = TakeLease {
+                version: stored.version(),
+                owner: lease_owner.to_owned(),
+                now,
+                until: now + lease_seconds,
+            };
+            if !matches!(database.call(lease).await, Ok(true)) {
+                tracing::warn!(user_id, provider, "could not renew the refresh lease");
+            }
+        }
+    };
+    let refreshed = tokio::select! {
+        refreshed = idp.refresh(&stored.refresh_token, &key.scopes, key.audience.as_deref()) => refreshed,
+        never = renew => never,
+    };
+    let outcome = match refreshed {
         Ok(issued) => {
             let now = unix_now();
-            let token = AccessToken::from_issued(&issued, &key.scopes, required_time_left, now);
-            store_refreshed(database, &stored, &issued, &token, key, now).await?;
-            Ok(token)
+            let mut token = AccessToken::from_issued(&issued, &key.scopes, required_time_left, now);
+            // Stored before it is handed out; the write also ends the lease.
+            let version = store_refreshed(database, &stored, &issued, &token, key, now).await?;
+            token.credential = Some(version);
+            return Ok(token);
         }
         Err(error @ (IdpError::InvalidGrant(_) | IdpError::ReplyLost { .. })) => {
             // The refresh token is dead (refused) or possibly consumed (reply lost): presenting
             // it again would at best fail, at worst make the IdP revoke the whole grant.
             tracing::warn!(user_id, provider, %error, "credential needs a new login");
-            let version = stored.version();
             if let Err(mark) = database
                 .call(MarkNeedsRedelegation {
-                    expected: version,
+                    expected: stored.version(),
                     now: unix_now(),
                 })
                 .await
@@ -296,13 +413,23 @@ async fn refresh_user_token(
             Err(match error {
                 IdpError::InvalidGrant(_) => TokenError::Idp(error),
                 _ => TokenError::NeedsRedelegation {
-                    user_id: user_id.to_owned(),
-                    provider,
+                    user_id: user_id.clone(),
+                    provider: provider.clone(),
                 },
             })
         }
         Err(error) => Err(error.into()),
+    };
+    if let Err(error) = database
+        .call(ReleaseLease {
+            id: stored.id,
+            owner: lease_owner.to_owned(),
+        })
+        .await
+    {
+        tracing::warn!(user_id, provider, %error, "could not release the refresh lease; it expires by itself");
     }
+    outcome
 }
 
 async fn store_refreshed(
@@ -312,7 +439,7 @@ async fn store_refreshed(
     token: &AccessToken,
     key: &TokenKey,
     now: i64,
-) -> Result<(), TokenError> {
+) -> Result<CredentialVersion, TokenError> {
     let rotated = issued.refresh_token.clone();
     let update = TokenUpdate {
         rt_expires_at: rotated
@@ -328,16 +455,13 @@ async fn store_refreshed(
         audience: key.audience.clone(),
     };
     let write = StoreRefreshed {
-        expected: CredentialVersion {
-            id: stored.id,
-            generation: stored.generation,
-        },
+        expected: stored.version(),
         user_id: stored.user_id.clone(),
         provider: stored.provider.clone(),
         update,
         now,
     };
-    database.call(write).await.map(|_| ()).map_err(|error| {
+    database.call(write).await.map(|row| row.version()).map_err(|error| {
         tracing::error!(
             user_id = %stored.user_id, provider = %stored.provider, %error,
             "REFRESHED TOKEN NOT STORED: the IdP rotated the refresh token but the new one could not be saved"
@@ -358,15 +482,28 @@ pub struct TokenBroker {
     pub cache: Arc<TokenCache>,
     actors: Mutex<HashMap<ActorKey, Addr<RefreshActor>>>,
     idle_timeout: Duration,
+    /// This process, as the owner of refresh leases.
+    lease_owner: Arc<str>,
+    /// Other replicas may change credentials (PostgreSQL, MariaDB): a cached user token is served
+    /// only while its credential's version is still the stored one.
+    shared_database: bool,
 }
 
 impl TokenBroker {
-    pub fn new(database: Database, idle_timeout: Duration) -> Self {
+    pub fn new(database: Database, idle_timeout: Duration, shared_database: bool) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let lease_owner = format!("{}:{}:{started:x}", host.trim(), std::process::id());
         Self {
             database,
             cache: Arc::default(),
             actors: Mutex::default(),
             idle_timeout,
+            lease_owner: lease_owner.into(),
+            shared_database,
         }
     }
 
@@ -378,7 +515,10 @@ impl TokenBroker {
         required_time_left: i64,
     ) -> Result<Arc<AccessToken>, TokenError> {
         if let Some(token) = self.cache.get(&key, required_time_left, unix_now()) {
-            return Ok(token);
+            if self.still_current(&key, &token).await? {
+                return Ok(token);
+            }
+            self.cache.forget(&key);
         }
         let queued = Instant::now();
         let actor = self.actor_for(idp, &key);
@@ -392,6 +532,22 @@ impl TokenBroker {
             // The actor stopped for idleness between lookup and send: never a token lost.
             Err(_) => Err(TokenError::Storage),
         }
+    }
+
+    /// On a shared database, whether a cached user token's credential is unchanged (not
+    /// replaced, deleted or refreshed by another replica).
+    async fn still_current(&self, key: &TokenKey, token: &AccessToken) -> Result<bool, TokenError> {
+        let Subject::User(user_id) = &key.subject else {
+            return Ok(true);
+        };
+        if !self.shared_database {
+            return Ok(true);
+        }
+        let query = CredentialVersionOf {
+            user_id: user_id.clone(),
+            provider: key.provider.clone(),
+        };
+        Ok(self.database.call(query).await? == token.credential)
     }
 
     fn actor_for(&self, idp: &Arc<IdpClient>, key: &TokenKey) -> Addr<RefreshActor> {
@@ -412,6 +568,7 @@ impl TokenBroker {
                         Subject::User(user_id) => Some(user_id.clone()),
                         Subject::Client => None,
                     },
+                    lease_owner: self.lease_owner.clone(),
                     idp: idp.clone(),
                     database: self.database.clone(),
                     cache: self.cache.clone(),

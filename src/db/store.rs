@@ -256,6 +256,9 @@ impl TokenStore {
                     tokens::scope.eq(&update.scope),
                     tokens::audience.eq(update.audience.as_deref()),
                     tokens::updated_at.eq(now),
+                    // The refresh this lease guarded is done.
+                    tokens::lease_owner.eq(None::<String>),
+                    tokens::lease_expires_at.eq(None::<i64>),
                 ))
                 .execute(conn)
                 .map_err(DbError::from)
@@ -269,6 +272,75 @@ impl TokenStore {
             .ok_or(DbError::Conflict {
                 expected: expected.generation,
             })
+    }
+
+    /// Takes the refresh lease of a credential for `owner` until `until`, if nobody else holds a
+    /// live one and the credential is still at `version` (a lease on a row another replica has
+    /// refreshed since it was read would present a consumed refresh token): replicas on one
+    /// database never refresh the same credential at once. Renewing one's own lease is taking it
+    /// again. The generation does not move: a lease is no token write.
+    pub fn take_lease(
+        &self,
+        conn: &mut DbConn,
+        version: CredentialVersion,
+        owner: &str,
+        now: i64,
+        until: i64,
+    ) -> Result<bool, DbError> {
+        let free = tokens::lease_owner
+            .is_null()
+            .or(tokens::lease_expires_at.lt(now))
+            .or(tokens::lease_owner.eq(owner));
+        let changed = retry_lost_races(|| {
+            diesel::update(
+                tokens::table
+                    .filter(tokens::id.eq(version.id))
+                    .filter(tokens::generation.eq(version.generation))
+                    .filter(free),
+            )
+            .set((
+                tokens::lease_owner.eq(owner),
+                tokens::lease_expires_at.eq(until),
+            ))
+            .execute(conn)
+            .map_err(DbError::from)
+        })?;
+        Ok(changed == 1)
+    }
+
+    /// Gives a lease back (after a failed refresh; a stored one clears it itself).
+    pub fn release_lease(&self, conn: &mut DbConn, id: i64, owner: &str) -> Result<(), DbError> {
+        retry_lost_races(|| {
+            diesel::update(
+                tokens::table
+                    .filter(tokens::id.eq(id))
+                    .filter(tokens::lease_owner.eq(owner)),
+            )
+            .set((
+                tokens::lease_owner.eq(None::<String>),
+                tokens::lease_expires_at.eq(None::<i64>),
+            ))
+            .execute(conn)
+            .map_err(DbError::from)
+        })
+        .map(|_| ())
+    }
+
+    /// The version of a credential, without decrypting anything: what cache hits check on
+    /// databases several replicas share.
+    pub fn credential_version(
+        &self,
+        conn: &mut DbConn,
+        user_id: &str,
+        provider: &str,
+    ) -> Result<Option<CredentialVersion>, DbError> {
+        Ok(tokens::table
+            .filter(tokens::user_id.eq(user_id))
+            .filter(tokens::provider.eq(provider))
+            .select((tokens::id, tokens::generation))
+            .first::<(i64, i64)>(conn)
+            .optional()?
+            .map(|(id, generation)| CredentialVersion { id, generation }))
     }
 
     /// Marks a credential the IdP refused; compare-and-set like every token-path write.

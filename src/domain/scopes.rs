@@ -31,6 +31,10 @@ impl ScopeSet {
         Self(self.0.union(&other.0).cloned().collect())
     }
 
+    pub fn contains(&self, scope: &str) -> bool {
+        self.0.contains(scope)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

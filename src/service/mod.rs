@@ -115,7 +115,12 @@ impl Service {
         config_files: Vec<PathBuf>,
     ) -> Result<Arc<Self>, IdpError> {
         let idps = IdpRegistry::from_settings(&settings)?;
-        let broker = TokenBroker::new(database.clone(), settings.service.refresh_actor_idle_time);
+        let shared_database = settings.database.backend() != crate::db::Backend::Sqlite;
+        let broker = TokenBroker::new(
+            database.clone(),
+            settings.service.refresh_actor_idle_time,
+            shared_database,
+        );
         Ok(Arc::new(Self {
             idps: RwLock::new(idps),
             broker,

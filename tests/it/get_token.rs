@@ -24,15 +24,24 @@ fn dn(name: &str) -> String {
 /// `id-<name>`) in group g_user.
 struct Setup {
     idp: TestIdp,
-    app: TestApp,
+    /// One or several `serve` processes on the same database.
+    apps: Vec<TestApp>,
     _db: TestDb,
     full: CertifiedKey,
     manager: CertifiedKey,
 }
 
 fn setup(extra_users: &[String], idp_options: &str) -> Setup {
+    setup_on(
+        TestDb::new(tokenmanager::db::Backend::Sqlite),
+        1,
+        extra_users,
+        idp_options,
+    )
+}
+
+fn setup_on(db: TestDb, replicas: usize, extra_users: &[String], idp_options: &str) -> Setup {
     let idp = TestIdp::spawn();
-    let db = TestDb::new(tokenmanager::db::Backend::Sqlite);
     tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
         .create()
         .unwrap();
@@ -61,11 +70,11 @@ fn setup(extra_users: &[String], idp_options: &str) -> Setup {
         &format!("Users = plain, suspended, victim{members}"),
     );
     std::fs::write(&config, text).unwrap();
-    let app = TestApp::spawn(&config);
+    let apps = (0..replicas).map(|_| TestApp::spawn(&config)).collect();
     let pki = TestPki::shared();
     Setup {
         idp,
-        app,
+        apps,
         _db: db,
         full: pki.proxy(&dn("full"), ProxyKind::Rfc3820, Some("g_full")),
         manager: pki.proxy(&dn("manager"), ProxyKind::Rfc3820, Some("g_manager")),
@@ -84,12 +93,22 @@ impl Setup {
     }
 
     fn call(&self, credential: &CertifiedKey, method: &str, body: Value) -> Reply {
+        self.call_via(0, credential, method, body)
+    }
+
+    fn call_via(
+        &self,
+        replica: usize,
+        credential: &CertifiedKey,
+        method: &str,
+        body: Value,
+    ) -> Reply {
         Client {
             credential: Some(credential),
             source: None,
         }
         .post(
-            self.app.https,
+            self.apps[replica].https,
             &format!("/api/v1/{method}"),
             &body.to_string(),
         )
@@ -101,9 +120,19 @@ impl Setup {
         audience: Option<&str>,
         required_time_left: i64,
     ) -> Reply {
+        self.get_token_via(0, user, audience, required_time_left)
+    }
+
+    fn get_token_via(
+        &self,
+        replica: usize,
+        user: Option<&str>,
+        audience: Option<&str>,
+        required_time_left: i64,
+    ) -> Reply {
         let body = json!({"username": user, "userGroup": "g_user", "scope": ["compute.read"], "audience": audience,
                           "requiredTimeLeft": required_time_left});
-        self.call(&self.full, "getToken", body)
+        self.call_via(replica, &self.full, "getToken", body)
     }
 }
 
@@ -416,7 +445,7 @@ fn deleted_or_replaced_credentials_are_not_served_from_the_cache() {
     assert!(
         setup.idp.stats().revocations() >= 1,
         "the replaced refresh token was not revoked:\n{}",
-        setup.app.log()
+        setup.apps[0].log()
     );
     let _ = first;
 }
@@ -435,4 +464,72 @@ fn callers_without_delegation_rights_get_no_token() {
     );
     let reply = setup.call(&plain, "getToken", json!({"userGroup": "g_user"}));
     assert_eq!(reply.status(), Some(403));
+}
+
+/// Several `serve` processes on one PostgreSQL or MariaDB database: 200 calls for one user spread
+/// over them cost one refresh (the database lease), every replica serves the winner's token, and
+/// none serves the user's token once deleted through another.
+fn replicas_share_one_refresh(backend: tokenmanager::db::Backend, replicas: usize) {
+    let setup = Arc::new(setup_on(TestDb::new(backend), replicas, &[], ""));
+    setup.delegate("plain");
+    setup.idp.reset_stats();
+    setup.idp.latency(500);
+    let shared = setup.clone();
+    let replies = concurrently(200, move |i| {
+        shared.get_token_via(i % replicas, Some("plain"), Some(CE), 0)
+    });
+    assert!(
+        replies.iter().all(|r| r.status() == Some(200)),
+        "{:?}",
+        replies.iter().find(|r| r.status() != Some(200))
+    );
+    assert_eq!(
+        setup.idp.stats().refreshes("id-plain"),
+        1,
+        "one refresh across {replicas} replicas"
+    );
+    let token = &replies[0].body()["value"]["access_token"];
+    assert!(
+        replies
+            .iter()
+            .all(|r| &r.body()["value"]["access_token"] == token),
+        "all serve the winner's token"
+    );
+    assert!(setup.idp.grant_alive("id-plain"));
+
+    let deleted = setup.call_via(
+        0,
+        &setup.manager,
+        "deleteToken",
+        json!({"userDN": "id-plain"}),
+    );
+    assert_eq!(deleted.status(), Some(200));
+    for replica in 0..replicas {
+        let reply = setup.get_token_via(replica, Some("plain"), Some(CE), 0);
+        assert_eq!(
+            reply.body()["code"],
+            json!("no_token"),
+            "replica {replica} served a deleted user's token"
+        );
+    }
+}
+
+#[test]
+fn two_replicas_on_postgresql_share_one_refresh() {
+    replicas_share_one_refresh(tokenmanager::db::Backend::Postgres, 2);
+}
+
+#[test]
+fn three_replicas_on_postgresql_share_one_refresh() {
+    replicas_share_one_refresh(tokenmanager::db::Backend::Postgres, 3);
+}
+
+#[test]
+fn two_replicas_on_mariadb_share_one_refresh() {
+    replicas_share_one_refresh(tokenmanager::db::Backend::Mysql, 2);
+}
+
+#[test]
+fn three_replicas_on_mariadb_share_one_refresh() {
+    replicas_share_one_refresh(tokenmanager::db::Backend::Mysql, 3);
 }
