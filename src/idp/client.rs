@@ -55,9 +55,10 @@ type TokenError = RequestTokenError<
 >;
 
 #[derive(Clone)]
-struct Discovered {
+pub(super) struct Discovered {
     client: Client,
     revocation: Option<RevocationUrl>,
+    pub(super) jwks_uri: String,
     fetched: Instant,
 }
 
@@ -77,8 +78,9 @@ pub struct IssuedToken {
 /// failure, never per call), its requests bounded in time and number.
 pub struct IdpClient {
     options: IdpOptions,
-    http: reqwest::Client,
+    pub(super) http: reqwest::Client,
     discovered: RwLock<Option<Discovered>>,
+    pub(super) jwks: RwLock<Option<(jsonwebtoken::jwk::JwkSet, Instant)>>,
     discovering: Mutex<()>,
     in_flight: Semaphore,
 }
@@ -103,6 +105,7 @@ impl IdpClient {
             options,
             http,
             discovered: RwLock::new(None),
+            jwks: RwLock::new(None),
             discovering: Mutex::new(()),
         })
     }
@@ -111,7 +114,7 @@ impl IdpClient {
         &self.options
     }
 
-    fn unavailable(&self, reason: impl Into<String>) -> IdpError {
+    pub(super) fn unavailable(&self, reason: impl Into<String>) -> IdpError {
         IdpError::Unavailable {
             idp: self.options.name.clone(),
             reason: reason.into(),
@@ -127,7 +130,7 @@ impl IdpClient {
 
     /// The discovered client; fetches discovery when none is cached or the cached one is due,
     /// keeping a stale copy if the fetch fails.
-    async fn client(&self) -> Result<Discovered, IdpError> {
+    pub(super) async fn client(&self) -> Result<Discovered, IdpError> {
         if let Some(current) = self
             .cached()
             .filter(|d| d.fetched.elapsed() < self.options.discovery_refresh)
@@ -201,6 +204,7 @@ impl IdpClient {
             .map(RevocationUrl::new)
             .transpose()
             .map_err(|e| self.unavailable(format!("revocation endpoint: {e}")))?;
+        let jwks_uri = metadata.jwks_uri().url().to_string();
         let mut client = CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(self.options.client_id.clone()),
@@ -216,6 +220,7 @@ impl IdpClient {
         Ok(Discovered {
             client,
             revocation,
+            jwks_uri,
             fetched: Instant::now(),
         })
     }

@@ -2,12 +2,14 @@
 //! `/Resources/IdProviders/<name>` section, with its discovery cached, its requests bounded in
 //! time and number, and its errors sorted into what the token path must do about them.
 
+mod bearer;
 mod client;
 mod options;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+pub use bearer::{BearerError, BearerIdentity, claimed_issuer};
 pub use client::{IdpClient, IssuedToken};
 pub use options::{AudienceParameter, IdpOptions};
 
@@ -60,5 +62,24 @@ impl IdpRegistry {
 
     pub fn get(&self, name: &str) -> Option<&Arc<IdpClient>> {
         self.clients.get(name)
+    }
+
+    /// Verifies a bearer token with the keys of the IdP whose issuer it names.
+    pub async fn verify_bearer(&self, token: &str) -> Result<BearerIdentity, BearerError> {
+        let issuer = claimed_issuer(token)?;
+        let idp = self
+            .clients
+            .values()
+            .find(|c| c.options().issuer == issuer)
+            .ok_or(BearerError::UnknownIssuer)?;
+        idp.verify_bearer(token).await
+    }
+
+    /// The IdP (section name) whose issuer is `issuer`.
+    pub fn name_for_issuer(&self, issuer: &str) -> Option<&str> {
+        self.clients
+            .iter()
+            .find(|(_, c)| c.options().issuer == issuer)
+            .map(|(name, _)| name.as_str())
     }
 }

@@ -9,6 +9,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
 pub const DEFAULT_DISCOVERY_REFRESH: Duration = Duration::from_secs(3600);
+pub const DEFAULT_BEARER_LEEWAY: Duration = Duration::from_secs(60);
 
 /// How the requested audience travels to the IdP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +50,10 @@ pub struct IdpOptions {
     pub connect_timeout: Duration,
     pub max_in_flight: usize,
     pub discovery_refresh: Duration,
+    /// The audience a bearer token must carry to identify a caller; None: not checked.
+    pub bearer_audience: Option<String>,
+    /// Clock skew tolerated on a bearer token's expiry.
+    pub bearer_leeway: Duration,
 }
 
 impl IdpOptions {
@@ -144,6 +149,20 @@ impl IdpOptions {
             connect_timeout: seconds("connect_timeout", DEFAULT_CONNECT_TIMEOUT)?,
             max_in_flight,
             discovery_refresh: seconds("discovery_refresh", DEFAULT_DISCOVERY_REFRESH)?,
+            bearer_audience: idp
+                .option("bearer_audience")
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned),
+            bearer_leeway: match idp.option("bearer_leeway") {
+                None => DEFAULT_BEARER_LEEWAY,
+                Some(text) => text
+                    .trim()
+                    .parse::<u64>()
+                    .map(Duration::from_secs)
+                    .map_err(|_| {
+                        problem(format!("bearer_leeway = {text} is not a number of seconds"))
+                    })?,
+            },
         })
     }
 

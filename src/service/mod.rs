@@ -33,8 +33,18 @@ use crate::x509::identity::ChainIdentity;
 pub struct CallContext {
     /// What the transport read from the caller's verified certificate chain (§6.3.1).
     pub certificate: Option<ChainIdentity>,
+    /// A verified IdP-issued bearer token (HTTPS only); it identifies the caller when present.
+    pub bearer: Option<BearerCaller>,
     pub extra_credentials: ExtraCredentials,
     pub ip: Option<IpAddr>,
+}
+
+/// A caller identified by a bearer token (§6.3.2): DN `/O=DIRAC/CN=<sub>`, groups from its scopes.
+#[derive(Clone, Debug)]
+pub struct BearerCaller {
+    pub id: String,
+    pub dn: String,
+    pub groups: Vec<String>,
 }
 
 /// How a method call failed. Each kind has a stable code for the JSON API; the message is what
@@ -131,6 +141,45 @@ impl Service {
             started: SystemTime::now(),
             reload_hooks: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// Identifies a bearer-token caller: the token must verify with the keys of the IdP whose
+    /// issuer it names; its scopes give its DIRAC groups (DIRAC's getScopeGroups).
+    pub async fn bearer_caller(&self, token: &str) -> Result<BearerCaller, MethodError> {
+        let idps = self.idps();
+        let identity = idps.verify_bearer(token).await.map_err(|error| {
+            tracing::info!(%error, "bearer token refused");
+            MethodError::refused("invalid_bearer_token", error.to_string())
+        })?;
+        let settings = self.settings();
+        let provider_type = idps
+            .name_for_issuer(&identity.issuer)
+            .and_then(|name| idps.get(name))
+            .map(|idp| idp.options().provider_type);
+        let registry = &settings.registry;
+        let groups = registry
+            .groups()
+            .iter()
+            .filter(|group| {
+                let implied = provider_type.map(|provider| {
+                    crate::domain::scopes::group_scopes(
+                        provider,
+                        &group.name,
+                        group.idp_role.as_deref(),
+                        registry.vo_for_group(&group.name),
+                    )
+                });
+                implied.is_some_and(|scopes| {
+                    !scopes.is_empty() && scopes.iter().all(|s| identity.scopes.contains(s))
+                })
+            })
+            .map(|group| group.name.clone())
+            .collect();
+        Ok(BearerCaller {
+            dn: format!("{}{}", crate::config::ID_DN_PREFIX, identity.sub),
+            id: identity.sub,
+            groups,
+        })
     }
 
     fn idps(&self) -> IdpRegistry {
@@ -295,12 +344,21 @@ impl Service {
     ) -> Result<Authorized, MethodError> {
         let rules = policy::rules_for(rule_name, hardcoded, &settings.service.authorization);
         let certificate = context.certificate.as_ref();
-        let peer = Peer {
-            dn: certificate.map(|c| c.dn.as_str()),
-            group: certificate.and_then(|c| c.group_extension.as_deref()),
-            extra: context.extra_credentials.clone(),
-            ip: context.ip,
-            limited_proxy: certificate.is_some_and(|c| c.is_limited_proxy),
+        let peer = match &context.bearer {
+            Some(bearer) => Peer {
+                dn: Some(bearer.dn.as_str()),
+                group: bearer.groups.first().map(String::as_str),
+                extra: ExtraCredentials::None,
+                ip: context.ip,
+                limited_proxy: false,
+            },
+            None => Peer {
+                dn: certificate.map(|c| c.dn.as_str()),
+                group: certificate.and_then(|c| c.group_extension.as_deref()),
+                extra: context.extra_credentials.clone(),
+                ip: context.ip,
+                limited_proxy: certificate.is_some_and(|c| c.is_limited_proxy),
+            },
         };
         policy::authorize(&rules, &peer, &settings.registry).map_err(|denied| {
             tracing::info!(method = method.name(), dn = ?peer.dn, reason = ?denied, "refused");
@@ -416,6 +474,15 @@ fn user_ids(settings: &Settings, username: &str) -> Result<Vec<String>, MethodEr
 /// DIRAC's whoami (§6.3.4): the credentials dictionary without the chain object.
 fn whoami(context: &CallContext, caller: &Authorized, settings: &Settings) -> Value {
     let mut dict = Map::new();
+    if let Some(bearer) = &context.bearer {
+        dict.insert("ID".into(), json!(bearer.id));
+        dict.insert("DN".into(), json!(bearer.dn));
+        dict.insert("DIRACGroups".into(), json!(bearer.groups));
+        dict.insert("group".into(), json!(caller.group));
+        dict.insert("properties".into(), json!(caller.properties));
+        dict.insert("username".into(), json!(caller.username));
+        return Value::Object(dict);
+    }
     if let Some(cert) = &context.certificate {
         dict.insert("subject".into(), json!(cert.subject));
         dict.insert("issuer".into(), json!(cert.issuer));

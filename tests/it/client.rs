@@ -57,6 +57,21 @@ impl Client<'_> {
     }
 
     pub fn request(&self, port: u16, verb: &str, path: &str, body: &str) -> Reply {
+        self.request_with(port, verb, path, body, "")
+    }
+
+    /// A POST with `Authorization: Bearer <token>`.
+    pub fn post_bearer(&self, port: u16, path: &str, body: &str, token: &str) -> Reply {
+        self.request_with(
+            port,
+            "POST",
+            path,
+            body,
+            &format!("Authorization: Bearer {token}\r\n"),
+        )
+    }
+
+    fn request_with(&self, port: u16, verb: &str, path: &str, body: &str, headers: &str) -> Reply {
         let tcp = connect(port, self.source);
         let ssl = connector(self.credential).configure().unwrap();
         let mut stream = match ssl.connect("127.0.0.1", tcp) {
@@ -64,7 +79,7 @@ impl Client<'_> {
             Err(e) => return Reply::TlsRefused(e.to_string()),
         };
         let request = format!(
-            "{verb} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+            "{verb} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{headers}\
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );

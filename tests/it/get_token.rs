@@ -533,3 +533,67 @@ fn two_replicas_on_mariadb_share_one_refresh() {
 fn three_replicas_on_mariadb_share_one_refresh() {
     replicas_share_one_refresh(tokenmanager::db::Backend::Mysql, 3);
 }
+
+/// An access token (a JWT for `resource`) that the IdP issued to `sub`.
+fn jwt_for(idp: &TestIdp, sub: &str) -> String {
+    let grant = idp.grant(sub, SCOPE);
+    let refreshed = idp
+        .refresh("tm-basic", &grant.refresh_token, None, Some(CE))
+        .unwrap();
+    refreshed["access_token"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn a_bearer_token_caller_is_identified_and_bad_ones_are_refused() {
+    let setup = setup(&[], "      bearer_leeway = 0");
+    let whoami = |token: &str| {
+        Client::anonymous().post_bearer(setup.apps[0].https, "/api/v1/whoami", "{}", token)
+    };
+
+    let reply = whoami(&jwt_for(&setup.idp, "id-plain"));
+    assert_eq!(reply.status(), Some(200), "{reply:?}");
+    assert_eq!(
+        reply.body()["value"],
+        json!({"ID": "id-plain", "DN": "/O=DIRAC/CN=id-plain", "DIRACGroups": [], "group": "g_user",
+               "properties": ["NormalUser"], "username": "plain"})
+    );
+
+    let unregistered = whoami(&jwt_for(&setup.idp, "id-nobody"));
+    assert_eq!(
+        unregistered.body()["value"]["username"],
+        json!("anonymous"),
+        "whoami is open to all"
+    );
+    let echo = Client::anonymous().post_bearer(
+        setup.apps[0].https,
+        "/api/v1/echo",
+        r#"{"data": 1}"#,
+        &jwt_for(&setup.idp, "id-nobody"),
+    );
+    assert_eq!(
+        echo.status(),
+        Some(403),
+        "an unregistered subject is not authenticated"
+    );
+
+    let mut tampered = jwt_for(&setup.idp, "id-plain");
+    tampered.pop();
+    tampered.push('A');
+    let foreign_idp = TestIdp::spawn();
+    setup.idp.set_access_token_ttl(1);
+    let expired = jwt_for(&setup.idp, "id-plain");
+    std::thread::sleep(Duration::from_millis(2100));
+    for (what, token) in [
+        ("tampered", tampered),
+        ("foreign issuer", jwt_for(&foreign_idp, "id-plain")),
+        ("expired", expired),
+        ("not a JWT", "opaque-token".to_owned()),
+    ] {
+        let reply = whoami(&token);
+        assert_eq!(
+            (reply.status(), reply.body()["code"].clone()),
+            (Some(401), json!("unauthenticated")),
+            "{what}: {reply:?}"
+        );
+    }
+}

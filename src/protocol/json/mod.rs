@@ -97,8 +97,20 @@ async fn answer(
         .conn_data::<Option<ChainIdentity>>()
         .cloned()
         .flatten();
-    if certificate.is_none() {
-        return Err(("unauthenticated", "a client certificate is required".into()));
+    let bearer = match bearer_token(request) {
+        Some(token) => Some(
+            service
+                .bearer_caller(token)
+                .await
+                .map_err(|e| ("unauthenticated", e.to_string()))?,
+        ),
+        None => None,
+    };
+    if certificate.is_none() && bearer.is_none() {
+        return Err((
+            "unauthenticated",
+            "a client certificate or a bearer token is required".into(),
+        ));
     }
     let settings = service.settings();
     let body = read_body(payload, settings.service.max_body_bytes).await?;
@@ -113,6 +125,7 @@ async fn answer(
         .is_some_and(|c| settings.registry.hostname_for_dn(&c.dn).is_some());
     let context = CallContext {
         certificate,
+        bearer,
         extra_credentials: if is_host {
             ExtraCredentials::Hosts
         } else {
@@ -124,6 +137,20 @@ async fn answer(
         .call(&context, method, args)
         .await
         .map_err(|error: MethodError| (error.code(), error.to_string()))
+}
+
+/// The token of an `Authorization: Bearer …` header.
+fn bearer_token(request: &HttpRequest) -> Option<&str> {
+    let header = request
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = header.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 async fn read_body(
