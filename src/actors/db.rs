@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use crate::crypto::SharedKeyring;
 use crate::db::{
-    CredentialVersion, DatabaseUrl, DbError, DbPool, PoolOptions, ReencryptPass, StoredToken,
-    TokenStore, TokenUpdate, build_pool, run_migrations,
+    ClientTokenKey, CredentialVersion, DatabaseUrl, DbError, DbPool, PoolOptions, ReencryptPass,
+    StoredClientToken, StoredToken, TokenStore, TokenUpdate, build_pool, run_migrations,
 };
-use crate::domain::NewToken;
+use crate::domain::{NewToken, Secret};
 use crate::metrics;
 
 pub struct DbActor {
@@ -90,6 +90,28 @@ db_messages! {
         |store, conn, msg| store.release_lease(conn, msg.id, &msg.owner);
     CredentialVersionOf { user_id: String, provider: String } -> Option<CredentialVersion> =
         |store, conn, msg| store.credential_version(conn, &msg.user_id, &msg.provider);
+    /// The shared row of a client-token key (created on first use).
+    ClientToken { key: ClientTokenKey, now: i64 } -> StoredClientToken =
+        |store, conn, msg| store.client_token(conn, &msg.key, msg.now);
+    TakeClientLease { version: CredentialVersion, owner: String, now: i64, until: i64 } -> bool =
+        |store, conn, msg| store.take_client_lease(conn, msg.version, &msg.owner, msg.now, msg.until);
+    ReleaseClientLease { id: i64, owner: String } -> () =
+        |store, conn, msg| store.release_client_lease(conn, msg.id, &msg.owner);
+    StoreClientToken {
+        key: ClientTokenKey,
+        expected: CredentialVersion,
+        access_token: Secret,
+        token_type: String,
+        expires_at: i64,
+        expires_in: i64,
+        granted_scope: String,
+        now: i64,
+    } -> CredentialVersion = |store, conn, msg| {
+        store.store_client_token(
+            conn, &msg.key, msg.expected, &msg.access_token, &msg.token_type,
+            msg.expires_at, msg.expires_in, &msg.granted_scope, msg.now,
+        )
+    };
     /// Stored credentials by (provider, state), for metrics.
     CountCredentials {} -> Vec<(String, String, i64)> =
         |store, conn, _msg| store.count_credentials(conn);

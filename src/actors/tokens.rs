@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::db::{
-    CredentialVersionOf, Database, GetCredential, MarkNeedsRedelegation, ReleaseLease,
-    StoreRefreshed, TakeLease,
+    ClientToken, CredentialVersionOf, Database, GetCredential, MarkNeedsRedelegation,
+    ReleaseClientLease, ReleaseLease, StoreClientToken, StoreRefreshed, TakeClientLease, TakeLease,
 };
-use crate::db::{CredentialVersion, DbError, StoredToken, TokenUpdate};
+use crate::db::{ClientTokenKey, CredentialVersion, DbError, StoredToken, TokenUpdate};
 use crate::domain::scopes::ScopeSet;
 use crate::domain::{CredentialState, Secret, unix_now};
 use crate::idp::{IdpClient, IdpError, IssuedToken};
@@ -182,6 +182,8 @@ impl Message for Obtain {
 struct RefreshActor {
     user_id: Option<String>,
     lease_owner: Arc<str>,
+    /// Client tokens go through the database's shared row (replicas on PostgreSQL, MariaDB).
+    shared_database: bool,
     idp: Arc<IdpClient>,
     database: Database,
     cache: Arc<TokenCache>,
@@ -223,6 +225,7 @@ impl Handler<Obtain> for RefreshActor {
         let (idp, database, cache) = (self.idp.clone(), self.database.clone(), self.cache.clone());
         let user_id = self.user_id.clone();
         let lease_owner = self.lease_owner.clone();
+        let shared_database = self.shared_database;
         AtomicResponse::new(Box::pin(
             async move {
                 let token = match &user_id {
@@ -232,6 +235,16 @@ impl Handler<Obtain> for RefreshActor {
                             &database,
                             &lease_owner,
                             user_id,
+                            &request.key,
+                            request.required_time_left,
+                        )
+                        .await?
+                    }
+                    None if shared_database => {
+                        shared_client_token(
+                            &idp,
+                            &database,
+                            &lease_owner,
                             &request.key,
                             request.required_time_left,
                         )
@@ -325,6 +338,114 @@ async fn refresh_user_token(
             return Err(TokenError::Idp(IdpError::Unavailable {
                 idp: provider,
                 reason: "another replica's refresh of this credential did not finish".into(),
+            }));
+        }
+        tokio::time::sleep(LEASE_POLL).await;
+    }
+}
+
+/// The key of a client token's shared row: a digest of everything that makes the token.
+fn client_token_key(key: &TokenKey) -> ClientTokenKey {
+    let material = format!(
+        "{}\n{}\n{}\n{}",
+        key.provider,
+        key.client_id,
+        key.scopes,
+        key.audience.as_deref().unwrap_or_default()
+    );
+    let digest = openssl::sha::sha256(material.as_bytes());
+    ClientTokenKey {
+        token_key: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        provider: key.provider.clone(),
+        scope: key.scopes.to_string(),
+        audience: key.audience.clone(),
+    }
+}
+
+/// A client token through the database's shared row: served from it when it lives long enough
+/// (or another replica just obtained it), else obtained under the row's lease and stored.
+async fn shared_client_token(
+    idp: &IdpClient,
+    database: &Database,
+    lease_owner: &str,
+    key: &TokenKey,
+    required_time_left: i64,
+) -> Result<AccessToken, TokenError> {
+    let row_key = client_token_key(key);
+    let lease_seconds = idp.options().timeout.as_secs() as i64 + 5;
+    let give_up = Instant::now() + Duration::from_secs(lease_seconds as u64 * 2);
+    let mut first_seen: Option<CredentialVersion> = None;
+    loop {
+        let row = database
+            .call(ClientToken {
+                key: row_key.clone(),
+                now: unix_now(),
+            })
+            .await?;
+        let peer_obtained = first_seen.is_some_and(|seen| seen != row.version);
+        let left = row.expires_at - unix_now();
+        if let Some(access_token) = row.access_token.clone()
+            && left > 0
+            && (peer_obtained || left >= required_time_left)
+        {
+            return Ok(AccessToken {
+                access_token,
+                token_type: row.token_type.clone().unwrap_or_else(|| "Bearer".into()),
+                expires_at: row.expires_at,
+                scope: ScopeSet::parse(&row.scope),
+                minted: Instant::now(),
+                lifetime: row.expires_in,
+                minted_for: required_time_left,
+                credential: None,
+            });
+        }
+        first_seen.get_or_insert(row.version);
+        let now = unix_now();
+        let lease = TakeClientLease {
+            version: row.version,
+            owner: lease_owner.to_owned(),
+            now,
+            until: now + lease_seconds,
+        };
+        if database.call(lease).await? {
+            let issued = match idp
+                .client_credentials(&key.scopes, key.audience.as_deref())
+                .await
+            {
+                Ok(issued) => issued,
+                Err(error) => {
+                    let release = ReleaseClientLease {
+                        id: row.version.id,
+                        owner: lease_owner.to_owned(),
+                    };
+                    if let Err(release_error) = database.call(release).await {
+                        tracing::warn!(error = %release_error, "could not release a client-token lease; it expires by itself");
+                    }
+                    return Err(error.into());
+                }
+            };
+            let now = unix_now();
+            let token = AccessToken::from_issued(&issued, &key.scopes, required_time_left, now);
+            let store = StoreClientToken {
+                key: row_key.clone(),
+                expected: row.version,
+                access_token: token.access_token.clone(),
+                token_type: token.token_type.clone(),
+                expires_at: token.expires_at,
+                expires_in: issued.expires_in.unwrap_or(0),
+                granted_scope: token.scope.to_string(),
+                now,
+            };
+            // A client token can be obtained again: not storing it costs peers a refresh, no more.
+            if let Err(error) = database.call(store).await {
+                tracing::warn!(%error, "could not share a client token with the other replicas");
+            }
+            return Ok(token);
+        }
+        if Instant::now() >= give_up {
+            return Err(TokenError::Idp(IdpError::Unavailable {
+                idp: key.provider.clone(),
+                reason: "another replica's client-token request did not finish".into(),
             }));
         }
         tokio::time::sleep(LEASE_POLL).await;
@@ -569,6 +690,7 @@ impl TokenBroker {
                         Subject::Client => None,
                     },
                     lease_owner: self.lease_owner.clone(),
+                    shared_database: self.shared_database,
                     idp: idp.clone(),
                     database: self.database.clone(),
                     cache: self.cache.clone(),

@@ -1,6 +1,7 @@
 //! Storage: diesel over SQLite, PostgreSQL and MariaDB/MySQL. Only the DB actor
 //! (`crate::actors::db`) holds the pool; everything here is called from its threads.
 
+mod client_tokens;
 mod connection;
 mod migrate;
 mod schema;
@@ -8,6 +9,7 @@ mod sqlite_lock;
 mod store;
 mod url;
 
+pub use client_tokens::{ClientTokenKey, StoredClientToken};
 pub use connection::{DbConn, DbPool, PoolOptions, build_pool};
 pub use migrate::run_migrations;
 pub use sqlite_lock::{LockError, SqliteServeLock};

@@ -26,3 +26,22 @@ diesel::table! {
         updated_at -> BigInt,
     }
 }
+
+diesel::table! {
+    client_tokens (id) {
+        id -> BigInt,
+        token_key -> Text,
+        provider -> Text,
+        scope -> Text,
+        audience -> Nullable<Text>,
+        generation -> BigInt,
+        key_id -> Nullable<Text>,
+        access_token -> Nullable<Binary>,
+        token_type -> Nullable<Text>,
+        expires_at -> BigInt,
+        expires_in -> BigInt,
+        lease_owner -> Nullable<Text>,
+        lease_expires_at -> Nullable<BigInt>,
+        updated_at -> BigInt,
+    }
+}

@@ -137,7 +137,7 @@ pub struct ReencryptPass {
 /// reference) and every token value sealed before it reaches the database.
 #[derive(Clone, Debug)]
 pub struct TokenStore {
-    keyring: Arc<SharedKeyring>,
+    pub(super) keyring: Arc<SharedKeyring>,
 }
 
 impl TokenStore {
@@ -570,7 +570,9 @@ impl Sealed {
 }
 
 /// Runs `attempt` again when it lost a race that a retry resolves; any other error is returned.
-fn retry_lost_races<T>(mut attempt: impl FnMut() -> Result<T, DbError>) -> Result<T, DbError> {
+pub(super) fn retry_lost_races<T>(
+    mut attempt: impl FnMut() -> Result<T, DbError>,
+) -> Result<T, DbError> {
     let mut tries = 0;
     loop {
         tries += 1;

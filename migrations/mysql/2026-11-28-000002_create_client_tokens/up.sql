@@ -1,0 +1,20 @@
+-- DIRAC's own (client_credentials) access tokens, one row per token key (IdP, client, scope set,
+-- audience), shared by replicas: the lease makes one replica at a time ask the IdP, the others
+-- serve the token it stores. The access token is an AES-256-GCM ciphertext.
+CREATE TABLE client_tokens (
+    id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    token_key VARCHAR(64) NOT NULL,
+    provider VARCHAR(255) NOT NULL,
+    scope TEXT NOT NULL,
+    audience TEXT,
+    generation BIGINT NOT NULL,
+    key_id VARCHAR(64),
+    access_token BLOB,
+    token_type VARCHAR(40),
+    expires_at BIGINT NOT NULL DEFAULT 0,
+    expires_in BIGINT NOT NULL DEFAULT 0,
+    lease_owner VARCHAR(255),
+    lease_expires_at BIGINT,
+    updated_at BIGINT NOT NULL,
+    CONSTRAINT client_tokens_key UNIQUE (token_key)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin;
