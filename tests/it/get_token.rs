@@ -163,9 +163,38 @@ fn jwt_claims(token: &str) -> Value {
     .unwrap()
 }
 
+/// The core cases run on each backend: SQLite below, PostgreSQL and MariaDB here.
+mod on_server_backends {
+    use tokenmanager::db::Backend;
+
+    #[test]
+    fn postgres_two_hundred_calls_for_one_user() {
+        super::two_hundred_calls_for_one_user(Backend::Postgres);
+    }
+
+    #[test]
+    fn mariadb_two_hundred_calls_for_one_user() {
+        super::two_hundred_calls_for_one_user(Backend::Mysql);
+    }
+
+    #[test]
+    fn postgres_lost_reply() {
+        super::lost_reply(Backend::Postgres);
+    }
+
+    #[test]
+    fn mariadb_lost_reply() {
+        super::lost_reply(Backend::Mysql);
+    }
+}
+
 #[test]
 fn two_hundred_concurrent_calls_for_one_user_cost_one_refresh_and_keep_the_grant() {
-    let setup = Arc::new(setup(&[], ""));
+    two_hundred_calls_for_one_user(tokenmanager::db::Backend::Sqlite);
+}
+
+fn two_hundred_calls_for_one_user(backend: tokenmanager::db::Backend) {
+    let setup = Arc::new(setup_on(TestDb::new(backend), 1, &[], ""));
     setup.delegate("plain");
     setup.idp.reset_stats();
     let shared = setup.clone();
@@ -370,7 +399,11 @@ fn an_idp_error_or_timeout_leaves_the_stored_token_usable() {
 
 #[test]
 fn a_lost_reply_never_makes_the_service_present_the_consumed_token() {
-    let setup = setup(&[], "");
+    lost_reply(tokenmanager::db::Backend::Sqlite);
+}
+
+fn lost_reply(backend: tokenmanager::db::Backend) {
+    let setup = setup_on(TestDb::new(backend), 1, &[], "");
     setup.delegate("plain");
     setup.idp.reset_stats();
     setup.idp.drop_reply("id-plain");
