@@ -642,17 +642,19 @@ impl TokenBroker {
             self.cache.forget(&key);
         }
         let queued = Instant::now();
-        let actor = self.actor_for(idp, &key);
-        let request = Obtain {
-            key,
-            required_time_left,
-            queued,
-        };
-        match actor.send(request).await {
-            Ok(result) => result,
-            // The actor stopped for idleness between lookup and send: never a token lost.
-            Err(_) => Err(TokenError::Storage),
+        // An actor that stopped for idleness between lookup and send is replaced once.
+        for _ in 0..2 {
+            let actor = self.actor_for(idp, &key);
+            let request = Obtain {
+                key: key.clone(),
+                required_time_left,
+                queued,
+            };
+            if let Ok(result) = actor.send(request).await {
+                return result;
+            }
         }
+        Err(TokenError::Storage)
     }
 
     /// On a shared database, whether a cached user token's credential is unchanged (not

@@ -10,8 +10,9 @@ use crate::crypto::{Keyring, SealContext, SharedKeyring, TokenColumn};
 use crate::domain::{CredentialState, NewToken, Secret};
 
 /// How often a write that lost a race (unique-key insert, busy SQLite file, MySQL deadlock) is
-/// tried again before the error reaches the caller.
-const WRITE_ATTEMPTS: u32 = 8;
+/// tried again before the error reaches the caller: with the doubling back-off, about 8 s, since
+/// SQLite refuses a deferred transaction's upgrade to a write at once, without its busy timeout.
+const WRITE_ATTEMPTS: u32 = 12;
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = tokens)]
@@ -578,7 +579,7 @@ pub(super) fn retry_lost_races<T>(
         tries += 1;
         match attempt() {
             Err(e) if tries < WRITE_ATTEMPTS && lost_a_race(&e) => {
-                std::thread::sleep(Duration::from_millis(2 << tries));
+                std::thread::sleep(Duration::from_millis((2 << tries).min(2000)));
             }
             other => return other,
         }

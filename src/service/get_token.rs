@@ -150,7 +150,9 @@ pub async fn get_token(
     }
     // DIRAC does not check this; a token for a group the user is not in is refused here.
     if let Some(group) = group
-        && !registry.groups_for_user(username).contains(&group)
+        && !registry
+            .group(group)
+            .is_some_and(|g| g.users.iter().any(|u| u == username))
     {
         return Err(refused(
             "forbidden",

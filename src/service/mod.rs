@@ -108,7 +108,7 @@ pub type ReloadHook =
 
 pub struct Service {
     database: Database,
-    idps: RwLock<IdpRegistry>,
+    idps: RwLock<Arc<IdpRegistry>>,
     broker: TokenBroker,
     keyring: Arc<SharedKeyring>,
     settings: RwLock<Arc<Settings>>,
@@ -132,7 +132,7 @@ impl Service {
             shared_database,
         );
         Ok(Arc::new(Self {
-            idps: RwLock::new(idps),
+            idps: RwLock::new(Arc::new(idps)),
             broker,
             database,
             keyring,
@@ -182,7 +182,7 @@ impl Service {
         })
     }
 
-    fn idps(&self) -> IdpRegistry {
+    fn idps(&self) -> Arc<IdpRegistry> {
         self.idps.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -229,7 +229,7 @@ impl Service {
         for commit in commits {
             commit();
         }
-        *self.idps.write().unwrap_or_else(|e| e.into_inner()) = idps;
+        *self.idps.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(idps);
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(loaded.settings);
         tracing::info!(
             newest_key = keyring.newest_key_id(),
