@@ -640,3 +640,40 @@ fn reload_keeps_serving_refuses_a_broken_config_and_swaps_the_host_certificate()
         json!("newcomer")
     );
 }
+
+/// Handshake refusals are otherwise silent: the server logs each at WARN with the certificate's
+/// subject and OpenSSL's reason, and logs nothing for the errors it forgives a legacy proxy.
+#[test]
+fn refused_certificates_are_logged_with_subject_and_reason() {
+    let pki = TestPki::shared();
+    let db = TestDb::new(tokenmanager::db::Backend::Sqlite);
+    let mut app = spawn_app(&db, "");
+    let late = pki
+        .ca
+        .issue_user(&dn("late user"), Validity::expired())
+        .unwrap();
+    let refused = Client {
+        credential: Some(&late),
+        source: None,
+    }
+    .post(app.https, "/api/v1/ping", "{}");
+    assert_eq!(refused.status(), None, "{refused:?}");
+    let warning = app.wait_for_log("certificate has expired");
+    assert!(
+        warning.contains("WARN") && warning.contains(&dn("late user")),
+        "{warning}"
+    );
+
+    let legacy = pki.proxy(&dn("legacy user"), ProxyKind::Legacy, None);
+    let accepted = Client {
+        credential: Some(&legacy),
+        source: None,
+    }
+    .post(app.https, "/api/v1/ping", "{}");
+    assert_eq!(accepted.status(), Some(200), "{accepted:?}");
+    assert!(
+        !app.log().contains(&dn("legacy user")),
+        "a forgiven legacy proxy is no warning:\n{}",
+        app.log()
+    );
+}
