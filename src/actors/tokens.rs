@@ -154,15 +154,7 @@ impl TokenCache {
         self.entries
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|key, _| key.subject != Subject::User(user_id.to_owned()));
-    }
-
-    pub fn len(&self) -> usize {
-        self.entries.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+            .retain(|key, _| !matches!(&key.subject, Subject::User(id) if id == user_id));
     }
 }
 
@@ -702,12 +694,5 @@ impl TokenBroker {
                 .start()
             })
             .clone()
-    }
-
-    /// Live refresh actors.
-    pub fn actor_count(&self) -> usize {
-        let mut actors = self.actors.lock().unwrap_or_else(|e| e.into_inner());
-        actors.retain(|_, addr| addr.connected());
-        actors.len()
     }
 }

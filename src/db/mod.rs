@@ -14,7 +14,7 @@ pub use connection::{DbConn, DbPool, PoolOptions, build_pool};
 pub use migrate::run_migrations;
 pub use sqlite_lock::{LockError, SqliteServeLock};
 pub use store::{CredentialVersion, ReencryptPass, StoredToken, TokenStore, TokenUpdate};
-pub use url::{Backend, DatabaseUrl, UrlError, percent_encode};
+pub use url::{Backend, DatabaseUrl, UrlError};
 
 use thiserror::Error;
 

@@ -197,7 +197,7 @@ fn authority(url: &str) -> (usize, usize) {
 
 /// Percent-encodes everything but RFC 3986 unreserved characters. Python's `quote_plus`, used by
 /// DIRAC, writes spaces as `+`, which URL parsers read back as a literal `+` in userinfo.
-pub fn percent_encode(value: &str) -> String {
+fn percent_encode(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {

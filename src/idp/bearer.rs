@@ -8,7 +8,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode, decode_header};
 use serde::Deserialize;
 
 use super::{IdpClient, IdpError};
-use crate::domain::scopes::ScopeSet;
+use crate::domain::scopes::{ProviderType, ScopeSet};
 
 /// A JWKS fetched again at most this often when a token names an unknown key id.
 const JWKS_MIN_REFETCH: Duration = Duration::from_secs(10);
@@ -28,9 +28,10 @@ pub enum BearerError {
 /// What a valid bearer token says of its subject.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BearerIdentity {
-    pub issuer: String,
     pub sub: String,
     pub scopes: ScopeSet,
+    /// The issuing IdP's type, which says what scopes its groups imply.
+    pub provider_type: ProviderType,
 }
 
 #[derive(Deserialize)]
@@ -103,9 +104,9 @@ impl IdpClient {
             .map_err(|e| BearerError::Invalid(e.to_string()))?
             .claims;
         Ok(BearerIdentity {
-            issuer: options.issuer.clone(),
             sub: claims.sub,
             scopes: ScopeSet::parse(claims.scope.as_deref().unwrap_or_default()),
+            provider_type: options.provider_type,
         })
     }
 

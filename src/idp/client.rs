@@ -234,11 +234,7 @@ impl IdpClient {
     ) -> Result<IssuedToken, IdpError> {
         self.options.check_audience(audience)?;
         let discovered = self.client().await?;
-        let _permit = self
-            .in_flight
-            .acquire()
-            .await
-            .map_err(|_| self.unavailable("shutting down"))?;
+        let _permit = self.permit().await?;
         let token = RefreshToken::new(refresh_token.expose().to_owned());
         let mut request = discovered
             .client
@@ -263,11 +259,7 @@ impl IdpClient {
     ) -> Result<IssuedToken, IdpError> {
         self.options.check_audience(audience)?;
         let discovered = self.client().await?;
-        let _permit = self
-            .in_flight
-            .acquire()
-            .await
-            .map_err(|_| self.unavailable("shutting down"))?;
+        let _permit = self.permit().await?;
         let mut request = discovered
             .client
             .exchange_client_credentials()
@@ -291,11 +283,7 @@ impl IdpClient {
         let Some(url) = discovered.revocation.clone() else {
             return Err(self.unavailable("the IdP advertises no revocation endpoint"));
         };
-        let _permit = self
-            .in_flight
-            .acquire()
-            .await
-            .map_err(|_| self.unavailable("shutting down"))?;
+        let _permit = self.permit().await?;
         let mut form = vec![
             ("token", refresh_token.expose()),
             ("token_type_hint", "refresh_token"),
@@ -322,6 +310,14 @@ impl IdpClient {
         } else {
             Err(self.unavailable(format!("revocation answered {}", response.status())))
         }
+    }
+
+    /// A place among the requests in flight to this IdP (`max_in_flight`).
+    async fn permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, IdpError> {
+        self.in_flight
+            .acquire()
+            .await
+            .map_err(|_| self.unavailable("shutting down"))
     }
 
     /// The total timeout again around the whole exchange (reqwest's covers each request).

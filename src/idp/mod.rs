@@ -74,12 +74,4 @@ impl IdpRegistry {
             .ok_or(BearerError::UnknownIssuer)?;
         idp.verify_bearer(token).await
     }
-
-    /// The IdP (section name) whose issuer is `issuer`.
-    pub fn name_for_issuer(&self, issuer: &str) -> Option<&str> {
-        self.clients
-            .iter()
-            .find(|(_, c)| c.options().issuer == issuer)
-            .map(|(name, _)| name.as_str())
-    }
 }

@@ -142,12 +142,7 @@ pub async fn get_token(
         return Ok(Value::Object(reply));
     };
 
-    if registry.user(username).is_none_or(|u| u.dns.is_empty()) {
-        return Err(refused(
-            "unknown_user",
-            format!("No DN found for user {username}"),
-        ));
-    }
+    let ids = super::user_ids(settings, username)?;
     // DIRAC does not check this; a token for a group the user is not in is refused here.
     if let Some(group) = group
         && !registry
@@ -161,7 +156,6 @@ pub async fn get_token(
     }
     policy::delegation(caller, username, group.unwrap_or_default(), registry)
         .map_err(|m| refused("forbidden", m))?;
-    let ids = registry.id_dns_for_user(username);
     if ids.is_empty() {
         return Err(refused(
             "no_token",

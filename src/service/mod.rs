@@ -146,32 +146,23 @@ impl Service {
     /// Identifies a bearer-token caller: the token must verify with the keys of the IdP whose
     /// issuer it names; its scopes give its DIRAC groups (DIRAC's getScopeGroups).
     pub async fn bearer_caller(&self, token: &str) -> Result<BearerCaller, MethodError> {
-        let idps = self.idps();
-        let identity = idps.verify_bearer(token).await.map_err(|error| {
+        let identity = self.idps().verify_bearer(token).await.map_err(|error| {
             tracing::info!(%error, "bearer token refused");
             MethodError::refused("invalid_bearer_token", error.to_string())
         })?;
         let settings = self.settings();
-        let provider_type = idps
-            .name_for_issuer(&identity.issuer)
-            .and_then(|name| idps.get(name))
-            .map(|idp| idp.options().provider_type);
         let registry = &settings.registry;
         let groups = registry
             .groups()
             .iter()
             .filter(|group| {
-                let implied = provider_type.map(|provider| {
-                    crate::domain::scopes::group_scopes(
-                        provider,
-                        &group.name,
-                        group.idp_role.as_deref(),
-                        registry.vo_for_group(&group.name),
-                    )
-                });
-                implied.is_some_and(|scopes| {
-                    !scopes.is_empty() && scopes.iter().all(|s| identity.scopes.contains(s))
-                })
+                let implied = crate::domain::scopes::group_scopes(
+                    identity.provider_type,
+                    &group.name,
+                    group.idp_role.as_deref(),
+                    registry.vo_for_group(&group.name),
+                );
+                !implied.is_empty() && implied.iter().all(|s| identity.scopes.contains(s))
             })
             .map(|group| group.name.clone())
             .collect();
@@ -298,7 +289,7 @@ impl Service {
                 let ids = user_ids(&settings, &caller.username)?;
                 let mut infos = Vec::new();
                 for id in ids {
-                    let tokens = self.tokens_of(&id).await?;
+                    let tokens = self.tokens_of(id).await?;
                     infos.extend(token_info::items(&tokens, None, expose(&settings, &caller)));
                 }
                 Ok(Value::Array(infos))
@@ -314,7 +305,7 @@ impl Service {
                     .filter_map(Value::as_str)
                 {
                     for id in user_ids(&settings, user)? {
-                        let tokens = self.tokens_of(&id).await?;
+                        let tokens = self.tokens_of(id).await?;
                         let fresh: Vec<StoredToken> =
                             tokens.into_iter().filter(|t| seen.insert(t.id)).collect();
                         infos.extend(token_info::items(
@@ -455,15 +446,11 @@ fn expose(settings: &Settings, caller: &Authorized) -> bool {
     settings.service.expose_token_values && caller.has_property("ProxyManagement")
 }
 
-/// DIRAC's getDNForUsername + getIDFromDN: the IdP user IDs of a DIRAC user.
-fn user_ids(settings: &Settings, username: &str) -> Result<Vec<String>, MethodError> {
+/// DIRAC's getDNForUsername + getIDFromDN: the IdP user IDs of a DIRAC user (none if the user
+/// has DNs but no ID DN); a user without DNs is DIRAC's "No DN found" error.
+fn user_ids<'s>(settings: &'s Settings, username: &str) -> Result<Vec<&'s str>, MethodError> {
     match settings.registry.user(username) {
-        Some(user) if !user.dns.is_empty() => Ok(settings
-            .registry
-            .id_dns_for_user(username)
-            .into_iter()
-            .map(str::to_owned)
-            .collect()),
+        Some(user) if !user.dns.is_empty() => Ok(settings.registry.id_dns_for_user(username)),
         _ => Err(MethodError::refused(
             "unknown_user",
             format!("No DN found for user {username}"),
