@@ -4,8 +4,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -38,16 +38,104 @@ pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
-/// Time from a decoded request to its encoded reply, by method and protocol.
+/// Time from a decoded request to its encoded reply, by method, protocol and result (`ok` or
+/// `error`: the error codes are in `tokenmanager_requests_total`, to keep this family small).
 pub static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
     register(
         HistogramVec::new(
             HistogramOpts::new(
                 "tokenmanager_request_duration_seconds",
-                "Time to answer a request, by method and protocol",
+                "Time to answer a request, by method, protocol and result",
             )
             .buckets(LATENCY_BUCKETS.to_vec()),
-            &["method", "protocol"],
+            &["method", "protocol", "result"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Requests to identity providers, by IdP, grant (`refresh_token`, `client_credentials`,
+/// `revocation`, `discovery`) and outcome (`ok`, `invalid_grant`, `refused`, `unavailable`,
+/// `reply_lost`).
+pub static IDP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "tokenmanager_idp_requests_total",
+                "Requests to identity providers, by IdP, grant and outcome",
+            ),
+            &["idp", "grant", "outcome"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Time of each IdP request, by IdP and grant, whatever the outcome.
+pub static IDP_REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(
+                "tokenmanager_idp_request_duration_seconds",
+                "Time of requests to identity providers, by IdP and grant",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["idp", "grant"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// getToken lookups in the access-token cache, by kind (`user`, `client`) and result (`hit`:
+/// served from the cache; `miss`: sent to the credential's refresh actor).
+pub static TOKEN_CACHE_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "tokenmanager_token_cache_lookups_total",
+                "Access-token cache lookups, by kind and result",
+            ),
+            &["kind", "result"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Cache misses answered by a refresh another caller started (queued behind the same refresh
+/// actor, or waiting for another replica's lease), by kind: IdP calls saved.
+pub static COALESCED_CALLERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "tokenmanager_coalesced_callers_total",
+                "Callers served by a refresh another caller started, by kind",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Refresh actors alive now, by kind (one per stored credential or client-token key in use).
+pub static REFRESH_ACTORS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "tokenmanager_refresh_actors",
+                "Refresh actors alive, by kind",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Refresh tokens the IdP issued that could not be stored (the call failed closed). Any
+/// increase needs an operator: that user's delegation is probably lost.
+pub static REFRESH_TOKEN_PERSIST_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
+    register(
+        IntCounter::new(
+            "tokenmanager_refresh_token_persist_failures_total",
+            "Refreshed tokens the IdP issued that could not be stored",
         )
         .expect("valid metric"),
     )
@@ -103,6 +191,21 @@ pub static STORED_CREDENTIALS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
+/// Usable stored credentials whose refresh token expires within `window` (`24h`, `7d`), by
+/// provider, counted at scrape: their users must delegate again soon.
+pub static EXPIRING_CREDENTIALS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    register(
+        IntGaugeVec::new(
+            Opts::new(
+                "tokenmanager_expiring_credentials",
+                "Stored credentials whose refresh token expires within the window, by provider",
+            ),
+            &["provider", "window"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// Configuration reloads (SIGHUP, refreshConfiguration) by outcome (`ok`, `rejected`).
 pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     register(
@@ -131,20 +234,87 @@ pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     )
 });
 
-/// Registers every metric and sets the ones known at start, so that error counters exist at 0.
-pub fn init() {
+/// Protocols of `tokenmanager_requests_total`.
+pub const PROTOCOLS: [&str; 3] = ["json", "https", "dips"];
+/// Kinds of token of the token-path metrics.
+pub const TOKEN_KINDS: [&str; 2] = ["user", "client"];
+/// Grants (and other requests) of `tokenmanager_idp_requests_total`.
+pub const IDP_GRANTS: [&str; 4] = [
+    "refresh_token",
+    "client_credentials",
+    "revocation",
+    "discovery",
+];
+/// Outcomes of `tokenmanager_idp_requests_total`.
+pub const IDP_OUTCOMES: [&str; 5] = [
+    "ok",
+    "invalid_grant",
+    "refused",
+    "unavailable",
+    "reply_lost",
+];
+/// Error outcomes of requests every installation meets: they exist at 0 from the start.
+const COMMON_REQUEST_ERRORS: [&str; 4] =
+    ["unauthenticated", "forbidden", "bad_argument", "internal"];
+
+/// Registers every metric and creates the label sets known at start (`methods`: the method
+/// names; `idps`: the configured IdPs), so that counters exist at 0 before their first event.
+pub fn init(methods: &[&str], idps: &[&str]) {
+    // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...: the
+    // standard process family, which dashboards expect under these names.
+    if let Err(error) = REGISTRY.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    )) {
+        tracing::debug!(%error, "process metrics already registered");
+    }
     BUILD_INFO
         .with_label_values(&[env!("CARGO_PKG_VERSION")])
         .set(1);
     for outcome in ["ok", "rejected"] {
         CONFIG_RELOADS.with_label_values(&[outcome]);
     }
-    LazyLock::force(&REQUESTS);
-    LazyLock::force(&REQUEST_DURATION);
+    for method in methods {
+        for protocol in PROTOCOLS {
+            for outcome in std::iter::once("ok").chain(COMMON_REQUEST_ERRORS) {
+                REQUESTS.with_label_values(&[method, protocol, outcome]);
+            }
+            for result in ["ok", "error"] {
+                REQUEST_DURATION.with_label_values(&[method, protocol, result]);
+            }
+        }
+    }
+    for idp in idps {
+        for grant in IDP_GRANTS {
+            for outcome in IDP_OUTCOMES {
+                IDP_REQUESTS.with_label_values(&[idp, grant, outcome]);
+            }
+            IDP_REQUEST_DURATION.with_label_values(&[idp, grant]);
+        }
+    }
+    for kind in TOKEN_KINDS {
+        for result in ["hit", "miss"] {
+            TOKEN_CACHE_LOOKUPS.with_label_values(&[kind, result]);
+        }
+        COALESCED_CALLERS.with_label_values(&[kind]);
+        REFRESH_ACTORS.with_label_values(&[kind]);
+    }
+    LazyLock::force(&REFRESH_TOKEN_PERSIST_FAILURES);
     LazyLock::force(&DB_POOL_CONNECTIONS);
     LazyLock::force(&DB_POOL_IDLE);
     LazyLock::force(&DB_POOL_WAIT);
     LazyLock::force(&STORED_CREDENTIALS);
+    LazyLock::force(&EXPIRING_CREDENTIALS);
+}
+
+/// Records one answered request.
+pub fn observe_request(method: &str, protocol: &str, outcome: &str, started: std::time::Instant) {
+    REQUESTS
+        .with_label_values(&[method, protocol, outcome])
+        .inc();
+    let result = if outcome == "ok" { "ok" } else { "error" };
+    REQUEST_DURATION
+        .with_label_values(&[method, protocol, result])
+        .observe(started.elapsed().as_secs_f64());
 }
 
 /// The registry in Prometheus text format.

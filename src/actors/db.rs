@@ -115,6 +115,9 @@ db_messages! {
     /// Stored credentials by (provider, state), for metrics.
     CountCredentials {} -> Vec<(String, String, i64)> =
         |store, conn, _msg| store.count_credentials(conn);
+    /// Usable credentials expiring within `seconds` of `now`, by provider, for metrics.
+    CountExpiring { now: i64, seconds: i64 } -> Vec<(String, i64)> =
+        |store, conn, msg| store.count_expiring(conn, msg.now, msg.now + msg.seconds);
 }
 
 /// The async face of the DB actor: what the rest of the service holds.

@@ -16,6 +16,7 @@ use crate::db::{ClientTokenKey, CredentialVersion, DbError, StoredToken, TokenUp
 use crate::domain::scopes::ScopeSet;
 use crate::domain::{CredentialState, Secret, unix_now};
 use crate::idp::{IdpClient, IdpError, IssuedToken};
+use crate::metrics;
 
 /// Whose token: a stored user credential, or DIRAC's own client.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -187,12 +188,31 @@ impl Actor for RefreshActor {
     type Context = Context<Self>;
 
     fn started(&mut self, context: &mut Context<Self>) {
+        metrics::REFRESH_ACTORS
+            .with_label_values(&[self.kind()])
+            .inc();
         let period = (self.idle_timeout / 2).max(Duration::from_millis(50));
         context.run_interval(period, |actor, context| {
             if actor.last_used.elapsed() >= actor.idle_timeout {
                 context.stop();
             }
         });
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        metrics::REFRESH_ACTORS
+            .with_label_values(&[self.kind()])
+            .dec();
+    }
+}
+
+impl RefreshActor {
+    fn kind(&self) -> &'static str {
+        if self.user_id.is_some() {
+            "user"
+        } else {
+            "client"
+        }
     }
 }
 
@@ -212,6 +232,9 @@ impl Handler<Obtain> for RefreshActor {
                     .get(&request.key, request.required_time_left, now)
             });
         if let Some(token) = ready {
+            metrics::COALESCED_CALLERS
+                .with_label_values(&[self.kind()])
+                .inc();
             return AtomicResponse::new(Box::pin(fut::ready(Ok(token))));
         }
         let (idp, database, cache) = (self.idp.clone(), self.database.clone(), self.cache.clone());
@@ -304,6 +327,11 @@ async fn refresh_user_token(
         // caller queued behind an actor; otherwise the stored token serves if it lives enough.
         let peer_refreshed = first_seen.is_some_and(|seen| seen != stored.version());
         if let Some(token) = stored_access_token(&stored, key, required_time_left, peer_refreshed) {
+            if peer_refreshed {
+                metrics::COALESCED_CALLERS
+                    .with_label_values(&["user"])
+                    .inc();
+            }
             return Ok(token);
         }
         first_seen.get_or_insert(stored.version());
@@ -380,6 +408,11 @@ async fn shared_client_token(
             && left > 0
             && (peer_obtained || left >= required_time_left)
         {
+            if peer_obtained {
+                metrics::COALESCED_CALLERS
+                    .with_label_values(&["client"])
+                    .inc();
+            }
             return Ok(AccessToken {
                 access_token,
                 token_type: row.token_type.clone().unwrap_or_else(|| "Bearer".into()),
@@ -575,6 +608,7 @@ async fn store_refreshed(
         now,
     };
     database.call(write).await.map(|row| row.version()).map_err(|error| {
+        metrics::REFRESH_TOKEN_PERSIST_FAILURES.inc();
         tracing::error!(
             user_id = %stored.user_id, provider = %stored.provider, %error,
             "REFRESHED TOKEN NOT STORED: the IdP rotated the refresh token but the new one could not be saved"
@@ -627,12 +661,22 @@ impl TokenBroker {
         key: TokenKey,
         required_time_left: i64,
     ) -> Result<Arc<AccessToken>, TokenError> {
+        let kind = match key.subject {
+            Subject::User(_) => "user",
+            Subject::Client => "client",
+        };
         if let Some(token) = self.cache.get(&key, required_time_left, unix_now()) {
             if self.still_current(&key, &token).await? {
+                metrics::TOKEN_CACHE_LOOKUPS
+                    .with_label_values(&[kind, "hit"])
+                    .inc();
                 return Ok(token);
             }
             self.cache.forget(&key);
         }
+        metrics::TOKEN_CACHE_LOOKUPS
+            .with_label_values(&[kind, "miss"])
+            .inc();
         let queued = Instant::now();
         // An actor that stopped for idleness between lookup and send is replaced once.
         for _ in 0..2 {

@@ -435,6 +435,24 @@ impl TokenStore {
             .load(conn)?)
     }
 
+    /// Usable credentials (active, refresh token still valid) whose refresh token expires
+    /// before `before`, by provider.
+    pub fn count_expiring(
+        &self,
+        conn: &mut DbConn,
+        now: i64,
+        before: i64,
+    ) -> Result<Vec<(String, i64)>, DbError> {
+        Ok(tokens::table
+            .filter(tokens::state.eq(CredentialState::Active.as_str()))
+            .filter(tokens::rt_expires_at.gt(now))
+            .filter(tokens::rt_expires_at.le(before))
+            .group_by(tokens::provider)
+            .select((tokens::provider, diesel::dsl::count_star()))
+            .order(tokens::provider.asc())
+            .load(conn)?)
+    }
+
     /// How many rows are sealed under a key other than the newest.
     pub fn rows_under_old_keys(&self, conn: &mut DbConn) -> Result<i64, DbError> {
         let newest = self.keyring.current().newest_key_id().to_owned();

@@ -18,6 +18,7 @@ use tokio::sync::{Mutex, Semaphore};
 use super::{IdpError, IdpOptions};
 use crate::domain::Secret;
 use crate::domain::scopes::ScopeSet;
+use crate::metrics;
 
 /// The RFC 7009 endpoint is not part of OpenID discovery's core fields.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -172,6 +173,13 @@ impl IdpClient {
     }
 
     async fn discover(&self) -> Result<Discovered, IdpError> {
+        let started = Instant::now();
+        let result = self.fetch_discovery().await;
+        self.observe("discovery", started, &result);
+        result
+    }
+
+    async fn fetch_discovery(&self) -> Result<Discovered, IdpError> {
         let issuer = IssuerUrl::new(self.options.issuer.clone())
             .map_err(|e| self.unavailable(e.to_string()))?;
         let response = self
@@ -245,10 +253,17 @@ impl IdpClient {
             request = request
                 .add_extra_param(self.options.audience_parameter.name(), audience.to_owned());
         }
-        let response = self.bounded(request.request_async(&self.http)).await?;
-        response
-            .map(issued)
-            .map_err(|e| self.classify(e, "Invalid refresh token"))
+        let started = Instant::now();
+        let result = self
+            .bounded(request.request_async(&self.http))
+            .await
+            .and_then(|response| {
+                response
+                    .map(issued)
+                    .map_err(|e| self.classify(e, "Invalid refresh token"))
+            });
+        self.observe("refresh_token", started, &result);
+        result
     }
 
     /// The `client_credentials` grant: a token for DIRAC itself.
@@ -269,10 +284,17 @@ impl IdpClient {
             request = request
                 .add_extra_param(self.options.audience_parameter.name(), audience.to_owned());
         }
-        let response = self.bounded(request.request_async(&self.http)).await?;
-        response
-            .map(issued)
-            .map_err(|e| self.classify(e, "Cannot fetch access token"))
+        let started = Instant::now();
+        let result = self
+            .bounded(request.request_async(&self.http))
+            .await
+            .and_then(|response| {
+                response
+                    .map(issued)
+                    .map_err(|e| self.classify(e, "Cannot fetch access token"))
+            });
+        self.observe("client_credentials", started, &result);
+        result
     }
 
     /// RFC 7009 revocation of a refresh token. Like DIRAC, a refusal by the IdP is not an error of
@@ -301,15 +323,38 @@ impl IdpClient {
         } else {
             request = request.basic_auth(&self.options.client_id, secret);
         }
-        let response = self
+        let started = Instant::now();
+        let result = self
             .bounded(request.form(&form).send())
-            .await?
-            .map_err(|e| self.unavailable(format!("revocation: {e}")))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(self.unavailable(format!("revocation answered {}", response.status())))
-        }
+            .await
+            .and_then(|sent| sent.map_err(|e| self.unavailable(format!("revocation: {e}"))))
+            .and_then(|response| {
+                if response.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(self.unavailable(format!("revocation answered {}", response.status())))
+                }
+            });
+        self.observe("revocation", started, &result);
+        result
+    }
+
+    /// Counts and times one request to the IdP.
+    fn observe<T>(&self, grant: &str, started: Instant, result: &Result<T, IdpError>) {
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(IdpError::InvalidGrant(_)) => "invalid_grant",
+            Err(IdpError::Refused { .. } | IdpError::AudienceNotAllowed { .. }) => "refused",
+            Err(IdpError::ReplyLost { .. }) => "reply_lost",
+            Err(IdpError::Unavailable { .. } | IdpError::Config { .. }) => "unavailable",
+        };
+        let idp = self.options.name.as_str();
+        metrics::IDP_REQUESTS
+            .with_label_values(&[idp, grant, outcome])
+            .inc();
+        metrics::IDP_REQUEST_DURATION
+            .with_label_values(&[idp, grant])
+            .observe(started.elapsed().as_secs_f64());
     }
 
     /// A place among the requests in flight to this IdP (`max_in_flight`).
