@@ -8,8 +8,12 @@ use super::{CliError, open_database, open_keyring};
 use crate::actors::db::Migrate;
 use crate::config::Settings;
 use crate::db::{PoolOptions, SqliteServeLock};
-use crate::http::{self, tls::ReloadableTls};
+use crate::http::{
+    self,
+    tls::{Listener, ReloadableTls},
+};
 use crate::metrics;
+use crate::protocol::dirac::diset;
 use crate::service::Service;
 use crate::x509::pki::{DemoPki, ProxyKind};
 
@@ -60,12 +64,16 @@ fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 pub async fn run(settings: Settings, config_files: Vec<PathBuf>) -> Result<(), CliError> {
-    metrics::init();
+    let method_names = crate::service::Method::ALL.map(|m| m.name());
+    let idp_names: Vec<&str> = settings.idps.iter().map(|idp| idp.name()).collect();
+    metrics::init(&method_names, &idp_names);
     let keyring = open_keyring(&settings)?;
     if settings.service.generate_demo_credentials {
         generate_demo_pki(&settings)?;
     }
-    let tls = ReloadableTls::new(&settings).map_err(|e| CliError::Tls(e.to_string()))?;
+    let tls_error = |e: crate::x509::tls::TlsError| CliError::Tls(e.to_string());
+    let tls = ReloadableTls::new(&settings, Listener::Https).map_err(tls_error)?;
+    let diset_tls = Arc::new(ReloadableTls::new(&settings, Listener::Diset).map_err(tls_error)?);
     let url = &settings.database;
     let _sqlite_lock = match url.sqlite_path() {
         Some(path) => {
@@ -105,9 +113,13 @@ pub async fn run(settings: Settings, config_files: Vec<PathBuf>) -> Result<(), C
                 source,
             }
         })?;
-    // The DISET front-end attaches to this socket; until then connections wait in its backlog.
-    let _dips_listener = listeners.dips;
+    let _diset_workers = diset::serve(listeners.dips, service.clone(), diset_tls.clone(), workers)
+        .map_err(|source| CliError::Bind {
+            address: "DISET listener".into(),
+            source,
+        })?;
     service.add_reload_hook(Box::new(move |settings| tls.prepare(settings)));
+    service.add_reload_hook(Box::new(move |settings| diset_tls.prepare(settings)));
     tracing::info!(
         "tokenmanager listening https={} dips={} metrics={}",
         ports.0,

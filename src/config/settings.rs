@@ -19,6 +19,14 @@ pub const DEFAULT_REFRESH_ACTOR_IDLE_SECONDS: u64 = 300;
 pub const DEFAULT_METRICS_PORT: u16 = 9182;
 pub const DEFAULT_LISTEN_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 pub const DEFAULT_MYSQL_PORT: u16 = 3306;
+/// DIRAC's routes of the service on its HTTPS port: the section names a DIRAC client may use.
+pub const DEFAULT_HTTPS_PATHS: [&str; 2] =
+    ["/Framework/TokenManager", "/Framework/TornadoTokenManager"];
+/// DISET connections served at once. DIRAC's default is 15 threads; ours are tasks, so the
+/// limit only bounds memory and file descriptors.
+pub const DEFAULT_DISET_MAX_CONNECTIONS: u32 = 1024;
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECONDS: u64 = 10;
+pub const DEFAULT_PACKET_TIMEOUT_SECONDS: u64 = 60;
 
 /// Service section names, in order of preference.
 const SERVICE_NAMES: [&str; 2] = ["TokenManager", "TornadoTokenManager"];
@@ -98,13 +106,16 @@ pub const SERVICE_OPTIONS: &[KnownOption] = {
         known("Module", O, false, "DIRAC: module implementing the service"),
         known("HandlerPath", O, false, "DIRAC: path of the Python handler"),
         known("URL", O, false, "DIRAC: URL the service announces"),
-        known("MaxThreads", O, false, "DIRAC: size of the request thread pool"),
+        known("MaxThreads", O, true, "DISET connections served at once (others wait in the accept queue)"),
+        known("HTTPSPaths", O, true, "URL paths of DIRAC's HTTPS protocol on HTTPSPort"),
+        known("HandshakeTimeout", O, true, "seconds a DISET client has for its TLS handshake"),
+        known("PacketTimeout", O, true, "seconds a DISET peer has to send each message, or to take a reply"),
         known("MinThreads", O, false, "DIRAC: minimum number of threads"),
         known("MaxWaitingPetitions", O, false, "DIRAC: queued requests before refusing"),
         known("MaxMessagingConnections", O, false, "DIRAC: DISET messaging connections"),
         known("CloneProcesses", O, false, "DIRAC: number of forked service processes"),
         known("ContextLifeTime", O, false, "DIRAC: TLS context lifetime"),
-        known("ThreadLimit", S, false, "DIRAC: per-method thread limits"),
+        known("ThreadLimit", S, true, "RPC/<method> = DISET calls of that method served at once"),
         known("LogLevel", O, false, "DIRAC: log level of the Python service"),
         known("LogBackends", O, false, "DIRAC: log backends of the Python service"),
         known("MaskRequestParams", O, false, "DIRAC: hide RPC arguments in logs"),
@@ -161,6 +172,19 @@ pub struct ServiceSettings {
     pub protocol: Option<String>,
     /// `Authorization/<method>` → rules (list semantics); `Default` is an ordinary key.
     pub authorization: BTreeMap<String, Vec<String>>,
+    /// Routes of DIRAC's HTTPS protocol, each `/<System>/<Service>`.
+    pub https_paths: Vec<String>,
+    pub diset: DisetSettings,
+}
+
+/// Limits of the DISET listener, under DIRAC's option names where DIRAC has one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DisetSettings {
+    pub max_connections: u32,
+    /// `ThreadLimit/RPC/<method>`: calls of one method served at once.
+    pub method_limits: BTreeMap<String, u32>,
+    pub handshake_timeout: std::time::Duration,
+    pub packet_timeout: std::time::Duration,
 }
 
 /// `/DIRAC/Security`; relative paths resolved against the file that set them.
@@ -324,8 +348,88 @@ fn resolve_service(
         ),
         protocol: non_empty(section.get("Protocol")).map(str::to_owned),
         authorization,
+        https_paths: https_paths(root, &option("HTTPSPaths"))?,
+        diset: DisetSettings {
+            max_connections: match root.get_u32(&option("MaxThreads"))? {
+                Some(0) | None => DEFAULT_DISET_MAX_CONNECTIONS,
+                Some(limit) => limit,
+            },
+            method_limits: method_limits(root, &option("ThreadLimit/RPC"))?,
+            handshake_timeout: seconds(
+                root,
+                &option("HandshakeTimeout"),
+                DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
+            )?,
+            packet_timeout: seconds(
+                root,
+                &option("PacketTimeout"),
+                DEFAULT_PACKET_TIMEOUT_SECONDS,
+            )?,
+        },
         path,
     })
+}
+
+/// Each path must look like `/<System>/<Service>`.
+fn https_paths(root: &Section, path: &str) -> Result<Vec<String>, ConfigError> {
+    let Some((value, origin)) = root.get_with_origin(path) else {
+        return Ok(DEFAULT_HTTPS_PATHS.map(str::to_owned).to_vec());
+    };
+    let paths = super::cfg::split_list(value);
+    let valid = |p: &String| {
+        let mut parts = p.strip_prefix('/').unwrap_or("").split('/');
+        let part_ok = |part: Option<&str>| {
+            part.is_some_and(|s| {
+                !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            })
+        };
+        part_ok(parts.next()) && part_ok(parts.next()) && parts.next().is_none()
+    };
+    match paths.iter().find(|p| !valid(p)) {
+        None if !paths.is_empty() => Ok(paths),
+        found => Err(CfgError::BadValue {
+            origin: origin.clone(),
+            path: path.to_owned(),
+            reason: match found {
+                Some(bad) => format!("'{bad}' is not of the form /<System>/<Service>"),
+                None => "must list at least one path".into(),
+            },
+        }
+        .into()),
+    }
+}
+
+/// A positive number of seconds, or the default.
+fn seconds(root: &Section, path: &str, default: u64) -> Result<std::time::Duration, ConfigError> {
+    let Some((_, origin)) = root.get_with_origin(path) else {
+        return Ok(std::time::Duration::from_secs(default));
+    };
+    match root.get_u64(path)? {
+        Some(0) => Err(CfgError::BadValue {
+            origin: origin.clone(),
+            path: path.to_owned(),
+            reason: "must be at least 1".into(),
+        }
+        .into()),
+        found => Ok(std::time::Duration::from_secs(found.unwrap_or(default))),
+    }
+}
+
+fn method_limits(root: &Section, path: &str) -> Result<BTreeMap<String, u32>, ConfigError> {
+    let mut limits = BTreeMap::new();
+    if let Some(section) = root.section(path) {
+        for (method, _, _) in section.options() {
+            if let Some(limit) = root
+                .get_u32(&format!("{path}/{method}"))?
+                .filter(|l| *l > 0)
+            {
+                limits.insert(method.to_owned(), limit);
+            }
+        }
+    }
+    Ok(limits)
 }
 
 fn env_error(var: &str, error: impl ToString) -> ConfigError {

@@ -1,4 +1,4 @@
-//! The HTTP servers: the HTTPS listener (JSON API; DIRAC's HTTPS protocol joins it later) and the
+//! The HTTP servers: the HTTPS listener (JSON API and DIRAC's HTTPS protocol) and the
 //! plain-HTTP metrics listener with health checks.
 
 pub mod tls;
@@ -9,9 +9,9 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::{App, HttpResponse, HttpServer, web};
 
-use crate::actors::db::{CountCredentials, Ping};
+use crate::actors::db::{CountCredentials, CountExpiring, Ping};
 use crate::metrics;
-use crate::protocol::json;
+use crate::protocol::{dirac, json};
 use crate::service::Service;
 
 /// The HTTPS server on `listener`: client certificates are read at connection time by
@@ -22,10 +22,12 @@ pub fn api_server(
     tls: &tls::ReloadableTls,
     workers: usize,
 ) -> std::io::Result<Server> {
+    let dirac_paths = service.settings().service.https_paths.clone();
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(service.clone()))
             .configure(json::routes)
+            .configure(dirac::https::routes(dirac_paths.clone()))
             .default_service(web::to(not_found))
     })
     .workers(workers)
@@ -74,10 +76,36 @@ async fn render_metrics(service: web::Data<Arc<Service>>) -> HttpResponse {
         }
         Err(error) => tracing::warn!(%error, "cannot count stored credentials for /metrics"),
     }
+    metrics::EXPIRING_CREDENTIALS.reset();
+    for (window, seconds) in EXPIRY_WINDOWS {
+        // Every configured IdP has the series, at 0 when nothing expires.
+        for idp in &service.settings().idps {
+            metrics::EXPIRING_CREDENTIALS
+                .with_label_values(&[idp.name(), window])
+                .set(0);
+        }
+        let query = CountExpiring {
+            now: crate::domain::unix_now(),
+            seconds,
+        };
+        match database.call(query).await {
+            Ok(counts) => {
+                for (provider, count) in counts {
+                    metrics::EXPIRING_CREDENTIALS
+                        .with_label_values(&[&provider, window])
+                        .set(count);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot count expiring credentials for /metrics"),
+        }
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(metrics::render())
 }
+
+/// The windows of `tokenmanager_expiring_credentials`.
+const EXPIRY_WINDOWS: [(&str, i64); 2] = [("24h", 86_400), ("7d", 7 * 86_400)];
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")

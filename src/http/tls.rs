@@ -19,16 +19,35 @@ use crate::x509::tls::{self, ClientCertMode, TlsError, TlsSettings};
 pub struct ReloadableTls {
     current: Arc<RwLock<SslContext>>,
     first: TlsSettings,
+    listener: Listener,
+}
+
+/// Which listener a context serves: they differ in client-certificate mode and session id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// DIRAC's HTTPS protocol and the JSON API: a client certificate is asked for, not required.
+    Https,
+    /// DISET: no handshake without a client certificate.
+    Diset,
 }
 
 impl ReloadableTls {
-    pub fn new(settings: &Settings) -> Result<Self, TlsError> {
-        let first = tls_settings(settings)?;
+    pub fn new(settings: &Settings, listener: Listener) -> Result<Self, TlsError> {
+        let first = tls_settings(settings, listener)?;
         let context = tls::acceptor(&first)?.into_context();
         Ok(Self {
             current: Arc::new(RwLock::new(context)),
             first,
+            listener,
         })
+    }
+
+    /// The context in force, for servers that set up each connection themselves (DISET).
+    pub fn context(&self) -> SslContext {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// A builder for actix-web's listener, switching to the current context at each handshake.
@@ -46,7 +65,7 @@ impl ReloadableTls {
     /// Builds the context of `settings`; the returned closure puts it in force. A certificate
     /// or CA directory that does not load refuses the reload.
     pub fn prepare(&self, settings: &Settings) -> Result<Box<dyn FnOnce() + Send>, String> {
-        let context = tls_settings(settings)
+        let context = tls_settings(settings, self.listener)
             .and_then(|s| tls::acceptor(&s))
             .map_err(|e| e.to_string())?
             .into_context();
@@ -58,12 +77,12 @@ impl ReloadableTls {
     }
 }
 
-fn tls_settings(settings: &Settings) -> Result<TlsSettings, TlsError> {
+fn tls_settings(settings: &Settings, listener: Listener) -> Result<TlsSettings, TlsError> {
     let security = &settings.security;
     let missing = |what: &'static str, option: &str| TlsError::File {
         what,
         path: option.into(),
-        reason: "not configured (needed by the HTTPS listener)".into(),
+        reason: "not configured (needed by the HTTPS and DISET listeners)".into(),
     };
     Ok(TlsSettings {
         cert_file: security
@@ -78,8 +97,14 @@ fn tls_settings(settings: &Settings) -> Result<TlsSettings, TlsError> {
             .ca_location
             .clone()
             .ok_or_else(|| missing("CA directory", "/DIRAC/Security/CALocation"))?,
-        client_cert: ClientCertMode::Requested,
-        session_id_context: format!("DIRAC-tokenmanager-{}", settings.service.https_port),
+        client_cert: match listener {
+            Listener::Https => ClientCertMode::Requested,
+            Listener::Diset => ClientCertMode::Required,
+        },
+        session_id_context: match listener {
+            Listener::Https => format!("DIRAC-tokenmanager-{}", settings.service.https_port),
+            Listener::Diset => format!("DIRAC-tokenmanager-{}", settings.service.port),
+        },
     })
 }
 

@@ -229,6 +229,21 @@ impl Service {
         Ok(())
     }
 
+    /// Authorizes a call before its arguments are read, as DIRAC's protocols do: DISET at the
+    /// proposal, HTTPS before decoding `args`. `name` is what the caller asked for, so that a
+    /// method we do not have is judged by the `Default` rule, as DIRAC judges it.
+    pub fn check_access(&self, context: &CallContext, name: &str) -> Result<(), MethodError> {
+        let settings = self.settings();
+        let method = Method::from_name(name);
+        self.authorize(
+            &settings,
+            context,
+            name,
+            method.and_then(Method::hardcoded_rule),
+        )
+        .map(drop)
+    }
+
     /// Authorizes and runs one call. `args` are in positional order, already type-checked by
     /// the front-end with [`Method::positional_args`] or [`Method::named_args`].
     pub async fn call(
@@ -238,13 +253,7 @@ impl Service {
         args: Vec<Value>,
     ) -> Result<Value, MethodError> {
         let settings = self.settings();
-        let caller = self.authorize(
-            &settings,
-            context,
-            method,
-            method.name(),
-            method.hardcoded_rule(),
-        )?;
+        let caller = self.authorize(&settings, context, method.name(), method.hardcoded_rule())?;
         let mut args = args.into_iter();
         let mut next = || args.next().unwrap_or(Value::Null);
         match method {
@@ -329,7 +338,6 @@ impl Service {
         &self,
         settings: &Settings,
         context: &CallContext,
-        method: Method,
         rule_name: &str,
         hardcoded: Option<&'static [&'static str]>,
     ) -> Result<Authorized, MethodError> {
@@ -352,7 +360,7 @@ impl Service {
             },
         };
         policy::authorize(&rules, &peer, &settings.registry).map_err(|denied| {
-            tracing::info!(method = method.name(), dn = ?peer.dn, reason = ?denied, "refused");
+            tracing::info!(method = rule_name, dn = ?peer.dn, reason = ?denied, "refused");
             match denied {
                 Denied::NoCredentials => MethodError::NoCredentials,
                 other => MethodError::Unauthorized(other),
@@ -381,7 +389,7 @@ impl Service {
         let rule = method
             .other_users_rule()
             .expect("only methods with a user ID argument");
-        self.authorize(settings, context, method, rule, Some(&["ProxyManagement"]))
+        self.authorize(settings, context, rule, Some(&["ProxyManagement"]))
             .map(|_| ())
             .map_err(|_| MethodError::refused("forbidden", "You aren't allowed!"))
     }

@@ -57,7 +57,13 @@ impl Client<'_> {
     }
 
     pub fn request(&self, port: u16, verb: &str, path: &str, body: &str) -> Reply {
-        self.request_with(port, verb, path, body, "")
+        self.request_with(port, verb, path, body, "Content-Type: application/json\r\n")
+    }
+
+    /// A POST of a form body, as DIRAC's HTTPS client sends it.
+    pub fn post_form(&self, port: u16, path: &str, content_type: &str, body: &str) -> Reply {
+        let header = format!("Content-Type: {content_type}\r\n");
+        self.request_with(port, "POST", path, body, &header)
     }
 
     /// A POST with `Authorization: Bearer <token>`.
@@ -67,7 +73,7 @@ impl Client<'_> {
             "POST",
             path,
             body,
-            &format!("Authorization: Bearer {token}\r\n"),
+            &format!("Content-Type: application/json\r\nAuthorization: Bearer {token}\r\n"),
         )
     }
 
@@ -79,7 +85,7 @@ impl Client<'_> {
             Err(e) => return Reply::TlsRefused(e.to_string()),
         };
         let request = format!(
-            "{verb} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{headers}\
+            "{verb} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\
              Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );

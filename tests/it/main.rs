@@ -10,6 +10,7 @@ mod support;
 
 mod api;
 mod cli;
+mod dirac;
 mod encryption;
 mod get_token;
 mod idp;

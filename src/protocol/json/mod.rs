@@ -75,12 +75,7 @@ fn record(
     outcome: Result<Value, (&'static str, String)>,
 ) -> HttpResponse {
     let code = outcome.as_ref().err().map_or("ok", |(code, _)| code);
-    metrics::REQUESTS
-        .with_label_values(&[method, PROTOCOL, code])
-        .inc();
-    metrics::REQUEST_DURATION
-        .with_label_values(&[method, PROTOCOL])
-        .observe(started.elapsed().as_secs_f64());
+    metrics::observe_request(method, PROTOCOL, code, started);
     match outcome {
         Ok(value) => HttpResponse::Ok().json(json!({"ok": true, "value": value})),
         Err((code, message)) => error_reply(status_of(code), code, &message),

@@ -1,0 +1,216 @@
+//! DIRAC's HTTPS protocol (§6.1, D.2): `POST /<System>/<Service>` with form fields `method`,
+//! `args` (a JEncoded list), `extraCredentials`; every method result, errors included, is HTTP
+//! 200 with a JEncoded S_OK/S_ERROR. Framework failures use the status codes DIRAC's client keys
+//! on (D.2.4): 400 no method, 401 no credentials or refused, 405 not POST, 501 unknown method.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, ContentType};
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+
+use super::codec::{Value, form, jencode};
+use super::{answer, extra_credentials};
+use crate::domain::policy::ExtraCredentials;
+use crate::metrics;
+use crate::service::{CallContext, Method, MethodError, Service};
+use crate::x509::identity::ChainIdentity;
+
+const PROTOCOL: &str = "https";
+
+/// The routes of every configured `HTTPSPaths` entry.
+pub fn routes(paths: Vec<String>) -> impl Fn(&mut web::ServiceConfig) {
+    move |config| {
+        for path in &paths {
+            config.service(
+                web::resource(path.as_str())
+                    .route(web::post().to(call))
+                    .default_service(web::to(|| async {
+                        framework_error(StatusCode::METHOD_NOT_ALLOWED)
+                    })),
+            );
+        }
+    }
+}
+
+/// Tornado's bare HTML error page; DIRAC's client only looks at the status.
+pub fn framework_error(status: StatusCode) -> HttpResponse {
+    let line = format!(
+        "{}: {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    HttpResponse::build(status)
+        .content_type("text/html; charset=UTF-8")
+        .body(format!(
+            "<html><title>{line}</title><body>{line}</body></html>"
+        ))
+}
+
+async fn call(
+    request: HttpRequest,
+    payload: web::Payload,
+    service: web::Data<Arc<Service>>,
+) -> HttpResponse {
+    match handle(&request, payload, &service).await {
+        Ok(reply) => {
+            HttpResponse::Ok()
+                .insert_header(ContentType::json())
+                .body(jencode::encode(&reply).unwrap_or_else(|error| {
+                // Only a `datetime.time` cannot be JEncoded, and no method returns one.
+                tracing::error!(%error, "cannot encode a reply");
+                br#"{"OK": false, "Errno": 0, "Message": "Server error while encoding the reply"}"#
+                    .to_vec()
+            }))
+        }
+        Err(status) => framework_error(status),
+    }
+}
+
+/// The S_OK/S_ERROR to send with HTTP 200, or the framework status that replaces it.
+async fn handle(
+    request: &HttpRequest,
+    payload: web::Payload,
+    service: &Service,
+) -> Result<Value, StatusCode> {
+    let settings = service.settings();
+    let body = read_body(payload, settings.service.max_body_bytes).await?;
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let mut fields = form::parse_query(request.query_string()).map_err(|error| {
+        tracing::info!(%error, "refusing an HTTPS call with a malformed query string");
+        StatusCode::BAD_REQUEST
+    })?;
+    let body_fields = if body.is_empty() {
+        Vec::new()
+    } else {
+        form::parse_form(content_type, &body).map_err(|error| {
+            tracing::info!(%error, "refusing an HTTPS call with a malformed body");
+            StatusCode::BAD_REQUEST
+        })?
+    };
+    // Tornado: `method` from the query string or the body (the body's last value wins),
+    // `args` and `extraCredentials` from the body only.
+    fields.extend(body_fields.iter().cloned());
+    let method = last(&fields, "method").ok_or(StatusCode::BAD_REQUEST)?;
+    if Method::from_name(method).is_none() {
+        record_refusal("unknown", "unknown_method");
+        return Err(StatusCode::NOT_IMPLEMENTED);
+    }
+
+    let context = caller(request, service, last(&body_fields, "extraCredentials")).await?;
+    if let Err(error) = service.check_access(&context, method) {
+        record_refusal(method, error.code());
+        return Err(StatusCode::UNAUTHORIZED);
+    }
+    let args = match last(&body_fields, "args") {
+        None => Vec::new(),
+        Some(text) => match jencode::decode(text.as_bytes()) {
+            Ok(Value::List(args) | Value::Tuple(args)) => args,
+            Ok(other) => {
+                return Ok(Value::s_error(
+                    0,
+                    format!(
+                        "Error in parameter check: args must be a list, not {}",
+                        other.python_type()
+                    ),
+                ));
+            }
+            Err(error) => {
+                return Ok(Value::s_error(
+                    0,
+                    format!("Error in parameter check: {error}"),
+                ));
+            }
+        },
+    };
+    Ok(answer(service, &context, method, args, PROTOCOL).await)
+}
+
+fn last<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .rev()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.trim())
+}
+
+/// DIRAC tries the TLS client certificate first, then a bearer token (§6.1.5); neither → 401.
+/// `extraCredentials` only counts with a certificate.
+async fn caller(
+    request: &HttpRequest,
+    service: &Service,
+    extra: Option<&str>,
+) -> Result<CallContext, StatusCode> {
+    let ip = request.peer_addr().map(|a| a.ip());
+    if let Some(certificate) = request
+        .conn_data::<Option<ChainIdentity>>()
+        .cloned()
+        .flatten()
+    {
+        let extra_credentials = match extra.filter(|e| !e.is_empty()) {
+            None => ExtraCredentials::None,
+            Some(text) => match jencode::decode(text.as_bytes()) {
+                Ok(value) => extra_credentials(&value),
+                Err(_) => ExtraCredentials::Invalid,
+            },
+        };
+        return Ok(CallContext {
+            certificate: Some(certificate),
+            bearer: None,
+            extra_credentials,
+            ip,
+        });
+    }
+    let token = bearer_token(request).ok_or_else(|| {
+        record_refusal("unknown", "unauthenticated");
+        StatusCode::UNAUTHORIZED
+    })?;
+    let bearer = service
+        .bearer_caller(token)
+        .await
+        .map_err(|error: MethodError| {
+            record_refusal("unknown", error.code());
+            StatusCode::UNAUTHORIZED
+        })?;
+    Ok(CallContext {
+        certificate: None,
+        bearer: Some(bearer),
+        extra_credentials: ExtraCredentials::None,
+        ip,
+    })
+}
+
+/// DIRAC wants exactly two words, the first `bearer` in any case.
+fn bearer_token(request: &HttpRequest) -> Option<&str> {
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let mut words = header.split_whitespace();
+    let (scheme, token) = (words.next()?, words.next()?);
+    (scheme.eq_ignore_ascii_case("bearer") && words.next().is_none()).then_some(token)
+}
+
+async fn read_body(mut payload: web::Payload, limit: u64) -> Result<Vec<u8>, StatusCode> {
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|_| StatusCode::BAD_REQUEST)?;
+        if (body.len() + chunk.len()) as u64 > limit {
+            record_refusal("unknown", "body_too_large");
+            return Err(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn record_refusal(method: &str, outcome: &str) {
+    metrics::REQUESTS
+        .with_label_values(&[method, PROTOCOL, outcome])
+        .inc();
+}
