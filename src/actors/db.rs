@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use crate::crypto::SharedKeyring;
 use crate::db::{
-    ClientTokenKey, CredentialVersion, DatabaseUrl, DbError, DbPool, PoolOptions, ReencryptPass,
-    StoredClientToken, StoredToken, TokenStore, TokenUpdate, build_pool, run_migrations,
+    ClientTokenKey, CredentialVersion, DatabaseUrl, DbError, DbPool, ImportOutcome, PoolOptions,
+    ReencryptPass, StoredClientToken, StoredToken, TokenStore, TokenUpdate, build_pool,
+    run_migrations,
 };
 use crate::domain::{NewToken, Secret};
 use crate::metrics;
@@ -62,6 +63,9 @@ db_messages! {
     };
     UpdateToken { token: NewToken, now: i64 } -> Option<StoredToken> =
         |store, conn, msg| store.update_token(conn, &msg.token, msg.now);
+    /// `import-dirac-tokendb`: one DIRAC credential, stored unless we hold one of our own.
+    ImportToken { token: NewToken, now: i64, dry_run: bool } -> ImportOutcome =
+        |store, conn, msg| store.import_token(conn, &msg.token, msg.now, msg.dry_run);
     StoreRefreshed {
         expected: CredentialVersion,
         user_id: String,

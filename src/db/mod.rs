@@ -13,7 +13,9 @@ pub use client_tokens::{ClientTokenKey, StoredClientToken};
 pub use connection::{DbConn, DbPool, PoolOptions, build_pool};
 pub use migrate::run_migrations;
 pub use sqlite_lock::{LockError, SqliteServeLock};
-pub use store::{CredentialVersion, ReencryptPass, StoredToken, TokenStore, TokenUpdate};
+pub use store::{
+    CredentialVersion, ImportOutcome, ReencryptPass, StoredToken, TokenStore, TokenUpdate,
+};
 pub use url::{Backend, DatabaseUrl, UrlError};
 
 use thiserror::Error;

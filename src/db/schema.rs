@@ -24,6 +24,7 @@ diesel::table! {
         lease_expires_at -> Nullable<BigInt>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        import_generation -> Nullable<BigInt>,
     }
 }
 

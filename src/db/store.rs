@@ -14,7 +14,7 @@ use crate::domain::{CredentialState, NewToken, Secret};
 /// SQLite refuses a deferred transaction's upgrade to a write at once, without its busy timeout.
 const WRITE_ATTEMPTS: u32 = 12;
 
-#[derive(Queryable, Selectable)]
+#[derive(Clone, Queryable, Selectable)]
 #[diesel(table_name = tokens)]
 struct TokenRow {
     id: i64,
@@ -65,6 +65,34 @@ struct TokenWrite<'a> {
     lease_owner: Option<&'a str>,
     lease_expires_at: Option<i64>,
     updated_at: i64,
+}
+
+impl<'a> TokenWrite<'a> {
+    /// A new login's row (updateToken, an import): generation 1, active, no lease, no audience.
+    fn of(token: &'a NewToken, sealed: &'a Sealed, now: i64) -> Self {
+        Self {
+            user_id: &token.user_id,
+            provider: &token.provider,
+            state: CredentialState::Active.as_str(),
+            generation: 1,
+            key_id: &sealed.key_id,
+            refresh_token: &sealed.refresh_token,
+            rt_expires_at: token.rt_expires_at,
+            access_token: sealed.access_token.as_deref(),
+            expires_at: token.expires_at,
+            expires_in: token.expires_in,
+            token_type: token.token_type.as_deref(),
+            scope: &token.scope,
+            audience: None,
+            client_id: token.client_id.as_deref(),
+            issued_at: token.issued_at,
+            access_token_revoked_at: 0,
+            refresh_token_revoked_at: 0,
+            lease_owner: None,
+            lease_expires_at: None,
+            updated_at: now,
+        }
+    }
 }
 
 /// Identifies one state of one stored credential. The row id is part of it because a credential
@@ -125,6 +153,34 @@ pub struct TokenUpdate {
     pub audience: Option<String>,
 }
 
+/// What `import-dirac-tokendb` did (or, in a dry run, would do) with DIRAC's credential of one
+/// (user, provider).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImportOutcome {
+    /// We held no credential for the pair: DIRAC's was inserted.
+    Imported,
+    /// Our row was an earlier import nobody has written since, and DIRAC's token differs and is
+    /// not older: replaced by it.
+    Updated,
+    /// Our row holds the same refresh token: nothing written.
+    Unchanged,
+    /// Our row was written by the service (updateToken, a refresh, a refused refresh) since or
+    /// instead of an import, a refresh of it is under way, or DIRAC's token is older than the one
+    /// imported: ours is kept.
+    KeptOurs,
+}
+
+impl ImportOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Imported => "imported",
+            Self::Updated => "updated",
+            Self::Unchanged => "unchanged",
+            Self::KeptOurs => "kept_ours",
+        }
+    }
+}
+
 /// The outcome of one re-encryption pass of `rotate-key`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReencryptPass {
@@ -164,30 +220,8 @@ impl TokenStore {
                     .select(TokenRow::as_select())
                     .first(conn)
                     .optional()?;
-                let keyring = self.keyring.current();
-                let sealed = Sealed::new(&keyring, &token.user_id, &token.provider, &token.refresh_token, token.access_token.as_ref());
-                let mut write = TokenWrite {
-                    user_id: &token.user_id,
-                    provider: &token.provider,
-                    state: CredentialState::Active.as_str(),
-                    generation: 1,
-                    key_id: &sealed.key_id,
-                    refresh_token: &sealed.refresh_token,
-                    rt_expires_at: token.rt_expires_at,
-                    access_token: sealed.access_token.as_deref(),
-                    expires_at: token.expires_at,
-                    expires_in: token.expires_in,
-                    token_type: token.token_type.as_deref(),
-                    scope: &token.scope,
-                    audience: None,
-                    client_id: token.client_id.as_deref(),
-                    issued_at: token.issued_at,
-                    access_token_revoked_at: 0,
-                    refresh_token_revoked_at: 0,
-                    lease_owner: None,
-                    lease_expires_at: None,
-                    updated_at: now,
-                };
+                let sealed = Sealed::of(&self.keyring.current(), token);
+                let mut write = TokenWrite::of(token, &sealed, now);
                 match old {
                     None => {
                         diesel::insert_into(tokens::table)
@@ -215,6 +249,85 @@ impl TokenStore {
                         }
                     }
                 }
+            })
+        })
+    }
+
+    /// `import-dirac-tokendb`: stores DIRAC's credential of one (user, provider) unless we hold
+    /// one of our own. A row is inserted where we hold none; a row that is an untouched earlier
+    /// import (its `import_generation` is still its generation, and no refresh lease is live) is
+    /// replaced by a different, not older DIRAC token; any other row is left alone. Imported rows
+    /// record their generation in `import_generation`, so the next token write by the service
+    /// (which moves the generation) makes them ours. With `dry_run` nothing is written.
+    pub fn import_token(
+        &self,
+        conn: &mut DbConn,
+        token: &NewToken,
+        now: i64,
+        dry_run: bool,
+    ) -> Result<ImportOutcome, DbError> {
+        retry_lost_races(|| {
+            conn.transaction(|conn| {
+                let old: Option<(TokenRow, Option<i64>)> = tokens::table
+                    .filter(tokens::user_id.eq(&token.user_id))
+                    .filter(tokens::provider.eq(&token.provider))
+                    .select((TokenRow::as_select(), tokens::import_generation))
+                    .first(conn)
+                    .optional()?;
+                let outcome = match &old {
+                    None => ImportOutcome::Imported,
+                    Some((row, import_generation)) => {
+                        let untouched_import = *import_generation == Some(row.generation)
+                            && row.lease_expires_at.is_none_or(|until| until < now);
+                        let (id, issued_at) = (row.id, row.issued_at);
+                        let same = match self.decrypt(row.clone()) {
+                            Ok(ours) => ours.refresh_token == token.refresh_token,
+                            Err(e) => {
+                                tracing::warn!(row = id, error = %e,
+                                    "import: a stored credential does not decrypt; treated as different");
+                                false
+                            }
+                        };
+                        if same {
+                            ImportOutcome::Unchanged
+                        } else if untouched_import && token.issued_at >= issued_at {
+                            ImportOutcome::Updated
+                        } else {
+                            ImportOutcome::KeptOurs
+                        }
+                    }
+                };
+                if dry_run {
+                    return Ok(outcome);
+                }
+                let sealed = Sealed::of(&self.keyring.current(), token);
+                let mut write = TokenWrite::of(token, &sealed, now);
+                match (outcome, old) {
+                    (ImportOutcome::Imported, _) => {
+                        diesel::insert_into(tokens::table)
+                            .values((
+                                write,
+                                tokens::created_at.eq(now),
+                                tokens::import_generation.eq(Some(1)),
+                            ))
+                            .execute(conn)?;
+                    }
+                    (ImportOutcome::Updated, Some((old, _))) => {
+                        write.generation = old.generation + 1;
+                        let changed = diesel::update(tokens::table)
+                            .filter(tokens::id.eq(old.id))
+                            .filter(tokens::generation.eq(old.generation))
+                            .set((write, tokens::import_generation.eq(Some(old.generation + 1))))
+                            .execute(conn)?;
+                        if changed == 0 {
+                            return Err(DbError::Conflict {
+                                expected: old.generation,
+                            });
+                        }
+                    }
+                    _ => {}
+                }
+                Ok(outcome)
             })
         })
     }
@@ -561,6 +674,16 @@ struct Sealed {
 }
 
 impl Sealed {
+    fn of(keyring: &Keyring, token: &NewToken) -> Self {
+        Self::new(
+            keyring,
+            &token.user_id,
+            &token.provider,
+            &token.refresh_token,
+            token.access_token.as_ref(),
+        )
+    }
+
     fn new(
         keyring: &Keyring,
         user_id: &str,

@@ -150,7 +150,7 @@ impl TestStore {
         keyring_file.create().unwrap();
         let database = Self::open_database(&db, &keyring_file);
         let applied = database.call(Migrate {}).await.unwrap();
-        assert_eq!(applied.len(), 2, "a fresh database gets every migration");
+        assert_eq!(applied.len(), 3, "a fresh database gets every migration");
         Self {
             db,
             keyring_file,
