@@ -1,5 +1,6 @@
-//! The `tokenmanager` command line: `serve`, `migrate`, `rotate-key`.
+//! The `tokenmanager` command line: `serve`, `migrate`, `rotate-key`, `import-dirac-tokendb`.
 
+mod import_tokendb;
 mod migrate;
 mod rotate_key;
 mod serve;
@@ -49,6 +50,31 @@ enum Command {
         #[arg(long, value_name = "ROWS", default_value_t = 200, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         batch: i64,
     },
+    /// Copy the tokens of a running DIRAC (its MySQL TokenDB) into our encrypted store.
+    ///
+    /// Reads every row of DIRAC's `Token` table (plaintext tokens) and stores one credential per
+    /// (user_id, provider), encrypted, in the database of the configuration. Several DIRAC rows
+    /// for one pair: the newest wins (highest issued_at, then highest id); the others are
+    /// skipped as duplicates. Rows whose refresh token has expired (rt_expires_at <= now, 0
+    /// included) are skipped; rows without user_id, provider or refresh token are refused.
+    ///
+    /// Safe to run again, also while servers run: a credential we hold is never overwritten,
+    /// except an earlier import that nobody has used or replaced since, which DIRAC's newer
+    /// token replaces. Prints the counts imported, updated, unchanged, kept_ours,
+    /// skipped_expired, skipped_duplicate and refused (with each refused row's id and reason);
+    /// never a token. Applies pending migrations first, except with --dry-run.
+    ImportDiracTokendb {
+        /// DIRAC's TokenDB: mysql://user:password@host:port/dbname (or mariadb://).
+        #[arg(value_name = "MYSQL_URL")]
+        source: String,
+        /// Read the source database password from FILE (one trailing newline ignored), rather
+        /// than from the URL, where other users of the machine can see it.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// Compare only: print what an import would do and write nothing (no migration either).
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Error)]
@@ -75,6 +101,8 @@ pub enum CliError {
     Tls(String),
     #[error(transparent)]
     Idp(#[from] crate::idp::IdpError),
+    #[error(transparent)]
+    Source(#[from] crate::db::dirac_tokendb::SourceError),
 }
 
 impl Cli {
@@ -86,6 +114,13 @@ impl Cli {
                 Command::Migrate => migrate::run(settings).await,
                 Command::RotateKey { key_id, batch } => {
                     rotate_key::run(settings, key_id.as_deref(), batch).await
+                }
+                Command::ImportDiracTokendb {
+                    source,
+                    password_file,
+                    dry_run,
+                } => {
+                    import_tokendb::run(settings, &source, password_file.as_deref(), dry_run).await
                 }
             }
         })

@@ -46,7 +46,7 @@ fn establish(url: &DatabaseUrl) -> Result<DbConn, DbError> {
 }
 
 /// libmysqlclient knows only the mysql:// scheme; mariadb:// is accepted as its alias.
-fn mysql_scheme(url: &str) -> String {
+pub(super) fn mysql_scheme(url: &str) -> String {
     match url.strip_prefix("mariadb://") {
         Some(rest) => format!("mysql://{rest}"),
         None => url.to_owned(),

@@ -3,6 +3,7 @@
 
 mod client_tokens;
 mod connection;
+pub mod dirac_tokendb;
 mod migrate;
 mod schema;
 mod sqlite_lock;
