@@ -14,5 +14,6 @@ mod dirac;
 mod encryption;
 mod get_token;
 mod idp;
+mod import;
 mod metrics;
 mod storage;
