@@ -12,6 +12,7 @@ pub mod db;
 pub mod domain;
 pub mod http;
 pub mod idp;
+pub mod loadtest;
 pub mod metrics;
 pub mod protocol;
 pub mod service;

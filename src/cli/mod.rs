@@ -75,6 +75,10 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Load-test a running service over DIRAC's HTTPS protocol, the JSON API or DISET, with an
+    /// X.509 certificate or a grid proxy; prints rate, errors and latency percentiles. Needs no
+    /// configuration.
+    Loadtest(Box<crate::loadtest::LoadtestArgs>),
 }
 
 #[derive(Debug, Error)]
@@ -103,24 +107,35 @@ pub enum CliError {
     Idp(#[from] crate::idp::IdpError),
     #[error(transparent)]
     Source(#[from] crate::db::dirac_tokendb::SourceError),
+    #[error("load test: {0}")]
+    Loadtest(#[from] crate::loadtest::LoadtestError),
+    #[error("cannot write the report: {0}")]
+    Output(String),
 }
 
 impl Cli {
     pub fn run(self) -> Result<(), CliError> {
-        let settings = load_settings(&self.config)?;
-        actix::System::new().block_on(async move {
-            match self.command {
-                Command::Serve => serve::run(settings, self.config).await,
-                Command::Migrate => migrate::run(settings).await,
+        let Self { config, command } = self;
+        let settings = || load_settings(&config);
+        actix::System::new().block_on(async {
+            match command {
+                Command::Serve => serve::run(settings()?, config.clone()).await,
+                Command::Migrate => migrate::run(settings()?).await,
                 Command::RotateKey { key_id, batch } => {
-                    rotate_key::run(settings, key_id.as_deref(), batch).await
+                    rotate_key::run(settings()?, key_id.as_deref(), batch).await
                 }
                 Command::ImportDiracTokendb {
                     source,
                     password_file,
                     dry_run,
                 } => {
-                    import_tokendb::run(settings, &source, password_file.as_deref(), dry_run).await
+                    import_tokendb::run(settings()?, &source, password_file.as_deref(), dry_run)
+                        .await
+                }
+                Command::Loadtest(args) => {
+                    let report = crate::loadtest::run(*args).await?;
+                    crate::loadtest::print_report(&report, &mut std::io::stdout().lock())
+                        .map_err(|e| CliError::Output(e.to_string()))
                 }
             }
         })

@@ -15,5 +15,6 @@ mod encryption;
 mod get_token;
 mod idp;
 mod import;
+mod loadtest;
 mod metrics;
 mod storage;

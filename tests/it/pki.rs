@@ -63,6 +63,11 @@ impl TestPki {
         )
     }
 
+    /// The hashed CA directory the servers trust.
+    pub fn ca_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("certificates")
+    }
+
     pub fn user(&self, dn: &str) -> CertifiedKey {
         self.ca.issue_user(dn, Validity::from_now(DAY)).unwrap()
     }
