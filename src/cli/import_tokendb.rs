@@ -311,7 +311,7 @@ mod tests {
             ),
             (None, "", NOW)
         );
-        assert_eq!(full.scope, "openid profile");
+        assert_eq!(full.scope, "profile openid");
         assert_eq!(full.access_token.as_ref().unwrap().expose(), "at-r2");
         assert_eq!(
             (full.expires_at, full.expires_in, full.issued_at),

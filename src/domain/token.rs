@@ -202,14 +202,15 @@ fn optional_int(
     }
 }
 
-/// OAuth2 scopes are a set: stored sorted, without duplicates, space-separated. DIRAC callers send
-/// either a space-separated string (IdP responses) or a list.
+/// OAuth2 scopes are a set: stored without duplicates, space-separated, in the order given (DIRAC
+/// stores the string as is and its clients read it back). DIRAC callers send either a
+/// space-separated string (IdP responses) or a list.
 fn normalise_scope(value: Option<&Value>) -> Result<String, TokenDictError> {
     let bad = TokenDictError::BadField {
         field: "scope",
         expected: "a string or a list of strings",
     };
-    let mut scopes: Vec<&str> = match value {
+    let scopes: Vec<&str> = match value {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => s.split_whitespace().collect(),
         Some(Value::Array(items)) => {
@@ -221,9 +222,9 @@ fn normalise_scope(value: Option<&Value>) -> Result<String, TokenDictError> {
         }
         Some(_) => return Err(bad),
     };
-    scopes.sort_unstable();
-    scopes.dedup();
-    Ok(scopes.join(" "))
+    let mut seen = std::collections::HashSet::new();
+    let unique: Vec<&str> = scopes.into_iter().filter(|s| seen.insert(*s)).collect();
+    Ok(unique.join(" "))
 }
 
 /// The `exp` claim of a JWT, read without verifying anything: DIRAC does the same to learn a
@@ -309,7 +310,7 @@ mod tests {
         let t = parse(json!({"refresh_token": "r", "scope": "openid  profile openid"})).unwrap();
         assert_eq!(t.scope, "openid profile");
         let t = parse(json!({"refresh_token": "r", "scope": ["b", "a c", "a"]})).unwrap();
-        assert_eq!(t.scope, "a b c");
+        assert_eq!(t.scope, "b a c");
         assert!(parse(json!({"refresh_token": "r", "scope": 7})).is_err());
     }
 

@@ -155,6 +155,19 @@ async fn connection(
         })
         .filter(|identity| identity.seconds_left > 0)
         .ok_or(ConnectionError::NoChain)?;
+    // The URL the client used, as DIRAC's ping reports it: the name it asked for (SNI), else our
+    // address.
+    let local = stream.get_ref().local_addr().ok();
+    let host = stream
+        .ssl()
+        .servername(openssl::ssl::NameType::HOST_NAME)
+        .map(str::to_owned)
+        .or_else(|| local.map(|a| a.ip().to_string()))
+        .unwrap_or_default();
+    let url = format!(
+        "dips://{host}:{}/{DISET_SERVICE_NAME}",
+        local.map_or(0, |a| a.port())
+    );
     let mut peer = Peer {
         // Frame headers are read byte by byte.
         stream: BufStream::new(stream),
@@ -232,7 +245,15 @@ async fn connection(
         Some(limit) => limit.clone().acquire_owned().await.ok(),
         None => None,
     };
-    let reply = answer(service, &context, &proposal.action_name, args, PROTOCOL).await;
+    let reply = answer(
+        service,
+        &context,
+        &proposal.action_name,
+        args,
+        PROTOCOL,
+        &url,
+    )
+    .await;
     peer.send(&reply, encoding).await?;
     let _ = tokio::time::timeout(peer.packet_timeout, peer.stream.shutdown()).await;
     Ok(())

@@ -127,7 +127,12 @@ async fn handle(
             }
         },
     };
-    Ok(answer(service, &context, method, args, PROTOCOL).await)
+    let url = format!(
+        "https://{}{}",
+        request.connection_info().host(),
+        request.path()
+    );
+    Ok(answer(service, &context, method, args, PROTOCOL, &url).await)
 }
 
 fn last<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {

@@ -40,13 +40,15 @@ pub fn extra_credentials(value: &Value) -> ExtraCredentials {
 
 /// What a DIRAC protocol answers for one call whose access was already checked: the method's
 /// S_OK, or an S_ERROR with DIRAC's messages (argument checks included, as DISET words them).
-/// `name` is the method the caller asked for; one we do not have gets DISET's message.
+/// `name` is the method the caller asked for; one we do not have gets DISET's message. `url` is
+/// the service's URL as the caller reached it, which DIRAC's `ping` reports.
 pub async fn answer(
     service: &Service,
     context: &CallContext,
     name: &str,
     args: Vec<Value>,
     protocol: &'static str,
+    url: &str,
 ) -> Value {
     let started = Instant::now();
     let Some(method) = Method::from_name(name) else {
@@ -61,7 +63,7 @@ pub async fn answer(
     match outcome {
         Ok(value) => {
             metrics::observe_request(method.name(), protocol, "ok", started);
-            Value::s_ok(to_dirac(method, value))
+            Value::s_ok(to_dirac(method, value, url))
         }
         Err(error) => {
             metrics::observe_request(method.name(), protocol, error.code(), started);
@@ -83,12 +85,22 @@ pub fn dirac_message(errno: i64, text: &str) -> String {
     }
 }
 
-/// The method table speaks JSON; DIRAC's `ping` sends its two times as datetimes.
-fn to_dirac(method: Method, value: Json) -> Value {
+/// The method table speaks JSON; DIRAC's `ping` sends its two times as datetimes, and the URL
+/// after the name.
+fn to_dirac(method: Method, value: Json, url: &str) -> Value {
     let mut value = Value::from_json(&value);
     if method == Method::Ping
         && let Value::Dict(entries) = &mut value
     {
+        if let Some(after_name) = entries
+            .iter()
+            .position(|(k, _)| matches!(k, Value::Str(k) if k == "name"))
+        {
+            entries.insert(
+                after_name + 1,
+                (Value::Str("URL".into()), Value::Str(url.to_owned())),
+            );
+        }
         for (key, entry) in entries.iter_mut() {
             let is_time = matches!(key, Value::Str(k) if k == "time" || k == "service start time");
             if let (true, Value::Str(text)) = (is_time, &*entry)
@@ -153,8 +165,8 @@ mod tests {
 
     #[test]
     fn ping_times_become_datetimes() {
-        let ping = serde_json::json!({"time": "2026-11-28 13:17:02", "load": "0.1 0.2 0.3"});
-        let Value::Dict(entries) = to_dirac(Method::Ping, ping) else {
+        let ping = serde_json::json!({"time": "2026-11-28 13:17:02", "load": "0.1 0.2 0.3", "name": "F/T"});
+        let Value::Dict(entries) = to_dirac(Method::Ping, ping, "dips://h:1/F/T") else {
             panic!("a dict")
         };
         assert!(matches!(
@@ -170,6 +182,13 @@ mod tests {
             }
         ));
         assert_eq!(entries[1].1, Value::Str("0.1 0.2 0.3".into()));
+        assert_eq!(
+            entries[3],
+            (
+                Value::Str("URL".into()),
+                Value::Str("dips://h:1/F/T".into())
+            )
+        );
     }
 
     #[test]
