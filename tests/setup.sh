@@ -12,6 +12,13 @@ scripts/install-packages.sh sqlite3 postgresql-client mariadb-client prometheus
 # The test OpenID provider (oidc-provider, pinned in tests/idp/package-lock.json).
 npm ci --prefix tests/idp --no-audit --no-fund --loglevel=error
 
+# DIRAC's own Python client (PyPI DIRAC 9.1.22) for tests/it/dirac_client.rs, in a venv outside
+# the repository ($DIRAC_CLIENT_VENV, default /work/.cache/dirac-client-9.1.22): ~70 s the first
+# time, ~1 s when it is up to date.
+tests/dirac-client/setup.sh
+# DIRAC 8.0's client, whose DISET calls send DEncode (tests/it/dirac_client.rs), time-boxed.
+timeout 900 tests/dirac-client/setup.sh --dirac8
+
 postgres_url=${TOKENMANAGER_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 mysql_host=127.0.0.1
 if ! psql "$postgres_url" -qtAc 'SELECT 1' >/dev/null; then

@@ -32,8 +32,9 @@ Fixture file (JSON; README.md in this folder is the reference the Rust writer fo
                                "expires_in": 3600, "scope": "..."}},     # a fresh, unused IdP grant
       "client_token": {"group": "dirac_pilot", "scope": ["compute.create"]},  # optional: client-token tests
       "groups": {"<group>": {"idp_role": "..."}},  # optional, client-side cache key only
-      "expect": {"version": "…", "ping_name": "Framework/TokenManager",     # all optional
-                 "token_info_extra_keys": [], "token_values_exposed": true}
+      "expect": {"version": "…", "ping_name": "Framework/TokenManager",     # all optional; also
+                 "token_info_extra_keys": [], "token_values_exposed": true,  # ping_name_https/_dips,
+                 "dips_reply_mirrors_encoding": true}                          # ping_url_https/_dips
     }
 
 How callers are selected: every client object gets ``proxyLocation=<proxy>`` (or ``useCertificates=True``

@@ -52,7 +52,7 @@ t0=$(date +%s.%N)
 step_start=$t0
 step() { # step <description>: prints the time the previous step took, then names the next one
   local now; now=$(date +%s.%N)
-  [[ -n ${step_name:-} ]] && printf '[setup] %-60s %6.1f s\n' "$step_name" "$(echo "$now - $step_start" | bc)" >&2
+  [[ -n ${step_name:-} ]] && printf '[setup] %-60s %6.1f s\n' "$step_name" "$(awk -v a="$now" -v b="$step_start" 'BEGIN{print a-b}')" >&2
   step_name=$1 step_start=$now
   [[ -n $1 ]] && echo "[setup] -> $1" >&2
   return 0
@@ -134,5 +134,5 @@ step "import check"
 "$venv/bin/python" -c "$import_check" >&2
 echo "$want_stamp" >"$stamp"
 step ""
-printf '[setup] total %.1f s\n' "$(echo "$(date +%s.%N) - $t0" | bc)" >&2
+printf '[setup] total %.1f s\n' "$(awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN{print a-b}')" >&2
 echo "$venv"
