@@ -112,7 +112,7 @@ async fn metrics_pass_promtool_and_count_requests_and_credentials() {
     );
     let echo_count = sample(
         &exposition,
-        r#"tokenmanager_request_duration_seconds_count{method="echo",protocol="json"}"#,
+        r#"tokenmanager_request_duration_seconds_count{method="echo",protocol="json",result="ok"}"#,
     );
     assert_eq!(echo_count, Some(3.0));
     let stored = |labels: &str| {
