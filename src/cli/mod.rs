@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 use thiserror::Error;
 
 use crate::actors::db::{Database, Ping};
+use crate::config::remote::{RemoteCfg, RemoteSource};
 use crate::config::{self, ConfigError, Settings};
 use crate::crypto::{CryptoError, KeyringFile, SharedKeyring};
 use crate::db::{DatabaseUrl, DbError, PoolOptions};
@@ -111,6 +112,8 @@ pub enum CliError {
     Loadtest(#[from] crate::loadtest::LoadtestError),
     #[error("cannot write the report: {0}")]
     Output(String),
+    #[error("Configuration Server: {0}")]
+    Remote(#[from] crate::config::remote::RemoteError),
 }
 
 impl Cli {
@@ -119,7 +122,10 @@ impl Cli {
         let settings = || load_settings(&config);
         actix::System::new().block_on(async {
             match command {
-                Command::Serve => serve::run(settings()?, config.clone()).await,
+                Command::Serve => {
+                    let (settings, remote) = serving_settings(&config).await?;
+                    serve::run(settings, config.clone(), remote).await
+                }
                 Command::Migrate => migrate::run(settings()?).await,
                 Command::RotateKey { key_id, batch } => {
                     rotate_key::run(settings()?, key_id.as_deref(), batch).await
@@ -140,6 +146,27 @@ impl Cli {
             }
         })
     }
+}
+
+/// What `serve` runs on: when the local files name a Configuration Server, its CFG is fetched
+/// first and the local files are merged over it; start-up fails if no server answers, as a
+/// DIRAC service without its CS does.
+async fn serving_settings(
+    paths: &[PathBuf],
+) -> Result<(Settings, Option<(RemoteSource, Option<RemoteCfg>)>), CliError> {
+    let local = config::Section::load_files(paths).map_err(ConfigError::from)?;
+    let Some(source) = RemoteSource::from_local(&local)? else {
+        return Ok((load_settings(paths)?, None));
+    };
+    let fetched = source.fetch_if_newer(None, None).await?;
+    if let Some(fetched) = &fetched {
+        tracing::info!(version = %fetched.version, server = %fetched.server, "configuration fetched from the Configuration Server");
+    }
+    let loaded = config::load_over(paths, fetched.as_ref().map(|f| &f.section))?;
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    Ok((loaded.settings, Some((source, fetched))))
 }
 
 fn load_settings(paths: &[PathBuf]) -> Result<Settings, CliError> {

@@ -7,6 +7,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::{CliError, open_database, open_keyring};
 use crate::actors::db::Migrate;
 use crate::config::Settings;
+use crate::config::remote::{RemoteCfg, RemoteSource};
 use crate::db::{PoolOptions, SqliteServeLock};
 use crate::http::{
     self,
@@ -63,7 +64,11 @@ fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
-pub async fn run(settings: Settings, config_files: Vec<PathBuf>) -> Result<(), CliError> {
+pub async fn run(
+    settings: Settings,
+    config_files: Vec<PathBuf>,
+    remote: Option<(RemoteSource, Option<RemoteCfg>)>,
+) -> Result<(), CliError> {
     let method_names = crate::service::Method::ALL.map(|m| m.name());
     let idp_names: Vec<&str> = settings.idps.iter().map(|idp| idp.name()).collect();
     metrics::init(&method_names, &idp_names);
@@ -99,6 +104,10 @@ pub async fn run(settings: Settings, config_files: Vec<PathBuf>) -> Result<(), C
     );
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     let service = Service::new(database, keyring, settings, config_files)?;
+    if let Some((source, fetched)) = remote {
+        service.set_remote(source, fetched);
+        actix::spawn(poll_configuration_server(service.clone()));
+    }
     let api =
         http::api_server(listeners.https, service.clone(), &tls, workers).map_err(|source| {
             CliError::Bind {
@@ -138,6 +147,20 @@ pub async fn run(settings: Settings, config_files: Vec<PathBuf>) -> Result<(), C
     })?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Asks the Configuration Server for a newer version every `RefreshTime`; a failure is logged
+/// and the configuration in force kept.
+async fn poll_configuration_server(service: Arc<Service>) {
+    let Some(period) = service.remote_refresh_time() else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        if let Err(error) = service.refresh_remote(false).await {
+            tracing::warn!(%error, "configuration not refreshed from the Configuration Server");
+        }
+    }
 }
 
 /// SIGHUP re-reads the configuration files, the keyring and the TLS files; a broken new

@@ -21,6 +21,7 @@
 pub mod cfg;
 mod idp;
 mod registry;
+pub mod remote;
 mod secrets;
 mod settings;
 
@@ -71,6 +72,19 @@ pub enum ConfigError {
 /// Loads with secrets from the process environment.
 pub fn load(paths: &[PathBuf]) -> Result<Loaded, ConfigError> {
     load_with_env(paths, &process_env)
+}
+
+/// The local files merged over `remote` (a Configuration Server's CFG): local options win.
+pub fn load_over(paths: &[PathBuf], remote: Option<&Section>) -> Result<Loaded, ConfigError> {
+    let Some(remote) = remote else {
+        return load(paths);
+    };
+    if paths.is_empty() {
+        return Err(ConfigError::NoFiles);
+    }
+    let mut root = remote.clone();
+    root.merge(&Section::load_files(paths)?)?;
+    resolve(&root, &process_env)
 }
 
 /// `env` returns the value of an environment variable, so tests need not touch the process

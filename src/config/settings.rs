@@ -511,7 +511,7 @@ fn resolve_database(
     Ok(DatabaseUrl::mysql(user, password, host, port, db_name))
 }
 
-fn resolve_security(root: &Section) -> SecuritySettings {
+pub(super) fn resolve_security(root: &Section) -> SecuritySettings {
     let path = |name: &str| {
         root.get_with_origin(&format!("/DIRAC/Security/{name}"))
             .filter(|(value, _)| !value.is_empty())

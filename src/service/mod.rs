@@ -9,7 +9,7 @@ mod token_info;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::SystemTime;
 
 use serde_json::{Map, Value, json};
@@ -19,6 +19,7 @@ pub use methods::{Method, Param, ParamKind};
 
 use crate::actors::db::{Database, RemoveTokens, TokensByUserId, UpdateToken};
 use crate::actors::tokens::TokenBroker;
+use crate::config::remote::{RemoteCfg, RemoteSource};
 use crate::config::{self, Settings};
 use crate::crypto::SharedKeyring;
 use crate::db::{DbError, StoredToken};
@@ -115,6 +116,9 @@ pub struct Service {
     config_files: Vec<PathBuf>,
     started: SystemTime,
     reload_hooks: Mutex<Vec<ReloadHook>>,
+    /// The Configuration Server, when the local files name one, and what it last sent.
+    remote_source: OnceLock<RemoteSource>,
+    remote: RwLock<Option<RemoteCfg>>,
 }
 
 impl Service {
@@ -140,6 +144,8 @@ impl Service {
             config_files,
             started: SystemTime::now(),
             reload_hooks: Mutex::new(Vec::new()),
+            remote_source: OnceLock::new(),
+            remote: RwLock::new(None),
         }))
     }
 
@@ -205,8 +211,61 @@ impl Service {
         result
     }
 
+    /// Uses a Configuration Server from now on: `fetched` is what start-up read from it.
+    pub fn set_remote(&self, source: RemoteSource, fetched: Option<RemoteCfg>) {
+        *self.remote.write().unwrap_or_else(|e| e.into_inner()) = fetched;
+        let _ = self.remote_source.set(source);
+    }
+
+    /// How often the Configuration Server is polled, when there is one.
+    pub fn remote_refresh_time(&self) -> Option<std::time::Duration> {
+        self.remote_source.get().map(RemoteSource::refresh_time)
+    }
+
+    /// Asks the Configuration Server for a newer version (its master first with `from_master`)
+    /// and applies it; true when a new version is in force. A version whose configuration does
+    /// not load is refused whole, as a broken local file is, and asked for again next time.
+    pub async fn refresh_remote(&self, from_master: bool) -> Result<bool, String> {
+        let Some(source) = self.remote_source.get() else {
+            return Ok(false);
+        };
+        let (known, master) = {
+            let remote = self.remote.read().unwrap_or_else(|e| e.into_inner());
+            let known = remote.as_ref().map(|r| r.version.clone());
+            let master = remote
+                .as_ref()
+                .filter(|_| from_master)
+                .and_then(|r| r.section.get("/DIRAC/Configuration/MasterServer"))
+                .map(str::to_owned);
+            (known, master)
+        };
+        let fetched = source
+            .fetch_if_newer(known.as_deref(), master.as_deref())
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some(fetched) = fetched else {
+            return Ok(false);
+        };
+        let result = self.try_reload_over(Some(&fetched.section));
+        let outcome = if result.is_ok() { "ok" } else { "rejected" };
+        metrics::CONFIG_RELOADS.with_label_values(&[outcome]).inc();
+        result?;
+        tracing::info!(version = %fetched.version, server = %fetched.server, "configuration from the Configuration Server in force");
+        *self.remote.write().unwrap_or_else(|e| e.into_inner()) = Some(fetched);
+        Ok(true)
+    }
+
     fn try_reload(&self) -> Result<(), String> {
-        let loaded = config::load(&self.config_files).map_err(|e| e.to_string())?;
+        let remote = self
+            .remote
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.try_reload_over(remote.as_ref().map(|r| &r.section))
+    }
+
+    fn try_reload_over(&self, remote: Option<&config::Section>) -> Result<(), String> {
+        let loaded = config::load_over(&self.config_files, remote).map_err(|e| e.to_string())?;
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
         }
@@ -327,8 +386,17 @@ impl Service {
                 Ok(Value::Array(infos))
             }
             Method::RefreshConfiguration => {
-                self.reload()
+                let from_master = next().as_bool().unwrap_or(false);
+                // A new CS version is applied by the refresh itself; otherwise the local files
+                // are read again.
+                let refreshed = self
+                    .refresh_remote(from_master)
+                    .await
                     .map_err(|e| MethodError::refused("config_rejected", e))?;
+                if !refreshed {
+                    self.reload()
+                        .map_err(|e| MethodError::refused("config_rejected", e))?;
+                }
                 Ok(Value::Null)
             }
         }

@@ -2,6 +2,7 @@
 //! method table. What they share lives here: method names, `extraCredentials`, and the
 //! S_OK/S_ERROR reply of a call.
 
+pub mod client;
 pub mod codec;
 pub mod diset;
 pub mod https;
