@@ -26,8 +26,10 @@ pub fn api_server(
     Ok(HttpServer::new(move || {
         App::new()
             .app_data(web::Data::new(service.clone()))
-            .configure(json::routes)
+            // DIRAC's static paths first: they carry most of the traffic and match without
+            // the JSON API's pattern.
             .configure(dirac::https::routes(dirac_paths.clone()))
+            .configure(json::routes)
             .default_service(web::to(not_found))
     })
     .workers(workers)

@@ -40,6 +40,14 @@ pub struct CallContext {
     pub ip: Option<IpAddr>,
 }
 
+/// A call [`Service::check_access`] allowed: the caller as authorized and the settings that
+/// judged it, so that running the call does not authorize it again.
+pub struct Access {
+    method: Option<Method>,
+    caller: Authorized,
+    settings: Arc<Settings>,
+}
+
 /// A caller identified by a bearer token (§6.3.2): DN `/O=DIRAC/CN=<sub>`, groups from its scopes.
 #[derive(Clone, Debug)]
 pub struct BearerCaller {
@@ -291,16 +299,20 @@ impl Service {
     /// Authorizes a call before its arguments are read, as DIRAC's protocols do: DISET at the
     /// proposal, HTTPS before decoding `args`. `name` is what the caller asked for, so that a
     /// method we do not have is judged by the `Default` rule, as DIRAC judges it.
-    pub fn check_access(&self, context: &CallContext, name: &str) -> Result<(), MethodError> {
+    pub fn check_access(&self, context: &CallContext, name: &str) -> Result<Access, MethodError> {
         let settings = self.settings();
         let method = Method::from_name(name);
-        self.authorize(
+        let caller = self.authorize(
             &settings,
             context,
             name,
             method.and_then(Method::hardcoded_rule),
-        )
-        .map(drop)
+        )?;
+        Ok(Access {
+            method,
+            caller,
+            settings,
+        })
     }
 
     /// Authorizes and runs one call. `args` are in positional order, already type-checked by
@@ -311,8 +323,29 @@ impl Service {
         method: Method,
         args: Vec<Value>,
     ) -> Result<Value, MethodError> {
-        let settings = self.settings();
-        let caller = self.authorize(&settings, context, method.name(), method.hardcoded_rule())?;
+        let access = self.check_access(context, method.name())?;
+        self.call_with(access, context, method, args).await
+    }
+
+    /// Runs a call [`Service::check_access`] allowed, with the rules and settings it judged by.
+    pub async fn call_with(
+        &self,
+        access: Access,
+        context: &CallContext,
+        method: Method,
+        args: Vec<Value>,
+    ) -> Result<Value, MethodError> {
+        let Access {
+            method: allowed,
+            caller,
+            settings,
+        } = access;
+        if allowed != Some(method) {
+            return Err(MethodError::Internal(format!(
+                "access was checked for another method than {}",
+                method.name()
+            )));
+        }
         let mut args = args.into_iter();
         let mut next = || args.next().unwrap_or(Value::Null);
         match method {

@@ -217,18 +217,21 @@ async fn connection(
         extra_credentials: extra_credentials(&proposal.extra_credentials),
         ip: Some(ip),
     };
-    if let Err(error) = service.check_access(&context, &proposal.action_name) {
-        let method = crate::service::Method::from_name(&proposal.action_name)
-            .map_or("unknown", |m| m.name());
-        record_refusal(method, error.code());
-        let reply = match error {
-            MethodError::NoCredentials | MethodError::Unauthorized(_) => {
-                Value::s_error(ENOAUTH, dirac_message(ENOAUTH, "Unauthorized query"))
-            }
-            other => Value::s_error(0, other.to_string()),
-        };
-        return peer.send(&reply, encoding).await;
-    }
+    let access = match service.check_access(&context, &proposal.action_name) {
+        Ok(access) => access,
+        Err(error) => {
+            let method = crate::service::Method::from_name(&proposal.action_name)
+                .map_or("unknown", |m| m.name());
+            record_refusal(method, error.code());
+            let reply = match error {
+                MethodError::NoCredentials | MethodError::Unauthorized(_) => {
+                    Value::s_error(ENOAUTH, dirac_message(ENOAUTH, "Unauthorized query"))
+                }
+                other => Value::s_error(0, other.to_string()),
+            };
+            return peer.send(&reply, encoding).await;
+        }
+    };
     peer.send(&Value::s_ok(Value::None), encoding).await?;
 
     let max_args = settings.service.max_body_bytes as usize;
@@ -247,6 +250,7 @@ async fn connection(
     };
     let reply = answer(
         service,
+        access,
         &context,
         &proposal.action_name,
         args,

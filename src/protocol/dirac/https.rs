@@ -102,10 +102,13 @@ async fn handle(
     }
 
     let context = caller(request, service, last(&body_fields, "extraCredentials")).await?;
-    if let Err(error) = service.check_access(&context, method) {
-        record_refusal(method, error.code());
-        return Err(StatusCode::UNAUTHORIZED);
-    }
+    let access = match service.check_access(&context, method) {
+        Ok(access) => access,
+        Err(error) => {
+            record_refusal(method, error.code());
+            return Err(StatusCode::UNAUTHORIZED);
+        }
+    };
     let args = match last(&body_fields, "args") {
         None => Vec::new(),
         Some(text) => match jencode::decode(text.as_bytes()) {
@@ -132,7 +135,7 @@ async fn handle(
         request.connection_info().host(),
         request.path()
     );
-    Ok(answer(service, &context, method, args, PROTOCOL, &url).await)
+    Ok(answer(service, access, &context, method, args, PROTOCOL, &url).await)
 }
 
 fn last<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {

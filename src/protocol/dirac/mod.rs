@@ -13,7 +13,7 @@ use serde_json::Value as Json;
 
 use crate::domain::policy::ExtraCredentials;
 use crate::metrics;
-use crate::service::{CallContext, Method, MethodError, Service};
+use crate::service::{Access, CallContext, Method, MethodError, Service};
 use codec::Value;
 
 /// DIRAC's errno for a refused query (`DErrno.ENOAUTH`).
@@ -45,6 +45,7 @@ pub fn extra_credentials(value: &Value) -> ExtraCredentials {
 /// the service's URL as the caller reached it, which DIRAC's `ping` reports.
 pub async fn answer(
     service: &Service,
+    access: Access,
     context: &CallContext,
     name: &str,
     args: Vec<Value>,
@@ -58,7 +59,7 @@ pub async fn answer(
     };
     let args: Vec<Json> = args.iter().map(Value::to_json).collect();
     let outcome = match method.positional_args(args) {
-        Ok(args) => service.call(context, method, args).await,
+        Ok(args) => service.call_with(access, context, method, args).await,
         Err(message) => Err(MethodError::BadArguments(message)),
     };
     match outcome {
