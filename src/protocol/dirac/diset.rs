@@ -184,22 +184,22 @@ async fn connection(
         ) => {
             tracing::info!(peer = %ip, %error, "invalid DISET proposal");
             let reply = Value::s_error(0, "Invalid action proposal");
-            return peer.send(&reply, Encoding::Json).await;
+            return peer.finish(&reply, Encoding::Json).await;
         }
         Err(other) => return Err(other),
     };
     let proposal = match Proposal::parse(&proposal) {
         Ok(proposal) => proposal,
-        Err(message) => return peer.send(&Value::s_error(0, &message), encoding).await,
+        Err(message) => return peer.finish(&Value::s_error(0, &message), encoding).await,
     };
     let valid_names = [DISET_SERVICE_NAME, settings.service.name.as_str()];
     if !valid_names.contains(&proposal.service.as_str()) {
         let message = format!("{} is not up in this server", proposal.service);
-        return peer.send(&Value::s_error(0, &message), encoding).await;
+        return peer.finish(&Value::s_error(0, &message), encoding).await;
     }
     if !ACTION_TYPES.contains(&proposal.action_type.as_str()) {
         let message = format!("{} is not a known action type", proposal.action_type);
-        return peer.send(&Value::s_error(0, &message), encoding).await;
+        return peer.finish(&Value::s_error(0, &message), encoding).await;
     }
     if proposal.action_type != "RPC" {
         // Python accepts and then refuses; refusing at once spares the client a transfer.
@@ -208,7 +208,7 @@ async fn connection(
             proposal.action_type, proposal.action_name
         );
         record_refusal("unknown", "unsupported_action");
-        return peer.send(&Value::s_error(0, &message), encoding).await;
+        return peer.finish(&Value::s_error(0, &message), encoding).await;
     }
 
     let context = CallContext {
@@ -229,7 +229,7 @@ async fn connection(
                 }
                 other => Value::s_error(0, other.to_string()),
             };
-            return peer.send(&reply, encoding).await;
+            return peer.finish(&reply, encoding).await;
         }
     };
     peer.send(&Value::s_ok(Value::None), encoding).await?;
@@ -258,9 +258,7 @@ async fn connection(
         &url,
     )
     .await;
-    peer.send(&reply, encoding).await?;
-    let _ = tokio::time::timeout(peer.packet_timeout, peer.stream.shutdown()).await;
-    Ok(())
+    peer.finish(&reply, encoding).await
 }
 
 fn record_refusal(method: &str, outcome: &str) {
@@ -330,6 +328,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
                 self.write(&pong).await?;
             }
         }
+    }
+
+    /// Sends the last message and closes with a TLS close_notify: OpenSSL keeps a session
+    /// resumable only after a clean shutdown, and DISET clients reconnect for every call.
+    async fn finish(&mut self, message: &Value, encoding: Encoding) -> Result<(), ConnectionError> {
+        self.send(message, encoding).await?;
+        let _ = tokio::time::timeout(self.packet_timeout, self.stream.shutdown()).await;
+        Ok(())
     }
 
     async fn send(&mut self, message: &Value, encoding: Encoding) -> Result<(), ConnectionError> {
