@@ -18,6 +18,9 @@ npm ci --prefix tests/idp --no-audit --no-fund --loglevel=error
 tests/dirac-client/setup.sh
 # DIRAC 8.0's client, whose DISET calls send DEncode (tests/it/dirac_client.rs), time-boxed.
 timeout 900 tests/dirac-client/setup.sh --dirac8
+# DIRAC 9.1.22 with its server extra: DIRAC's own Configuration Server for
+# tests/it/configuration_server.rs (tests/dirac-cs/start_cs.sh).
+timeout 900 tests/dirac-client/setup.sh --server
 
 postgres_url=${TOKENMANAGER_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/test}
 mysql_host=127.0.0.1

@@ -10,6 +10,7 @@ mod support;
 
 mod api;
 mod cli;
+mod configuration_server;
 mod dirac;
 mod dirac_client;
 mod encryption;
