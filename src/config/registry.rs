@@ -57,7 +57,8 @@ pub struct Registry {
     hosts: Vec<Host>,
     vos: Vec<Vo>,
     default_group: Vec<String>,
-    banned_ips: Vec<String>,
+    /// Entries that are not IP addresses are dropped with a warning at load.
+    banned_ips: Vec<std::net::IpAddr>,
     virtual_organization: Option<String>,
     // Looked up on every request; first definition in CS order wins, as in DIRAC's scans.
     user_by_name: HashMap<String, usize>,
@@ -167,7 +168,18 @@ impl Registry {
             default_group: root
                 .get_list("/Registry/DefaultGroup")
                 .unwrap_or_else(|| vec!["user".to_owned()]),
-            banned_ips: root.get_list("/Registry/BannedIPs").unwrap_or_default(),
+            banned_ips: root
+                .get_list("/Registry/BannedIPs")
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|entry| {
+                    let parsed = entry.parse().ok();
+                    if parsed.is_none() {
+                        tracing::warn!(entry, "/Registry/BannedIPs: not an IP address (ignored)");
+                    }
+                    parsed
+                })
+                .collect(),
             virtual_organization: root
                 .get("/DIRAC/VirtualOrganization")
                 .filter(|v| !v.is_empty())
@@ -213,7 +225,7 @@ impl Registry {
         &self.default_group
     }
 
-    pub fn banned_ips(&self) -> &[String] {
+    pub fn banned_ips(&self) -> &[std::net::IpAddr] {
         &self.banned_ips
     }
 
@@ -427,7 +439,13 @@ Registry
         assert_eq!(vo.voms_name.as_deref(), Some("dteam"));
         assert_eq!(vo.other.get("SubmitPools").map(String::as_str), Some("x"));
         assert_eq!(reg.default_group(), ["dteam_user", "other_user"]);
-        assert_eq!(reg.banned_ips(), ["10.0.0.1", "10.0.0.2"]);
+        assert_eq!(
+            reg.banned_ips(),
+            [
+                "10.0.0.1".parse::<std::net::IpAddr>().unwrap(),
+                "10.0.0.2".parse().unwrap()
+            ]
+        );
         assert_eq!(reg.virtual_organization(), None);
         assert_eq!(
             reg.properties_for_host("dirac.example.org"),

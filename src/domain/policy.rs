@@ -93,41 +93,40 @@ pub fn rules_for<'a>(
     method: &str,
     hardcoded: Option<&'a [&'a str]>,
     configured: &'a BTreeMap<String, Vec<String>>,
-) -> Vec<String> {
+) -> Vec<&'a str> {
     let configured_rule = |name: &str| configured.get(name).filter(|rules| !rules.is_empty());
     if let Some(rules) = configured_rule(method) {
-        return rules.clone();
+        return rules.iter().map(String::as_str).collect();
     }
     if let Some(rules) = hardcoded.filter(|rules| !rules.is_empty()) {
-        return rules.iter().map(|r| (*r).to_owned()).collect();
+        return rules.to_vec();
     }
     if let Some(rules) = configured_rule("Default") {
-        return rules.clone();
+        return rules.iter().map(String::as_str).collect();
     }
-    vec!["authenticated".to_owned()]
+    vec!["authenticated"]
 }
 
 /// `authQuery`: is `peer` allowed by `rules`, and as whom.
 pub fn authorize(
-    rules: &[String],
+    rules: &[&str],
     peer: &Peer<'_>,
     registry: &Registry,
 ) -> Result<Authorized, Denied> {
     if let Some(ip) = peer.ip
-        && registry
-            .banned_ips()
-            .iter()
-            .any(|banned| banned.parse::<IpAddr>() == Ok(ip))
+        && registry.banned_ips().contains(&ip)
     {
         return Err(Denied::BannedIp(ip));
     }
     let (required, valid_groups) = split_group_rules(rules, registry);
-    let lower: Vec<String> = if required.is_empty() {
-        vec!["any".to_owned()]
+    // Rules compare case-insensitively; no rule at all means any.
+    let required = if required.is_empty() {
+        vec!["any"]
     } else {
-        required.iter().map(|r| r.to_lowercase()).collect()
+        required
     };
-    let allow_all = lower.iter().any(|r| r == "any" || r == "all");
+    let is = |rule: &str| required.iter().any(|r| r.eq_ignore_ascii_case(rule));
+    let allow_all = is("any") || is("all");
     if peer.limited_proxy && !allow_all {
         return Err(Denied::LimitedProxy);
     }
@@ -201,12 +200,10 @@ pub fn authorize(
     };
 
     let allow_group = valid_groups.is_empty() || valid_groups.iter().any(|g| *g == caller.group);
-    if (allow_all || lower.iter().any(|r| r == "authenticated")) && allow_group {
+    if (allow_all || is("authenticated")) && allow_group {
         return Ok(caller);
     }
-    caller
-        .properties
-        .retain(|p| lower.iter().any(|r| *r == p.to_lowercase()));
+    caller.properties.retain(|p| is(p));
     if caller.properties.is_empty() {
         Err(Denied::MissingProperty)
     } else if !allow_group {
@@ -258,7 +255,7 @@ pub fn delegation(
 
 /// Takes `group:<g>` and `vo:<vo>` out of the rules: they restrict the caller's group.
 fn split_group_rules<'r>(
-    rules: &'r [String],
+    rules: &[&'r str],
     registry: &'r Registry,
 ) -> (Vec<&'r str>, Vec<&'r str>) {
     let mut required = Vec::new();
@@ -283,8 +280,15 @@ fn split_group_rules<'r>(
     (required, groups)
 }
 
-/// `getUsername`: the member of `group` who owns `dn`.
+/// `getUsername`: the member of `group` who owns `dn`. The DN index answers at once in the usual
+/// case; a DN shared by several users falls back to DIRAC's scan of the group.
 fn member_of_group<'r>(registry: &'r Registry, dn: &str, group: &str) -> Option<&'r str> {
+    let members = &registry.group(group)?.users;
+    if let Some(user) = registry.username_for_dn(dn)
+        && members.iter().any(|member| member == user)
+    {
+        return Some(user);
+    }
     registry
         .group(group)?
         .users
@@ -396,9 +400,9 @@ Registry
         Registry::from_cfg(&root)
     }
 
-    fn rules(text: &str) -> Vec<String> {
+    fn rules(text: &str) -> Vec<&str> {
         text.split(',')
-            .map(|r| r.trim().to_owned())
+            .map(str::trim)
             .filter(|r| !r.is_empty())
             .collect()
     }
@@ -481,10 +485,10 @@ Registry
     fn rules_come_from_the_method_option_then_hardcoded_then_default_then_authenticated() {
         let mut configured = BTreeMap::new();
         assert_eq!(rules_for("echo", None, &configured), ["authenticated"]);
-        configured.insert("Default".to_owned(), rules("NormalUser"));
+        configured.insert("Default".to_owned(), vec!["NormalUser".to_owned()]);
         assert_eq!(rules_for("echo", None, &configured), ["NormalUser"]);
         assert_eq!(rules_for("ping", Some(&["all"]), &configured), ["all"]);
-        configured.insert("ping".to_owned(), rules("CSAdministrator"));
+        configured.insert("ping".to_owned(), vec!["CSAdministrator".to_owned()]);
         assert_eq!(
             rules_for("ping", Some(&["all"]), &configured),
             ["CSAdministrator"]

@@ -109,7 +109,7 @@ fn tls_settings(settings: &Settings, listener: Listener) -> Result<TlsSettings, 
 }
 
 /// actix-web's on-connect hook: analyses the verified client chain once per connection and
-/// leaves `Option<ChainIdentity>` for the handlers.
+/// leaves `Option<Arc<ChainIdentity>>` for the handlers.
 pub fn record_peer(connection: &dyn Any, data: &mut Extensions) {
     let Some(stream) = connection.downcast_ref::<TlsStream<TcpStream>>() else {
         return;
@@ -122,6 +122,7 @@ pub fn record_peer(connection: &dyn Any, data: &mut Extensions) {
                 .ok()
         })
         // A session resumed after its proxy expired is not verified again by OpenSSL.
-        .filter(|identity| identity.seconds_left > 0);
+        .filter(|identity| identity.seconds_left > 0)
+        .map(Arc::new);
     data.insert(identity);
 }

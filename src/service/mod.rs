@@ -33,7 +33,8 @@ use crate::x509::identity::ChainIdentity;
 #[derive(Clone, Debug, Default)]
 pub struct CallContext {
     /// What the transport read from the caller's verified certificate chain (§6.3.1).
-    pub certificate: Option<ChainIdentity>,
+    /// Shared with the connection, which analysed the chain once for all its requests.
+    pub certificate: Option<Arc<ChainIdentity>>,
     /// A verified IdP-issued bearer token (HTTPS only); it identifies the caller when present.
     pub bearer: Option<BearerCaller>,
     pub extra_credentials: ExtraCredentials,

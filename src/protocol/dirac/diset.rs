@@ -129,12 +129,7 @@ async fn connection(
 ) -> Result<(), ConnectionError> {
     let settings = service.settings();
     // DIRAC closes a banned address's connection right after accept.
-    if settings
-        .registry
-        .banned_ips()
-        .iter()
-        .any(|banned| banned.parse::<IpAddr>().is_ok_and(|b| b == ip))
-    {
+    if settings.registry.banned_ips().contains(&ip) {
         return Err(ConnectionError::Banned);
     }
     let _ = stream.set_nodelay(true);
@@ -212,7 +207,7 @@ async fn connection(
     }
 
     let context = CallContext {
-        certificate: Some(certificate),
+        certificate: Some(Arc::new(certificate)),
         bearer: None,
         extra_credentials: extra_credentials(&proposal.extra_credentials),
         ip: Some(ip),
@@ -255,7 +250,7 @@ async fn connection(
         &proposal.action_name,
         args,
         PROTOCOL,
-        &url,
+        &|| url.clone(),
     )
     .await;
     peer.finish(&reply, encoding).await

@@ -80,7 +80,7 @@ async fn handle(
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let mut fields = form::parse_query(request.query_string()).map_err(|error| {
+    let query_fields = form::parse_query(request.query_string()).map_err(|error| {
         tracing::info!(%error, "refusing an HTTPS call with a malformed query string");
         StatusCode::BAD_REQUEST
     })?;
@@ -94,8 +94,9 @@ async fn handle(
     };
     // Tornado: `method` from the query string or the body (the body's last value wins),
     // `args` and `extraCredentials` from the body only.
-    fields.extend(body_fields.iter().cloned());
-    let method = last(&fields, "method").ok_or(StatusCode::BAD_REQUEST)?;
+    let method = last(&body_fields, "method")
+        .or_else(|| last(&query_fields, "method"))
+        .ok_or(StatusCode::BAD_REQUEST)?;
     if Method::from_name(method).is_none() {
         record_refusal("unknown", "unknown_method");
         return Err(StatusCode::NOT_IMPLEMENTED);
@@ -130,11 +131,13 @@ async fn handle(
             }
         },
     };
-    let url = format!(
-        "https://{}{}",
-        request.connection_info().host(),
-        request.path()
-    );
+    let url = || {
+        format!(
+            "https://{}{}",
+            request.connection_info().host(),
+            request.path()
+        )
+    };
     Ok(answer(service, access, &context, method, args, PROTOCOL, &url).await)
 }
 
@@ -155,7 +158,7 @@ async fn caller(
 ) -> Result<CallContext, StatusCode> {
     let ip = request.peer_addr().map(|a| a.ip());
     if let Some(certificate) = request
-        .conn_data::<Option<ChainIdentity>>()
+        .conn_data::<Option<Arc<ChainIdentity>>>()
         .cloned()
         .flatten()
     {

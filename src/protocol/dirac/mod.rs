@@ -42,7 +42,8 @@ pub fn extra_credentials(value: &Value) -> ExtraCredentials {
 /// What a DIRAC protocol answers for one call whose access was already checked: the method's
 /// S_OK, or an S_ERROR with DIRAC's messages (argument checks included, as DISET words them).
 /// `name` is the method the caller asked for; one we do not have gets DISET's message. `url` is
-/// the service's URL as the caller reached it, which DIRAC's `ping` reports.
+/// gives the service's URL as the caller reached it, which DIRAC's `ping` reports (only ping
+/// pays for building it).
 pub async fn answer(
     service: &Service,
     access: Access,
@@ -50,7 +51,7 @@ pub async fn answer(
     name: &str,
     args: Vec<Value>,
     protocol: &'static str,
-    url: &str,
+    url: &dyn Fn() -> String,
 ) -> Value {
     let started = Instant::now();
     let Some(method) = Method::from_name(name) else {
@@ -89,7 +90,7 @@ pub fn dirac_message(errno: i64, text: &str) -> String {
 
 /// The method table speaks JSON; DIRAC's `ping` sends its two times as datetimes, and the URL
 /// after the name.
-fn to_dirac(method: Method, value: Json, url: &str) -> Value {
+fn to_dirac(method: Method, value: Json, url: &dyn Fn() -> String) -> Value {
     let mut value = Value::from_json(&value);
     if method == Method::Ping
         && let Value::Dict(entries) = &mut value
@@ -100,7 +101,7 @@ fn to_dirac(method: Method, value: Json, url: &str) -> Value {
         {
             entries.insert(
                 after_name + 1,
-                (Value::Str("URL".into()), Value::Str(url.to_owned())),
+                (Value::Str("URL".into()), Value::Str(url())),
             );
         }
         for (key, entry) in entries.iter_mut() {
@@ -168,7 +169,8 @@ mod tests {
     #[test]
     fn ping_times_become_datetimes() {
         let ping = serde_json::json!({"time": "2026-11-28 13:17:02", "load": "0.1 0.2 0.3", "name": "F/T"});
-        let Value::Dict(entries) = to_dirac(Method::Ping, ping, "dips://h:1/F/T") else {
+        let Value::Dict(entries) = to_dirac(Method::Ping, ping, &|| "dips://h:1/F/T".to_owned())
+        else {
             panic!("a dict")
         };
         assert!(matches!(

@@ -89,7 +89,7 @@ async fn answer(
     service: &Service,
 ) -> Result<Value, (&'static str, String)> {
     let certificate = request
-        .conn_data::<Option<ChainIdentity>>()
+        .conn_data::<Option<Arc<ChainIdentity>>>()
         .cloned()
         .flatten();
     let bearer = match bearer_token(request) {
