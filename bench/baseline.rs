@@ -18,7 +18,7 @@
 //! Prints one line, `bench-baseline listening https=<port>`, once it accepts connections.
 
 use std::any::Any;
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -82,18 +82,6 @@ async fn answer(request: HttpRequest, _body: web::Bytes) -> HttpResponse {
     }
 }
 
-fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(address),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(4096)?;
-    Ok(socket.into())
-}
-
 #[actix_web::main]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
@@ -113,7 +101,7 @@ async fn main() -> std::io::Result<()> {
     tls.set_session_id_context(b"bench-baseline")?;
     tls.set_options(SslOptions::NO_TICKET);
 
-    let listener = listen(SocketAddr::new(args.address, args.port))?;
+    let listener = tokenmanager::http::listen(SocketAddr::new(args.address, args.port))?;
     let port = listener.local_addr()?.port();
     let workers = args
         .workers

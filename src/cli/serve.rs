@@ -31,7 +31,7 @@ impl Listeners {
         let service = &settings.service;
         let bind = |port| {
             let address = SocketAddr::new(service.listen_address, port);
-            listen(address).map_err(|source| CliError::Bind {
+            http::listen(address).map_err(|source| CliError::Bind {
                 address: address.to_string(),
                 source,
             })
@@ -46,22 +46,6 @@ impl Listeners {
     fn port(listener: &TcpListener) -> u16 {
         listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
-}
-
-/// Thousands of jobs may connect at once: a listen backlog of 4096 rather than std's 128, whose
-/// overflow drops connections before TLS even starts.
-const LISTEN_BACKLOG: i32 = 4096;
-
-fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(address),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket.into())
 }
 
 pub async fn run(

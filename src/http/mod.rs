@@ -3,7 +3,7 @@
 
 pub mod tls;
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
 use actix_web::dev::Server;
@@ -13,6 +13,23 @@ use crate::actors::db::{CountCredentials, CountExpiring, Ping};
 use crate::metrics;
 use crate::protocol::{dirac, json};
 use crate::service::Service;
+
+/// Thousands of jobs may connect at once: a listen backlog of 4096 rather than std's 128, whose
+/// overflow drops connections before TLS even starts.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A listening socket for the service's listeners (and the benchmark's bare baseline server).
+pub fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
 
 /// The HTTPS server on `listener`: client certificates are read at connection time by
 /// [`tls::PeerIdentity`], so that every request knows its caller.

@@ -10,7 +10,7 @@ use actix_web::rt::net::TcpStream;
 use openssl::ssl::{SniError, SslAcceptorBuilder, SslContext};
 
 use crate::config::Settings;
-use crate::x509::identity::PeerChain;
+use crate::x509::identity::{ChainIdentity, PeerChain};
 use crate::x509::tls::{self, ClientCertMode, TlsError, TlsSettings};
 
 /// The server context in force. Every handshake switches to it in the ClientHello callback
@@ -114,7 +114,12 @@ pub fn record_peer(connection: &dyn Any, data: &mut Extensions) {
     let Some(stream) = connection.downcast_ref::<TlsStream<TcpStream>>() else {
         return;
     };
-    let identity = PeerChain::from_ssl(stream.ssl())
+    data.insert(peer_identity(stream.ssl()).map(Arc::new));
+}
+
+/// Who the peer of a finished handshake is, from its verified chain; None without a usable one.
+pub fn peer_identity(ssl: &openssl::ssl::SslRef) -> Option<ChainIdentity> {
+    PeerChain::from_ssl(ssl)
         .and_then(|chain| {
             chain
                 .analyse()
@@ -123,6 +128,4 @@ pub fn record_peer(connection: &dyn Any, data: &mut Extensions) {
         })
         // A session resumed after its proxy expired is not verified again by OpenSSL.
         .filter(|identity| identity.seconds_left > 0)
-        .map(Arc::new);
-    data.insert(identity);
 }

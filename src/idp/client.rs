@@ -253,17 +253,12 @@ impl IdpClient {
             request = request
                 .add_extra_param(self.options.audience_parameter.name(), audience.to_owned());
         }
-        let started = Instant::now();
-        let result = self
-            .bounded(request.request_async(&self.http))
-            .await
-            .and_then(|response| {
-                response
-                    .map(issued)
-                    .map_err(|e| self.classify(e, "Invalid refresh token"))
-            });
-        self.observe("refresh_token", started, &result);
-        result
+        self.grant(
+            "refresh_token",
+            "Invalid refresh token",
+            request.request_async(&self.http),
+        )
+        .await
     }
 
     /// The `client_credentials` grant: a token for DIRAC itself.
@@ -284,16 +279,28 @@ impl IdpClient {
             request = request
                 .add_extra_param(self.options.audience_parameter.name(), audience.to_owned());
         }
+        self.grant(
+            "client_credentials",
+            "Cannot fetch access token",
+            request.request_async(&self.http),
+        )
+        .await
+    }
+
+    /// Runs one token-endpoint exchange within the total timeout, classifies a refusal (DIRAC's
+    /// `context` prefixes its message), counts and times it.
+    async fn grant(
+        &self,
+        grant: &'static str,
+        context: &'static str,
+        exchange: impl Future<Output = Result<CoreTokenResponse, TokenError>>,
+    ) -> Result<IssuedToken, IdpError> {
         let started = Instant::now();
         let result = self
-            .bounded(request.request_async(&self.http))
+            .bounded(exchange)
             .await
-            .and_then(|response| {
-                response
-                    .map(issued)
-                    .map_err(|e| self.classify(e, "Cannot fetch access token"))
-            });
-        self.observe("client_credentials", started, &result);
+            .and_then(|response| response.map(issued).map_err(|e| self.classify(e, context)));
+        self.observe(grant, started, &result);
         result
     }
 

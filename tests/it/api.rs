@@ -6,24 +6,11 @@ use tokenmanager::x509::pki::{CertifiedKey, ProxyKind, Validity};
 
 use crate::client::Client;
 use crate::pki::TestPki;
-use crate::process::{TestApp, write_config};
+use crate::process::{TestApp, spawn_app, write_config};
 use crate::support::TestDb;
 
 fn dn(name: &str) -> String {
     format!("/C=ch/O=DIRAC/OU=Test/CN={name}")
-}
-
-fn spawn_app(db: &TestDb, service_options: &str) -> TestApp {
-    tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
-        .create()
-        .unwrap();
-    let config = write_config(
-        db.dir.path(),
-        "tm.cfg",
-        &format!("URL = {}", db.url),
-        service_options,
-    );
-    TestApp::spawn(&config)
 }
 
 /// One kind of caller of the matrix.

@@ -113,7 +113,7 @@ impl Client<'_> {
 
 /// One connector per credential for the whole run: building one loads the system CA bundle,
 /// which costs more than the handshake itself and would make bursts measure the test client.
-fn connector(credential: Option<&CertifiedKey>) -> SslConnector {
+pub fn connector(credential: Option<&CertifiedKey>) -> SslConnector {
     static CONNECTORS: OnceLock<Mutex<HashMap<Vec<u8>, SslConnector>>> = OnceLock::new();
     let key = credential
         .map(|c| c.cert.to_der().unwrap())

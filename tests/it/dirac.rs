@@ -5,13 +5,12 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 
-use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
 use serde_json::{Value, json};
 use tokenmanager::x509::pki::{CertifiedKey, ProxyKind};
 
 use crate::client::{Client, Reply};
 use crate::pki::TestPki;
-use crate::process::{TestApp, write_config};
+use crate::process::{self, TestApp};
 use crate::support::TestDb;
 use tokenmanager::db::Backend;
 
@@ -26,16 +25,10 @@ fn proxy(user: &str, group: &str) -> CertifiedKey {
 }
 
 fn spawn_app(db: &TestDb) -> TestApp {
-    tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
-        .create()
-        .unwrap();
-    let config = write_config(
-        db.dir.path(),
-        "tm.cfg",
-        &format!("URL = {}", db.url),
+    process::spawn_app(
+        db,
         "Authorization\n{\n getUsersTokensInfo = ProxyManagement\n}",
-    );
-    TestApp::spawn(&config)
+    )
 }
 
 /// `method=<m>&args=<urlencoded JSON>` as DIRAC 9's TornadoClient sends it.
@@ -295,22 +288,8 @@ struct Diset {
 
 impl Diset {
     fn connect(port: u16, credential: Option<&CertifiedKey>) -> Result<Self, String> {
-        let mut connector = SslConnector::builder(SslMethod::tls_client()).unwrap();
-        connector
-            .cert_store_mut()
-            .add_cert(TestPki::shared().ca.cert().to_owned())
-            .unwrap();
-        connector.set_verify(SslVerifyMode::PEER);
-        if let Some(credential) = credential {
-            connector.set_certificate(&credential.cert).unwrap();
-            connector.set_private_key(&credential.key).unwrap();
-            for issuer in &credential.chain {
-                connector.add_extra_chain_cert(issuer.clone()).unwrap();
-            }
-        }
         let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let stream = connector
-            .build()
+        let stream = crate::client::connector(credential)
             .connect("127.0.0.1", tcp)
             .map_err(|e| e.to_string())?;
         Ok(Self { stream })

@@ -6,17 +6,13 @@ use tokenmanager::db::Backend;
 use tokenmanager::x509::pki::ProxyKind;
 
 use crate::pki::TestPki;
-use crate::process::{TestApp, run, stderr, write_config};
+use crate::process::{run, spawn_app, stderr};
 use crate::support::TestDb;
 
 #[test]
 fn loadtest_drives_every_protocol_with_a_proxy_and_reports_json() {
     let db = TestDb::new(Backend::Sqlite);
-    tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
-        .create()
-        .unwrap();
-    let config = write_config(db.dir.path(), "tm.cfg", &format!("URL = {}", db.url), "");
-    let app = TestApp::spawn(&config);
+    let app = spawn_app(&db, "");
     let pki = TestPki::shared();
     let proxy = db.dir.path().join("proxy.pem");
     pki.proxy(

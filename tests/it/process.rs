@@ -166,6 +166,20 @@ Resources
 }
 ";
 
+/// A fresh keyring, [`write_config`] on `db` with `service_options`, and `serve` on it.
+pub fn spawn_app(db: &crate::support::TestDb, service_options: &str) -> TestApp {
+    tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
+        .create()
+        .unwrap();
+    let config = write_config(
+        db.dir.path(),
+        "tm.cfg",
+        &format!("URL = {}", db.url),
+        service_options,
+    );
+    TestApp::spawn(&config)
+}
+
 /// A running `serve`, the real binary; killed when dropped.
 pub struct TestApp {
     child: Child,

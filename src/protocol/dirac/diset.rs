@@ -18,10 +18,9 @@ use super::codec::frame::{self, FrameError};
 use super::codec::mixed::{self, Encoding};
 use super::codec::{DecodeError, Value};
 use super::{ENOAUTH, answer, dirac_message, extra_credentials};
-use crate::http::tls::ReloadableTls;
+use crate::http::tls::{ReloadableTls, peer_identity};
 use crate::metrics;
 use crate::service::{CallContext, MethodError, Service};
-use crate::x509::identity::PeerChain;
 
 const PROTOCOL: &str = "dips";
 /// DIRAC reads a proposal with `receiveData(1024)`.
@@ -141,15 +140,7 @@ async fn connection(
         .await
         .map_err(|_| ConnectionError::Timeout)?
         .map_err(|e| ConnectionError::Handshake(e.to_string()))?;
-    let certificate = PeerChain::from_ssl(stream.ssl())
-        .and_then(|chain| {
-            chain
-                .analyse()
-                .map_err(|error| tracing::warn!(%error, "refusing a client chain that cannot be analysed"))
-                .ok()
-        })
-        .filter(|identity| identity.seconds_left > 0)
-        .ok_or(ConnectionError::NoChain)?;
+    let certificate = peer_identity(stream.ssl()).ok_or(ConnectionError::NoChain)?;
     // The URL the client used, as DIRAC's ping reports it: the name it asked for (SNI), else our
     // address.
     let local = stream.get_ref().local_addr().ok();
