@@ -482,3 +482,48 @@ fn diset_hosts_use_extra_credentials() {
     assert_eq!(me["Value"]["group"], "hosts", "{me}");
     assert_eq!(me["Value"]["username"], "localhost");
 }
+
+#[test]
+fn diset_limits_connections_and_drops_silent_peers() {
+    let db = TestDb::new(Backend::Sqlite);
+    let app = process::spawn_app(
+        &db,
+        "MaxThreads = 1\nHandshakeTimeout = 1\nPacketTimeout = 2",
+    );
+    let full = proxy("full", "g_full");
+
+    // A client that never handshakes is dropped after HandshakeTimeout.
+    let mut silent = TcpStream::connect(("127.0.0.1", app.dips)).unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        silent.read(&mut byte).unwrap(),
+        0,
+        "closed by the server, not by the read timeout"
+    );
+
+    // With MaxThreads = 1, a second call waits until the first connection is let go: the
+    // first is silent after its handshake, so only PacketTimeout (2 s) frees the place.
+    let mut first = Diset::connect(app.dips, Some(&full)).unwrap();
+    let started = std::time::Instant::now();
+    let port = app.dips;
+    let second = std::thread::spawn(move || {
+        let full = proxy("full", "g_full");
+        let mut diset = Diset::connect(port, Some(&full)).unwrap();
+        diset.send(proposal("echo", r#""""#).as_bytes());
+        (diset.receive_json(), started.elapsed())
+    });
+    assert_eq!(
+        first.receive(),
+        None,
+        "the silent first connection is dropped"
+    );
+    let (reply, waited) = second.join().unwrap();
+    assert_eq!(reply, json!({"OK": true, "Value": null}));
+    assert!(
+        waited >= std::time::Duration::from_millis(1500),
+        "the second call was served after {waited:?}, before the first left its place"
+    );
+}
