@@ -122,9 +122,16 @@ impl Caller {
             if shared.past_end(scheduled) {
                 break;
             }
-            if shared.interval_ns.is_some() {
+            // Open loop: latency counts from the scheduled time when the caller was late (the
+            // queueing a closed loop would hide), but from the timer's wake-up when it was early:
+            // tokio's timer fires up to a millisecond after the deadline, which is the load
+            // generator's delay, not the server's.
+            let sent_from = if shared.interval_ns.is_some() && scheduled > Instant::now() {
                 tokio::time::sleep_until(scheduled.into()).await;
-            }
+                Instant::now()
+            } else {
+                scheduled
+            };
             let measured = scheduled >= shared.measure_start;
             if measured && !shared.claim() {
                 break;
@@ -136,8 +143,7 @@ impl Caller {
                     // The half-used connection was taken out of `self.conn` and is dropped.
                     Err(_) => Err(CallError::Timeout),
                 };
-            // Open loop: from the scheduled time, so waiting for a free caller counts.
-            let latency = scheduled.elapsed();
+            let latency = sent_from.elapsed();
             match &result {
                 Ok(()) => shared.live_ok.fetch_add(1, Relaxed),
                 Err(_) => shared.live_errors.fetch_add(1, Relaxed),
