@@ -222,6 +222,9 @@ run() {
   # RATE=<req/s> before `run`: open loop at that offered load instead of a closed loop.
   local rate=()
   [[ -n ${RATE:-} ]] && rate=(--rate "$RATE")
+  # NO_RESUME=1 before `run`: a full TLS handshake for every connection, as DIRAC's clients do
+  # (each call builds a new TLS context).
+  [[ -n ${NO_RESUME:-} ]] && rate+=(--no-resume)
   local pid=$TM_PID
   [[ $server == base ]] && pid=$BASE_PID
   local connflag=--keep-alive
@@ -269,6 +272,8 @@ run base-nc-16       base dirac-https "$B" new-connection 16 echo "$E"
 run tm-echo-nc-16    tm   dirac-https "$T" new-connection 16 echo "$E"
 run tm-dips-16       tm   dips        "$D" new-connection 16 echo "$E"
 run base-nc-16b      base dirac-https "$B" new-connection 16 echo "$E"
+NO_RESUME=1 run base-nc-16-full  base dirac-https "$B" new-connection 16 echo "$E"
+NO_RESUME=1 run tm-dips-16-full  tm   dips        "$D" new-connection 16 echo "$E"
 run base-ka-16c      base dirac-https "$B" keep-alive 16 echo "$E"
 run tm-json-ka-16    tm   json        "$J" keep-alive 16 echo "$E"
 if [[ -n $IDP_PORT ]]; then
@@ -328,7 +333,8 @@ row("dirac-https echo, keep-alive, c=16", "tm-echo-ka-16", "base-ka-16", 0.8)
 row("dirac-https echo, keep-alive, c=64", "tm-echo-ka-64", "base-ka-64", 0.8)
 row("dirac-https ping, keep-alive, c=16", "tm-ping-ka-16", "base-ka-16b")
 row("dirac-https echo, new connection, c=16", "tm-echo-nc-16", "base-nc-16", 0.8)
-row("dips echo (1 call/connection), c=16", "tm-dips-16", "base-nc-16b", 0.8, " of bare new-conn.")
+row("dips echo (1 call/connection, full TLS handshake each, as DIRAC's clients), c=16", "tm-dips-16-full", "base-nc-16-full", 0.8, " of bare new-conn.")
+row("dips echo (1 call/connection, TLS resumed by the load client), c=16", "tm-dips-16", "base-nc-16b")
 row("json echo, keep-alive, c=16", "tm-json-ka-16", "base-ka-16c")
 row("getToken client-token hit, dirac-https keep-alive, c=16", "tm-gt-client-16", "base-ka-16d")
 row("getToken user-token hit, dirac-https keep-alive, c=16", "tm-gt-user-16", "base-ka-16e")
