@@ -527,3 +527,49 @@ fn diset_limits_connections_and_drops_silent_peers() {
         "the second call was served after {waited:?}, before the first left its place"
     );
 }
+
+#[test]
+fn https_gzips_large_replies_for_clients_that_accept_it() {
+    let db = TestDb::new(Backend::Sqlite);
+    let app = spawn_app(&db);
+    let full = proxy("full", "g_full");
+    let exchange = |accept: &str, text: &str| -> (String, Vec<u8>) {
+        let tcp = TcpStream::connect(("127.0.0.1", app.https)).unwrap();
+        let mut stream = crate::client::connector(Some(&full))
+            .connect("127.0.0.1", tcp)
+            .unwrap();
+        let body = form("echo", &format!(r#"["{text}"]"#), "");
+        let request = format!(
+            "POST /Framework/TokenManager HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {FORM}\r\n\
+             {accept}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
+        (head, response[split + 4..].to_vec())
+    };
+    let long = "x".repeat(2000);
+
+    let (head, body) = exchange("Accept-Encoding: gzip, deflate\r\n", &long);
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    let mut json = String::new();
+    flate2::read::GzDecoder::new(body.as_slice())
+        .read_to_string(&mut json)
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&json).unwrap(),
+        json!({"OK": true, "Value": long})
+    );
+
+    // Small replies, and clients that do not accept gzip, get plain JSON.
+    let (head, body) = exchange("Accept-Encoding: gzip\r\n", "short");
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert_eq!(body, br#"{"OK": true, "Value": "short"}"#);
+    let (head, _) = exchange("", &long);
+    assert!(!head.contains("content-encoding"), "{head}");
+    let (head, _) = exchange("Accept-Encoding: gzip;q=0, identity\r\n", &long);
+    assert!(!head.contains("content-encoding"), "{head}");
+}
