@@ -3,19 +3,14 @@
 
 use super::encode::python_json;
 use super::wire::{CallError, Conn, MAX_BODY, check_ok};
+use crate::protocol::dirac::codec::frame::{encode_frame, keep_alive_ping_id, keep_alive_pong};
+use crate::protocol::dirac::codec::mixed::decode_message;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 const KEEPALIVE_PREFIX: &[u8] = b"dka";
 /// Longest decimal length accepted before the `:` (DIRAC's receiver also bounds this).
 const MAX_LEN_DIGITS: usize = 20;
-
-/// Frames a payload: `<decimal byte length>:<payload>`.
-pub(super) fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut out = format!("{}:", payload.len()).into_bytes();
-    out.extend_from_slice(payload);
-    out
-}
 
 /// The two client messages of an RPC, framed once and replayed on every call.
 pub(super) struct Conversation {
@@ -27,8 +22,8 @@ impl Conversation {
     pub(super) fn new(service: &str, method: &str, args: &Value) -> Self {
         let proposal = json!({"OK": true, "Value": [[service, "None", "unknown"], ["RPC", method], "", "loadtest"]});
         Conversation {
-            proposal: frame(&python_json(&proposal)),
-            args: frame(&python_json(&json!({"OK": true, "Value": args}))),
+            proposal: encode_frame(&python_json(&proposal)),
+            args: encode_frame(&python_json(&json!({"OK": true, "Value": args}))),
         }
     }
 
@@ -99,14 +94,13 @@ async fn read_message<S: AsyncRead + AsyncWrite + Unpin>(
         if !keepalive {
             return Ok(payload);
         }
-        let ka: Value = serde_json::from_slice(&payload)
+        let (ka, encoding) = decode_message(&payload)
             .map_err(|e| CallError::Protocol(format!("bad keep-alive frame: {e}")))?;
-        let value = &ka["Value"];
-        if value["kaping"] == Value::Bool(true) {
-            let pong = json!({"OK": true, "Value": {"id": value["id"], "kaping": false}});
-            let mut out = KEEPALIVE_PREFIX.to_vec();
-            out.extend_from_slice(&frame(&python_json(&pong)));
-            conn.send(&out).await?;
+        if let Some(id) = keep_alive_ping_id(&ka) {
+            let pong = keep_alive_pong(id, encoding).map_err(|e| {
+                CallError::Protocol(format!("cannot answer a keep-alive ping: {e}"))
+            })?;
+            conn.send(&pong).await?;
         }
     }
 }
@@ -171,7 +165,7 @@ mod tests {
         let mut out = Vec::new();
         for (prefix, payload) in parts {
             out.extend_from_slice(prefix.as_bytes());
-            out.extend_from_slice(&frame(payload.as_bytes()));
+            out.extend_from_slice(&encode_frame(payload.as_bytes()));
         }
         out
     }

@@ -3,62 +3,14 @@
 //! `urllib.parse.urlencode` (`quote_plus`).
 
 use serde_json::Value;
-use serde_json::ser::Formatter;
-use std::io;
 
-/// `serde_json` formatter reproducing Python's `json.dumps(obj)` output.
-struct PythonFormatter;
+use crate::protocol::dirac::codec::{Value as DiracValue, jencode};
 
-impl Formatter for PythonFormatter {
-    fn begin_array_value<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
-        if first { Ok(()) } else { w.write_all(b", ") }
-    }
-
-    fn begin_object_key<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        first: bool,
-    ) -> io::Result<()> {
-        if first { Ok(()) } else { w.write_all(b", ") }
-    }
-
-    fn begin_object_value<W: ?Sized + io::Write>(&mut self, w: &mut W) -> io::Result<()> {
-        w.write_all(b": ")
-    }
-
-    // `ensure_ascii=True`: every non-ASCII character becomes `\uXXXX` (UTF-16 units).
-    fn write_string_fragment<W: ?Sized + io::Write>(
-        &mut self,
-        w: &mut W,
-        fragment: &str,
-    ) -> io::Result<()> {
-        let mut start = 0;
-        for (i, c) in fragment.char_indices() {
-            if c.is_ascii() {
-                continue;
-            }
-            w.write_all(&fragment.as_bytes()[start..i])?;
-            let mut units = [0u16; 2];
-            for unit in c.encode_utf16(&mut units) {
-                write!(w, "\\u{unit:04x}")?;
-            }
-            start = i + c.len_utf8();
-        }
-        w.write_all(&fragment.as_bytes()[start..])
-    }
-}
-
-/// Serialises `value` the way Python's `json.dumps` does.
+/// Serialises `value` the way Python's `json.dumps` does: DIRAC's JEncode, which the service
+/// itself writes.
 pub(super) fn python_json(value: &Value) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
-    serde::Serialize::serialize(value, &mut ser)
-        .expect("serialising a serde_json::Value into a Vec cannot fail");
-    out
+    jencode::encode(&DiracValue::from_json(value))
+        .expect("JSON values have only encodable types and string keys")
 }
 
 /// Appends `s` encoded like Python's `quote_plus` (what `requests` uses for form bodies).

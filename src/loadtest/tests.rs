@@ -1,9 +1,10 @@
 //! End-to-end tests against an in-process TLS server that speaks the three protocols
 //! minimally, with a throw-away CA, a user certificate and an RFC 3820 proxy of it.
 
-use super::diset::{frame, read_frame};
+use super::diset::read_frame;
 use super::wire::Conn;
 use super::{LoadtestArgs, LoadtestError, Report, print_report, run};
+use crate::protocol::dirac::codec::frame::encode_frame as frame;
 use clap::Parser;
 use openssl::asn1::{Asn1Object, Asn1OctetString, Asn1Time};
 use openssl::bn::BigNum;
