@@ -31,6 +31,29 @@ pub fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Why a request body was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the request body is larger than {0} bytes")]
+    TooLarge(u64),
+    #[error("cannot read the request body: {0}")]
+    Read(String),
+}
+
+/// The whole request body, refused as soon as it passes `limit` bytes.
+pub async fn read_body(mut payload: web::Payload, limit: u64) -> Result<Vec<u8>, BodyError> {
+    use futures_util::StreamExt;
+    let mut body = Vec::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(BodyError::TooLarge(limit));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// The HTTPS server on `listener`: client certificates are read at connection time by
 /// [`tls::PeerIdentity`], so that every request knows its caller.
 pub fn api_server(

@@ -19,7 +19,6 @@ use super::codec::mixed::{self, Encoding};
 use super::codec::{DecodeError, Value};
 use super::{ENOAUTH, answer, dirac_message, extra_credentials};
 use crate::http::tls::{ReloadableTls, peer_identity};
-use crate::metrics;
 use crate::service::{CallContext, MethodError, Service};
 
 const PROTOCOL: &str = "dips";
@@ -248,9 +247,7 @@ async fn connection(
 }
 
 fn record_refusal(method: &str, outcome: &str) {
-    metrics::REQUESTS
-        .with_label_values(&[method, PROTOCOL, outcome])
-        .inc();
+    super::record_refusal(method, PROTOCOL, outcome);
 }
 
 /// `S_OK([[service, setup, vo], [actionType, actionName], extraCredentials, clientVersion])`.

@@ -8,12 +8,11 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures_util::StreamExt;
 
 use super::codec::{Value, form, jencode};
 use super::{answer, extra_credentials};
 use crate::domain::policy::ExtraCredentials;
-use crate::metrics;
+use crate::http::{self, BodyError};
 use crate::service::{CallContext, Method, MethodError, Service};
 use crate::x509::identity::ChainIdentity;
 
@@ -118,7 +117,15 @@ async fn handle(
     service: &Service,
 ) -> Result<Value, StatusCode> {
     let settings = service.settings();
-    let body = read_body(payload, settings.service.max_body_bytes).await?;
+    let body = http::read_body(payload, settings.service.max_body_bytes)
+        .await
+        .map_err(|error| match error {
+            BodyError::TooLarge(_) => {
+                record_refusal("unknown", "body_too_large");
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            BodyError::Read(_) => StatusCode::BAD_REQUEST,
+        })?;
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -250,21 +257,6 @@ fn bearer_token(request: &HttpRequest) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && words.next().is_none()).then_some(token)
 }
 
-async fn read_body(mut payload: web::Payload, limit: u64) -> Result<Vec<u8>, StatusCode> {
-    let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| StatusCode::BAD_REQUEST)?;
-        if (body.len() + chunk.len()) as u64 > limit {
-            record_refusal("unknown", "body_too_large");
-            return Err(StatusCode::PAYLOAD_TOO_LARGE);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
 fn record_refusal(method: &str, outcome: &str) {
-    metrics::REQUESTS
-        .with_label_values(&[method, PROTOCOL, outcome])
-        .inc();
+    super::record_refusal(method, PROTOCOL, outcome);
 }

@@ -79,6 +79,14 @@ pub async fn answer(
     }
 }
 
+/// Counts a call refused before it ran (no credentials, a rule, a framework error): no latency
+/// is recorded for it.
+fn record_refusal(method: &str, protocol: &str, outcome: &str) {
+    metrics::REQUESTS
+        .with_label_values(&[method, protocol, outcome])
+        .inc();
+}
+
 /// DIRAC's `S_ERROR(errno, text)` prefixes the errno's name: `"Unauthorized query ( 1111 :
 /// Unauthorized query)"`. Errno 0 keeps the text as it is.
 pub fn dirac_message(errno: i64, text: &str) -> String {

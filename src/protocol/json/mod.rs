@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 
 use crate::domain::policy::ExtraCredentials;
+use crate::http::{self, BodyError};
 use crate::metrics;
 use crate::service::{CallContext, Method, MethodError, Service};
 use crate::x509::identity::ChainIdentity;
@@ -108,7 +108,12 @@ async fn answer(
         ));
     }
     let settings = service.settings();
-    let body = read_body(payload, settings.service.max_body_bytes).await?;
+    let body = http::read_body(payload, settings.service.max_body_bytes)
+        .await
+        .map_err(|error| match error {
+            BodyError::TooLarge(_) => ("body_too_large", error.to_string()),
+            BodyError::Read(_) => ("bad_request", error.to_string()),
+        })?;
     let named = parse_arguments(&body)?;
     let args = method
         .named_args(named)
@@ -146,28 +151,6 @@ fn bearer_token(request: &HttpRequest) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
-}
-
-async fn read_body(
-    mut payload: web::Payload,
-    limit: u64,
-) -> Result<Vec<u8>, (&'static str, String)> {
-    let too_large = || {
-        (
-            "body_too_large",
-            format!("the request body is larger than {limit} bytes"),
-        )
-    };
-    let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|e| ("bad_request", format!("cannot read the request body: {e}")))?;
-        if (body.len() + chunk.len()) as u64 > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 /// An empty body means no arguments; anything else must be a JSON object.
