@@ -391,6 +391,16 @@ fn an_idp_error_or_timeout_leaves_the_stored_token_usable() {
             .contains("timed out"),
         "{timed_out:?}"
     );
+    // The service gave up on the request, so its connection closes and the IdP takes the held
+    // request back unprocessed; releasing before the IdP has seen the close would process it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while setup.idp.stats().abandoned_holds == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the timed-out request's connection was never closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     setup.idp.release("id-plain");
     let ok = setup.get_token(Some("plain"), Some(CE), 100_000);
     assert_eq!(ok.status(), Some(200), "{ok:?}");
