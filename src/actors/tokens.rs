@@ -289,6 +289,9 @@ impl Handler<Obtain> for RefreshActor {
     }
 }
 
+/// Time beyond the IdP's `timeout` for storing what a refresh obtained just before it.
+const CALLER_MARGIN: Duration = Duration::from_secs(1);
+
 /// How often a replica that meets another's live lease looks at the row again.
 const LEASE_POLL: Duration = Duration::from_millis(50);
 
@@ -304,8 +307,9 @@ async fn refresh_user_token(
     required_time_left: i64,
 ) -> Result<AccessToken, TokenError> {
     let provider = key.provider.clone();
-    // Longer than any refresh can hold the lease: the IdP call is bounded by its timeout.
-    let lease_seconds = idp.options().timeout.as_secs() as i64 + 5;
+    // Longer than any refresh can hold the lease: the IdP call is bounded by its timeout and the
+    // wait for a late reply.
+    let lease_seconds = idp.options().refresh_timeout().as_secs() as i64 + 5;
     let give_up = Instant::now() + Duration::from_secs(lease_seconds as u64 * 2);
     let mut first_seen: Option<CredentialVersion> = None;
     loop {
@@ -530,12 +534,22 @@ async fn refresh_under_lease(
             }
         }
     };
+    let started = Instant::now();
     let refreshed = tokio::select! {
         refreshed = idp.refresh(&stored.refresh_token, &key.scopes, key.audience.as_deref()) => refreshed,
         never = renew => never,
     };
+    let late = started.elapsed() > idp.options().timeout;
     let outcome = match refreshed {
         Ok(issued) => {
+            if late {
+                tracing::warn!(
+                    user_id,
+                    provider,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "the IdP answered a refresh after its callers timed out; the rotated refresh token is stored"
+                );
+            }
             let now = unix_now();
             let mut token = AccessToken::from_issued(&issued, &key.scopes, required_time_left, now);
             // Stored before it is handed out; the write also ends the lease.
@@ -564,7 +578,15 @@ async fn refresh_under_lease(
                 },
             })
         }
-        Err(error) => Err(error.into()),
+        Err(error) => {
+            if late {
+                tracing::warn!(
+                    user_id, provider, %error,
+                    "no reply to a refresh within timeout + late_reply_wait; if the IdP processed it, the stored refresh token is consumed"
+                );
+            }
+            Err(error.into())
+        }
     };
     if let Err(error) = database
         .call(ReleaseLease {
@@ -678,19 +700,32 @@ impl TokenBroker {
             .with_label_values(&[kind, "miss"])
             .inc();
         let queued = Instant::now();
-        // An actor that stopped for idleness between lookup and send is replaced once.
-        for _ in 0..2 {
-            let actor = self.actor_for(idp, &key);
-            let request = Obtain {
-                key: key.clone(),
-                required_time_left,
-                queued,
-            };
-            if let Ok(result) = actor.send(request).await {
-                return result;
+        let provider = key.provider.clone();
+        let from_actor = async {
+            // An actor that stopped for idleness between lookup and send is replaced once.
+            for _ in 0..2 {
+                let actor = self.actor_for(idp, &key);
+                let request = Obtain {
+                    key: key.clone(),
+                    required_time_left,
+                    queued,
+                };
+                if let Ok(result) = actor.send(request).await {
+                    return result;
+                }
             }
-        }
-        Err(TokenError::Storage)
+            Err(TokenError::Storage)
+        };
+        // The caller's deadline, not the refresh's: a refresh still waiting for a late reply goes
+        // on (and stores what it gets); a request still queued for the actor is dropped unread.
+        tokio::time::timeout(idp.options().timeout + CALLER_MARGIN, from_actor)
+            .await
+            .unwrap_or_else(|_| {
+                Err(TokenError::Idp(IdpError::Unavailable {
+                    idp: provider,
+                    reason: "timed out".into(),
+                }))
+            })
     }
 
     /// On a shared database, whether a cached user token's credential is unchanged (not

@@ -80,6 +80,9 @@ pub struct IssuedToken {
 pub struct IdpClient {
     options: IdpOptions,
     pub(super) http: reqwest::Client,
+    /// For the `refresh_token` grant: bounded by `timeout + late_reply_wait`, since a rotating IdP
+    /// that answers after `timeout` has consumed the refresh token we sent.
+    refresh_http: reqwest::Client,
     discovered: RwLock<Option<Discovered>>,
     pub(super) jwks: RwLock<Option<(jsonwebtoken::jwk::JwkSet, Instant)>>,
     discovering: Mutex<()>,
@@ -88,23 +91,28 @@ pub struct IdpClient {
 
 impl IdpClient {
     pub fn new(options: IdpOptions) -> Result<Self, IdpError> {
-        let http = reqwest::Client::builder()
-            // Following redirects would open the client to SSRF.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(options.connect_timeout)
-            .timeout(options.timeout)
-            // A fresh connection per request: a reply lost on a reused keep-alive connection
-            // would be indistinguishable from one the IdP processed and did not answer.
-            .pool_max_idle_per_host(0)
-            .build()
-            .map_err(|e| IdpError::Config {
-                idp: options.name.clone(),
-                problem: e.to_string(),
-            })?;
+        let http_client = |timeout: Duration| {
+            reqwest::Client::builder()
+                // Following redirects would open the client to SSRF.
+                .redirect(reqwest::redirect::Policy::none())
+                .connect_timeout(options.connect_timeout)
+                .timeout(timeout)
+                // A fresh connection per request: a reply lost on a reused keep-alive connection
+                // would be indistinguishable from one the IdP processed and did not answer.
+                .pool_max_idle_per_host(0)
+                .build()
+                .map_err(|e| IdpError::Config {
+                    idp: options.name.clone(),
+                    problem: e.to_string(),
+                })
+        };
+        let http = http_client(options.timeout)?;
+        let refresh_http = http_client(options.refresh_timeout())?;
         Ok(Self {
             in_flight: Semaphore::new(options.max_in_flight),
             options,
             http,
+            refresh_http,
             discovered: RwLock::new(None),
             jwks: RwLock::new(None),
             discovering: Mutex::new(()),
@@ -256,7 +264,8 @@ impl IdpClient {
         self.grant(
             "refresh_token",
             "Invalid refresh token",
-            request.request_async(&self.http),
+            self.options.refresh_timeout(),
+            request.request_async(&self.refresh_http),
         )
         .await
     }
@@ -282,22 +291,24 @@ impl IdpClient {
         self.grant(
             "client_credentials",
             "Cannot fetch access token",
+            self.options.timeout,
             request.request_async(&self.http),
         )
         .await
     }
 
-    /// Runs one token-endpoint exchange within the total timeout, classifies a refusal (DIRAC's
+    /// Runs one token-endpoint exchange within `timeout`, classifies a refusal (DIRAC's
     /// `context` prefixes its message), counts and times it.
     async fn grant(
         &self,
         grant: &'static str,
         context: &'static str,
+        timeout: Duration,
         exchange: impl Future<Output = Result<CoreTokenResponse, TokenError>>,
     ) -> Result<IssuedToken, IdpError> {
         let started = Instant::now();
         let result = self
-            .bounded(exchange)
+            .bounded(timeout, exchange)
             .await
             .and_then(|response| response.map(issued).map_err(|e| self.classify(e, context)));
         self.observe(grant, started, &result);
@@ -332,7 +343,7 @@ impl IdpClient {
         }
         let started = Instant::now();
         let result = self
-            .bounded(request.form(&form).send())
+            .bounded(self.options.timeout, request.form(&form).send())
             .await
             .and_then(|sent| sent.map_err(|e| self.unavailable(format!("revocation: {e}"))))
             .and_then(|response| {
@@ -373,8 +384,12 @@ impl IdpClient {
     }
 
     /// The total timeout again around the whole exchange (reqwest's covers each request).
-    async fn bounded<T>(&self, exchange: impl Future<Output = T>) -> Result<T, IdpError> {
-        tokio::time::timeout(self.options.timeout + Duration::from_secs(1), exchange)
+    async fn bounded<T>(
+        &self,
+        timeout: Duration,
+        exchange: impl Future<Output = T>,
+    ) -> Result<T, IdpError> {
+        tokio::time::timeout(timeout + Duration::from_secs(1), exchange)
             .await
             .map_err(|_| self.unavailable("timed out"))
     }

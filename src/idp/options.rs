@@ -7,6 +7,7 @@ use crate::domain::scopes::ProviderType;
 
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+pub const DEFAULT_LATE_REPLY_WAIT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
 pub const DEFAULT_DISCOVERY_REFRESH: Duration = Duration::from_secs(3600);
 pub const DEFAULT_BEARER_LEEWAY: Duration = Duration::from_secs(60);
@@ -48,6 +49,9 @@ pub struct IdpOptions {
     pub allowed_audiences: Option<Vec<String>>,
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    /// How long a refresh keeps waiting for the IdP's reply after its callers got `timeout`: a
+    /// refresh token the IdP rotated late is then stored instead of lost with the connection.
+    pub late_reply_wait: Duration,
     pub max_in_flight: usize,
     pub discovery_refresh: Duration,
     /// The audience a bearer token must carry to identify a caller; None: not checked.
@@ -147,6 +151,7 @@ impl IdpOptions {
             allowed_audiences,
             timeout: seconds("timeout", DEFAULT_TIMEOUT)?,
             connect_timeout: seconds("connect_timeout", DEFAULT_CONNECT_TIMEOUT)?,
+            late_reply_wait: seconds("late_reply_wait", DEFAULT_LATE_REPLY_WAIT)?,
             max_in_flight,
             discovery_refresh: seconds("discovery_refresh", DEFAULT_DISCOVERY_REFRESH)?,
             bearer_audience: idp
@@ -164,6 +169,11 @@ impl IdpOptions {
                     })?,
             },
         })
+    }
+
+    /// How long a `refresh_token` request may take in all, its late reply included.
+    pub fn refresh_timeout(&self) -> Duration {
+        self.timeout + self.late_reply_wait
     }
 
     /// Refuses an audience outside the allow-list, before the IdP is contacted: some IdPs rotate

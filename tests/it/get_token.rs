@@ -365,7 +365,7 @@ fn a_hanging_refresh_does_not_delay_other_users_cache_hits() {
 
 #[test]
 fn an_idp_error_or_timeout_leaves_the_stored_token_usable() {
-    let setup = setup(&[], "      timeout = 1");
+    let setup = setup(&[], "      timeout = 1\n      late_reply_wait = 3");
     setup.delegate("plain");
     setup.idp.fail_next(1, 500);
     let failed = setup.get_token(Some("plain"), Some(CE), 0);
@@ -391,8 +391,9 @@ fn an_idp_error_or_timeout_leaves_the_stored_token_usable() {
             .contains("timed out"),
         "{timed_out:?}"
     );
-    // The service gave up on the request, so its connection closes and the IdP takes the held
-    // request back unprocessed; releasing before the IdP has seen the close would process it.
+    // After late_reply_wait the service gives up on the request, so its connection closes and the
+    // IdP takes the held request back unprocessed; releasing before the IdP has seen the close
+    // would process it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while setup.idp.stats().abandoned_holds == 0 {
         assert!(
@@ -405,6 +406,43 @@ fn an_idp_error_or_timeout_leaves_the_stored_token_usable() {
     let ok = setup.get_token(Some("plain"), Some(CE), 100_000);
     assert_eq!(ok.status(), Some(200), "{ok:?}");
     assert!(setup.idp.grant_alive("id-plain"));
+}
+
+/// A rotating IdP that answers after the callers' timeout has consumed the refresh token: the
+/// service keeps the connection open for `late_reply_wait` and stores what the IdP rotated, rather
+/// than dropping it and presenting the consumed token on the next call (which revokes the grant).
+#[test]
+fn a_refresh_answered_after_the_timeout_is_stored_not_lost() {
+    let setup = setup(&[], "      timeout = 1\n      late_reply_wait = 30");
+    setup.delegate("plain");
+    setup.idp.reset_stats();
+    // Processed on release even if the service had closed the connection, as real IdPs do.
+    setup.idp.hold_processing_abandoned("id-plain");
+    let timed_out = setup.get_token(Some("plain"), Some(CE), 0);
+    assert_eq!(
+        (timed_out.status(), timed_out.body()["code"].clone()),
+        (Some(502), json!("idp_unavailable")),
+        "{timed_out:?}"
+    );
+    assert_eq!(
+        setup.idp.held(),
+        1,
+        "the refresh is still waiting at the IdP"
+    );
+    setup.idp.release("id-plain");
+    let ok = setup.get_token(Some("plain"), Some(CE), 0);
+    assert_eq!(ok.status(), Some(200), "{ok:?}");
+    let again = setup.get_token(Some("plain"), Some(CE), 0);
+    assert_eq!(again.status(), Some(200), "{again:?}");
+    assert_eq!(
+        setup.idp.stats().refreshes("id-plain"),
+        1,
+        "the late reply's token serves; no second refresh"
+    );
+    assert!(
+        setup.idp.grant_alive("id-plain"),
+        "the rotated refresh token was stored, never the consumed one presented"
+    );
 }
 
 #[test]
