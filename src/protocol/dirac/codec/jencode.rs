@@ -12,13 +12,14 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
 use super::value::{date_text, days_in_month, json_float, json_key_text, parse_py_int};
 use super::{DecodeError, EncodeError, MAX_DEPTH, Value, quote};
 
 /// Encodes like `json.dumps(value, cls=DJSONEncoder)`.
 pub fn encode(value: &Value) -> Result<Vec<u8>, EncodeError> {
-    let mut out = String::new();
+    let mut out = String::with_capacity(256);
     encode_into(value, &mut out)?;
     Ok(out.into_bytes())
 }
@@ -71,10 +72,14 @@ fn tagged(class: &str, obj: &str, out: &mut String) {
     out.push('}');
 }
 
-/// `ensure_ascii=True` string escaping.
+/// `ensure_ascii=True` string escaping. Runs of printable ASCII (all of a token) are copied whole.
 fn write_string(s: &str, out: &mut String) {
+    out.reserve(s.len() + 2);
     out.push('"');
-    for c in s.chars() {
+    let mut rest = s;
+    while let Some(at) = first_to_escape(rest.as_bytes()) {
+        out.push_str(&rest[..at]);
+        let c = rest[at..].chars().next().unwrap_or_default();
         match c {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
@@ -83,16 +88,45 @@ fn write_string(s: &str, out: &mut String) {
             '\t' => out.push_str("\\t"),
             '\u{8}' => out.push_str("\\b"),
             '\u{c}' => out.push_str("\\f"),
-            ' '..='~' => out.push(c),
             _ => {
                 let mut units = [0u16; 2];
                 for unit in c.encode_utf16(&mut units) {
-                    out.push_str(&format!("\\u{unit:04x}"));
+                    let _ = write!(out, "\\u{unit:04x}");
                 }
             }
         }
+        rest = &rest[at + c.len_utf8()..];
     }
+    out.push_str(rest);
     out.push('"');
+}
+
+/// The index of the first byte that is not printable ASCII or is `"` or `\\`. Eight bytes at a
+/// time: a 700-character token is the bulk of a getToken reply.
+fn first_to_escape(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    let needs_escape = |b: u8| !(b' '..=b'~').contains(&b) || b == b'"' || b == b'\\';
+    let mut chunks = bytes.chunks_exact(8);
+    let mut offset = 0;
+    for chunk in chunks.by_ref() {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+        let suspicious = word & HIGH != 0 // non-ASCII
+            || word.wrapping_sub(ONES * 0x20) & !word & HIGH != 0 // below ' '
+            || has_zero(word ^ (ONES * 0x7f))
+            || has_zero(word ^ (ONES * u64::from(b'"')))
+            || has_zero(word ^ (ONES * u64::from(b'\\')));
+        if suspicious && let Some(at) = chunk.iter().position(|&b| needs_escape(b)) {
+            return Some(offset + at);
+        }
+        offset += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| needs_escape(b))
+        .map(|at| offset + at)
 }
 
 /// Decodes like `json.loads(data, cls=DJSONDecoder)`. The whole input must
@@ -620,6 +654,40 @@ mod tests {
 
     fn s(text: &str) -> Value {
         Value::Str(text.into())
+    }
+
+    #[test]
+    fn strings_are_escaped_as_python_ensure_ascii() {
+        // python3 -c 'import json; print(json.dumps("a\"b\\c\nd\u00e9\U0001F600~ \x7f\x01\t"))'
+        let encoded = encode(&s("a\"b\\c\nd\u{e9}\u{1F600}~ \u{7f}\u{1}\t")).unwrap();
+        assert_eq!(
+            String::from_utf8(encoded).unwrap(),
+            r#""a\"b\\c\nd\u00e9\ud83d\ude00~ \u007f\u0001\t""#
+        );
+        assert_eq!(encode(&s("")).unwrap(), b"\"\"");
+        assert_eq!(encode(&s("eyJ.x-y_z")).unwrap(), b"\"eyJ.x-y_z\"");
+    }
+
+    #[test]
+    fn the_first_byte_to_escape_is_found_at_every_position() {
+        let needing: Vec<u8> = (0u8..0x20).chain([b'"', b'\\', 0x7f, 0x80, 0xff]).collect();
+        for len in 0..20 {
+            assert_eq!(first_to_escape(&vec![b'a'; len]), None, "{len}");
+            assert_eq!(first_to_escape(&vec![b' '; len]), None, "{len}");
+            assert_eq!(first_to_escape(&vec![b'~'; len]), None, "{len}");
+            for at in 0..len {
+                for &bad in &needing {
+                    let mut bytes = vec![b'x'; len];
+                    bytes[at] = bad;
+                    assert_eq!(first_to_escape(&bytes), Some(at), "{len} {at} {bad:#x}");
+                }
+            }
+        }
+        for clean in b' '..=b'~' {
+            if clean != b'"' && clean != b'\\' {
+                assert_eq!(first_to_escape(&[clean; 9]), None, "{clean:#x}");
+            }
+        }
     }
 
     fn both_ways(value: &Value, text: &str) {
