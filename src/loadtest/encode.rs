@@ -9,7 +9,7 @@ use crate::protocol::dirac::codec::{Value as DiracValue, jencode};
 /// Serialises `value` the way Python's `json.dumps` does: DIRAC's JEncode, which the service
 /// itself writes.
 pub(super) fn python_json(value: &Value) -> Vec<u8> {
-    jencode::encode(&DiracValue::from_json(value))
+    jencode::encode(&DiracValue::from_json(value.clone()))
         .expect("JSON values have only encodable types and string keys")
 }
 

@@ -99,7 +99,7 @@ pub fn dirac_message(errno: i64, text: &str) -> String {
 /// The method table speaks JSON; DIRAC's `ping` sends its two times as datetimes, and the URL
 /// after the name.
 fn to_dirac(method: Method, value: Json, url: &dyn Fn() -> String) -> Value {
-    let mut value = Value::from_json(&value);
+    let mut value = Value::from_json(value);
     if method == Method::Ping
         && let Value::Dict(entries) = &mut value
     {

@@ -1,3 +1,4 @@
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use base64::Engine as _;
@@ -198,8 +199,10 @@ impl Value {
             Value::Dict(items) => {
                 let mut map = serde_json::Map::with_capacity(items.len());
                 for (k, v) in items {
-                    let key = json_key_text(k)
-                        .unwrap_or_else(|| serde_json::to_string(&k.to_json()).unwrap_or_default());
+                    let key = json_key_text(k).map_or_else(
+                        || serde_json::to_string(&k.to_json()).unwrap_or_default(),
+                        Cow::into_owned,
+                    );
                     map.insert(key, v.to_json());
                 }
                 J::Object(map)
@@ -210,12 +213,12 @@ impl Value {
         }
     }
 
-    /// Converts plain JSON (objects become dicts with string keys).
-    pub fn from_json(json: &serde_json::Value) -> Value {
+    /// Converts plain JSON (objects become dicts with string keys), moving its strings.
+    pub fn from_json(json: serde_json::Value) -> Value {
         use serde_json::Value as J;
         match json {
             J::Null => Value::None,
-            J::Bool(b) => Value::Bool(*b),
+            J::Bool(b) => Value::Bool(b),
             J::Number(n) => {
                 if let Some(i) = n.as_i64() {
                     Value::Int(i)
@@ -225,11 +228,11 @@ impl Value {
                     Value::Float(n.as_f64().unwrap_or(f64::NAN))
                 }
             }
-            J::String(s) => Value::Str(s.clone()),
-            J::Array(items) => Value::List(items.iter().map(Value::from_json).collect()),
+            J::String(s) => Value::Str(s),
+            J::Array(items) => Value::List(items.into_iter().map(Value::from_json).collect()),
             J::Object(map) => Value::Dict(
-                map.iter()
-                    .map(|(k, v)| (Value::Str(k.clone()), Value::from_json(v)))
+                map.into_iter()
+                    .map(|(k, v)| (Value::Str(k), Value::from_json(v)))
                     .collect(),
             ),
         }
@@ -238,15 +241,14 @@ impl Value {
 
 /// Dict key text as Python's `json.dumps` produces it, `None` for key types
 /// it refuses.
-pub(super) fn json_key_text(key: &Value) -> Option<String> {
+pub(super) fn json_key_text(key: &Value) -> Option<Cow<'_, str>> {
     Some(match key {
-        Value::Str(s) => s.clone(),
-        Value::Int(i) => i.to_string(),
-        Value::BigInt(s) => s.clone(),
-        Value::Float(f) => json_float(*f),
-        Value::Bool(true) => "true".into(),
-        Value::Bool(false) => "false".into(),
-        Value::None => "null".into(),
+        Value::Str(s) | Value::BigInt(s) => Cow::Borrowed(s.as_str()),
+        Value::Int(i) => Cow::Owned(i.to_string()),
+        Value::Float(f) => Cow::Owned(json_float(*f)),
+        Value::Bool(true) => Cow::Borrowed("true"),
+        Value::Bool(false) => Cow::Borrowed("false"),
+        Value::None => Cow::Borrowed("null"),
         _ => return None,
     })
 }
@@ -622,7 +624,7 @@ mod tests {
             j.to_string(),
             r#"{"1":[null],"2.5":1.1805916207174113e+21,"true":"/w==","null":"2024-01-02","[1]":18446744073709551615}"#
         );
-        let back = Value::from_json(&serde_json::json!({"a": [1, 18446744073709551615u64, 0.5]}));
+        let back = Value::from_json(serde_json::json!({"a": [1, 18446744073709551615u64, 0.5]}));
         assert_eq!(
             back,
             Value::Dict(vec![(
