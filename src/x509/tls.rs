@@ -131,6 +131,9 @@ pub fn acceptor_builder(settings: &TlsSettings) -> Result<SslAcceptorBuilder, Tl
     builder.set_session_id_context(&session_id_context)?;
     builder.set_options(SslOptions::NO_TICKET);
     builder.set_session_cache_size(SESSION_CACHE_SIZE);
+    // One recv for all a request's records instead of one for each record header and one for
+    // its body: a third of the server's syscalls on a kept-alive connection.
+    builder.set_read_ahead(true);
     Ok(builder)
 }
 
