@@ -24,9 +24,9 @@ impl Request {
     /// From the method's arguments in positional order (already type-checked).
     pub fn from_args(args: Vec<Value>) -> Self {
         let mut args = args.into_iter();
-        let mut text = || {
-            args.next()
-                .and_then(|v| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned))
+        let mut text = || match args.next() {
+            Some(Value::String(s)) if !s.is_empty() => Some(s),
+            _ => None,
         };
         let username = text();
         let group = text();
@@ -37,9 +37,9 @@ impl Request {
             }
             _ => ScopeSet::default(),
         };
-        let mut text = || {
-            args.next()
-                .and_then(|v| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned))
+        let mut text = || match args.next() {
+            Some(Value::String(s)) if !s.is_empty() => Some(s),
+            _ => None,
         };
         let audience = text();
         let provider = text();
