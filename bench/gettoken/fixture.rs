@@ -150,6 +150,26 @@ pub fn write_config(
     path
 }
 
+/// Keeps the calling thread (and the threads it starts afterwards) on CPU `cpu`.
+pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
+    pin_current_thread_to(&[cpu])
+}
+
+/// Keeps the calling thread (and the threads it starts afterwards) on `cpus`.
+pub fn pin_current_thread_to(cpus: &[usize]) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity only touch it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Makes the child get SIGKILL when the benchmark dies (Ctrl-C, SIGKILL), where Drop cannot run.
 fn die_with_parent(command: &mut Command) {
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
@@ -285,6 +305,11 @@ pub struct Server {
 
 impl Server {
     pub fn spawn(binary: &Path, config: &Path) -> Server {
+        Self::spawn_on(binary, config, None)
+    }
+
+    /// On `cpu` only, when given: the server then sizes its worker pools to that one CPU.
+    pub fn spawn_on(binary: &Path, config: &Path, cpu: Option<usize>) -> Server {
         let mut command = Command::new(binary);
         command
             .args(["serve", "--config"])
@@ -294,6 +319,12 @@ impl Server {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         die_with_parent(&mut command);
+        if let Some(cpu) = cpu {
+            // SAFETY: sched_setaffinity is async-signal-safe; nothing else runs before exec.
+            unsafe {
+                command.pre_exec(move || pin_current_thread(cpu));
+            }
+        }
         let mut child = command
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", binary.display()));
@@ -360,6 +391,12 @@ impl Server {
             let lines = log.lock().map(|l| l.join("\n")).unwrap_or_default();
             eprintln!("--- the last lines of the server's log ---\n{lines}");
         }));
+    }
+
+    /// Kills it and waits for it to exit.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Panics with the log if the server has exited.
