@@ -67,6 +67,9 @@ pub struct Registry {
     host_by_name: HashMap<String, usize>,
     host_by_dn: HashMap<String, usize>,
     vo_by_name: HashMap<String, usize>,
+    /// The groups whose `Users` list each user: a membership check must not scan a VO's
+    /// thousands of members on every call.
+    groups_by_user: HashMap<String, Vec<usize>>,
 }
 
 impl fmt::Debug for Registry {
@@ -122,6 +125,19 @@ fn index_by<T>(items: &[T], keys: impl Fn(&T) -> Vec<&str>) -> HashMap<String, u
     index
 }
 
+fn groups_by_user(groups: &[Group]) -> HashMap<String, Vec<usize>> {
+    let mut index: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, group) in groups.iter().enumerate() {
+        for user in &group.users {
+            let listed_in = index.entry(user.clone()).or_default();
+            if listed_in.last() != Some(&i) {
+                listed_in.push(i);
+            }
+        }
+    }
+    index
+}
+
 impl Registry {
     /// Builds the registry from the merged CS (`/Registry` and `/DIRAC/VirtualOrganization`).
     pub fn from_cfg(root: &Section) -> Registry {
@@ -161,6 +177,7 @@ impl Registry {
             host_by_name: index_by(&hosts, |h| vec![h.name.as_str()]),
             host_by_dn: index_by(&hosts, |h| h.dns.iter().map(String::as_str).collect()),
             vo_by_name: index_by(&vos, |v| vec![v.name.as_str()]),
+            groups_by_user: groups_by_user(&groups),
             users,
             groups,
             hosts,
@@ -251,14 +268,23 @@ impl Registry {
     /// `getGroupsForUser`: groups whose `Users` list the user, sorted; empty if none.
     pub fn groups_for_user(&self, user: &str) -> Vec<&str> {
         let mut groups: Vec<&str> = self
-            .groups
-            .iter()
-            .filter(|g| g.users.iter().any(|u| u == user))
-            .map(|g| g.name.as_str())
+            .groups_by_user
+            .get(user)
+            .into_iter()
+            .flatten()
+            .map(|&i| self.groups[i].name.as_str())
             .collect();
         groups.sort_unstable();
         groups.dedup();
         groups
+    }
+
+    /// Whether `group`'s `Users` list `user`.
+    pub fn is_member(&self, group: &str, user: &str) -> bool {
+        match (self.group_by_name.get(group), self.groups_by_user.get(user)) {
+            (Some(group), Some(listed_in)) => listed_in.contains(group),
+            _ => false,
+        }
     }
 
     /// `findDefaultGroupForUser`: the first of the user's `DefaultGroup` then
@@ -486,6 +512,18 @@ Registry
             ["dteam_admin", "dteam_user", "zz_user"]
         );
         assert!(reg.groups_for_user("nobody").is_empty());
+        for group in reg.groups() {
+            for user in reg.users() {
+                assert_eq!(
+                    reg.is_member(&group.name, &user.name),
+                    group.users.contains(&user.name),
+                    "{} in {}",
+                    user.name,
+                    group.name
+                );
+            }
+        }
+        assert!(!reg.is_member("no-such-group", "alice"));
     }
 
     #[test]

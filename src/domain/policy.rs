@@ -283,9 +283,8 @@ fn split_group_rules<'r>(
 /// `getUsername`: the member of `group` who owns `dn`. The DN index answers at once in the usual
 /// case; a DN shared by several users falls back to DIRAC's scan of the group.
 fn member_of_group<'r>(registry: &'r Registry, dn: &str, group: &str) -> Option<&'r str> {
-    let members = &registry.group(group)?.users;
     if let Some(user) = registry.username_for_dn(dn)
-        && members.iter().any(|member| member == user)
+        && registry.is_member(group, user)
     {
         return Some(user);
     }

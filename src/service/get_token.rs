@@ -145,9 +145,7 @@ pub async fn get_token(
     let ids = super::user_ids(settings, username)?;
     // DIRAC does not check this; a token for a group the user is not in is refused here.
     if let Some(group) = group
-        && !registry
-            .group(group)
-            .is_some_and(|g| g.users.iter().any(|u| u == username))
+        && !registry.is_member(group, username)
     {
         return Err(refused(
             "forbidden",
