@@ -582,7 +582,7 @@ async fn refresh_under_lease(
             if late {
                 tracing::warn!(
                     user_id, provider, %error,
-                    "no reply to a refresh within timeout + late_reply_wait; if the IdP processed it, the stored refresh token is consumed"
+                    "a refresh failed after its callers timed out; had the IdP processed it without answering, the stored refresh token would be consumed"
                 );
             }
             Err(error.into())
