@@ -289,8 +289,11 @@ impl Handler<Obtain> for RefreshActor {
     }
 }
 
-/// Time beyond the IdP's `timeout` for storing what a refresh obtained just before it.
-const CALLER_MARGIN: Duration = Duration::from_secs(1);
+/// How long a caller waits for a token from a key's actor: the IdP's `timeout`, and a second
+/// for storing what a refresh obtained just before it. A refresh that outlasts it is late.
+fn caller_deadline(idp: &IdpClient) -> Duration {
+    idp.options().timeout + Duration::from_secs(1)
+}
 
 /// How often a replica that meets another's live lease looks at the row again.
 const LEASE_POLL: Duration = Duration::from_millis(50);
@@ -539,7 +542,7 @@ async fn refresh_under_lease(
         refreshed = idp.refresh(&stored.refresh_token, &key.scopes, key.audience.as_deref()) => refreshed,
         never = renew => never,
     };
-    let late = started.elapsed() > idp.options().timeout;
+    let late = started.elapsed() > caller_deadline(idp);
     let outcome = match refreshed {
         Ok(issued) => {
             if late {
@@ -718,7 +721,7 @@ impl TokenBroker {
         };
         // The caller's deadline, not the refresh's: a refresh still waiting for a late reply goes
         // on (and stores what it gets); a request still queued for the actor is dropped unread.
-        tokio::time::timeout(idp.options().timeout + CALLER_MARGIN, from_actor)
+        tokio::time::timeout(caller_deadline(idp), from_actor)
             .await
             .unwrap_or_else(|_| {
                 Err(TokenError::Idp(IdpError::Unavailable {
