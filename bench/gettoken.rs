@@ -113,6 +113,31 @@ fn get_token_body(username: Option<&str>, group: &str) -> Vec<u8> {
     )
 }
 
+/// A request each caller sends again as soon as the reply to the last one is in.
+fn closed_loop(name: &str, request: Vec<u8>) -> Scenario {
+    Scenario {
+        name: name.into(),
+        request: request.into(),
+        expect_prefix: OK,
+        once: false,
+        pace: None,
+    }
+}
+
+/// Caches the hit runs' two tokens (one refresh, one client_credentials exchange); their replies.
+fn warm_token_cache(target: &Target) -> Vec<Response> {
+    let (replies, _) = run_list(
+        target,
+        1,
+        vec![
+            get_token_body(Some("bench"), "g_user"),
+            get_token_body(None, "g_user"),
+        ],
+    );
+    assert_ok("getToken (warm-up)", &replies);
+    replies
+}
+
 fn assert_ok(what: &str, replies: &[Response]) {
     if let Some((i, bad)) = replies
         .iter()
@@ -661,32 +686,15 @@ impl Bench<'_> {
     fn hits(&self, server: &mut Server) -> Phase {
         let options = self.options;
         self.control.reset_stats();
-        // Warm the two cache entries (one refresh, one client_credentials exchange).
-        let (replies, _) = run_list(
-            &self.caller,
-            1,
-            vec![
-                get_token_body(Some("bench"), "g_user"),
-                get_token_body(None, "g_user"),
-            ],
-        );
-        assert_ok("getToken (warm-up)", &replies);
-        let lengths = access_token_lengths(&replies);
-        let scenario = |name: &str, request: Vec<u8>| Scenario {
-            name: name.into(),
-            request: request.into(),
-            expect_prefix: OK,
-            once: false,
-            pace: None,
-        };
+        let lengths = access_token_lengths(&warm_token_cache(&self.caller));
         let scenarios: Vec<Scenario> = [
-            scenario("ping", request("POST", "/api/v1/ping", Some(b"{}"))),
-            scenario(
+            closed_loop("ping", request("POST", "/api/v1/ping", Some(b"{}"))),
+            closed_loop(
                 "echo",
                 request("POST", "/api/v1/echo", Some(br#"{"data":"x"}"#)),
             ),
-            scenario("getToken/user", get_token_body(Some("bench"), "g_user")),
-            scenario("getToken/client", get_token_body(None, "g_user")),
+            closed_loop("getToken/user", get_token_body(Some("bench"), "g_user")),
+            closed_loop("getToken/client", get_token_body(None, "g_user")),
         ]
         .into_iter()
         .filter(|s| options.scenarios.contains(&s.name))
@@ -842,30 +850,13 @@ impl Bench<'_> {
         server.stop();
         *server = Server::spawn_on(&options.binary, config, Some(server_cpu));
         let target = Target::tls(server.https, pki.ca.cert(), caller);
-        let (replies, _) = run_list(
-            &target,
-            1,
-            vec![
-                get_token_body(Some("bench"), "g_user"),
-                get_token_body(None, "g_user"),
-            ],
-        );
-        assert_ok("getToken (warm-up)", &replies);
+        warm_token_cache(&target);
         pin_current_thread_to(&client_cpus).expect("pin the client");
-        let scenarios: Vec<Scenario> = [
-            ("ping", request("POST", "/api/v1/ping", Some(b"{}"))),
-            ("getToken/user", get_token_body(Some("bench"), "g_user")),
-            ("getToken/client", get_token_body(None, "g_user")),
-        ]
-        .into_iter()
-        .map(|(name, request)| Scenario {
-            name: name.into(),
-            request: request.into(),
-            expect_prefix: OK,
-            once: false,
-            pace: None,
-        })
-        .collect();
+        let scenarios = [
+            closed_loop("ping", request("POST", "/api/v1/ping", Some(b"{}"))),
+            closed_loop("getToken/user", get_token_body(Some("bench"), "g_user")),
+            closed_loop("getToken/client", get_token_body(None, "g_user")),
+        ];
         let probed = [server.pid(), std::process::id(), self.probed[2]];
         let rounds: Vec<Vec<Outcome>> = (0..options.separated_rounds.max(1))
             .map(|_| {
