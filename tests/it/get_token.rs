@@ -10,7 +10,7 @@ use tokenmanager::x509::pki::{CertifiedKey, ProxyKind};
 use crate::client::{Client, Reply};
 use crate::idp::TestIdp;
 use crate::pki::TestPki;
-use crate::process::{TestApp, write_config};
+use crate::process::{TestApp, configure};
 use crate::support::TestDb;
 
 const SCOPE: &str = "openid offline_access compute.read";
@@ -42,10 +42,7 @@ fn setup(extra_users: &[String], idp_options: &str) -> Setup {
 
 fn setup_on(db: TestDb, replicas: usize, extra_users: &[String], idp_options: &str) -> Setup {
     let idp = TestIdp::spawn();
-    tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
-        .create()
-        .unwrap();
-    let config = write_config(db.dir.path(), "tm.cfg", &format!("URL = {}", db.url), "");
+    let config = configure(&db, "");
     let mut text = std::fs::read_to_string(&config).unwrap().replace(
         "      issuer = https://127.0.0.1:1/\n      client_id = tm-test\n",
         &format!(

@@ -4,12 +4,11 @@
 use tokenmanager::actors::db::{
     GetCredential, ImportToken, ReleaseLease, StoreRefreshed, TakeLease,
 };
-use tokenmanager::crypto::KeyringFile;
 use tokenmanager::db::{Backend, ImportOutcome, StoredToken, TokenUpdate};
 use tokenmanager::domain::{Secret, unix_now};
 
 use crate::on_every_backend;
-use crate::process::{run, stderr, write_config};
+use crate::process::{configure, run, stderr, write_config};
 use crate::support::{TestDb, TestStore, new_token, store_token};
 
 /// DIRAC's `Token` table as SQLAlchemy 2.0 creates it (reference §3.1), verbatim.
@@ -439,15 +438,7 @@ async fn an_import_is_replaced_only_while_nobody_uses_it(backend: Backend) {
 #[test]
 fn import_refuses_other_schemes_and_unreadable_sources_without_showing_the_password() {
     let store = TestDb::new(Backend::Sqlite);
-    KeyringFile::new(store.dir.path().join("keyring"))
-        .create()
-        .unwrap();
-    let config = write_config(
-        store.dir.path(),
-        "tm.cfg",
-        &format!("URL = {}", store.url),
-        "",
-    );
+    let config = configure(&store, "");
     let config = config.to_str().unwrap();
     let no_table = TestDb::new(Backend::Mysql);
     let no_table_url = no_table

@@ -166,18 +166,23 @@ Resources
 }
 ";
 
-/// A fresh keyring, [`write_config`] on `db` with `service_options`, and `serve` on it.
-pub fn spawn_app(db: &crate::support::TestDb, service_options: &str) -> TestApp {
+/// A fresh keyring in `db`'s directory and [`write_config`] on `db` with `service_options`: the
+/// configuration's path.
+pub fn configure(db: &crate::support::TestDb, service_options: &str) -> PathBuf {
     tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
         .create()
         .unwrap();
-    let config = write_config(
+    write_config(
         db.dir.path(),
         "tm.cfg",
         &format!("URL = {}", db.url),
         service_options,
-    );
-    TestApp::spawn(&config)
+    )
+}
+
+/// [`configure`], and `serve` on it.
+pub fn spawn_app(db: &crate::support::TestDb, service_options: &str) -> TestApp {
+    TestApp::spawn(&configure(db, service_options))
 }
 
 /// A running `serve`, the real binary; killed when dropped.
