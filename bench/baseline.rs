@@ -101,7 +101,7 @@ async fn main() -> std::io::Result<()> {
     tls.set_session_id_context(b"bench-baseline")?;
     tls.set_options(SslOptions::NO_TICKET);
 
-    let listener = tokenmanager::http::listen(SocketAddr::new(args.address, args.port))?;
+    let listener = tokenmanager::transport::listen(SocketAddr::new(args.address, args.port))?;
     let port = listener.local_addr()?.port();
     let workers = args
         .workers

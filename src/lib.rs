@@ -1,12 +1,23 @@
 //! tokenmanager: DIRAC's TokenManager service, re-implemented.
 //!
-//! Layers, from the inside out: `domain` (pure types and rules), `crypto` (encryption at rest),
-//! `db` (diesel over three backends), `actors` (the DB actor owning the pool), `config` (DIRAC's
-//! CFG format and the settings read from it), `cli` (the subcommands).
+//! Layers, lowest first; a module uses only modules below it (tests/it/layers.rs enforces the
+//! exact graph, README.md draws it):
+//!
+//! - `domain` (tokens, scopes, DIRAC's registry and authorization policy), `metrics` (every
+//!   metric, declared once) and `x509` (grid certificates and proxies): they use nothing else;
+//! - `crypto` (encryption at rest) and `config` (DIRAC's CFG format, the settings read from it);
+//! - `db` (diesel over three backends) and `idp` (the only code that calls out over HTTP);
+//! - `actors` (the DB actor owning the pool, the token path's refresh actors) and
+//!   `configuration_server` (DIRAC's CS as a configuration source);
+//! - `service` (the protocol-free method table with authorization);
+//! - `transport` (listening sockets, body limits, reloadable TLS), below `protocol` (the JSON API,
+//!   DIRAC's HTTPS and DISET front-ends) and `http` (the HTTPS and metrics servers);
+//! - `cli` (the subcommands).
 
 pub mod actors;
 pub mod cli;
 pub mod config;
+pub mod configuration_server;
 pub mod crypto;
 pub mod db;
 pub mod domain;
@@ -16,4 +27,5 @@ pub mod loadtest;
 pub mod metrics;
 pub mod protocol;
 pub mod service;
+pub mod transport;
 pub mod x509;

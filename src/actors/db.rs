@@ -6,11 +6,8 @@ use actix::prelude::*;
 use std::sync::Arc;
 
 use crate::crypto::SharedKeyring;
-use crate::db::{
-    ClientTokenKey, CredentialVersion, DatabaseUrl, DbError, DbPool, ImportOutcome, PoolOptions,
-    ReencryptPass, StoredClientToken, StoredToken, TokenStore, TokenUpdate, build_pool,
-    run_migrations,
-};
+use crate::config::DatabaseUrl;
+use crate::db::{ClientTokenKey, CredentialVersion, DbError, DbPool, ImportOutcome, PoolOptions, ReencryptPass, StoredClientToken, StoredToken, TokenStore, TokenUpdate, build_pool, run_migrations};
 use crate::domain::{NewToken, Secret};
 use crate::metrics;
 

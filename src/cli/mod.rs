@@ -13,10 +13,11 @@ use clap::{Parser, Subcommand};
 use thiserror::Error;
 
 use crate::actors::db::{Database, Ping};
-use crate::config::remote::{RemoteCfg, RemoteSource};
+use crate::configuration_server::{RemoteCfg, RemoteSource};
 use crate::config::{self, ConfigError, Settings};
 use crate::crypto::{CryptoError, KeyringFile, SharedKeyring};
-use crate::db::{DatabaseUrl, DbError, PoolOptions};
+use crate::config::DatabaseUrl;
+use crate::db::{DbError, PoolOptions};
 
 /// How long start-up waits for the database before giving up with its error.
 const DATABASE_WAIT: Duration = Duration::from_secs(15);
@@ -113,7 +114,7 @@ pub enum CliError {
     #[error("cannot write the report: {0}")]
     Output(String),
     #[error("Configuration Server: {0}")]
-    Remote(#[from] crate::config::remote::RemoteError),
+    Remote(#[from] crate::configuration_server::RemoteError),
 }
 
 impl Cli {

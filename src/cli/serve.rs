@@ -7,9 +7,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::{CliError, open_database, open_keyring};
 use crate::actors::db::Migrate;
 use crate::config::Settings;
-use crate::config::remote::{RemoteCfg, RemoteSource};
+use crate::configuration_server::{RemoteCfg, RemoteSource};
 use crate::db::{PoolOptions, SqliteServeLock};
-use crate::http::{
+use crate::http;
+use crate::transport::{
     self,
     tls::{Listener, ReloadableTls},
 };
@@ -31,7 +32,7 @@ impl Listeners {
         let service = &settings.service;
         let bind = |port| {
             let address = SocketAddr::new(service.listen_address, port);
-            http::listen(address).map_err(|source| CliError::Bind {
+            transport::listen(address).map_err(|source| CliError::Bind {
                 address: address.to_string(),
                 source,
             })

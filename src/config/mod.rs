@@ -19,21 +19,21 @@
 //! | `TOKENMANAGER_IDP_<NAME>_CLIENT_SECRET` | `client_secret` of `/Resources/IdProviders/<name>` | `<NAME>`: section name upper-cased, every character but ASCII letters and digits replaced by `_` (`IAM-dteam` → `IAM_DTEAM`); an error if it fits several IdPs |
 
 pub mod cfg;
+mod database_url;
 mod idp;
 mod registry;
-pub mod remote;
 mod secrets;
 mod settings;
 
 use std::path::PathBuf;
 
 pub use cfg::{CfgError, Origin, Section};
+pub use database_url::{Backend, DatabaseUrl, UrlError};
 pub use idp::{IdProvider, client_secret_var};
-pub use registry::{Group, Host, ID_DN_PREFIX, Registry, User, Vo};
 pub use settings::{
     DEFAULT_DISET_PORT, DEFAULT_HTTPS_PORT, DEFAULT_LISTEN_ADDRESS, DEFAULT_METRICS_PORT,
     DEFAULT_MYSQL_PORT, KnownOption, OptionKind, SERVICE_OPTIONS, SecuritySettings,
-    ServiceSettings, Settings,
+    ServiceSettings, Settings, resolve_security,
 };
 
 pub const ENV_DB_URL: &str = "TOKENMANAGER_DB_URL";

@@ -1,90 +1,10 @@
-//! `/Registry` and the helpers of DIRAC's `ConfigurationSystem/Client/Helpers/Registry.py`.
+//! Reads `/Registry` (and `/DIRAC/VirtualOrganization`) from the merged CS into the domain's
+//! [`Registry`].
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
+use std::collections::BTreeMap;
 
 use super::cfg::Section;
-
-/// Prefix of the DN that wraps an IdP user ID (`wrapIDAsDN`).
-pub const ID_DN_PREFIX: &str = "/O=DIRAC/CN=";
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct User {
-    pub name: String,
-    /// X.509 DNs and IdP IDs wrapped as `/O=DIRAC/CN=<id>`.
-    pub dns: Vec<String>,
-    pub default_group: Vec<String>,
-    /// VOs for which the user is suspended.
-    pub suspended: Vec<String>,
-    pub email: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Group {
-    pub name: String,
-    pub users: Vec<String>,
-    pub properties: Vec<String>,
-    pub vo: Option<String>,
-    pub idp_role: Option<String>,
-    pub voms_role: Option<String>,
-    /// Every other option of the group section.
-    pub other: BTreeMap<String, String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Host {
-    pub name: String,
-    pub dns: Vec<String>,
-    pub properties: Vec<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Vo {
-    pub name: String,
-    pub id_provider: Option<String>,
-    pub vo_admin: Option<String>,
-    pub vo_admin_group: Option<String>,
-    pub voms_name: Option<String>,
-    /// Every other option of the VO section.
-    pub other: BTreeMap<String, String>,
-}
-
-/// The registry, in CS order, with DIRAC's lookup helpers.
-#[derive(Clone, Default)]
-pub struct Registry {
-    users: Vec<User>,
-    groups: Vec<Group>,
-    hosts: Vec<Host>,
-    vos: Vec<Vo>,
-    default_group: Vec<String>,
-    /// Entries that are not IP addresses are dropped with a warning at load.
-    banned_ips: Vec<std::net::IpAddr>,
-    virtual_organization: Option<String>,
-    // Looked up on every request; first definition in CS order wins, as in DIRAC's scans.
-    user_by_name: HashMap<String, usize>,
-    user_by_dn: HashMap<String, usize>,
-    group_by_name: HashMap<String, usize>,
-    host_by_name: HashMap<String, usize>,
-    host_by_dn: HashMap<String, usize>,
-    vo_by_name: HashMap<String, usize>,
-    /// The groups whose `Users` list each user: a membership check must not scan a VO's
-    /// thousands of members on every call.
-    groups_by_user: HashMap<String, Vec<usize>>,
-}
-
-impl fmt::Debug for Registry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Registry")
-            .field("users", &self.users)
-            .field("groups", &self.groups)
-            .field("hosts", &self.hosts)
-            .field("vos", &self.vos)
-            .field("default_group", &self.default_group)
-            .field("banned_ips", &self.banned_ips)
-            .field("virtual_organization", &self.virtual_organization)
-            .finish_non_exhaustive()
-    }
-}
+use crate::domain::registry::{Group, Host, Registry, RegistryParts, User, Vo};
 
 fn text(section: &Section, option: &str) -> Option<String> {
     section
@@ -115,234 +35,62 @@ fn subsections<'a, T>(
         .unwrap_or_default()
 }
 
-fn index_by<T>(items: &[T], keys: impl Fn(&T) -> Vec<&str>) -> HashMap<String, usize> {
-    let mut index = HashMap::new();
-    for (i, item) in items.iter().enumerate() {
-        for key in keys(item) {
-            index.entry(key.to_owned()).or_insert(i);
-        }
-    }
-    index
-}
-
-fn groups_by_user(groups: &[Group]) -> HashMap<String, Vec<usize>> {
-    let mut index: HashMap<String, Vec<usize>> = HashMap::new();
-    for (i, group) in groups.iter().enumerate() {
-        for user in &group.users {
-            let listed_in = index.entry(user.clone()).or_default();
-            if listed_in.last() != Some(&i) {
-                listed_in.push(i);
-            }
-        }
-    }
-    index
-}
-
-impl Registry {
-    /// Builds the registry from the merged CS (`/Registry` and `/DIRAC/VirtualOrganization`).
-    pub fn from_cfg(root: &Section) -> Registry {
-        let users = subsections(root, "/Registry/Users", |name, s| User {
-            name: name.to_owned(),
-            dns: list(s, "DN"),
-            default_group: list(s, "DefaultGroup"),
-            suspended: list(s, "Suspended"),
-            email: text(s, "Email"),
-        });
-        let groups = subsections(root, "/Registry/Groups", |name, s| Group {
-            name: name.to_owned(),
-            users: list(s, "Users"),
-            properties: list(s, "Properties"),
-            vo: text(s, "VO"),
-            idp_role: text(s, "IdPRole"),
-            voms_role: text(s, "VOMSRole"),
-            other: others(s, &["Users", "Properties", "VO", "IdPRole", "VOMSRole"]),
-        });
-        let hosts = subsections(root, "/Registry/Hosts", |name, s| Host {
-            name: name.to_owned(),
-            dns: list(s, "DN"),
-            properties: list(s, "Properties"),
-        });
-        let vos = subsections(root, "/Registry/VO", |name, s| Vo {
-            name: name.to_owned(),
-            id_provider: text(s, "IdProvider"),
-            vo_admin: text(s, "VOAdmin"),
-            vo_admin_group: text(s, "VOAdminGroup"),
-            voms_name: text(s, "VOMSName"),
-            other: others(s, &["IdProvider", "VOAdmin", "VOAdminGroup", "VOMSName"]),
-        });
-        Registry {
-            user_by_name: index_by(&users, |u| vec![u.name.as_str()]),
-            user_by_dn: index_by(&users, |u| u.dns.iter().map(String::as_str).collect()),
-            group_by_name: index_by(&groups, |g| vec![g.name.as_str()]),
-            host_by_name: index_by(&hosts, |h| vec![h.name.as_str()]),
-            host_by_dn: index_by(&hosts, |h| h.dns.iter().map(String::as_str).collect()),
-            vo_by_name: index_by(&vos, |v| vec![v.name.as_str()]),
-            groups_by_user: groups_by_user(&groups),
-            users,
-            groups,
-            hosts,
-            vos,
-            default_group: root
-                .get_list("/Registry/DefaultGroup")
-                .unwrap_or_else(|| vec!["user".to_owned()]),
-            banned_ips: root
-                .get_list("/Registry/BannedIPs")
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|entry| {
-                    let parsed = entry.parse().ok();
-                    if parsed.is_none() {
-                        tracing::warn!(entry, "/Registry/BannedIPs: not an IP address (ignored)");
-                    }
-                    parsed
-                })
-                .collect(),
-            virtual_organization: root
-                .get("/DIRAC/VirtualOrganization")
-                .filter(|v| !v.is_empty())
-                .map(str::to_owned),
-        }
-    }
-
-    pub fn users(&self) -> &[User] {
-        &self.users
-    }
-
-    /// Groups in CS order (`getAllGroups`).
-    pub fn groups(&self) -> &[Group] {
-        &self.groups
-    }
-
-    pub fn hosts(&self) -> &[Host] {
-        &self.hosts
-    }
-
-    pub fn vos(&self) -> &[Vo] {
-        &self.vos
-    }
-
-    pub fn user(&self, name: &str) -> Option<&User> {
-        self.user_by_name.get(name).map(|&i| &self.users[i])
-    }
-
-    pub fn group(&self, name: &str) -> Option<&Group> {
-        self.group_by_name.get(name).map(|&i| &self.groups[i])
-    }
-
-    pub fn host(&self, name: &str) -> Option<&Host> {
-        self.host_by_name.get(name).map(|&i| &self.hosts[i])
-    }
-
-    pub fn vo(&self, name: &str) -> Option<&Vo> {
-        self.vo_by_name.get(name).map(|&i| &self.vos[i])
-    }
-
-    /// `/Registry/DefaultGroup` (default `["user"]`).
-    pub fn default_group(&self) -> &[String] {
-        &self.default_group
-    }
-
-    pub fn banned_ips(&self) -> &[std::net::IpAddr] {
-        &self.banned_ips
-    }
-
-    /// `/DIRAC/VirtualOrganization` of a single-VO installation.
-    pub fn virtual_organization(&self) -> Option<&str> {
-        self.virtual_organization.as_deref()
-    }
-
-    /// `getUsernameForDN`: the first user (CS order) listing `dn` (surrounding blanks ignored).
-    pub fn username_for_dn(&self, dn: &str) -> Option<&str> {
-        self.user_by_dn
-            .get(dn.trim())
-            .map(|&i| self.users[i].name.as_str())
-    }
-
-    /// `getHostnameForDN`.
-    pub fn hostname_for_dn(&self, dn: &str) -> Option<&str> {
-        self.host_by_dn
-            .get(dn.trim())
-            .map(|&i| self.hosts[i].name.as_str())
-    }
-
-    /// `getGroupsForUser`: groups whose `Users` list the user, sorted; empty if none.
-    pub fn groups_for_user(&self, user: &str) -> Vec<&str> {
-        let mut groups: Vec<&str> = self
-            .groups_by_user
-            .get(user)
-            .into_iter()
-            .flatten()
-            .map(|&i| self.groups[i].name.as_str())
-            .collect();
-        groups.sort_unstable();
-        groups.dedup();
-        groups
-    }
-
-    /// Whether `group`'s `Users` list `user`.
-    pub fn is_member(&self, group: &str, user: &str) -> bool {
-        match (self.group_by_name.get(group), self.groups_by_user.get(user)) {
-            (Some(group), Some(listed_in)) => listed_in.contains(group),
-            _ => false,
-        }
-    }
-
-    /// `findDefaultGroupForUser`: the first of the user's `DefaultGroup` then
-    /// `/Registry/DefaultGroup` the user belongs to, else the user's first group in sorted order.
-    pub fn default_group_for_user(&self, user: &str) -> Option<&str> {
-        let groups = self.groups_for_user(user);
-        let preferred = self
-            .user(user)
-            .map(|u| u.default_group.as_slice())
+/// The registry of the merged CS (`/Registry` and `/DIRAC/VirtualOrganization`).
+pub fn registry_from_cfg(root: &Section) -> Registry {
+    let users = subsections(root, "/Registry/Users", |name, s| User {
+        name: name.to_owned(),
+        dns: list(s, "DN"),
+        default_group: list(s, "DefaultGroup"),
+        suspended: list(s, "Suspended"),
+        email: text(s, "Email"),
+    });
+    let groups = subsections(root, "/Registry/Groups", |name, s| Group {
+        name: name.to_owned(),
+        users: list(s, "Users"),
+        properties: list(s, "Properties"),
+        vo: text(s, "VO"),
+        idp_role: text(s, "IdPRole"),
+        voms_role: text(s, "VOMSRole"),
+        other: others(s, &["Users", "Properties", "VO", "IdPRole", "VOMSRole"]),
+    });
+    let hosts = subsections(root, "/Registry/Hosts", |name, s| Host {
+        name: name.to_owned(),
+        dns: list(s, "DN"),
+        properties: list(s, "Properties"),
+    });
+    let vos = subsections(root, "/Registry/VO", |name, s| Vo {
+        name: name.to_owned(),
+        id_provider: text(s, "IdProvider"),
+        vo_admin: text(s, "VOAdmin"),
+        vo_admin_group: text(s, "VOAdminGroup"),
+        voms_name: text(s, "VOMSName"),
+        other: others(s, &["IdProvider", "VOAdmin", "VOAdminGroup", "VOMSName"]),
+    });
+    Registry::new(RegistryParts {
+        users,
+        groups,
+        hosts,
+        vos,
+        default_group: root
+            .get_list("/Registry/DefaultGroup")
+            .unwrap_or_else(|| vec!["user".to_owned()]),
+        banned_ips: root
+            .get_list("/Registry/BannedIPs")
             .unwrap_or_default()
             .iter()
-            .chain(&self.default_group);
-        for wanted in preferred {
-            if let Some(group) = groups.iter().find(|g| **g == wanted) {
-                return Some(group);
-            }
-        }
-        groups.first().copied()
-    }
-
-    /// `getVOForGroup`: `/DIRAC/VirtualOrganization` if set, whatever the group, else the VO of
-    /// the group.
-    pub fn vo_for_group(&self, group: &str) -> Option<&str> {
-        self.virtual_organization()
-            .or_else(|| self.group(group)?.vo.as_deref())
-    }
-
-    /// `getIdPForGroup`: the `IdProvider` of the group's VO.
-    pub fn idp_for_group(&self, group: &str) -> Option<&str> {
-        self.vo(self.vo_for_group(group)?)?.id_provider.as_deref()
-    }
-
-    /// `getPropertiesForGroup`; empty for an unknown group.
-    pub fn properties_for_group(&self, group: &str) -> &[String] {
-        self.group(group)
-            .map(|g| g.properties.as_slice())
-            .unwrap_or_default()
-    }
-
-    /// `getPropertiesForHost`; empty for an unknown host.
-    pub fn properties_for_host(&self, host: &str) -> &[String] {
-        self.host(host)
-            .map(|h| h.properties.as_slice())
-            .unwrap_or_default()
-    }
-
-    /// The IdP user IDs of a user: its DNs starting with [`ID_DN_PREFIX`], without the prefix
-    /// (`getIDFromDN`).
-    pub fn id_dns_for_user(&self, user: &str) -> Vec<&str> {
-        self.user(user)
-            .map(|u| {
-                u.dns
-                    .iter()
-                    .filter_map(|dn| dn.strip_prefix(ID_DN_PREFIX))
-                    .collect()
+            .filter_map(|entry| {
+                let parsed = entry.parse().ok();
+                if parsed.is_none() {
+                    tracing::warn!(entry, "/Registry/BannedIPs: not an IP address (ignored)");
+                }
+                parsed
             })
-            .unwrap_or_default()
-    }
+            .collect(),
+        virtual_organization: root
+            .get("/DIRAC/VirtualOrganization")
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned),
+    })
 }
 
 #[cfg(test)]
@@ -435,7 +183,7 @@ Registry
 
     fn registry(extra: &str) -> Registry {
         let root = Section::parse(&format!("{CS}{extra}"), Path::new("r.cfg")).unwrap();
-        Registry::from_cfg(&root)
+        registry_from_cfg(&root)
     }
 
     #[test]
@@ -482,10 +230,10 @@ Registry
     #[test]
     fn default_group_defaults_to_user_unless_set_even_empty() {
         let root = Section::parse("Registry\n{\n}", Path::new("r.cfg")).unwrap();
-        assert_eq!(Registry::from_cfg(&root).default_group(), ["user"]);
+        assert_eq!(registry_from_cfg(&root).default_group(), ["user"]);
         let root = Section::parse("Registry\n{\nDefaultGroup =\n}", Path::new("r.cfg")).unwrap();
-        assert!(Registry::from_cfg(&root).default_group().is_empty());
-        assert!(Registry::from_cfg(&Section::new()).users().is_empty());
+        assert!(registry_from_cfg(&root).default_group().is_empty());
+        assert!(registry_from_cfg(&Section::new()).users().is_empty());
     }
 
     #[test]

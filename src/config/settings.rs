@@ -6,10 +6,11 @@ use std::path::PathBuf;
 
 use super::cfg::{CfgError, Entry, Section};
 use super::idp::{self, IdProvider};
-use super::registry::Registry;
+use super::registry::registry_from_cfg;
+use crate::domain::registry::Registry;
 use super::secrets::env_value;
 use super::{ConfigError, ENV_DB_PASSWORD, ENV_DB_URL, ENV_ENCRYPTION_KEY_FILE, Loaded};
-use crate::db::DatabaseUrl;
+use super::DatabaseUrl;
 
 pub const DEFAULT_DISET_PORT: u16 = 9181;
 pub const DEFAULT_HTTPS_PORT: u16 = 8443;
@@ -511,7 +512,9 @@ fn resolve_database(
     Ok(DatabaseUrl::mysql(user, password, host, port, db_name))
 }
 
-pub(super) fn resolve_security(root: &Section) -> SecuritySettings {
+/// `/DIRAC/Security`: the host certificate, its key and the CA directory, each resolved against the
+/// file that set it.
+pub fn resolve_security(root: &Section) -> SecuritySettings {
     let path = |name: &str| {
         root.get_with_origin(&format!("/DIRAC/Security/{name}"))
             .filter(|(value, _)| !value.is_empty())
@@ -575,7 +578,7 @@ pub(super) fn resolve(
             service,
             database,
             security: resolve_security(root),
-            registry: Registry::from_cfg(root),
+            registry: registry_from_cfg(root),
             idps,
         },
         warnings,
@@ -586,7 +589,7 @@ pub(super) fn resolve(
 mod tests {
     use super::super::{load, load_with_env};
     use super::*;
-    use crate::db::Backend as DbBackend;
+    use crate::config::Backend as DbBackend;
     use crate::domain::Secret;
     use std::path::Path;
 
@@ -1080,12 +1083,6 @@ Systems
         assert_eq!(
             s.database.sqlite_path().map(PathBuf::from),
             Some(config_dir.join("../var/tokenmanager.sqlite"))
-        );
-        assert_eq!(
-            s.registry
-                .username_for_dn(crate::x509::pki::DemoPki::USER_DN),
-            Some("alice"),
-            "the example user is the demo PKI's user"
         );
         assert_eq!(s.registry.id_dns_for_user("alice").len(), 1);
         assert_eq!(

@@ -4,7 +4,8 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::{MysqlConnection, PgConnection, SqliteConnection};
 
-use super::{Backend, DatabaseUrl, DbError};
+use super::DbError;
+use crate::config::{Backend, DatabaseUrl};
 
 /// One connection type for the three backends; queries written once against it run on each.
 #[derive(diesel::MultiConnection)]

@@ -10,7 +10,7 @@ use diesel::sql_types::{BigInt, Nullable, Text};
 use diesel::{MysqlConnection, QueryableByName};
 
 use super::connection::mysql_scheme;
-use super::{Backend, DatabaseUrl, UrlError};
+use crate::config::{Backend, DatabaseUrl, UrlError};
 use crate::domain::Secret;
 
 /// Every column of §3.1 but `kid` (never set by DIRAC), integers widened to BIGINT. Every column is

@@ -8,7 +8,6 @@ mod migrate;
 mod schema;
 mod sqlite_lock;
 mod store;
-mod url;
 
 pub use client_tokens::{ClientTokenKey, StoredClientToken};
 pub use connection::{DbConn, DbPool, PoolOptions, build_pool};
@@ -17,7 +16,6 @@ pub use sqlite_lock::{LockError, SqliteServeLock};
 pub use store::{
     CredentialVersion, ImportOutcome, ReencryptPass, StoredToken, TokenStore, TokenUpdate,
 };
-pub use url::{Backend, DatabaseUrl, UrlError};
 
 use thiserror::Error;
 

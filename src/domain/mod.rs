@@ -1,8 +1,9 @@
 //! Protocol- and storage-free types and rules: what a token is, how DIRAC's token dictionaries
-//! are read, who may call what (`policy`), and the secret wrapper that keeps token values out of
-//! logs.
+//! are read, DIRAC's registry of users, groups and hosts, who may call what (`policy`), and the
+//! secret wrapper that keeps token values out of logs.
 
 pub mod policy;
+pub mod registry;
 pub mod scopes;
 mod secret;
 mod token;

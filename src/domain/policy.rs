@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use crate::config::Registry;
+use super::registry::Registry;
 
 /// The group DIRAC gives hosts, and the name and group of unknown callers let in by `all`/`any`.
 pub const HOSTS_GROUP: &str = "hosts";
@@ -334,69 +334,54 @@ fn open_or(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::cfg::Section;
+    use crate::domain::registry::{Group, Host, RegistryParts, User};
 
     /// The Registry of DIRAC's `Test_AuthManager.py`, plus a banned IP and a trusted host.
-    const REGISTRY: &str = r#"
-Registry
-{
-  BannedIPs = 192.0.2.66
-  Users
-  {
-    userA
-    {
-      DN = /User/test/DN/CN=userA
-    }
-    userB
-    {
-      DN = /User/test/DN/CN=userB
-    }
-    userS
-    {
-      DN = /User/test/DN/CN=userS
-      Suspended = testVO
-    }
-  }
-  Groups
-  {
-    group_test
-    {
-      Users = userA, userS
-      Properties = NormalUser
-      VO = testVO
-    }
-    group_test_other
-    {
-      Users = userA
-      Properties = NormalUser, ProxyManagement
-      VO = testVOother
-    }
-    group_bad
-    {
-      Users = userB
-      Properties = NoProperties
-      VO = testVOBad
-    }
-  }
-  Hosts
-  {
-    test.hostOK.ch
-    {
-      DN = /User/test/DN/CN=test.hostOK.ch
-      Properties = TrustedHost
-    }
-    test.hostBad.ch
-    {
-      DN = /User/test/DN/CN=test.hostBad.ch
-      Properties = NoTrustedHost
-    }
-  }
-}
-"#;
-
     fn registry() -> Registry {
-        let root = Section::parse(REGISTRY, std::path::Path::new("test.cfg")).unwrap();
-        Registry::from_cfg(&root)
+        let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect();
+        let user = |name: &str, suspended: &[&str]| User {
+            name: name.into(),
+            dns: vec![format!("/User/test/DN/CN={name}")],
+            default_group: Vec::new(),
+            suspended: strings(suspended),
+            email: None,
+        };
+        let group = |name: &str, users: &[&str], properties: &[&str], vo: &str| Group {
+            name: name.into(),
+            users: strings(users),
+            properties: strings(properties),
+            vo: Some(vo.into()),
+            idp_role: None,
+            voms_role: None,
+            other: Default::default(),
+        };
+        let host = |name: &str, property: &str| Host {
+            name: name.into(),
+            dns: vec![format!("/User/test/DN/CN={name}")],
+            properties: vec![property.into()],
+        };
+        Registry::new(RegistryParts {
+            users: vec![user("userA", &[]), user("userB", &[]), user("userS", &["testVO"])],
+            groups: vec![
+                group("group_test", &["userA", "userS"], &["NormalUser"], "testVO"),
+                group(
+                    "group_test_other",
+                    &["userA"],
+                    &["NormalUser", "ProxyManagement"],
+                    "testVOother",
+                ),
+                group("group_bad", &["userB"], &["NoProperties"], "testVOBad"),
+            ],
+            vos: Vec::new(),
+            hosts: vec![
+                host("test.hostOK.ch", "TrustedHost"),
+                host("test.hostBad.ch", "NoTrustedHost"),
+            ],
+            // DIRAC's default when /Registry/DefaultGroup is unset.
+            default_group: vec!["user".into()],
+            banned_ips: vec!["192.0.2.66".parse().unwrap()],
+            virtual_organization: None,
+        })
     }
 
     fn rules(text: &str) -> Vec<&str> {

@@ -1,9 +1,7 @@
 //! The HTTP servers: the HTTPS listener (JSON API and DIRAC's HTTPS protocol) and the
 //! plain-HTTP metrics listener with health checks.
 
-pub mod tls;
-
-use std::net::{SocketAddr, TcpListener};
+use std::net::TcpListener;
 use std::sync::Arc;
 
 use actix_web::dev::Server;
@@ -13,53 +11,14 @@ use crate::actors::db::{CountCredentials, CountExpiring, Ping};
 use crate::metrics;
 use crate::protocol::{dirac, json};
 use crate::service::Service;
-
-/// Thousands of jobs may connect at once: a listen backlog of 4096 rather than std's 128, whose
-/// overflow drops connections before TLS even starts.
-const LISTEN_BACKLOG: i32 = 4096;
-
-/// A listening socket for the service's listeners (and the benchmark's bare baseline server).
-pub fn listen(address: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(address),
-        socket2::Type::STREAM,
-        None,
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.bind(&address.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
-    Ok(socket.into())
-}
-
-/// Why a request body was not read.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    #[error("the request body is larger than {0} bytes")]
-    TooLarge(u64),
-    #[error("cannot read the request body: {0}")]
-    Read(String),
-}
-
-/// The whole request body, refused as soon as it passes `limit` bytes.
-pub async fn read_body(mut payload: web::Payload, limit: u64) -> Result<Vec<u8>, BodyError> {
-    use futures_util::StreamExt;
-    let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| BodyError::Read(e.to_string()))?;
-        if (body.len() + chunk.len()) as u64 > limit {
-            return Err(BodyError::TooLarge(limit));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
+use crate::transport::tls::{ReloadableTls, record_peer};
 
 /// The HTTPS server on `listener`: client certificates are read at connection time by
-/// [`tls::PeerIdentity`], so that every request knows its caller.
+/// [`record_peer`], so that every request knows its caller.
 pub fn api_server(
     listener: TcpListener,
     service: Arc<Service>,
-    tls: &tls::ReloadableTls,
+    tls: &ReloadableTls,
     workers: usize,
 ) -> std::io::Result<Server> {
     let dirac_paths = service.settings().service.https_paths.clone();
@@ -76,7 +35,7 @@ pub fn api_server(
     // Thousands of clients may handshake at once on a small machine: actix's 3 s default
     // drops the slowest of a burst.
     .tls_handshake_timeout(std::time::Duration::from_secs(20))
-    .on_connect(tls::record_peer)
+    .on_connect(record_peer)
     .listen_openssl(listener, tls.acceptor_builder()?)?
     .run())
 }

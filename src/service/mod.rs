@@ -19,7 +19,7 @@ pub use methods::{Method, Param, ParamKind};
 
 use crate::actors::db::{Database, RemoveTokens, TokensByUserId, UpdateToken};
 use crate::actors::tokens::TokenBroker;
-use crate::config::remote::{RemoteCfg, RemoteSource};
+use crate::configuration_server::{RemoteCfg, RemoteSource};
 use crate::config::{self, Settings};
 use crate::crypto::SharedKeyring;
 use crate::db::{DbError, StoredToken};
@@ -138,7 +138,7 @@ impl Service {
         config_files: Vec<PathBuf>,
     ) -> Result<Arc<Self>, IdpError> {
         let idps = IdpRegistry::from_settings(&settings)?;
-        let shared_database = settings.database.backend() != crate::db::Backend::Sqlite;
+        let shared_database = settings.database.backend() != crate::config::Backend::Sqlite;
         let broker = TokenBroker::new(
             database.clone(),
             settings.service.refresh_actor_idle_time,
@@ -182,7 +182,7 @@ impl Service {
             .map(|group| group.name.clone())
             .collect();
         Ok(BearerCaller {
-            dn: format!("{}{}", crate::config::ID_DN_PREFIX, identity.sub),
+            dn: format!("{}{}", crate::domain::registry::ID_DN_PREFIX, identity.sub),
             id: identity.sub,
             groups,
         })

@@ -182,7 +182,7 @@ const MATRIX: &[(&str, [u16; 12])] = &[
 #[test]
 fn authorization_matrix_over_real_tls() {
     let pki = TestPki::shared();
-    let db = TestDb::new(tokenmanager::db::Backend::Sqlite);
+    let db = TestDb::new(tokenmanager::config::Backend::Sqlite);
     let app = spawn_app(&db, "");
     let columns = columns();
     let callers = callers(pki);
@@ -234,7 +234,7 @@ fn authorization_matrix_over_real_tls() {
 #[test]
 fn whoami_describes_proxy_plain_certificate_and_host_callers() {
     let pki = TestPki::shared();
-    let db = TestDb::new(tokenmanager::db::Backend::Sqlite);
+    let db = TestDb::new(tokenmanager::config::Backend::Sqlite);
     let app = spawn_app(&db, "");
     let whoami = |credential: &CertifiedKey| {
         let reply = Client {
@@ -327,7 +327,7 @@ fn whoami_describes_proxy_plain_certificate_and_host_callers() {
 #[test]
 fn bad_input_gets_the_documented_error_and_changes_nothing() {
     let pki = TestPki::shared();
-    let db = TestDb::new(tokenmanager::db::Backend::Sqlite);
+    let db = TestDb::new(tokenmanager::config::Backend::Sqlite);
     let app = spawn_app(&db, "MaxBodyBytes = 4096");
     let manager = pki.proxy(&dn("manager"), ProxyKind::Rfc3820, Some("g_manager"));
     let client = Client {
@@ -469,7 +469,7 @@ fn bad_input_gets_the_documented_error_and_changes_nothing() {
 #[test]
 fn token_values_are_shown_only_with_the_option_and_only_to_proxy_management() {
     let pki = TestPki::shared();
-    let db = TestDb::new(tokenmanager::db::Backend::Sqlite);
+    let db = TestDb::new(tokenmanager::config::Backend::Sqlite);
     let app = spawn_app(&db, "ExposeTokenValues = yes");
     let manager = pki.proxy(&dn("manager"), ProxyKind::Rfc3820, Some("g_manager"));
     let plain = pki.proxy(&dn("plain"), ProxyKind::Rfc3820, None);
@@ -541,7 +541,7 @@ fn token_values_are_shown_only_with_the_option_and_only_to_proxy_management() {
 #[test]
 fn reload_keeps_serving_refuses_a_broken_config_and_swaps_the_host_certificate() {
     let pki = TestPki::shared();
-    let db = TestDb::new(tokenmanager::db::Backend::Sqlite);
+    let db = TestDb::new(tokenmanager::config::Backend::Sqlite);
     tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
         .create()
         .unwrap();
@@ -633,7 +633,7 @@ fn reload_keeps_serving_refuses_a_broken_config_and_swaps_the_host_certificate()
 #[test]
 fn refused_certificates_are_logged_with_subject_and_reason() {
     let pki = TestPki::shared();
-    let db = TestDb::new(tokenmanager::db::Backend::Sqlite);
+    let db = TestDb::new(tokenmanager::config::Backend::Sqlite);
     let mut app = spawn_app(&db, "");
     let late = pki
         .ca

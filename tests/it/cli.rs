@@ -5,7 +5,7 @@ use std::net::TcpStream;
 
 use tokenmanager::actors::db::GetCredential;
 use tokenmanager::crypto::KeyringFile;
-use tokenmanager::db::Backend;
+use tokenmanager::config::Backend;
 
 use crate::process::{TestApp, http_get, run, stderr, write_config};
 use crate::support::{TestDb, TestStore, new_token, store_token};

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokenmanager::db::Backend;
+use tokenmanager::config::Backend;
 use tokenmanager::x509::pki::ProxyKind;
 
 use crate::client::Client;

@@ -12,7 +12,7 @@ use crate::client::{Client, Reply};
 use crate::pki::TestPki;
 use crate::process::{self, TestApp};
 use crate::support::TestDb;
-use tokenmanager::db::Backend;
+use tokenmanager::config::Backend;
 
 const FORM: &str = "application/x-www-form-urlencoded";
 

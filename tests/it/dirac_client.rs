@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::json;
-use tokenmanager::db::Backend;
+use tokenmanager::config::Backend;
 use tokenmanager::x509::pki::ProxyKind;
 
 use crate::idp::TestIdp;

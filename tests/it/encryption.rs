@@ -5,7 +5,8 @@ use tokenmanager::actors::db::{
     GetCredential, ReencryptBatch, RowsUnderOldKeys, StoreRefreshed, TokensByUserId,
 };
 use tokenmanager::crypto::CryptoError;
-use tokenmanager::db::{Backend, DbError, TokenUpdate};
+use tokenmanager::config::Backend;
+use tokenmanager::db::{DbError, TokenUpdate};
 use tokenmanager::domain::{Secret, unix_now};
 
 use crate::on_every_backend;

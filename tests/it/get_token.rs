@@ -33,7 +33,7 @@ struct Setup {
 
 fn setup(extra_users: &[String], idp_options: &str) -> Setup {
     setup_on(
-        TestDb::new(tokenmanager::db::Backend::Sqlite),
+        TestDb::new(tokenmanager::config::Backend::Sqlite),
         1,
         extra_users,
         idp_options,
@@ -162,7 +162,7 @@ fn jwt_claims(token: &str) -> Value {
 
 /// The core cases run on each backend: SQLite below, PostgreSQL and MariaDB here.
 mod on_server_backends {
-    use tokenmanager::db::Backend;
+    use tokenmanager::config::Backend;
 
     #[test]
     fn postgres_two_hundred_calls_for_one_user() {
@@ -187,10 +187,10 @@ mod on_server_backends {
 
 #[test]
 fn two_hundred_concurrent_calls_for_one_user_cost_one_refresh_and_keep_the_grant() {
-    two_hundred_calls_for_one_user(tokenmanager::db::Backend::Sqlite);
+    two_hundred_calls_for_one_user(tokenmanager::config::Backend::Sqlite);
 }
 
-fn two_hundred_calls_for_one_user(backend: tokenmanager::db::Backend) {
+fn two_hundred_calls_for_one_user(backend: tokenmanager::config::Backend) {
     let setup = Arc::new(setup_on(TestDb::new(backend), 1, &[], ""));
     setup.delegate("plain");
     setup.idp.reset_stats();
@@ -447,10 +447,10 @@ fn assert_one_refresh_and_grant_alive(setup: &Setup) {
 
 #[test]
 fn a_lost_reply_never_makes_the_service_present_the_consumed_token() {
-    lost_reply(tokenmanager::db::Backend::Sqlite);
+    lost_reply(tokenmanager::config::Backend::Sqlite);
 }
 
-fn lost_reply(backend: tokenmanager::db::Backend) {
+fn lost_reply(backend: tokenmanager::config::Backend) {
     let setup = setup_on(TestDb::new(backend), 1, &[], "");
     setup.delegate("plain");
     setup.idp.reset_stats();
@@ -542,7 +542,7 @@ fn callers_without_delegation_rights_get_no_token() {
 /// Several `serve` processes on one PostgreSQL or MariaDB database: 200 calls for one user spread
 /// over them cost one refresh (the database lease), every replica serves the winner's token, and
 /// none serves the user's token once deleted through another.
-fn replicas_share_one_refresh(backend: tokenmanager::db::Backend, replicas: usize) {
+fn replicas_share_one_refresh(backend: tokenmanager::config::Backend, replicas: usize) {
     let setup = Arc::new(setup_on(TestDb::new(backend), replicas, &[], ""));
     setup.delegate("plain");
     setup.idp.reset_stats();
@@ -589,22 +589,22 @@ fn replicas_share_one_refresh(backend: tokenmanager::db::Backend, replicas: usiz
 
 #[test]
 fn two_replicas_on_postgresql_share_one_refresh() {
-    replicas_share_one_refresh(tokenmanager::db::Backend::Postgres, 2);
+    replicas_share_one_refresh(tokenmanager::config::Backend::Postgres, 2);
 }
 
 #[test]
 fn three_replicas_on_postgresql_share_one_refresh() {
-    replicas_share_one_refresh(tokenmanager::db::Backend::Postgres, 3);
+    replicas_share_one_refresh(tokenmanager::config::Backend::Postgres, 3);
 }
 
 #[test]
 fn two_replicas_on_mariadb_share_one_refresh() {
-    replicas_share_one_refresh(tokenmanager::db::Backend::Mysql, 2);
+    replicas_share_one_refresh(tokenmanager::config::Backend::Mysql, 2);
 }
 
 #[test]
 fn three_replicas_on_mariadb_share_one_refresh() {
-    replicas_share_one_refresh(tokenmanager::db::Backend::Mysql, 3);
+    replicas_share_one_refresh(tokenmanager::config::Backend::Mysql, 3);
 }
 
 /// An access token (a JWT for `resource`) that the IdP issued to `sub`.

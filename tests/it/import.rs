@@ -4,7 +4,8 @@
 use tokenmanager::actors::db::{
     GetCredential, ImportToken, ReleaseLease, StoreRefreshed, TakeLease,
 };
-use tokenmanager::db::{Backend, ImportOutcome, StoredToken, TokenUpdate};
+use tokenmanager::config::Backend;
+use tokenmanager::db::{ImportOutcome, StoredToken, TokenUpdate};
 use tokenmanager::domain::{Secret, unix_now};
 
 use crate::on_every_backend;

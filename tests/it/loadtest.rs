@@ -2,7 +2,7 @@
 //! proxy as client certificate (which rustls-based load tools refuse).
 
 use serde_json::Value;
-use tokenmanager::db::Backend;
+use tokenmanager::config::Backend;
 use tokenmanager::x509::pki::ProxyKind;
 
 use crate::pki::TestPki;

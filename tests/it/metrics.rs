@@ -42,7 +42,7 @@ fn sample(exposition: &str, series: &str) -> Option<f64> {
 
 #[actix::test]
 async fn metrics_pass_promtool_and_count_requests_and_credentials() {
-    let store = TestStore::new(tokenmanager::db::Backend::Sqlite).await;
+    let store = TestStore::new(tokenmanager::config::Backend::Sqlite).await;
     for (user, provider) in [("a", "test-idp"), ("b", "test-idp"), ("c", "other-idp")] {
         store_token(&store.database, new_token(user, provider, "rt", "at")).await;
     }

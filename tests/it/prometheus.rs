@@ -221,7 +221,7 @@ struct Service {
 
 impl Service {
     fn spawn() -> Self {
-        let db = TestDb::new(tokenmanager::db::Backend::Sqlite);
+        let db = TestDb::new(tokenmanager::config::Backend::Sqlite);
         let idp = TestIdp::spawn();
         tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
             .create()

@@ -4,7 +4,8 @@ use tokenmanager::actors::db::{
     GetCredential, MarkNeedsRedelegation, Migrate, PurgeExpired, RemoveTokens, StoreRefreshed,
     TokensByUserId, UpdateToken,
 };
-use tokenmanager::db::{Backend, DbError, TokenUpdate};
+use tokenmanager::config::Backend;
+use tokenmanager::db::{DbError, TokenUpdate};
 use tokenmanager::domain::{CredentialState, Secret, unix_now};
 
 use futures_util::future::join_all;

@@ -6,7 +6,8 @@ use diesel::{Connection, MysqlConnection, PgConnection};
 use tempfile::TempDir;
 use tokenmanager::actors::db::{Database, Migrate, UpdateToken};
 use tokenmanager::crypto::{KeyringFile, SharedKeyring};
-use tokenmanager::db::{Backend, DatabaseUrl, PoolOptions, StoredToken};
+use tokenmanager::config::{Backend, DatabaseUrl};
+use tokenmanager::db::{PoolOptions, StoredToken};
 use tokenmanager::domain::{NewToken, Secret, unix_now};
 
 fn admin_url(backend: Backend) -> String {
@@ -200,13 +201,13 @@ pub fn new_token(user_id: &str, provider: &str, refresh: &str, access: &str) -> 
 macro_rules! on_every_backend {
     ($($scenario:ident),* $(,)?) => {
         mod sqlite {
-            $( #[actix::test] async fn $scenario() { super::$scenario(tokenmanager::db::Backend::Sqlite).await } )*
+            $( #[actix::test] async fn $scenario() { super::$scenario(tokenmanager::config::Backend::Sqlite).await } )*
         }
         mod postgres {
-            $( #[actix::test] async fn $scenario() { super::$scenario(tokenmanager::db::Backend::Postgres).await } )*
+            $( #[actix::test] async fn $scenario() { super::$scenario(tokenmanager::config::Backend::Postgres).await } )*
         }
         mod mariadb {
-            $( #[actix::test] async fn $scenario() { super::$scenario(tokenmanager::db::Backend::Mysql).await } )*
+            $( #[actix::test] async fn $scenario() { super::$scenario(tokenmanager::config::Backend::Mysql).await } )*
         }
     };
 }

@@ -18,7 +18,7 @@ use super::codec::frame::{self, FrameError};
 use super::codec::mixed::{self, Encoding};
 use super::codec::{DecodeError, Value};
 use super::{ENOAUTH, answer, dirac_message, extra_credentials};
-use crate::http::tls::{ReloadableTls, peer_identity};
+use crate::transport::tls::{ReloadableTls, peer_identity};
 use crate::service::{CallContext, MethodError, Service};
 
 const PROTOCOL: &str = "dips";

@@ -12,7 +12,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use super::codec::{Value, form, jencode};
 use super::{answer, extra_credentials};
 use crate::domain::policy::ExtraCredentials;
-use crate::http::{self, BodyError};
+use crate::transport::{self, BodyError};
 use crate::service::{CallContext, Method, MethodError, Service};
 use crate::x509::identity::ChainIdentity;
 
@@ -117,7 +117,7 @@ async fn handle(
     service: &Service,
 ) -> Result<Value, StatusCode> {
     let settings = service.settings();
-    let body = http::read_body(payload, settings.service.max_body_bytes)
+    let body = transport::read_body(payload, settings.service.max_body_bytes)
         .await
         .map_err(|error| match error {
             BodyError::TooLarge(_) => {

@@ -12,7 +12,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Map, Value, json};
 
 use crate::domain::policy::ExtraCredentials;
-use crate::http::{self, BodyError};
+use crate::transport::{self, BodyError};
 use crate::metrics;
 use crate::service::{CallContext, Method, MethodError, Service};
 use crate::x509::identity::ChainIdentity;
@@ -148,7 +148,7 @@ async fn answer(
         ));
     }
     let settings = service.settings();
-    let body = http::read_body(payload, settings.service.max_body_bytes)
+    let body = transport::read_body(payload, settings.service.max_body_bytes)
         .await
         .map_err(|error| match error {
             BodyError::TooLarge(_) => ("body_too_large", error.to_string()),

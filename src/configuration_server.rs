@@ -10,8 +10,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-use super::cfg::{Section, split_list};
-use super::settings::resolve_security;
+use crate::config::cfg::split_list;
+use crate::config::{Section, resolve_security};
 use crate::protocol::dirac::client::{ClientError, DisetClient, ServiceUrl};
 use crate::protocol::dirac::codec::Value;
 
