@@ -12,9 +12,11 @@
 //! - `service` (the protocol-free method table with authorization);
 //! - `transport` (listening sockets, body limits, reloadable TLS), below `protocol` (the JSON API,
 //!   DIRAC's HTTPS and DISET front-ends) and `http` (the HTTPS and metrics servers);
-//! - `cli` (the subcommands).
+//! - `app` (the application root: builds and owns everything `serve` runs) and `cli` (the
+//!   subcommands).
 
 pub mod actors;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod configuration_server;

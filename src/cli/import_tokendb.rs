@@ -14,7 +14,8 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use super::{CliError, open_database, open_keyring};
+use super::CliError;
+use crate::app::{open_database, open_keyring};
 use crate::actors::db::{ImportToken, Migrate};
 use crate::config::Settings;
 use crate::db::dirac_tokendb::{self, DiracToken};

@@ -1,4 +1,5 @@
-use super::{CliError, open_database, open_keyring};
+use super::CliError;
+use crate::app::{open_database, open_keyring};
 use crate::actors::db::Migrate;
 use crate::config::Settings;
 use crate::db::PoolOptions;

@@ -6,21 +6,14 @@ mod rotate_key;
 mod serve;
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use thiserror::Error;
 
-use crate::actors::db::{Database, Ping};
-use crate::configuration_server::{RemoteCfg, RemoteSource};
+use crate::app::{AppError, ConfigSources};
 use crate::config::{self, ConfigError, Settings};
-use crate::crypto::{CryptoError, KeyringFile, SharedKeyring};
-use crate::config::DatabaseUrl;
-use crate::db::{DbError, PoolOptions};
-
-/// How long start-up waits for the database before giving up with its error.
-const DATABASE_WAIT: Duration = Duration::from_secs(15);
+use crate::crypto::CryptoError;
+use crate::db::DbError;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -92,29 +85,15 @@ pub enum CliError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error(transparent)]
-    Lock(#[from] crate::db::LockError),
-    #[error("cannot listen on {address}: {source}")]
-    Bind {
-        address: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("the database did not answer within {0:?}")]
-    DatabaseTimeout(Duration),
+    App(#[from] AppError),
     #[error("{0}")]
     Rotation(String),
-    #[error("TLS: {0}")]
-    Tls(String),
-    #[error(transparent)]
-    Idp(#[from] crate::idp::IdpError),
     #[error(transparent)]
     Source(#[from] crate::db::dirac_tokendb::SourceError),
     #[error("load test: {0}")]
     Loadtest(#[from] crate::loadtest::LoadtestError),
     #[error("cannot write the report: {0}")]
     Output(String),
-    #[error("Configuration Server: {0}")]
-    Remote(#[from] crate::configuration_server::RemoteError),
 }
 
 impl Cli {
@@ -124,8 +103,8 @@ impl Cli {
         actix::System::new().block_on(async {
             match command {
                 Command::Serve => {
-                    let (settings, remote) = serving_settings(&config).await?;
-                    serve::run(settings, config.clone(), remote).await
+                    let (settings, sources) = ConfigSources::load(&config).await?;
+                    serve::run(settings, sources).await
                 }
                 Command::Migrate => migrate::run(settings()?).await,
                 Command::RotateKey { key_id, batch } => {
@@ -149,55 +128,10 @@ impl Cli {
     }
 }
 
-/// What `serve` runs on: when the local files name a Configuration Server, its CFG is fetched
-/// first and the local files are merged over it; start-up fails if no server answers, as a
-/// DIRAC service without its CS does.
-async fn serving_settings(
-    paths: &[PathBuf],
-) -> Result<(Settings, Option<(RemoteSource, Option<RemoteCfg>)>), CliError> {
-    let local = config::Section::load_files(paths).map_err(ConfigError::from)?;
-    let Some(source) = RemoteSource::from_local(&local)? else {
-        return Ok((load_settings(paths)?, None));
-    };
-    let fetched = source.fetch_if_newer(None, None).await?;
-    if let Some(fetched) = &fetched {
-        tracing::info!(version = %fetched.version, server = %fetched.server, "configuration fetched from the Configuration Server");
-    }
-    let loaded = config::load_over(paths, fetched.as_ref().map(|f| &f.section))?;
-    for warning in &loaded.warnings {
-        tracing::warn!("{warning}");
-    }
-    Ok((loaded.settings, Some((source, fetched))))
-}
-
 fn load_settings(paths: &[PathBuf]) -> Result<Settings, CliError> {
     let loaded = config::load(paths)?;
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
     Ok(loaded.settings)
-}
-
-/// The keyring in force. A missing keyring stops start-up, except for a configuration that asks
-/// for throwaway demo credentials (the shipped example), where a first key is generated.
-fn open_keyring(settings: &Settings) -> Result<Arc<SharedKeyring>, CliError> {
-    let path = &settings.service.encryption_key_file;
-    if settings.service.generate_demo_credentials && !path.exists() {
-        let key_id = KeyringFile::new(path).create()?;
-        tracing::warn!(path = %path.display(), key_id, "generated a demo encryption keyring");
-    }
-    Ok(Arc::new(SharedKeyring::load(path)?))
-}
-
-/// Starts the DB actor and waits until the database answers.
-async fn open_database(
-    url: &DatabaseUrl,
-    keyring: Arc<SharedKeyring>,
-    options: PoolOptions,
-) -> Result<Database, CliError> {
-    let database = Database::open(url, keyring, options)?;
-    tokio::time::timeout(DATABASE_WAIT, database.call(Ping {}))
-        .await
-        .map_err(|_| CliError::DatabaseTimeout(DATABASE_WAIT))??;
-    Ok(database)
 }

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 
-use super::{CliError, open_database};
+use super::CliError;
+use crate::app::open_database;
 use crate::actors::db::{ReencryptBatch, RowsUnderOldKeys};
 use crate::config::Settings;
 use crate::crypto::{KeyringFile, SharedKeyring};

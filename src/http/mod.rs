@@ -32,6 +32,8 @@ pub fn api_server(
             .default_service(web::to(not_found))
     })
     .workers(workers)
+    // Stopped by the application root, with every other listener.
+    .disable_signals()
     // Thousands of clients may handshake at once on a small machine: actix's 3 s default
     // drops the slowest of a burst.
     .tls_handshake_timeout(std::time::Duration::from_secs(20))
@@ -59,6 +61,7 @@ pub fn metrics_server(listener: TcpListener, service: Arc<Service>) -> std::io::
             .route("/readyz", web::get().to(readyz))
     })
     .workers(1)
+    .disable_signals()
     .listen(listener)?
     .run())
 }

@@ -1,0 +1,333 @@
+//! The application root: builds the service from its settings and owns everything `serve` runs —
+//! the three listeners, the actors behind them and the background tasks — so that one place can
+//! report the bound ports, reload, and stop them all.
+
+mod demo;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use thiserror::Error;
+
+use crate::actors::db::{Database, Migrate, Ping};
+use crate::config::{self, ConfigError, DatabaseUrl, Settings};
+use crate::configuration_server::{RemoteCfg, RemoteError, RemoteSource};
+use crate::crypto::{CryptoError, KeyringFile, SharedKeyring};
+use crate::db::{DbError, LockError, PoolOptions, SqliteServeLock};
+use crate::http;
+use crate::metrics;
+use crate::protocol::dirac::diset;
+use crate::service::Service;
+use crate::transport::{
+    self,
+    tls::{Listener, ReloadableTls},
+};
+
+/// How long start-up waits for the database before giving up with its error.
+const DATABASE_WAIT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Error)]
+pub enum AppError {
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    #[error("Configuration Server: {0}")]
+    Remote(#[from] RemoteError),
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("the database did not answer within {0:?}")]
+    DatabaseTimeout(Duration),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Idp(#[from] crate::idp::IdpError),
+    #[error("{server} stopped with an error: {source}")]
+    Server {
+        server: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where the configuration came from, for reloads: the local files, and the Configuration
+/// Server when they name one (with what start-up fetched from it).
+#[derive(Default)]
+pub struct ConfigSources {
+    pub files: Vec<PathBuf>,
+    pub remote: Option<(RemoteSource, Option<RemoteCfg>)>,
+}
+
+impl ConfigSources {
+    /// The settings `serve` runs on, read from `files`: when they name a Configuration Server,
+    /// its CFG is fetched first and the local files are merged over it; start-up fails if no
+    /// server answers, as a DIRAC service without its CS does.
+    pub async fn load(files: &[PathBuf]) -> Result<(Settings, Self), AppError> {
+        let local = config::Section::load_files(files).map_err(ConfigError::from)?;
+        let remote = match RemoteSource::from_local(&local)? {
+            Some(source) => {
+                let fetched = source.fetch_if_newer(None, None).await?;
+                if let Some(fetched) = &fetched {
+                    tracing::info!(version = %fetched.version, server = %fetched.server, "configuration fetched from the Configuration Server");
+                }
+                Some((source, fetched))
+            }
+            None => None,
+        };
+        let fetched = remote.as_ref().and_then(|(_, fetched)| fetched.as_ref());
+        let loaded = config::load_over(files, fetched.map(|f| &f.section))?;
+        for warning in &loaded.warnings {
+            tracing::warn!("{warning}");
+        }
+        let sources = Self {
+            files: files.to_vec(),
+            remote,
+        };
+        Ok((loaded.settings, sources))
+    }
+}
+
+/// The ports the listeners are bound to (port 0 in the settings picks a free one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ports {
+    pub https: u16,
+    pub dips: u16,
+    pub metrics: u16,
+}
+
+/// A built service, listening; [`Application::run`] serves until [`AppHandle::stop`].
+pub struct Application {
+    ports: Ports,
+    handle: AppHandle,
+    api: Server,
+    metrics: Server,
+    /// Held for the process's life: a second `serve` on the same SQLite file is refused.
+    _sqlite_lock: Option<SqliteServeLock>,
+}
+
+/// What outlives the borrow of an [`Application`]: reload and stop it from elsewhere (signal
+/// handlers, tests).
+#[derive(Clone)]
+pub struct AppHandle {
+    service: Arc<Service>,
+    servers: [ServerHandle; 2],
+    diset_workers: Arc<[actix_rt::Arbiter]>,
+    background: Arc<[tokio::task::AbortHandle]>,
+}
+
+impl Application {
+    /// Opens the keyring and the database (migrations applied), binds the listeners and starts
+    /// the servers, the actors and the background tasks. Needs a running actix system.
+    pub async fn build(settings: Settings, sources: ConfigSources) -> Result<Self, AppError> {
+        let method_names = crate::service::Method::ALL.map(|m| m.name());
+        let idp_names: Vec<&str> = settings.idps.iter().map(|idp| idp.name()).collect();
+        metrics::init(&method_names, &idp_names);
+        let keyring = open_keyring(&settings)?;
+        if settings.service.generate_demo_credentials {
+            demo::generate_pki(&settings)?;
+        }
+        let tls_error = |e: crate::x509::tls::TlsError| AppError::Tls(e.to_string());
+        let tls = ReloadableTls::new(&settings, Listener::Https).map_err(tls_error)?;
+        let diset_tls = Arc::new(ReloadableTls::new(&settings, Listener::Diset).map_err(tls_error)?);
+        let url = &settings.database;
+        let sqlite_lock = match url.sqlite_path() {
+            Some(path) => {
+                let lock = SqliteServeLock::acquire(Path::new(path))?;
+                tracing::debug!(lock = %lock.path().display(), "holding the SQLite serve lock");
+                Some(lock)
+            }
+            None => None,
+        };
+        let options = PoolOptions {
+            max_size: settings.service.database_pool_size,
+            ..Default::default()
+        };
+        let database = open_database(url, keyring.clone(), options).await?;
+        let applied = database.call(Migrate {}).await?;
+        tracing::info!(database = %url.masked(), migrations_applied = applied.len(), "database ready");
+
+        let listeners = Listeners::bind(&settings)?;
+        let ports = listeners.ports();
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let service = Service::new(database, keyring, settings, sources.files)?;
+        let mut background = Vec::new();
+        if let Some((source, fetched)) = sources.remote {
+            service.set_remote(source, fetched);
+            background.push(actix_rt::spawn(poll_configuration_server(service.clone())).abort_handle());
+        }
+        let api = http::api_server(listeners.https, service.clone(), &tls, workers).map_err(
+            |source| AppError::Bind {
+                address: "HTTPS listener".into(),
+                source,
+            },
+        )?;
+        let metrics = http::metrics_server(listeners.metrics, service.clone()).map_err(
+            |source| AppError::Bind {
+                address: "metrics listener".into(),
+                source,
+            },
+        )?;
+        let diset_workers = diset::serve(listeners.dips, service.clone(), diset_tls.clone(), workers)
+            .map_err(|source| AppError::Bind {
+                address: "DISET listener".into(),
+                source,
+            })?;
+        service.add_reload_hook(Box::new(move |settings| tls.prepare(settings)));
+        service.add_reload_hook(Box::new(move |settings| diset_tls.prepare(settings)));
+        if service.settings().service.generate_demo_credentials {
+            demo::log_command(&service.settings(), ports.https);
+        }
+        let handle = AppHandle {
+            service,
+            servers: [api.handle(), metrics.handle()],
+            diset_workers: diset_workers.into(),
+            background: background.into(),
+        };
+        Ok(Self {
+            ports,
+            handle,
+            api,
+            metrics,
+            _sqlite_lock: sqlite_lock,
+        })
+    }
+
+    pub fn ports(&self) -> Ports {
+        self.ports
+    }
+
+    pub fn handle(&self) -> AppHandle {
+        self.handle.clone()
+    }
+
+    /// Serves until [`AppHandle::stop`]; then stops the DISET workers and background tasks.
+    pub async fn run(self) -> Result<(), AppError> {
+        let Self {
+            handle,
+            api,
+            metrics,
+            _sqlite_lock,
+            ..
+        } = self;
+        let (api, metrics) = futures_util::future::join(api, metrics).await;
+        handle.stop_workers();
+        api.map_err(|source| AppError::Server {
+            server: "HTTPS server",
+            source,
+        })?;
+        metrics.map_err(|source| AppError::Server {
+            server: "metrics server",
+            source,
+        })?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+impl AppHandle {
+    /// Re-reads the configuration files, the keyring and the TLS files; a broken new
+    /// configuration is refused and the one in force kept.
+    pub fn reload(&self) -> Result<(), String> {
+        self.service.reload()
+    }
+
+    /// Stops the listeners; with `graceful`, requests in progress on the HTTP servers are
+    /// finished first (actix-web's shutdown timeout). [`Application::run`] then returns.
+    pub async fn stop(&self, graceful: bool) {
+        let stops = self.servers.iter().map(|server| server.stop(graceful));
+        futures_util::future::join_all(stops).await;
+        self.stop_workers();
+    }
+
+    fn stop_workers(&self) {
+        for worker in self.diset_workers.iter() {
+            worker.stop();
+        }
+        for task in self.background.iter() {
+            task.abort();
+        }
+    }
+}
+
+/// The bound sockets of one application.
+struct Listeners {
+    https: TcpListener,
+    dips: TcpListener,
+    metrics: TcpListener,
+}
+
+impl Listeners {
+    fn bind(settings: &Settings) -> Result<Self, AppError> {
+        let service = &settings.service;
+        let bind = |port| {
+            let address = SocketAddr::new(service.listen_address, port);
+            transport::listen(address).map_err(|source| AppError::Bind {
+                address: address.to_string(),
+                source,
+            })
+        };
+        Ok(Self {
+            https: bind(service.https_port)?,
+            dips: bind(service.port)?,
+            metrics: bind(service.metrics_port)?,
+        })
+    }
+
+    fn ports(&self) -> Ports {
+        let port = |listener: &TcpListener| listener.local_addr().map_or(0, |a| a.port());
+        Ports {
+            https: port(&self.https),
+            dips: port(&self.dips),
+            metrics: port(&self.metrics),
+        }
+    }
+}
+
+/// Asks the Configuration Server for a newer version every `RefreshTime`; a failure is logged
+/// and the configuration in force kept.
+async fn poll_configuration_server(service: Arc<Service>) {
+    let Some(period) = service.remote_refresh_time() else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        if let Err(error) = service.refresh_remote(false).await {
+            tracing::warn!(%error, "configuration not refreshed from the Configuration Server");
+        }
+    }
+}
+
+/// The keyring in force. A missing keyring stops start-up, except for a configuration that asks
+/// for throwaway demo credentials (the shipped example), where a first key is generated.
+pub fn open_keyring(settings: &Settings) -> Result<Arc<SharedKeyring>, AppError> {
+    let path = &settings.service.encryption_key_file;
+    if settings.service.generate_demo_credentials && !path.exists() {
+        let key_id = KeyringFile::new(path).create()?;
+        tracing::warn!(path = %path.display(), key_id, "generated a demo encryption keyring");
+    }
+    Ok(Arc::new(SharedKeyring::load(path)?))
+}
+
+/// Starts the DB actor and waits until the database answers.
+pub async fn open_database(
+    url: &DatabaseUrl,
+    keyring: Arc<SharedKeyring>,
+    options: PoolOptions,
+) -> Result<Database, AppError> {
+    let database = Database::open(url, keyring, options)?;
+    tokio::time::timeout(DATABASE_WAIT, database.call(Ping {}))
+        .await
+        .map_err(|_| AppError::DatabaseTimeout(DATABASE_WAIT))??;
+    Ok(database)
+}
