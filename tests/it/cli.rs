@@ -7,7 +7,7 @@ use tokenmanager::actors::db::GetCredential;
 use tokenmanager::crypto::KeyringFile;
 use tokenmanager::config::Backend;
 
-use crate::process::{TestApp, http_get, run, stderr, write_config};
+use crate::process::{ServeProcess, http_get, run, stderr, write_config};
 use crate::support::{TestDb, TestStore, new_token, store_token};
 
 fn sqlite_section(db: &TestDb) -> String {
@@ -25,7 +25,7 @@ fn serve_binds_free_ports_and_answers_health_checks() {
     let db = TestDb::new(Backend::Sqlite);
     keyring_for(&db);
     let config = write_config(db.dir.path(), "tm.cfg", &sqlite_section(&db), "");
-    let server = TestApp::spawn(&config);
+    let server = ServeProcess::spawn(&config);
     let ports = [server.https, server.dips, server.metrics];
     assert!(ports.iter().all(|&p| p != 0), "{ports:?}");
     assert!(ports[0] != ports[1] && ports[1] != ports[2] && ports[0] != ports[2]);
@@ -42,7 +42,7 @@ fn a_second_serve_on_the_same_sqlite_file_is_refused() {
     let db = TestDb::new(Backend::Sqlite);
     keyring_for(&db);
     let config = write_config(db.dir.path(), "tm.cfg", &sqlite_section(&db), "");
-    let first = TestApp::spawn(&config);
+    let first = ServeProcess::spawn(&config);
     let second = run(&["serve", "--config", config.to_str().unwrap()], &[]);
     assert!(!second.status.success());
     let message = stderr(&second);
@@ -209,7 +209,7 @@ async fn rotate_key_reencrypts_every_row_while_serve_runs() {
         &sqlite_section(&store.db),
         "",
     );
-    let mut server = TestApp::spawn(&config);
+    let mut server = ServeProcess::spawn(&config);
     for user in ["u1", "u2", "u3"] {
         let token = new_token(user, "IAM", &format!("rt-{user}"), &format!("at-{user}"));
         store_token(&store.database, token).await;

@@ -14,7 +14,8 @@ use tokenmanager::x509::pki::ProxyKind;
 
 use crate::client::Client;
 use crate::pki::TestPki;
-use crate::process::{REGISTRY, TestApp, run, stderr};
+use crate::app::TestApp;
+use crate::process::{REGISTRY, run, stderr};
 use crate::support::TestDb;
 
 fn dn(name: &str) -> String {

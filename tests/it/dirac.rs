@@ -10,7 +10,8 @@ use tokenmanager::x509::pki::{CertifiedKey, ProxyKind};
 
 use crate::client::{Client, Reply};
 use crate::pki::TestPki;
-use crate::process::{self, TestApp};
+use crate::app::TestApp;
+use crate::process;
 use crate::support::TestDb;
 use tokenmanager::config::Backend;
 

@@ -12,7 +12,7 @@ use tokenmanager::x509::pki::ProxyKind;
 
 use crate::idp::TestIdp;
 use crate::pki::{HOST_DN, TestPki};
-use crate::process::TestApp;
+use crate::process::ServeProcess;
 use crate::support::TestDb;
 
 const AUDIENCE: &str = "https://ce.example.org";
@@ -87,7 +87,7 @@ fn run_suite(venv: &std::path::Path, filter: Option<&str>) {
     let idp = TestIdp::spawn();
     let config_path = db.dir.path().join("tm.cfg");
     std::fs::write(&config_path, config(&db, &idp)).unwrap();
-    let app = TestApp::spawn(&config_path);
+    let app = ServeProcess::spawn(&config_path);
 
     let pki = TestPki::shared();
     let dir = db.dir.path();

@@ -3,6 +3,7 @@
 //! TOKENMANAGER_TEST_POSTGRES_URL / TOKENMANAGER_TEST_MYSQL_URL). None is ever skipped: an
 //! unreachable server fails the test.
 
+mod app;
 mod client;
 mod pki;
 mod process;

@@ -7,7 +7,7 @@ use tokenmanager::x509::pki::ProxyKind;
 
 use crate::client::Client;
 use crate::pki::TestPki;
-use crate::process::{TestApp, http_get, write_config};
+use crate::process::{ServeProcess, http_get, write_config};
 use crate::support::{TestStore, new_token, store_token};
 
 fn promtool_check(exposition: &str) -> (bool, String) {
@@ -52,7 +52,7 @@ async fn metrics_pass_promtool_and_count_requests_and_credentials() {
         &format!("URL = {}", store.db.url),
         "",
     );
-    let app = TestApp::spawn(&config);
+    let app = ServeProcess::spawn(&config);
     let pki = TestPki::shared();
     let plain = pki.proxy("/C=ch/O=DIRAC/OU=Test/CN=plain", ProxyKind::Rfc3820, None);
     let client = Client {

@@ -1,4 +1,5 @@
-//! Runs the real `tokenmanager` binary: writes configurations, starts `serve`, reads its log.
+//! Test configurations, and the real `tokenmanager` binary: runs its commands, starts `serve`,
+//! reads its log.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -7,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::app::TestApp;
 use crate::pki::TestPki;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_tokenmanager");
@@ -180,13 +182,18 @@ pub fn configure(db: &crate::support::TestDb, service_options: &str) -> PathBuf 
     )
 }
 
-/// [`configure`], and `serve` on it.
+/// [`configure`], and the application on it, in this process.
 pub fn spawn_app(db: &crate::support::TestDb, service_options: &str) -> TestApp {
     TestApp::spawn(&configure(db, service_options))
 }
 
+/// [`configure`], and `serve` on it: the real binary, for tests that read its log or signal it.
+pub fn spawn_process(db: &crate::support::TestDb, service_options: &str) -> ServeProcess {
+    ServeProcess::spawn(&configure(db, service_options))
+}
+
 /// A running `serve`, the real binary; killed when dropped.
-pub struct TestApp {
+pub struct ServeProcess {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
     pub https: u16,
@@ -194,7 +201,7 @@ pub struct TestApp {
     pub metrics: u16,
 }
 
-impl TestApp {
+impl ServeProcess {
     pub fn spawn(config: &Path) -> Self {
         let mut child = Command::new(BINARY)
             .args(["serve", "--config"])
@@ -269,7 +276,7 @@ impl TestApp {
     }
 }
 
-impl Drop for TestApp {
+impl Drop for ServeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -25,7 +25,7 @@ use tokenmanager::x509::pki::{CertifiedKey, ProxyKind};
 use crate::client::{Client, Reply};
 use crate::idp::TestIdp;
 use crate::pki::TestPki;
-use crate::process::{TestApp, http_get, write_config};
+use crate::process::{ServeProcess, http_get, write_config};
 use crate::support::TestDb;
 
 const JOB: &str = "tokenmanager";
@@ -212,7 +212,7 @@ impl Drop for Prometheus {
 /// The service on SQLite with the test OpenID provider as `test-idp`, as in get_token.rs.
 struct Service {
     // Fields drop in order: the service before its IdP and database.
-    app: TestApp,
+    app: ServeProcess,
     idp: TestIdp,
     _db: TestDb,
     full: CertifiedKey,
@@ -236,7 +236,7 @@ impl Service {
             ),
         );
         std::fs::write(&config, text).unwrap();
-        let app = TestApp::spawn(&config);
+        let app = ServeProcess::spawn(&config);
         let pki = TestPki::shared();
         Self {
             app,
