@@ -18,6 +18,7 @@ mod encryption;
 mod get_token;
 mod idp;
 mod import;
+mod layers;
 mod loadtest;
 mod metrics;
 mod prometheus;
