@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use tokenmanager::x509::pki::{CertifiedKey, ProxyKind, Validity};
 
-use crate::client::Client;
+use crate::client::{Client, Request};
 use crate::pki::TestPki;
 use crate::process::{ServeProcess, spawn_app, spawn_process, write_config};
 use crate::support::TestDb;
@@ -191,10 +191,8 @@ fn authorization_matrix_over_real_tls() {
     let mut cells = 0;
     for (caller, (row_name, expected_row)) in callers.iter().zip(MATRIX) {
         assert_eq!(caller.name, *row_name, "rows in the same order");
-        let client = Client {
-            credential: caller.credential.as_ref(),
-            source: caller.source.map(|ip| ip.parse().unwrap()),
-        };
+        let client = Client::https(caller.credential.as_ref())
+            .source(caller.source.map(|ip| ip.parse().unwrap()));
         for ((column, method, args), expected) in columns.iter().zip(expected_row) {
             cells += 1;
             let reply = client.post(
@@ -236,11 +234,7 @@ fn whoami_describes_proxy_plain_certificate_and_host_callers() {
     let db = TestDb::new(tokenmanager::config::Backend::Sqlite);
     let app = spawn_app(&db, "");
     let whoami = |credential: &CertifiedKey| {
-        let reply = Client {
-            credential: Some(credential),
-            source: None,
-        }
-        .post(app.https, "/api/v1/whoami", "");
+        let reply = Client::with_certificate(credential).post(app.https, "/api/v1/whoami", "");
         assert_eq!(reply.status(), Some(200), "{:?}", reply);
         reply.body()["value"].clone()
     };
@@ -329,10 +323,7 @@ fn bad_input_gets_the_documented_error_and_changes_nothing() {
     let db = TestDb::new(tokenmanager::config::Backend::Sqlite);
     let app = spawn_app(&db, "MaxBodyBytes = 4096");
     let manager = pki.proxy(&dn("manager"), ProxyKind::Rfc3820, Some("g_manager"));
-    let client = Client {
-        credential: Some(&manager),
-        source: None,
-    };
+    let client = Client::with_certificate(&manager);
     let post =
         |method: &str, body: &str| client.post(app.https, &format!("/api/v1/{method}"), body);
     let victim_info = || post("getTokensByUserID", r#"{"userID": "id-victim"}"#);
@@ -442,7 +433,7 @@ fn bad_input_gets_the_documented_error_and_changes_nothing() {
         assert!(text.contains(message), "{method}: {text}");
         assert!(!text.contains("rt-victim"), "no token in errors");
     }
-    let get = client.request(app.https, "GET", "/api/v1/ping", "");
+    let get = client.call(app.https, &Request::get("/api/v1/ping"));
     assert_eq!(
         (get.status(), get.body()["code"].clone()),
         (Some(405), json!("method_not_allowed"))
@@ -454,7 +445,7 @@ fn bad_input_gets_the_documented_error_and_changes_nothing() {
     );
     assert_eq!(victim_info(), before, "refused calls changed nothing");
 
-    let openapi = Client::anonymous().request(app.https, "GET", "/api/v1/openapi.json", "");
+    let openapi = Client::anonymous().call(app.https, &Request::get("/api/v1/openapi.json"));
     assert_eq!(openapi.status(), Some(200));
     let paths = openapi.body()["paths"].as_object().unwrap();
     assert_eq!(paths.len(), 10);
@@ -474,10 +465,7 @@ fn token_values_are_shown_only_with_the_option_and_only_to_proxy_management() {
     let plain = pki.proxy(&dn("plain"), ProxyKind::Rfc3820, None);
     let token = json!({"refresh_token": "rt-plain", "access_token": "at-plain", "expires_in": 60});
     let body = json!({"token": token, "userID": "id-plain", "provider": "test-idp"}).to_string();
-    let as_plain = Client {
-        credential: Some(&plain),
-        source: None,
-    };
+    let as_plain = Client::with_certificate(&plain);
     let reply = as_plain.post(app.https, "/api/v1/updateToken", &body);
     let info = &reply.body()["value"][0];
     assert_eq!(info["user_id"], json!("id-plain"));
@@ -486,10 +474,7 @@ fn token_values_are_shown_only_with_the_option_and_only_to_proxy_management() {
         "{info}"
     );
 
-    let as_manager = Client {
-        credential: Some(&manager),
-        source: None,
-    };
+    let as_manager = Client::with_certificate(&manager);
     let reply = as_manager.post(
         app.https,
         "/api/v1/getUsersTokensInfo",
@@ -638,11 +623,7 @@ fn refused_certificates_are_logged_with_subject_and_reason() {
         .ca
         .issue_user(&dn("late user"), Validity::expired())
         .unwrap();
-    let refused = Client {
-        credential: Some(&late),
-        source: None,
-    }
-    .post(app.https, "/api/v1/ping", "{}");
+    let refused = Client::with_certificate(&late).post(app.https, "/api/v1/ping", "{}");
     assert_eq!(refused.status(), None, "{refused:?}");
     let warning = app.wait_for_log("certificate has expired");
     assert!(
@@ -651,11 +632,7 @@ fn refused_certificates_are_logged_with_subject_and_reason() {
     );
 
     let legacy = pki.proxy(&dn("legacy user"), ProxyKind::Legacy, None);
-    let accepted = Client {
-        credential: Some(&legacy),
-        source: None,
-    }
-    .post(app.https, "/api/v1/ping", "{}");
+    let accepted = Client::with_certificate(&legacy).post(app.https, "/api/v1/ping", "{}");
     assert_eq!(accepted.status(), Some(200), "{accepted:?}");
     assert!(
         !app.log().contains(&dn("legacy user")),

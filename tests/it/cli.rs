@@ -7,7 +7,8 @@ use tokenmanager::actors::db::GetCredential;
 use tokenmanager::crypto::KeyringFile;
 use tokenmanager::config::Backend;
 
-use crate::process::{ServeProcess, http_get, run, stderr, write_config};
+use crate::client::http_get;
+use crate::process::{ServeProcess, run, stderr, write_config};
 use crate::support::{TestDb, TestStore, new_token, store_token};
 
 fn sqlite_section(db: &TestDb) -> String {

@@ -163,11 +163,7 @@ fn local_config(db: &TestDb, servers: &str, refresh_seconds: u64) -> PathBuf {
 
 fn whoami(app: &TestApp, user: &str, group: &str) -> (Option<u16>, serde_json::Value) {
     let proxy = TestPki::shared().proxy(&dn(user), ProxyKind::Rfc3820, Some(group));
-    let reply = Client {
-        credential: Some(&proxy),
-        source: None,
-    }
-    .post(app.https, "/api/v1/whoami", "{}");
+    let reply = Client::with_certificate(&proxy).post(app.https, "/api/v1/whoami", "{}");
     (reply.status(), reply.body()["value"].clone())
 }
 
@@ -212,11 +208,7 @@ fn the_configuration_server_is_fetched_merged_under_local_files_and_followed() {
     );
 
     let admin = TestPki::shared().proxy(&dn("admin"), ProxyKind::Rfc3820, Some("g_admin"));
-    let refreshed = Client {
-        credential: Some(&admin),
-        source: None,
-    }
-    .post(
+    let refreshed = Client::with_certificate(&admin).post(
         manual.https,
         "/api/v1/refreshConfiguration",
         r#"{"fromMaster": true}"#,

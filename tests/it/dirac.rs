@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use serde_json::{Value, json};
 use tokenmanager::x509::pki::{CertifiedKey, ProxyKind};
 
-use crate::client::{Client, Reply};
+use crate::client::{Client, Reply, Request, Response};
 use crate::pki::TestPki;
 use crate::app::TestApp;
 use crate::process;
@@ -55,11 +55,8 @@ fn urlencode(text: &str) -> String {
 }
 
 fn https_call(app: &TestApp, who: Option<&CertifiedKey>, body: &str) -> Reply {
-    let client = Client {
-        credential: who,
-        source: None,
-    };
-    client.post_form(app.https, "/Framework/TokenManager", FORM, body)
+    let request = Request::post("/Framework/TokenManager").body(FORM, body);
+    Client::https(who).call(app.https, &request)
 }
 
 #[test]
@@ -80,19 +77,14 @@ fn https_answers_methods_with_s_ok_and_s_error_at_status_200() {
     );
 
     // Tornado routes the DIRAC 9 section name too.
-    let tornado = Client {
-        credential: Some(&full),
-        source: None,
-    }
-    .post_form(
+    let body = form(
+        "echo",
+        r#"[{"a": [1, 2.5, "x"], "b": null, "c": true}]"#,
+        "",
+    );
+    let tornado = Client::with_certificate(&full).call(
         app.https,
-        "/Framework/TornadoTokenManager",
-        FORM,
-        &form(
-            "echo",
-            r#"[{"a": [1, 2.5, "x"], "b": null, "c": true}]"#,
-            "",
-        ),
+        &Request::post("/Framework/TornadoTokenManager").body(FORM, body),
     );
     assert_eq!(
         tornado.body(),
@@ -163,10 +155,7 @@ fn https_framework_failures_use_diracs_status_codes() {
     let app = spawn_app(&db);
     let full = proxy("full", "g_full");
     let plain = proxy("plain", "g_user");
-    let as_full = Client {
-        credential: Some(&full),
-        source: None,
-    };
+    let as_full = Client::with_certificate(&full);
 
     let cases: [(&str, Reply, u16); 7] = [
         (
@@ -195,21 +184,22 @@ fn https_framework_failures_use_diracs_status_codes() {
         ),
         (
             "GET",
-            as_full.request(app.https, "GET", "/Framework/TokenManager", ""),
+            as_full.call(app.https, &Request::get("/Framework/TokenManager")),
             405,
         ),
         (
             "unknown path",
-            as_full.post_form(app.https, "/Framework/Other", FORM, &form("ping", "[]", "")),
+            as_full.call(
+                app.https,
+                &Request::post("/Framework/Other").body(FORM, form("ping", "[]", "")),
+            ),
             404,
         ),
         (
             "unknown content type",
-            as_full.post_form(
+            as_full.call(
                 app.https,
-                "/Framework/TokenManager",
-                "text/plain",
-                "method=ping",
+                &Request::post("/Framework/TokenManager").body("text/plain", "method=ping"),
             ),
             400,
         ),
@@ -219,11 +209,9 @@ fn https_framework_failures_use_diracs_status_codes() {
     }
 
     // `method` may come in the query string (Tornado's get_argument); args only in the body.
-    let query = as_full.post_form(
+    let query = as_full.call(
         app.https,
-        "/Framework/TokenManager?method=echo",
-        FORM,
-        "args=%5B%22q%22%5D",
+        &Request::post("/Framework/TokenManager?method=echo").body(FORM, "args=%5B%22q%22%5D"),
     );
     assert_eq!(query.body(), &json!({"OK": true, "Value": "q"}));
 
@@ -232,11 +220,12 @@ fn https_framework_failures_use_diracs_status_codes() {
         "--{boundary}\r\nContent-Disposition: form-data; name=\"method\"\r\n\r\necho\r\n\
          --{boundary}\r\nContent-Disposition: form-data; name=\"args\"\r\n\r\n[\"multi\"]\r\n--{boundary}--\r\n"
     );
-    let reply = as_full.post_form(
+    let reply = as_full.call(
         app.https,
-        "/Framework/TokenManager",
-        &format!("multipart/form-data; boundary={boundary}"),
-        &multipart,
+        &Request::post("/Framework/TokenManager").body(
+            &format!("multipart/form-data; boundary={boundary}"),
+            multipart,
+        ),
     );
     assert_eq!(reply.body(), &json!({"OK": true, "Value": "multi"}));
 }
@@ -534,30 +523,22 @@ fn https_gzips_large_replies_for_clients_that_accept_it() {
     let db = TestDb::new(Backend::Sqlite);
     let app = spawn_app(&db);
     let full = proxy("full", "g_full");
-    let exchange = |accept: &str, text: &str| -> (String, Vec<u8>) {
-        let tcp = TcpStream::connect(("127.0.0.1", app.https)).unwrap();
-        let mut stream = crate::client::connector(Some(&full))
-            .connect("127.0.0.1", tcp)
-            .unwrap();
-        let body = form("echo", &format!(r#"["{text}"]"#), "");
-        let request = format!(
-            "POST /Framework/TokenManager HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {FORM}\r\n\
-             {accept}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).unwrap();
-        let mut response = Vec::new();
-        let _ = stream.read_to_end(&mut response);
-        let split = response.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-        let head = String::from_utf8_lossy(&response[..split]).to_ascii_lowercase();
-        (head, response[split + 4..].to_vec())
+    let echo = |accept: Option<&str>, text: &str| -> Response {
+        let mut request = Request::post("/Framework/TokenManager")
+            .body(FORM, form("echo", &format!(r#"["{text}"]"#), ""));
+        if let Some(accept) = accept {
+            request = request.header("Accept-Encoding", accept);
+        }
+        Client::with_certificate(&full)
+            .send(app.https, &request)
+            .unwrap()
     };
     let long = "x".repeat(2000);
 
-    let (head, body) = exchange("Accept-Encoding: gzip, deflate\r\n", &long);
-    assert!(head.contains("content-encoding: gzip"), "{head}");
+    let gzipped = echo(Some("gzip, deflate"), &long);
+    assert_eq!(gzipped.header("Content-Encoding"), Some("gzip"));
     let mut json = String::new();
-    flate2::read::GzDecoder::new(body.as_slice())
+    flate2::read::GzDecoder::new(gzipped.body.as_slice())
         .read_to_string(&mut json)
         .unwrap();
     assert_eq!(
@@ -566,11 +547,14 @@ fn https_gzips_large_replies_for_clients_that_accept_it() {
     );
 
     // Small replies, and clients that do not accept gzip, get plain JSON.
-    let (head, body) = exchange("Accept-Encoding: gzip\r\n", "short");
-    assert!(!head.contains("content-encoding"), "{head}");
-    assert_eq!(body, br#"{"OK": true, "Value": "short"}"#);
-    let (head, _) = exchange("", &long);
-    assert!(!head.contains("content-encoding"), "{head}");
-    let (head, _) = exchange("Accept-Encoding: gzip;q=0, identity\r\n", &long);
-    assert!(!head.contains("content-encoding"), "{head}");
+    let short = echo(Some("gzip"), "short");
+    assert_eq!(short.header("Content-Encoding"), None);
+    assert_eq!(short.body, br#"{"OK": true, "Value": "short"}"#);
+    for accept in [None, Some("gzip;q=0, identity")] {
+        assert_eq!(
+            echo(accept, &long).header("Content-Encoding"),
+            None,
+            "{accept:?}"
+        );
+    }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokenmanager::x509::pki::{CertifiedKey, ProxyKind};
 
-use crate::client::{Client, Reply};
+use crate::client::{Client, Reply, Request};
 use crate::idp::TestIdp;
 use crate::pki::TestPki;
 use crate::app::TestApp;
@@ -115,11 +115,7 @@ impl Setup {
         method: &str,
         body: Value,
     ) -> Reply {
-        Client {
-            credential: Some(credential),
-            source: None,
-        }
-        .post(
+        Client::with_certificate(credential).post(
             self.https_ports[replica],
             &format!("/api/v1/{method}"),
             &body.to_string(),
@@ -634,7 +630,8 @@ fn jwt_for(idp: &TestIdp, sub: &str) -> String {
 fn a_bearer_token_caller_is_identified_and_bad_ones_are_refused() {
     let setup = setup(&[], "      bearer_leeway = 0");
     let whoami = |token: &str| {
-        Client::anonymous().post_bearer(setup.https_ports[0], "/api/v1/whoami", "{}", token)
+        let request = Request::post("/api/v1/whoami").json("{}").bearer(token);
+        Client::anonymous().call(setup.https_ports[0], &request)
     };
 
     let reply = whoami(&jwt_for(&setup.idp, "id-plain"));
@@ -651,11 +648,11 @@ fn a_bearer_token_caller_is_identified_and_bad_ones_are_refused() {
         json!("anonymous"),
         "whoami is open to all"
     );
-    let echo = Client::anonymous().post_bearer(
+    let echo = Client::anonymous().call(
         setup.https_ports[0],
-        "/api/v1/echo",
-        r#"{"data": 1}"#,
-        &jwt_for(&setup.idp, "id-nobody"),
+        &Request::post("/api/v1/echo")
+            .json(r#"{"data": 1}"#)
+            .bearer(&jwt_for(&setup.idp, "id-nobody")),
     );
     assert_eq!(
         echo.status(),

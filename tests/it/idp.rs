@@ -2,16 +2,12 @@
 //! tests/idp/README.md) run by node on 127.0.0.1, strict like a production IdP (refresh tokens
 //! rotate on every use; presenting a consumed one revokes the whole grant), with test-only
 //! control endpoints under `/test/`. Needs `npm ci --prefix tests/idp` once.
-//!
-//! The HTTP client here is a tiny blocking HTTP/1.1 client (`Connection: close`), so that the
-//! harness needs no extra crate.
 
 // Not every helper is used by this module's own tests.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
@@ -21,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::client::{Client, DEFAULT_TIMEOUT, Request, form_encode_component};
+
 /// The confidential clients the IdP knows: (client_id, secret, token_endpoint_auth_method).
 /// The IdP accepts only the registered authentication method for each.
 pub const CLIENTS: [(&str, &str, &str); 2] = [
@@ -29,7 +27,6 @@ pub const CLIENTS: [(&str, &str, &str); 2] = [
 ];
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
-const HTTP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The secret of one of [`CLIENTS`].
 pub fn client_secret(client: &str) -> &'static str {
@@ -252,24 +249,17 @@ impl TestIdp {
     // --- control endpoints ---------------------------------------------------------------
 
     fn control(&self, method: &str, path: &str, body: Option<Value>) -> Value {
-        let body = body.map(|b| b.to_string());
-        let reply = http(
-            self.port,
-            method,
-            path,
-            &[],
-            body.as_deref().map(|b| ("application/json", b.as_bytes())),
-        );
-        match reply {
-            Ok((200, body)) => serde_json::from_slice(&body).unwrap_or_else(|e| {
-                panic!(
-                    "{method} {path}: not JSON ({e}): {}",
-                    String::from_utf8_lossy(&body)
-                )
-            }),
-            Ok((status, body)) => panic!(
-                "{method} {path}: HTTP {status}: {}\nIdP stderr:\n{}",
-                String::from_utf8_lossy(&body),
+        let mut request = Request::new(method, path);
+        if let Some(body) = body {
+            request = request.json(&body.to_string());
+        }
+        match Client::http().send(self.port, &request) {
+            Ok(reply) if reply.status == 200 => serde_json::from_slice(&reply.body)
+                .unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {}", reply.text())),
+            Ok(reply) => panic!(
+                "{method} {path}: HTTP {}: {}\nIdP stderr:\n{}",
+                reply.status,
+                reply.text(),
                 self.stderr()
             ),
             Err(e) => panic!("{method} {path}: {e}\nIdP stderr:\n{}", self.stderr()),
@@ -409,7 +399,7 @@ impl TestIdp {
         client: &str,
         params: &[(&str, &str)],
     ) -> Result<Value, (u16, Value)> {
-        self.post_form_timeout(path, client, params, HTTP_TIMEOUT)
+        self.post_form_timeout(path, client, params, DEFAULT_TIMEOUT)
     }
 
     /// [`TestIdp::post_form`] that gives up (closing the connection) after `timeout`.
@@ -421,44 +411,30 @@ impl TestIdp {
         timeout: Duration,
     ) -> Result<Value, (u16, Value)> {
         let secret = client_secret(client);
-        let mut pairs: Vec<(&str, &str)> = params.to_vec();
-        let mut headers = Vec::new();
-        if client == "tm-post" {
-            pairs.push(("client_id", client));
-            pairs.push(("client_secret", secret));
+        let mut fields: Vec<(&str, &str)> = params.to_vec();
+        let request = if client == "tm-post" {
+            fields.push(("client_id", client));
+            fields.push(("client_secret", secret));
+            Request::post(path).form(&fields)
         } else {
-            let credentials = format!(
-                "{}:{}",
-                form_encode_component(client),
-                form_encode_component(secret)
-            );
-            headers.push((
-                "Authorization",
-                format!("Basic {}", base64_encode(credentials.as_bytes())),
-            ));
-        }
-        let body = form_encode(&pairs);
-        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        match http_timeout(
-            self.port,
-            "POST",
-            path,
-            &headers,
-            Some(("application/x-www-form-urlencoded", body.as_bytes())),
-            timeout,
-        ) {
-            Ok((status, body)) => {
-                let value = if body.is_empty() {
+            // RFC 6749 form-encodes the client id and secret inside Basic too.
+            Request::post(path).form(&fields).basic_auth(
+                &form_encode_component(client),
+                &form_encode_component(secret),
+            )
+        };
+        match Client::http().timeout(timeout).send(self.port, &request) {
+            Ok(reply) => {
+                let value = if reply.body.is_empty() {
                     Value::Null
                 } else {
-                    serde_json::from_slice(&body).unwrap_or_else(|_| {
-                        Value::String(String::from_utf8_lossy(&body).into_owned())
-                    })
+                    serde_json::from_slice(&reply.body)
+                        .unwrap_or_else(|_| Value::String(reply.text()))
                 };
-                if (200..300).contains(&status) {
+                if (200..300).contains(&reply.status) {
                     Ok(value)
                 } else {
-                    Err((status, value))
+                    Err((reply.status, value))
                 }
             }
             Err(e) => Err((0, json!({"error": "connection", "detail": e.to_string()}))),
@@ -546,157 +522,6 @@ pub fn jwt_claims(token: &str) -> Option<Value> {
         return None;
     };
     serde_json::from_slice(&base64url_decode(payload)?).ok()
-}
-
-// --- a tiny blocking HTTP/1.1 client ---------------------------------------------------------
-
-/// One request on a fresh connection (`Connection: close`); returns the status and the body.
-fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<(&str, &[u8])>,
-) -> io::Result<(u16, Vec<u8>)> {
-    http_timeout(port, method, path, headers, body, HTTP_TIMEOUT)
-}
-
-fn http_timeout(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<(&str, &[u8])>,
-    timeout: Duration,
-) -> io::Result<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let _ = stream.set_nodelay(true);
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nAccept: application/json\r\n"
-    );
-    for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
-    }
-    let payload = body.map(|(_, b)| b).unwrap_or_default();
-    if let Some((content_type, _)) = body {
-        request.push_str(&format!("Content-Type: {content_type}\r\n"));
-    }
-    request.push_str(&format!("Content-Length: {}\r\n\r\n", payload.len()));
-    let mut bytes = request.into_bytes();
-    bytes.extend_from_slice(payload);
-    stream.write_all(&bytes)?;
-
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    parse_response(&response)
-}
-
-fn parse_response(response: &[u8]) -> io::Result<(u16, Vec<u8>)> {
-    let broken = |what: &str| io::Error::new(io::ErrorKind::UnexpectedEof, what.to_owned());
-    if response.is_empty() {
-        return Err(broken("connection closed without a response"));
-    }
-    let end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| broken("incomplete response head"))?;
-    let head = String::from_utf8_lossy(&response[..end]);
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| broken("bad status line"))?;
-    let mut content_length = None;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            content_length = value.parse::<usize>().ok();
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
-        }
-    }
-    let rest = &response[end + 4..];
-    let body = if chunked {
-        decode_chunked(rest).ok_or_else(|| broken("truncated chunked body"))?
-    } else if let Some(n) = content_length {
-        if rest.len() < n {
-            return Err(broken("truncated body"));
-        }
-        rest[..n].to_vec()
-    } else {
-        rest.to_vec()
-    };
-    Ok((status, body))
-}
-
-fn decode_chunked(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Some(body);
-        }
-        if data.len() < size + 2 {
-            return None;
-        }
-        body.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
-}
-
-/// application/x-www-form-urlencoded, as RFC 6749 wants for the client id and secret too.
-fn form_encode_component(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(byte as char)
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
-}
-
-fn form_encode(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", form_encode_component(k), form_encode_component(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-fn base64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(BASE64[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 fn base64url_decode(text: &str) -> Option<Vec<u8>> {
@@ -828,19 +653,11 @@ mod tests {
         }
 
         // Only the registered client authentication method is accepted.
-        let basic = format!("Basic {}", base64_encode(b"tm-post:tm-post-secret"));
-        let wrong = http(
-            idp.port(),
-            "POST",
-            "/token",
-            &[("Authorization", basic.as_str())],
-            Some((
-                "application/x-www-form-urlencoded",
-                b"grant_type=client_credentials".as_slice(),
-            )),
-        )
-        .map(|(status, _)| status);
-        assert_eq!(wrong.unwrap(), 401);
+        let wrong = Request::post("/token")
+            .form(&[("grant_type", "client_credentials")])
+            .basic_auth("tm-post", "tm-post-secret");
+        let reply = Client::http().send(idp.port(), &wrong).unwrap();
+        assert_eq!(reply.status, 401);
     }
 
     #[test]

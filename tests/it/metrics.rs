@@ -5,9 +5,9 @@ use std::process::{Command, Stdio};
 
 use tokenmanager::x509::pki::ProxyKind;
 
-use crate::client::Client;
+use crate::client::{Client, http_get};
 use crate::pki::TestPki;
-use crate::process::{ServeProcess, http_get, write_config};
+use crate::process::{ServeProcess, write_config};
 use crate::support::{TestStore, new_token, store_token};
 
 fn promtool_check(exposition: &str) -> (bool, String) {
@@ -55,10 +55,7 @@ async fn metrics_pass_promtool_and_count_requests_and_credentials() {
     let app = ServeProcess::spawn(&config);
     let pki = TestPki::shared();
     let plain = pki.proxy("/C=ch/O=DIRAC/OU=Test/CN=plain", ProxyKind::Rfc3820, None);
-    let client = Client {
-        credential: Some(&plain),
-        source: None,
-    };
+    let client = Client::with_certificate(&plain);
     for _ in 0..3 {
         assert_eq!(
             client

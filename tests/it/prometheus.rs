@@ -12,8 +12,7 @@
 //! convention written at the top of alerts.yml).
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -22,10 +21,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use tokenmanager::x509::pki::{CertifiedKey, ProxyKind};
 
-use crate::client::{Client, Reply};
+use crate::client::{Client, Reply, Request, http_get};
 use crate::idp::TestIdp;
 use crate::pki::TestPki;
-use crate::process::{ServeProcess, http_get, write_config};
+use crate::process::{ServeProcess, write_config};
 use crate::support::TestDb;
 
 const JOB: &str = "tokenmanager";
@@ -122,18 +121,13 @@ impl Prometheus {
         std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
     }
 
-    /// An HTTP/1.0 GET (so that Go answers without chunked encoding); None if it cannot connect.
+    /// A GET; None without a whole reply (not listening yet, say).
     fn get(&self, path: &str) -> Option<(u16, String)> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).ok()?;
-        let status = response.split(' ').nth(1)?.parse().ok()?;
-        let body = response.split_once("\r\n\r\n")?.1.to_owned();
-        Some((status, body))
+        let response = Client::http()
+            .timeout(Duration::from_secs(20))
+            .send(self.port, &Request::get(path))
+            .ok()?;
+        Some((response.status, response.text()))
     }
 
     /// GET of a JSON API path; `Err` carries Prometheus's error (bad expression, ...).
@@ -248,11 +242,7 @@ impl Service {
     }
 
     fn json(&self, credential: Option<&CertifiedKey>, method: &str, body: Value) -> Reply {
-        Client {
-            credential,
-            source: None,
-        }
-        .post(
+        Client::https(credential).post(
             self.app.https,
             &format!("/api/v1/{method}"),
             &body.to_string(),
@@ -265,11 +255,10 @@ impl Service {
             "method={method}&args={}&clientVO=dteam&clientSetup=None",
             percent_encode(args)
         );
-        Client {
-            credential: Some(&self.full),
-            source: None,
-        }
-        .post_form(self.app.https, "/Framework/TokenManager", FORM, &form)
+        Client::with_certificate(&self.full).call(
+            self.app.https,
+            &Request::post("/Framework/TokenManager").body(FORM, form),
+        )
     }
 
     fn get_token(&self, user: Option<&str>, audience: &str) -> Reply {
