@@ -8,14 +8,12 @@ use std::net::TcpStream;
 use serde_json::{Value, json};
 use tokenmanager::x509::pki::{CertifiedKey, ProxyKind};
 
-use crate::client::{Client, Reply, Request, Response};
+use crate::client::{Client, FORM, Reply, Request, Response, form_encode};
 use crate::pki::TestPki;
 use crate::app::TestApp;
 use crate::process;
 use crate::support::TestDb;
 use tokenmanager::config::Backend;
-
-const FORM: &str = "application/x-www-form-urlencoded";
 
 fn dn(name: &str) -> String {
     format!("/C=ch/O=DIRAC/OU=Test/CN={name}")
@@ -34,24 +32,16 @@ fn spawn_app(db: &TestDb) -> TestApp {
 
 /// `method=<m>&args=<urlencoded JSON>` as DIRAC 9's TornadoClient sends it.
 fn form(method: &str, args: &str, extra: &str) -> String {
-    let mut body = format!(
-        "method={method}&args={}&clientVO=dteam&clientSetup=None",
-        urlencode(args)
-    );
+    let mut fields = vec![
+        ("method", method),
+        ("args", args),
+        ("clientVO", "dteam"),
+        ("clientSetup", "None"),
+    ];
     if !extra.is_empty() {
-        body.push_str(&format!("&extraCredentials={}", urlencode(extra)));
+        fields.push(("extraCredentials", extra));
     }
-    body
-}
-
-fn urlencode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
-            b' ' => "+".into(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
+    form_encode(&fields)
 }
 
 fn https_call(app: &TestApp, who: Option<&CertifiedKey>, body: &str) -> Reply {

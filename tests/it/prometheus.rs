@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use tokenmanager::x509::pki::{CertifiedKey, ProxyKind};
 
-use crate::client::{Client, Reply, Request, http_get};
+use crate::client::{Client, Reply, Request, form_encode_component, http_get};
 use crate::idp::TestIdp;
 use crate::pki::TestPki;
 use crate::process::{ServeProcess, write_config};
@@ -29,7 +29,6 @@ use crate::support::TestDb;
 
 const JOB: &str = "tokenmanager";
 const CE: &str = "https://ce.example.org";
-const FORM: &str = "application/x-www-form-urlencoded";
 
 fn grafana_file(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -39,18 +38,6 @@ fn grafana_file(relative: &str) -> PathBuf {
 
 fn dn(name: &str) -> String {
     format!("/C=ch/O=DIRAC/OU=Test/CN={name}")
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters (URL queries and forms).
-fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
 }
 
 fn promtool(args: &[&str]) {
@@ -148,7 +135,10 @@ impl Prometheus {
 
     /// An instant query at the current time: its samples (label set and value).
     fn query(&self, expr: &str) -> Result<Vec<(Value, String)>, String> {
-        let data = self.api(&format!("/api/v1/query?query={}", percent_encode(expr)))?;
+        let data = self.api(&format!(
+            "/api/v1/query?query={}",
+            form_encode_component(expr)
+        ))?;
         match data["resultType"].as_str() {
             Some("vector") => Ok(data["result"]
                 .as_array()
@@ -251,13 +241,15 @@ impl Service {
 
     /// DIRAC's HTTPS protocol, as DIRAC 9's TornadoClient posts it.
     fn dirac_https(&self, method: &str, args: &str) -> Reply {
-        let form = format!(
-            "method={method}&args={}&clientVO=dteam&clientSetup=None",
-            percent_encode(args)
-        );
+        let form = [
+            ("method", method),
+            ("args", args),
+            ("clientVO", "dteam"),
+            ("clientSetup", "None"),
+        ];
         Client::with_certificate(&self.full).call(
             self.app.https,
-            &Request::post("/Framework/TokenManager").body(FORM, form),
+            &Request::post("/Framework/TokenManager").form(&form),
         )
     }
 
