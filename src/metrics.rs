@@ -177,6 +177,36 @@ pub static DB_POOL_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
     )
 });
 
+/// Operations the DB actor ran, by operation (a [`DbOperation`]) and outcome (`ok`, `error`).
+pub static DB_OPERATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    register(
+        IntCounterVec::new(
+            Opts::new(
+                "tokenmanager_db_operations_total",
+                "Database operations, by operation and outcome",
+            ),
+            &["operation", "outcome"],
+        )
+        .expect("valid metric"),
+    )
+});
+
+/// Time of each database operation, by operation, whatever the outcome: from the DB actor taking
+/// it up, the wait for a pooled connection included, to its result.
+pub static DB_OPERATION_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
+    register(
+        HistogramVec::new(
+            HistogramOpts::new(
+                "tokenmanager_db_operation_duration_seconds",
+                "Time of database operations, pool wait included, by operation",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["operation"],
+        )
+        .expect("valid metric"),
+    )
+});
+
 /// Stored credentials by provider and state (`active`, `needs_redelegation`), counted at scrape.
 pub static STORED_CREDENTIALS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     register(
@@ -253,6 +283,85 @@ pub const IDP_OUTCOMES: [&str; 5] = [
     "unavailable",
     "reply_lost",
 ];
+/// What the DB actor runs: the `operation` label of the database metrics, each named after the
+/// store method it calls. A closed set, so that every series exists at 0 from the start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DbOperation {
+    Migrate,
+    Ping,
+    UpdateToken,
+    ImportToken,
+    Credential,
+    CredentialVersion,
+    TokensByUserId,
+    RemoveTokens,
+    PurgeExpired,
+    StoreRefreshed,
+    MarkNeedsRedelegation,
+    TakeLease,
+    ReleaseLease,
+    ClientToken,
+    TakeClientLease,
+    ReleaseClientLease,
+    StoreClientToken,
+    CountCredentials,
+    CountExpiring,
+    RowsUnderOldKeys,
+    ReencryptPass,
+}
+
+impl DbOperation {
+    pub const ALL: [Self; 21] = [
+        Self::Migrate,
+        Self::Ping,
+        Self::UpdateToken,
+        Self::ImportToken,
+        Self::Credential,
+        Self::CredentialVersion,
+        Self::TokensByUserId,
+        Self::RemoveTokens,
+        Self::PurgeExpired,
+        Self::StoreRefreshed,
+        Self::MarkNeedsRedelegation,
+        Self::TakeLease,
+        Self::ReleaseLease,
+        Self::ClientToken,
+        Self::TakeClientLease,
+        Self::ReleaseClientLease,
+        Self::StoreClientToken,
+        Self::CountCredentials,
+        Self::CountExpiring,
+        Self::RowsUnderOldKeys,
+        Self::ReencryptPass,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Migrate => "migrate",
+            Self::Ping => "ping",
+            Self::UpdateToken => "update_token",
+            Self::ImportToken => "import_token",
+            Self::Credential => "credential",
+            Self::CredentialVersion => "credential_version",
+            Self::TokensByUserId => "tokens_by_user_id",
+            Self::RemoveTokens => "remove_tokens",
+            Self::PurgeExpired => "purge_expired",
+            Self::StoreRefreshed => "store_refreshed",
+            Self::MarkNeedsRedelegation => "mark_needs_redelegation",
+            Self::TakeLease => "take_lease",
+            Self::ReleaseLease => "release_lease",
+            Self::ClientToken => "client_token",
+            Self::TakeClientLease => "take_client_lease",
+            Self::ReleaseClientLease => "release_client_lease",
+            Self::StoreClientToken => "store_client_token",
+            Self::CountCredentials => "count_credentials",
+            Self::CountExpiring => "count_expiring",
+            Self::RowsUnderOldKeys => "rows_under_old_keys",
+            Self::ReencryptPass => "reencrypt_pass",
+        }
+    }
+}
+
 /// Error outcomes of requests every installation meets: they exist at 0 from the start.
 const COMMON_REQUEST_ERRORS: [&str; 4] =
     ["unauthenticated", "forbidden", "bad_argument", "internal"];
@@ -298,6 +407,12 @@ pub fn init(methods: &[&str], idps: &[&str]) {
         COALESCED_CALLERS.with_label_values(&[kind]);
         REFRESH_ACTORS.with_label_values(&[kind]);
     }
+    for operation in DbOperation::ALL {
+        for outcome in ["ok", "error"] {
+            DB_OPERATIONS.with_label_values(&[operation.name(), outcome]);
+        }
+        DB_OPERATION_DURATION.with_label_values(&[operation.name()]);
+    }
     LazyLock::force(&REFRESH_TOKEN_PERSIST_FAILURES);
     LazyLock::force(&DB_POOL_CONNECTIONS);
     LazyLock::force(&DB_POOL_IDLE);
@@ -314,6 +429,17 @@ pub fn observe_request(method: &str, protocol: &str, outcome: &str, started: std
     let result = if outcome == "ok" { "ok" } else { "error" };
     REQUEST_DURATION
         .with_label_values(&[method, protocol, result])
+        .observe(started.elapsed().as_secs_f64());
+}
+
+/// Records one operation of the DB actor.
+pub fn observe_db_operation(operation: DbOperation, ok: bool, started: std::time::Instant) {
+    let outcome = if ok { "ok" } else { "error" };
+    DB_OPERATIONS
+        .with_label_values(&[operation.name(), outcome])
+        .inc();
+    DB_OPERATION_DURATION
+        .with_label_values(&[operation.name()])
         .observe(started.elapsed().as_secs_f64());
 }
 

@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::db::{
-    ClientToken, CredentialVersionOf, Database, GetCredential, MarkNeedsRedelegation,
-    ReleaseClientLease, ReleaseLease, StoreClientToken, StoreRefreshed, TakeClientLease, TakeLease,
-};
+use super::db::{Database, DbOperation};
 use crate::db::{ClientTokenKey, CredentialVersion, DbError, StoredToken, TokenUpdate};
 use crate::domain::scopes::ScopeSet;
 use crate::domain::{CredentialState, Secret, unix_now};
@@ -316,10 +313,10 @@ async fn refresh_user_token(
     let give_up = Instant::now() + Duration::from_secs(lease_seconds as u64 * 2);
     let mut first_seen: Option<CredentialVersion> = None;
     loop {
+        let (user, at) = (user_id.to_owned(), provider.clone());
         let stored = database
-            .call(GetCredential {
-                user_id: user_id.to_owned(),
-                provider: provider.clone(),
+            .run(DbOperation::Credential, move |store, conn| {
+                store.credential(conn, &user, &at)
             })
             .await?
             .filter(|t| t.rt_expires_at > unix_now())
@@ -343,13 +340,11 @@ async fn refresh_user_token(
         }
         first_seen.get_or_insert(stored.version());
         let now = unix_now();
-        let lease = TakeLease {
-            version: stored.version(),
-            owner: lease_owner.to_owned(),
-            now,
-            until: now + lease_seconds,
-        };
-        if database.call(lease).await? {
+        let (version, owner) = (stored.version(), lease_owner.to_owned());
+        let lease = database.run(DbOperation::TakeLease, move |store, conn| {
+            store.take_lease(conn, version, &owner, now, now + lease_seconds)
+        });
+        if lease.await? {
             return refresh_under_lease(
                 idp,
                 database,
@@ -403,10 +398,10 @@ async fn shared_client_token(
     let give_up = Instant::now() + Duration::from_secs(lease_seconds as u64 * 2);
     let mut first_seen: Option<CredentialVersion> = None;
     loop {
+        let (key_of_row, now) = (row_key.clone(), unix_now());
         let row = database
-            .call(ClientToken {
-                key: row_key.clone(),
-                now: unix_now(),
+            .run(DbOperation::ClientToken, move |store, conn| {
+                store.client_token(conn, &key_of_row, now)
             })
             .await?;
         let peer_obtained = first_seen.is_some_and(|seen| seen != row.version);
@@ -433,24 +428,23 @@ async fn shared_client_token(
         }
         first_seen.get_or_insert(row.version);
         let now = unix_now();
-        let lease = TakeClientLease {
-            version: row.version,
-            owner: lease_owner.to_owned(),
-            now,
-            until: now + lease_seconds,
-        };
-        if database.call(lease).await? {
+        let (version, owner) = (row.version, lease_owner.to_owned());
+        let lease = database.run(DbOperation::TakeClientLease, move |store, conn| {
+            store.take_client_lease(conn, version, &owner, now, now + lease_seconds)
+        });
+        if lease.await? {
             let issued = match idp
                 .client_credentials(&key.scopes, key.audience.as_deref())
                 .await
             {
                 Ok(issued) => issued,
                 Err(error) => {
-                    let release = ReleaseClientLease {
-                        id: row.version.id,
-                        owner: lease_owner.to_owned(),
-                    };
-                    if let Err(release_error) = database.call(release).await {
+                    let (id, owner) = (row.version.id, lease_owner.to_owned());
+                    let release = database
+                        .run(DbOperation::ReleaseClientLease, move |store, conn| {
+                            store.release_client_lease(conn, id, &owner)
+                        });
+                    if let Err(release_error) = release.await {
                         tracing::warn!(error = %release_error, "could not release a client-token lease; it expires by itself");
                     }
                     return Err(error.into());
@@ -458,18 +452,25 @@ async fn shared_client_token(
             };
             let now = unix_now();
             let token = AccessToken::from_issued(&issued, &key.scopes, required_time_left, now);
-            let store = StoreClientToken {
-                key: row_key.clone(),
-                expected: row.version,
-                access_token: token.access_token.clone(),
-                token_type: token.token_type.clone(),
-                expires_at: token.expires_at,
-                expires_in: issued.expires_in.unwrap_or(0),
-                granted_scope: token.scope.to_string(),
-                now,
-            };
+            let (key_of_row, expected) = (row_key.clone(), row.version);
+            let (access_token, token_type) = (token.access_token.clone(), token.token_type.clone());
+            let (expires_at, expires_in) = (token.expires_at, issued.expires_in.unwrap_or(0));
+            let granted_scope = token.scope.to_string();
+            let write = database.run(DbOperation::StoreClientToken, move |store, conn| {
+                store.store_client_token(
+                    conn,
+                    &key_of_row,
+                    expected,
+                    &access_token,
+                    &token_type,
+                    expires_at,
+                    expires_in,
+                    &granted_scope,
+                    now,
+                )
+            });
             // A client token can be obtained again: not storing it costs peers a refresh, no more.
-            if let Err(error) = database.call(store).await {
+            if let Err(error) = write.await {
                 tracing::warn!(%error, "could not share a client token with the other replicas");
             }
             return Ok(token);
@@ -526,13 +527,11 @@ async fn refresh_under_lease(
         loop {
             tokio::time::sleep(Duration::from_secs((lease_seconds / 3).max(1) as u64)).await;
             let now = unix_now();
-            let lease = TakeLease {
-                version: stored.version(),
-                owner: lease_owner.to_owned(),
-                now,
-                until: now + lease_seconds,
-            };
-            if !matches!(database.call(lease).await, Ok(true)) {
+            let (version, owner) = (stored.version(), lease_owner.to_owned());
+            let lease = database.run(DbOperation::TakeLease, move |store, conn| {
+                store.take_lease(conn, version, &owner, now, now + lease_seconds)
+            });
+            if !matches!(lease.await, Ok(true)) {
                 tracing::warn!(user_id, provider, "could not renew the refresh lease");
             }
         }
@@ -564,13 +563,11 @@ async fn refresh_under_lease(
             // The refresh token is dead (refused) or possibly consumed (reply lost): presenting
             // it again would at best fail, at worst make the IdP revoke the whole grant.
             tracing::warn!(user_id, provider, %error, "credential needs a new login");
-            if let Err(mark) = database
-                .call(MarkNeedsRedelegation {
-                    expected: stored.version(),
-                    now: unix_now(),
-                })
-                .await
-            {
+            let (expected, now) = (stored.version(), unix_now());
+            let mark = database.run(DbOperation::MarkNeedsRedelegation, move |store, conn| {
+                store.mark_needs_redelegation(conn, expected, now)
+            });
+            if let Err(mark) = mark.await {
                 tracing::error!(user_id, provider, error = %mark, "could not mark the credential");
             }
             Err(match error {
@@ -591,13 +588,11 @@ async fn refresh_under_lease(
             Err(error.into())
         }
     };
-    if let Err(error) = database
-        .call(ReleaseLease {
-            id: stored.id,
-            owner: lease_owner.to_owned(),
-        })
-        .await
-    {
+    let (id, owner) = (stored.id, lease_owner.to_owned());
+    let release = database.run(DbOperation::ReleaseLease, move |store, conn| {
+        store.release_lease(conn, id, &owner)
+    });
+    if let Err(error) = release.await {
         tracing::warn!(user_id, provider, %error, "could not release the refresh lease; it expires by itself");
     }
     outcome
@@ -625,14 +620,12 @@ async fn store_refreshed(
         scope: token.scope.to_string(),
         audience: key.audience.clone(),
     };
-    let write = StoreRefreshed {
-        expected: stored.version(),
-        user_id: stored.user_id.clone(),
-        provider: stored.provider.clone(),
-        update,
-        now,
-    };
-    database.call(write).await.map(|row| row.version()).map_err(|error| {
+    let expected = stored.version();
+    let (user_id, provider) = (stored.user_id.clone(), stored.provider.clone());
+    let write = database.run(DbOperation::StoreRefreshed, move |store, conn| {
+        store.store_refreshed(conn, expected, &user_id, &provider, &update, now)
+    });
+    write.await.map(|row| row.version()).map_err(|error| {
         metrics::REFRESH_TOKEN_PERSIST_FAILURES.inc();
         tracing::error!(
             user_id = %stored.user_id, provider = %stored.provider, %error,
@@ -740,11 +733,14 @@ impl TokenBroker {
         if !self.shared_database {
             return Ok(true);
         }
-        let query = CredentialVersionOf {
-            user_id: user_id.clone(),
-            provider: key.provider.clone(),
-        };
-        Ok(self.database.call(query).await? == token.credential)
+        let (user_id, provider) = (user_id.clone(), key.provider.clone());
+        let version = self
+            .database
+            .run(DbOperation::CredentialVersion, move |store, conn| {
+                store.credential_version(conn, &user_id, &provider)
+            })
+            .await?;
+        Ok(version == token.credential)
     }
 
     fn actor_for(&self, idp: &Arc<IdpClient>, key: &TokenKey) -> Addr<RefreshActor> {

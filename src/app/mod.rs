@@ -12,11 +12,11 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use thiserror::Error;
 
-use crate::actors::db::{Database, Migrate, Ping};
+use crate::actors::db::{Database, DbOperation};
 use crate::config::{self, ConfigError, DatabaseUrl, Settings};
 use crate::configuration_server::{RemoteCfg, RemoteError, RemoteSource};
 use crate::crypto::{CryptoError, KeyringFile, SharedKeyring};
-use crate::db::{DbError, LockError, PoolOptions, SqliteServeLock};
+use crate::db::{DbError, LockError, PoolOptions, SqliteServeLock, run_migrations};
 use crate::http;
 use crate::metrics;
 use crate::protocol::dirac::diset;
@@ -154,7 +154,9 @@ impl Application {
             ..Default::default()
         };
         let database = open_database(url, keyring.clone(), options).await?;
-        let applied = database.call(Migrate {}).await?;
+        let applied = database
+            .run(DbOperation::Migrate, |_, conn| run_migrations(conn))
+            .await?;
         tracing::info!(database = %url.masked(), migrations_applied = applied.len(), "database ready");
 
         let listeners = Listeners::bind(&settings)?;
@@ -326,7 +328,8 @@ pub async fn open_database(
     options: PoolOptions,
 ) -> Result<Database, AppError> {
     let database = Database::open(url, keyring, options)?;
-    tokio::time::timeout(DATABASE_WAIT, database.call(Ping {}))
+    let ping = database.run(DbOperation::Ping, |_, conn| conn.ping());
+    tokio::time::timeout(DATABASE_WAIT, ping)
         .await
         .map_err(|_| AppError::DatabaseTimeout(DATABASE_WAIT))??;
     Ok(database)

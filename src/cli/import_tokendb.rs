@@ -15,11 +15,11 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::CliError;
+use crate::actors::db::DbOperation;
 use crate::app::{open_database, open_keyring};
-use crate::actors::db::{ImportToken, Migrate};
 use crate::config::Settings;
 use crate::db::dirac_tokendb::{self, DiracToken};
-use crate::db::{ImportOutcome, PoolOptions};
+use crate::db::{ImportOutcome, PoolOptions, run_migrations};
 use crate::domain::{NewToken, TokenDictError, unix_now};
 
 /// A DIRAC row that cannot be stored, and why (DIRAC's own message where it has one).
@@ -134,16 +134,16 @@ pub async fn run(
     };
     let database = open_database(&settings.database, keyring, options).await?;
     if !dry_run {
-        database.call(Migrate {}).await?;
+        database
+            .run(DbOperation::Migrate, |_, conn| run_migrations(conn))
+            .await?;
     }
     let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
     for token in plan.tokens {
         let (user_id, provider) = (token.user_id.clone(), token.provider.clone());
         let outcome = database
-            .call(ImportToken {
-                token,
-                now,
-                dry_run,
+            .run(DbOperation::ImportToken, move |store, conn| {
+                store.import_token(conn, &token, now, dry_run)
             })
             .await?;
         tracing::debug!(user_id, provider, outcome = outcome.as_str(), "import");

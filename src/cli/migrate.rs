@@ -1,8 +1,8 @@
 use super::CliError;
+use crate::actors::db::DbOperation;
 use crate::app::{open_database, open_keyring};
-use crate::actors::db::Migrate;
 use crate::config::Settings;
-use crate::db::PoolOptions;
+use crate::db::{PoolOptions, run_migrations};
 
 pub async fn run(settings: Settings) -> Result<(), CliError> {
     let keyring = open_keyring(&settings)?;
@@ -16,7 +16,9 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         },
     )
     .await?;
-    let applied = database.call(Migrate {}).await?;
+    let applied = database
+        .run(DbOperation::Migrate, |_, conn| run_migrations(conn))
+        .await?;
     if applied.is_empty() {
         println!("{}: schema up to date", url.masked());
     } else {

@@ -1,8 +1,8 @@
 use std::sync::Arc;
 
 use super::CliError;
+use crate::actors::db::DbOperation;
 use crate::app::open_database;
-use crate::actors::db::{ReencryptBatch, RowsUnderOldKeys};
 use crate::config::Settings;
 use crate::crypto::{KeyringFile, SharedKeyring};
 use crate::db::PoolOptions;
@@ -26,8 +26,17 @@ pub async fn run(settings: Settings, key_id: Option<&str>, batch: i64) -> Result
     };
     let database = open_database(&settings.database, keyring, options).await?;
     let (mut rewritten, mut conflicts, mut idle_passes) = (0, 0, 0);
-    while database.call(RowsUnderOldKeys {}).await? > 0 {
-        let pass = database.call(ReencryptBatch { limit: batch }).await?;
+    let rows_under_old_keys = || {
+        database.run(DbOperation::RowsUnderOldKeys, |store, conn| {
+            store.rows_under_old_keys(conn)
+        })
+    };
+    while rows_under_old_keys().await? > 0 {
+        let pass = database
+            .run(DbOperation::ReencryptPass, move |store, conn| {
+                store.reencrypt_pass(conn, batch)
+            })
+            .await?;
         rewritten += pass.rewritten;
         conflicts += pass.conflicts;
         idle_passes = if pass.rewritten == 0 {

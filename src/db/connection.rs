@@ -15,6 +15,13 @@ pub enum DbConn {
     Mysql(MysqlConnection),
 }
 
+impl DbConn {
+    /// A trivial query: is the database reachable?
+    pub fn ping(&mut self) -> Result<(), DbError> {
+        self.batch_execute("SELECT 1").map_err(DbError::Query)
+    }
+}
+
 /// Opens one connection of the backend the URL names.
 fn establish(url: &DatabaseUrl) -> Result<DbConn, DbError> {
     let connect_error = |source: ConnectionError| DbError::Connect {
@@ -69,7 +76,7 @@ impl r2d2::ManageConnection for DbManager {
     }
 
     fn is_valid(&self, conn: &mut DbConn) -> Result<(), DbError> {
-        conn.batch_execute("SELECT 1").map_err(DbError::Query)
+        conn.ping()
     }
 
     fn has_broken(&self, _: &mut DbConn) -> bool {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::{App, HttpResponse, HttpServer, web};
 
-use crate::actors::db::{CountCredentials, CountExpiring, Ping};
+use crate::actors::db::DbOperation;
 use crate::metrics;
 use crate::protocol::{dirac, json};
 use crate::service::Service;
@@ -69,7 +69,10 @@ pub fn metrics_server(listener: TcpListener, service: Arc<Service>) -> std::io::
 async fn render_metrics(service: web::Data<Arc<Service>>) -> HttpResponse {
     let database = service.database();
     database.export_pool_state();
-    match database.call(CountCredentials {}).await {
+    let counts = database.run(DbOperation::CountCredentials, |store, conn| {
+        store.count_credentials(conn)
+    });
+    match counts.await {
         Ok(counts) => {
             metrics::STORED_CREDENTIALS.reset();
             for (provider, state, count) in counts {
@@ -88,11 +91,11 @@ async fn render_metrics(service: web::Data<Arc<Service>>) -> HttpResponse {
                 .with_label_values(&[idp.name(), window])
                 .set(0);
         }
-        let query = CountExpiring {
-            now: crate::domain::unix_now(),
-            seconds,
-        };
-        match database.call(query).await {
+        let now = crate::domain::unix_now();
+        let query = database.run(DbOperation::CountExpiring, move |store, conn| {
+            store.count_expiring(conn, now, now + seconds)
+        });
+        match query.await {
             Ok(counts) => {
                 for (provider, count) in counts {
                     metrics::EXPIRING_CREDENTIALS
@@ -116,7 +119,10 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(service: web::Data<Arc<Service>>) -> HttpResponse {
-    match service.database().call(Ping {}).await {
+    let ping = service
+        .database()
+        .run(DbOperation::Ping, |_, conn| conn.ping());
+    match ping.await {
         Ok(()) => HttpResponse::Ok()
             .content_type("text/plain")
             .body("ready\n"),

@@ -17,7 +17,7 @@ use thiserror::Error;
 
 pub use methods::{Method, Param, ParamKind};
 
-use crate::actors::db::{Database, RemoveTokens, TokensByUserId, UpdateToken};
+use crate::actors::db::{Database, DbOperation};
 use crate::actors::tokens::TokenBroker;
 use crate::configuration_server::{RemoteCfg, RemoteSource};
 use crate::config::{self, Settings};
@@ -373,9 +373,10 @@ impl Service {
             Method::DeleteToken => {
                 let user_id = next();
                 self.check_own_or_allowed(&settings, context, &caller, method, as_str(&user_id))?;
+                let id = as_str(&user_id).to_owned();
                 self.database
-                    .call(RemoveTokens {
-                        user_id: as_str(&user_id).to_owned(),
+                    .run(DbOperation::RemoveTokens, move |store, conn| {
+                        store.remove_tokens(conn, &id)
                     })
                     .await?;
                 self.broker.cache.forget_user(as_str(&user_id));
@@ -521,7 +522,12 @@ impl Service {
         let now = unix_now();
         let token = NewToken::from_dirac_dict(&dict, user_id, provider, lifetime, now)?;
         let new_refresh_token = token.refresh_token.clone();
-        let replaced = self.database.call(UpdateToken { token, now }).await?;
+        let replaced = self
+            .database
+            .run(DbOperation::UpdateToken, move |store, conn| {
+                store.update_token(conn, &token, now)
+            })
+            .await?;
         self.broker.cache.forget_user(user_id);
         // The replaced refresh token is revoked once the new one is stored; a failure is logged.
         if let Some(old) = replaced.filter(|old| old.refresh_token != new_refresh_token)
@@ -539,10 +545,11 @@ impl Service {
     }
 
     async fn tokens_of(&self, user_id: &str) -> Result<Vec<StoredToken>, MethodError> {
+        let user_id = user_id.to_owned();
         Ok(self
             .database
-            .call(TokensByUserId {
-                user_id: user_id.to_owned(),
+            .run(DbOperation::TokensByUserId, move |store, conn| {
+                store.tokens_by_user_id(conn, &user_id)
             })
             .await?)
     }

@@ -3,13 +3,12 @@
 
 use std::net::TcpStream;
 
-use tokenmanager::actors::db::GetCredential;
 use tokenmanager::crypto::KeyringFile;
 use tokenmanager::config::Backend;
 
 use crate::client::http_get;
 use crate::process::{ServeProcess, run, stderr, write_config};
-use crate::support::{TestDb, TestStore, new_token, store_token};
+use crate::support::{TestDb, TestStore, get_credential, new_token, store_token};
 
 fn sqlite_section(db: &TestDb) -> String {
     format!("URL = {}", db.url)
@@ -235,11 +234,10 @@ async fn rotate_key_reencrypts_every_row_while_serve_runs() {
     );
 
     for user in ["u1", "u2", "u3"] {
-        let query = GetCredential {
-            user_id: user.into(),
-            provider: "IAM".into(),
-        };
-        let stored = store.database.call(query).await.unwrap().unwrap();
+        let stored = get_credential(&store.database, user, "IAM")
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(
             (stored.key_id.as_str(), stored.refresh_token.expose()),
             ("k2", &*format!("rt-{user}"))

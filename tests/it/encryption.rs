@@ -1,16 +1,16 @@
 //! Encryption at rest, on each backend: dumps hold no token, moved or altered ciphertexts are
 //! refused, and key rotation under concurrent writes loses nothing.
 
-use tokenmanager::actors::db::{
-    GetCredential, ReencryptBatch, RowsUnderOldKeys, StoreRefreshed, TokensByUserId,
-};
+use tokenmanager::actors::db::DbOperation;
 use tokenmanager::crypto::CryptoError;
 use tokenmanager::config::Backend;
 use tokenmanager::db::{DbError, TokenUpdate};
 use tokenmanager::domain::{Secret, unix_now};
 
 use crate::on_every_backend;
-use crate::support::{TestStore, new_token, store_token};
+use crate::support::{
+    TestStore, get_credential, new_token, store_refreshed, store_token, tokens_by_user_id,
+};
 
 on_every_backend!(
     a_dump_of_the_database_holds_no_token_in_clear,
@@ -62,11 +62,7 @@ async fn ciphertexts_moved_to_another_row_or_column_are_refused(backend: Backend
     store
         .db
         .execute_raw("UPDATE tokens SET user_id = 'mallory' WHERE user_id = 'attacker'");
-    let moved = db
-        .call(TokensByUserId {
-            user_id: "mallory".into(),
-        })
-        .await;
+    let moved = tokens_by_user_id(db, "mallory").await;
     assert!(
         tampered(moved.map(|_| ())),
         "a row moved to another user must not decrypt"
@@ -76,12 +72,7 @@ async fn ciphertexts_moved_to_another_row_or_column_are_refused(backend: Backend
     store
         .db
         .execute_raw("UPDATE tokens SET access_token = refresh_token WHERE user_id = 'victim'");
-    let swapped = db
-        .call(GetCredential {
-            user_id: "victim".into(),
-            provider: "IAM".into(),
-        })
-        .await;
+    let swapped = get_credential(db, "victim", "IAM").await;
     assert!(
         tampered(swapped.map(|_| ())),
         "a swapped column must not decrypt"
@@ -92,12 +83,7 @@ async fn ciphertexts_moved_to_another_row_or_column_are_refused(backend: Backend
     store.db.execute_raw(
         "UPDATE tokens SET key_id = 'k2', access_token = NULL WHERE user_id = 'victim'",
     );
-    let rekeyed = db
-        .call(GetCredential {
-            user_id: "victim".into(),
-            provider: "IAM".into(),
-        })
-        .await;
+    let rekeyed = get_credential(db, "victim", "IAM").await;
     assert!(tampered(rekeyed.map(|_| ())));
 }
 
@@ -127,11 +113,10 @@ async fn rotate_key_under_concurrent_writes_loses_nothing(backend: Backend) {
                     store_token(&server, token).await;
                     last = round;
                 } else {
-                    let query = GetCredential {
-                        user_id: user_id.clone(),
-                        provider: "IAM".into(),
-                    };
-                    let current = server.call(query).await.unwrap().unwrap();
+                    let current = get_credential(&server, &user_id, "IAM")
+                        .await
+                        .unwrap()
+                        .unwrap();
                     let update = TokenUpdate {
                         refresh_token: Secret::new(format!("rt-{round}")),
                         rt_expires_at: unix_now() + 3600,
@@ -142,15 +127,10 @@ async fn rotate_key_under_concurrent_writes_loses_nothing(backend: Backend) {
                         scope: String::new(),
                         audience: None,
                     };
-                    let write = StoreRefreshed {
-                        expected: current.version(),
-                        user_id: user_id.clone(),
-                        provider: "IAM".into(),
-                        update,
-                        now: unix_now(),
-                    };
+                    let write =
+                        store_refreshed(&server, current.version(), &user_id, "IAM", update);
                     // Only this task writes this user, so the compare-and-set must succeed.
-                    server.call(write).await.unwrap();
+                    write.await.unwrap();
                     last = round;
                 }
             }
@@ -163,10 +143,20 @@ async fn rotate_key_under_concurrent_writes_loses_nothing(backend: Backend) {
     let mut conflicts = 0;
     loop {
         let still_writing = writers.iter().any(|w| !w.is_finished());
-        let pass = rotator.call(ReencryptBatch { limit: 3 }).await.unwrap();
+        let pass = rotator
+            .run(DbOperation::ReencryptPass, |store, conn| {
+                store.reencrypt_pass(conn, 3)
+            })
+            .await
+            .unwrap();
         conflicts += pass.conflicts;
         passes += 1;
-        let remaining = rotator.call(RowsUnderOldKeys {}).await.unwrap();
+        let remaining = rotator
+            .run(DbOperation::RowsUnderOldKeys, |store, conn| {
+                store.rows_under_old_keys(conn)
+            })
+            .await
+            .unwrap();
         if remaining == 0 && !still_writing {
             break;
         }
@@ -177,11 +167,10 @@ async fn rotate_key_under_concurrent_writes_loses_nothing(backend: Backend) {
     for writer in writers {
         let (user_id, last) = writer.await.unwrap();
         for view in [&server, &rotator] {
-            let query = GetCredential {
-                user_id: user_id.clone(),
-                provider: "IAM".into(),
-            };
-            let stored = view.call(query).await.unwrap().unwrap();
+            let stored = get_credential(view, &user_id, "IAM")
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(
                 stored.refresh_token.expose(),
                 format!("rt-{last}"),

@@ -1,16 +1,14 @@
 //! `import-dirac-tokendb`: the binary copies a DIRAC `Token` table (the DDL of the reference,
 //! §3.1, on MariaDB) into our store on each backend, and a re-import never overwrites ours.
 
-use tokenmanager::actors::db::{
-    GetCredential, ImportToken, ReleaseLease, StoreRefreshed, TakeLease,
-};
+use tokenmanager::actors::db::DbOperation;
 use tokenmanager::config::Backend;
 use tokenmanager::db::{ImportOutcome, StoredToken, TokenUpdate};
 use tokenmanager::domain::{Secret, unix_now};
 
 use crate::on_every_backend;
 use crate::process::{configure, run, stderr, write_config};
-use crate::support::{TestDb, TestStore, new_token, store_token};
+use crate::support::{TestDb, TestStore, get_credential, new_token, store_refreshed, store_token};
 
 /// DIRAC's `Token` table as SQLAlchemy 2.0 creates it (reference §3.1), verbatim.
 const DIRAC_TOKEN_DDL: &str = "CREATE TABLE `Token` (
@@ -98,11 +96,9 @@ fn summary(stdout: &str) -> &str {
 }
 
 async fn credential(store: &TestStore, user_id: &str, provider: &str) -> Option<StoredToken> {
-    let query = GetCredential {
-        user_id: user_id.into(),
-        provider: provider.into(),
-    };
-    store.database.call(query).await.unwrap()
+    get_credential(&store.database, user_id, provider)
+        .await
+        .unwrap()
 }
 
 async fn refresh_token_of(store: &TestStore, user_id: &str, provider: &str) -> Option<String> {
@@ -274,15 +270,7 @@ async fn import_takes_the_newest_live_row_and_never_overwrites_ours(backend: Bac
         scope: "openid".into(),
         audience: None,
     };
-    store
-        .database
-        .call(StoreRefreshed {
-            expected: bob.version(),
-            user_id: "bob".into(),
-            provider: "IAM".into(),
-            update,
-            now,
-        })
+    store_refreshed(&store.database, bob.version(), "bob", "IAM", update)
         .await
         .unwrap();
     insert_dirac_row(&dirac, Some("bob"), "IAM", "rt-bob-2", now, live, false);
@@ -322,15 +310,7 @@ async fn import_takes_the_newest_live_row_and_never_overwrites_ours(backend: Bac
         scope: "openid".into(),
         audience: None,
     };
-    store
-        .database
-        .call(StoreRefreshed {
-            expected: alice.version(),
-            user_id: "alice".into(),
-            provider: "IAM".into(),
-            update,
-            now,
-        })
+    store_refreshed(&store.database, alice.version(), "alice", "IAM", update)
         .await
         .unwrap();
     insert_dirac_row(
@@ -361,11 +341,11 @@ async fn an_import_is_replaced_only_while_nobody_uses_it(backend: Backend) {
     let import = |refresh: &str, issued_at: i64, dry_run: bool| {
         let mut token = new_token("frank", "IAM", refresh, "at");
         token.issued_at = issued_at;
-        store.database.call(ImportToken {
-            token,
-            now,
-            dry_run,
-        })
+        store
+            .database
+            .run(DbOperation::ImportToken, move |store, conn| {
+                store.import_token(conn, &token, now, dry_run)
+            })
     };
     assert_eq!(
         import("rt-1", now - 10, true).await.unwrap(),
@@ -391,22 +371,24 @@ async fn an_import_is_replaced_only_while_nobody_uses_it(backend: Backend) {
     );
 
     // A refresh under way holds the lease: the import waits for the next run.
-    let lease = TakeLease {
-        version: imported.version(),
-        owner: "replica-1".into(),
-        now,
-        until: now + 30,
-    };
-    assert!(store.database.call(lease).await.unwrap());
+    let version = imported.version();
+    let lease = store
+        .database
+        .run(DbOperation::TakeLease, move |store, conn| {
+            store.take_lease(conn, version, "replica-1", now, now + 30)
+        });
+    assert!(lease.await.unwrap());
     assert_eq!(
         import("rt-2", now, false).await.unwrap(),
         ImportOutcome::KeptOurs
     );
-    let release = ReleaseLease {
-        id: imported.id,
-        owner: "replica-1".into(),
-    };
-    store.database.call(release).await.unwrap();
+    let id = imported.id;
+    let release = store
+        .database
+        .run(DbOperation::ReleaseLease, move |store, conn| {
+            store.release_lease(conn, id, "replica-1")
+        });
+    release.await.unwrap();
     assert_eq!(
         import("rt-2", now, true).await.unwrap(),
         ImportOutcome::Updated

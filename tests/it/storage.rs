@@ -1,17 +1,17 @@
 //! Every storage operation, on each backend.
 
-use tokenmanager::actors::db::{
-    GetCredential, MarkNeedsRedelegation, Migrate, PurgeExpired, RemoveTokens, StoreRefreshed,
-    TokensByUserId, UpdateToken,
-};
+use tokenmanager::actors::db::DbOperation;
 use tokenmanager::config::Backend;
-use tokenmanager::db::{DbError, TokenUpdate};
+use tokenmanager::db::{DbError, TokenUpdate, run_migrations};
 use tokenmanager::domain::{CredentialState, Secret, unix_now};
 
 use futures_util::future::join_all;
 
 use crate::on_every_backend;
-use crate::support::{TestStore, new_token, store_token};
+use crate::support::{
+    self, TestStore, get_credential, new_token, remove_tokens, store_token, tokens_by_user_id,
+    update_token,
+};
 
 on_every_backend!(
     migrations_run_once_from_empty,
@@ -25,18 +25,16 @@ on_every_backend!(
 
 async fn migrations_run_once_from_empty(backend: Backend) {
     let store = TestStore::new(backend).await;
-    let again = store.database.call(Migrate {}).await.unwrap();
+    let again = store
+        .database
+        .run(DbOperation::Migrate, |_, conn| run_migrations(conn))
+        .await
+        .unwrap();
     assert!(
         again.is_empty(),
         "a migrated database has nothing pending: {again:?}"
     );
-    let rows = store
-        .database
-        .call(TokensByUserId {
-            user_id: "nobody".into(),
-        })
-        .await
-        .unwrap();
+    let rows = tokens_by_user_id(&store.database, "nobody").await.unwrap();
     assert!(rows.is_empty());
 }
 
@@ -45,21 +43,10 @@ async fn update_token_inserts_then_replaces_and_returns_the_old_row(backend: Bac
     let db = &store.database;
     let now = unix_now();
     let first = new_token("sub-1", "IAM", "rt-one", "at-one");
-    let old = db
-        .call(UpdateToken {
-            token: first.clone(),
-            now,
-        })
-        .await
-        .unwrap();
+    let old = update_token(db, first.clone(), now).await.unwrap();
     assert!(old.is_none());
 
-    let stored = db
-        .call(GetCredential {
-            user_id: "sub-1".into(),
-            provider: "IAM".into(),
-        })
-        .await;
+    let stored = get_credential(db, "sub-1", "IAM").await;
     let stored = stored.unwrap().expect("the row just written");
     assert_eq!(stored.refresh_token.expose(), "rt-one");
     assert_eq!(
@@ -79,23 +66,12 @@ async fn update_token_inserts_then_replaces_and_returns_the_old_row(backend: Bac
     assert_eq!((stored.created_at, stored.updated_at), (now, now));
 
     let second = new_token("sub-1", "IAM", "rt-two", "at-two");
-    let old = db
-        .call(UpdateToken {
-            token: second,
-            now: now + 5,
-        })
-        .await
-        .unwrap();
+    let old = update_token(db, second, now + 5).await.unwrap();
     let old = old.expect("the replaced row is returned");
     assert_eq!(old.refresh_token.expose(), "rt-one");
     assert_eq!(old.generation, 1);
 
-    let rows = db
-        .call(TokensByUserId {
-            user_id: "sub-1".into(),
-        })
-        .await
-        .unwrap();
+    let rows = tokens_by_user_id(db, "sub-1").await.unwrap();
     assert_eq!(rows.len(), 1, "one row per (user, provider)");
     assert_eq!(rows[0].refresh_token.expose(), "rt-two");
     assert_eq!(rows[0].generation, 2);
@@ -109,11 +85,7 @@ async fn concurrent_updates_keep_one_row_per_user_and_provider(backend: Backend)
         let db = store.database.clone();
         async move {
             let token = new_token("sub-race", "IAM", &format!("rt-{i}"), &format!("at-{i}"));
-            db.call(UpdateToken {
-                token,
-                now: unix_now(),
-            })
-            .await
+            update_token(&db, token, unix_now()).await
         }
     });
     let results = join_all(writes).await;
@@ -125,11 +97,7 @@ async fn concurrent_updates_keep_one_row_per_user_and_provider(backend: Backend)
     );
     assert_eq!(replaced, 23, "every write but the first replaced a row");
 
-    let rows = store
-        .database
-        .call(TokensByUserId {
-            user_id: "sub-race".into(),
-        })
+    let rows = tokens_by_user_id(&store.database, "sub-race")
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
@@ -147,54 +115,16 @@ async fn tokens_by_user_id_and_remove_tokens_span_providers_of_one_user_only(bac
         let token = new_token(user, provider, &format!("rt-{user}-{provider}"), "at");
         store_token(db, token).await;
     }
-    let alice = db
-        .call(TokensByUserId {
-            user_id: "alice".into(),
-        })
-        .await
-        .unwrap();
+    let alice = tokens_by_user_id(db, "alice").await.unwrap();
     let providers: Vec<&str> = alice.iter().map(|t| t.provider.as_str()).collect();
     assert_eq!(providers, ["CheckIn", "IAM"]);
     assert_eq!(alice[1].refresh_token.expose(), "rt-alice-IAM");
 
-    assert_eq!(
-        db.call(RemoveTokens {
-            user_id: "alice".into()
-        })
-        .await
-        .unwrap(),
-        2
-    );
-    assert_eq!(
-        db.call(RemoveTokens {
-            user_id: "alice".into()
-        })
-        .await
-        .unwrap(),
-        0
-    );
-    assert_eq!(
-        db.call(RemoveTokens {
-            user_id: String::new()
-        })
-        .await
-        .unwrap(),
-        0
-    );
-    assert!(
-        db.call(TokensByUserId {
-            user_id: "alice".into()
-        })
-        .await
-        .unwrap()
-        .is_empty()
-    );
-    let bob = db
-        .call(TokensByUserId {
-            user_id: "bob".into(),
-        })
-        .await
-        .unwrap();
+    assert_eq!(remove_tokens(db, "alice").await.unwrap(), 2);
+    assert_eq!(remove_tokens(db, "alice").await.unwrap(), 0);
+    assert_eq!(remove_tokens(db, "").await.unwrap(), 0);
+    assert!(tokens_by_user_id(db, "alice").await.unwrap().is_empty());
+    let bob = tokens_by_user_id(db, "bob").await.unwrap();
     assert_eq!(bob.len(), 1, "another user's row is untouched");
 }
 
@@ -207,24 +137,17 @@ async fn purge_goes_by_refresh_token_expiry(backend: Backend) {
     let mut expired_access = new_token("long", "IAM", "rt-long", "at");
     expired_access.expires_at = now - 3600;
     for token in [short_refresh, expired_access] {
-        db.call(UpdateToken { token, now }).await.unwrap();
+        update_token(db, token, now).await.unwrap();
     }
-    assert_eq!(db.call(PurgeExpired { now }).await.unwrap(), 0);
-    assert_eq!(db.call(PurgeExpired { now: now + 60 }).await.unwrap(), 1);
-    assert!(
-        db.call(TokensByUserId {
-            user_id: "short".into()
+    let purge = |now| {
+        db.run(DbOperation::PurgeExpired, move |store, conn| {
+            store.purge_expired(conn, now)
         })
-        .await
-        .unwrap()
-        .is_empty()
-    );
-    let kept = db
-        .call(TokensByUserId {
-            user_id: "long".into(),
-        })
-        .await
-        .unwrap();
+    };
+    assert_eq!(purge(now).await.unwrap(), 0);
+    assert_eq!(purge(now + 60).await.unwrap(), 1);
+    assert!(tokens_by_user_id(db, "short").await.unwrap().is_empty());
+    let kept = tokens_by_user_id(db, "long").await.unwrap();
     assert_eq!(
         kept.len(),
         1,
@@ -250,23 +173,12 @@ async fn refresh_writes_are_compare_and_set_on_the_generation(backend: Backend) 
     let store = TestStore::new(backend).await;
     let db = &store.database;
     store_token(db, new_token("sub", "IAM", "rt-1", "at-1")).await;
-    let read = db
-        .call(GetCredential {
-            user_id: "sub".into(),
-            provider: "IAM".into(),
-        })
-        .await;
+    let read = get_credential(db, "sub", "IAM").await;
     let v1 = read.unwrap().unwrap().version();
 
-    let store_refreshed = |expected, update| StoreRefreshed {
-        expected,
-        user_id: "sub".into(),
-        provider: "IAM".into(),
-        update,
-        now: unix_now(),
-    };
-    let written = db
-        .call(store_refreshed(v1, refreshed("rt-2", "at-2")))
+    let store_refreshed =
+        |expected, update| support::store_refreshed(db, expected, "sub", "IAM", update);
+    let written = store_refreshed(v1, refreshed("rt-2", "at-2"))
         .await
         .unwrap();
     assert_eq!(written.generation, v1.generation + 1);
@@ -274,39 +186,24 @@ async fn refresh_writes_are_compare_and_set_on_the_generation(backend: Backend) 
     assert_eq!(written.audience.as_deref(), Some("https://ce.example.org"));
     assert_eq!(written.scope, "compute.read openid");
 
-    let stale = db
-        .call(store_refreshed(v1, refreshed("rt-stale", "at-stale")))
-        .await;
+    let stale = store_refreshed(v1, refreshed("rt-stale", "at-stale")).await;
     assert!(matches!(stale, Err(DbError::Conflict { .. })), "{stale:?}");
 
     // updateToken (a new login) also moves the generation: a refresh begun before it loses.
     let v2 = written.version();
     store_token(db, new_token("sub", "IAM", "rt-login", "at")).await;
-    let lost = db
-        .call(store_refreshed(v2, refreshed("rt-late", "at-late")))
-        .await;
+    let lost = store_refreshed(v2, refreshed("rt-late", "at-late")).await;
     assert!(matches!(lost, Err(DbError::Conflict { .. })));
-    let now_stored = db
-        .call(GetCredential {
-            user_id: "sub".into(),
-            provider: "IAM".into(),
-        })
-        .await;
+    let now_stored = get_credential(db, "sub", "IAM").await;
     assert_eq!(
         now_stored.unwrap().unwrap().refresh_token.expose(),
         "rt-login"
     );
 
     // A credential deleted and stored again is a new row: old versions stay stale.
-    db.call(RemoveTokens {
-        user_id: "sub".into(),
-    })
-    .await
-    .unwrap();
+    remove_tokens(db, "sub").await.unwrap();
     store_token(db, new_token("sub", "IAM", "rt-new", "at")).await;
-    let again = db
-        .call(store_refreshed(v1, refreshed("rt-ghost", "at")))
-        .await;
+    let again = store_refreshed(v1, refreshed("rt-ghost", "at")).await;
     assert!(matches!(again, Err(DbError::Conflict { .. })));
 }
 
@@ -314,36 +211,20 @@ async fn needs_redelegation_is_compare_and_set_and_cleared_by_a_new_login(backen
     let store = TestStore::new(backend).await;
     let db = &store.database;
     store_token(db, new_token("sub", "IAM", "rt", "at")).await;
-    let v1 = db
-        .call(credential_query())
-        .await
-        .unwrap()
-        .unwrap()
-        .version();
-    db.call(MarkNeedsRedelegation {
-        expected: v1,
-        now: unix_now(),
-    })
-    .await
-    .unwrap();
-    let marked = db.call(credential_query()).await.unwrap().unwrap();
-    assert_eq!(marked.state, CredentialState::NeedsRedelegation);
-    let stale = db
-        .call(MarkNeedsRedelegation {
-            expected: v1,
-            now: unix_now(),
+    let credential = || get_credential(db, "sub", "IAM");
+    let v1 = credential().await.unwrap().unwrap().version();
+    let mark = || {
+        db.run(DbOperation::MarkNeedsRedelegation, move |store, conn| {
+            store.mark_needs_redelegation(conn, v1, unix_now())
         })
-        .await;
+    };
+    mark().await.unwrap();
+    let marked = credential().await.unwrap().unwrap();
+    assert_eq!(marked.state, CredentialState::NeedsRedelegation);
+    let stale = mark().await;
     assert!(matches!(stale, Err(DbError::Conflict { .. })));
 
     store_token(db, new_token("sub", "IAM", "rt-new", "at")).await;
-    let relogged = db.call(credential_query()).await.unwrap().unwrap();
+    let relogged = credential().await.unwrap().unwrap();
     assert_eq!(relogged.state, CredentialState::Active);
-}
-
-fn credential_query() -> GetCredential {
-    GetCredential {
-        user_id: "sub".into(),
-        provider: "IAM".into(),
-    }
 }

@@ -4,10 +4,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, MysqlConnection, PgConnection};
 use tempfile::TempDir;
-use tokenmanager::actors::db::{Database, Migrate, UpdateToken};
+use tokenmanager::actors::db::{Database, DbOperation};
 use tokenmanager::crypto::{KeyringFile, SharedKeyring};
 use tokenmanager::config::{Backend, DatabaseUrl};
-use tokenmanager::db::{PoolOptions, StoredToken};
+use tokenmanager::db::{
+    CredentialVersion, DbError, PoolOptions, StoredToken, TokenUpdate, run_migrations,
+};
 use tokenmanager::domain::{NewToken, Secret, unix_now};
 
 fn admin_url(backend: Backend) -> String {
@@ -150,7 +152,10 @@ impl TestStore {
         let keyring_file = KeyringFile::new(db.dir.path().join("keyring"));
         keyring_file.create().unwrap();
         let database = Self::open_database(&db, &keyring_file);
-        let applied = database.call(Migrate {}).await.unwrap();
+        let applied = database
+            .run(DbOperation::Migrate, |_, conn| run_migrations(conn))
+            .await
+            .unwrap();
         assert_eq!(applied.len(), 3, "a fresh database gets every migration");
         Self {
             db,
@@ -169,13 +174,69 @@ impl TestStore {
 
 /// Stores a token as `updateToken` does; returns the credential it replaced.
 pub async fn store_token(database: &Database, token: NewToken) -> Option<StoredToken> {
+    update_token(database, token, unix_now()).await.unwrap()
+}
+
+pub async fn update_token(
+    database: &Database,
+    token: NewToken,
+    now: i64,
+) -> Result<Option<StoredToken>, DbError> {
     database
-        .call(UpdateToken {
-            token,
-            now: unix_now(),
+        .run(DbOperation::UpdateToken, move |store, conn| {
+            store.update_token(conn, &token, now)
         })
         .await
-        .unwrap()
+}
+
+pub async fn get_credential(
+    database: &Database,
+    user_id: &str,
+    provider: &str,
+) -> Result<Option<StoredToken>, DbError> {
+    let (user_id, provider) = (user_id.to_owned(), provider.to_owned());
+    database
+        .run(DbOperation::Credential, move |store, conn| {
+            store.credential(conn, &user_id, &provider)
+        })
+        .await
+}
+
+pub async fn tokens_by_user_id(
+    database: &Database,
+    user_id: &str,
+) -> Result<Vec<StoredToken>, DbError> {
+    let user_id = user_id.to_owned();
+    database
+        .run(DbOperation::TokensByUserId, move |store, conn| {
+            store.tokens_by_user_id(conn, &user_id)
+        })
+        .await
+}
+
+pub async fn remove_tokens(database: &Database, user_id: &str) -> Result<usize, DbError> {
+    let user_id = user_id.to_owned();
+    database
+        .run(DbOperation::RemoveTokens, move |store, conn| {
+            store.remove_tokens(conn, &user_id)
+        })
+        .await
+}
+
+/// Writes a refresh's result as the token path does: compare-and-set on `expected`.
+pub async fn store_refreshed(
+    database: &Database,
+    expected: CredentialVersion,
+    user_id: &str,
+    provider: &str,
+    update: TokenUpdate,
+) -> Result<StoredToken, DbError> {
+    let (user_id, provider) = (user_id.to_owned(), provider.to_owned());
+    database
+        .run(DbOperation::StoreRefreshed, move |store, conn| {
+            store.store_refreshed(conn, expected, &user_id, &provider, &update, unix_now())
+        })
+        .await
 }
 
 /// A token as `updateToken` would store it, with recognisable token values.
