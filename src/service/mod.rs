@@ -379,7 +379,7 @@ impl Service {
                         store.remove_tokens(conn, &id)
                     })
                     .await?;
-                self.broker.cache.forget_user(as_str(&user_id));
+                self.broker.forget_user(as_str(&user_id));
                 Ok(json!("Token successfully removed"))
             }
             Method::GetTokensByUserId => {
@@ -528,7 +528,7 @@ impl Service {
                 store.update_token(conn, &token, now)
             })
             .await?;
-        self.broker.cache.forget_user(user_id);
+        self.broker.forget_user(user_id);
         // The replaced refresh token is revoked once the new one is stored; a failure is logged.
         if let Some(old) = replaced.filter(|old| old.refresh_token != new_refresh_token)
             && let Some(idp) = self.idps().get(provider).cloned()

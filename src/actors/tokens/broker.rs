@@ -1,0 +1,161 @@
+//! The broker: the cache and the refresh actors, for the request path.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use super::cache::TokenCache;
+use super::lease::caller_deadline;
+use super::refresh::{Obtain, RefreshActor};
+use super::{AccessToken, Subject, TokenError, TokenKey};
+use crate::actors::db::{Database, DbOperation};
+use crate::domain::unix_now;
+use crate::idp::{IdpClient, IdpError};
+use crate::metrics;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum ActorKey {
+    Credential { user_id: String, provider: String },
+    Client(TokenKey),
+}
+
+/// The cache and the actors, for the request path.
+pub(crate) struct TokenBroker {
+    database: Database,
+    cache: Arc<TokenCache>,
+    actors: Mutex<HashMap<ActorKey, Addr<RefreshActor>>>,
+    idle_timeout: Duration,
+    /// This process, as the owner of refresh leases.
+    lease_owner: Arc<str>,
+    /// Other replicas may change credentials (PostgreSQL, MariaDB): a cached user token is served
+    /// only while its credential's version is still the stored one.
+    shared_database: bool,
+}
+
+impl TokenBroker {
+    pub(crate) fn new(database: Database, idle_timeout: Duration, shared_database: bool) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let lease_owner = format!("{}:{}:{started:x}", host.trim(), std::process::id());
+        Self {
+            database,
+            cache: Arc::default(),
+            actors: Mutex::default(),
+            idle_timeout,
+            lease_owner: lease_owner.into(),
+            shared_database,
+        }
+    }
+
+    /// A token for `key`: from the cache when one lives long enough, else from the key's actor.
+    pub(crate) async fn obtain(
+        &self,
+        idp: &Arc<IdpClient>,
+        key: TokenKey,
+        required_time_left: i64,
+    ) -> Result<Arc<AccessToken>, TokenError> {
+        let kind = match key.subject {
+            Subject::User(_) => "user",
+            Subject::Client => "client",
+        };
+        if let Some(token) = self.cache.get(&key, required_time_left, unix_now()) {
+            if self.still_current(&key, &token).await? {
+                metrics::TOKEN_CACHE_LOOKUPS
+                    .with_label_values(&[kind, "hit"])
+                    .inc();
+                return Ok(token);
+            }
+            self.cache.forget(&key);
+        }
+        metrics::TOKEN_CACHE_LOOKUPS
+            .with_label_values(&[kind, "miss"])
+            .inc();
+        let queued = Instant::now();
+        let provider = key.provider.clone();
+        let from_actor = async {
+            // An actor that stopped for idleness between lookup and send is replaced once.
+            for _ in 0..2 {
+                let actor = self.actor_for(idp, &key);
+                let request = Obtain {
+                    key: key.clone(),
+                    required_time_left,
+                    queued,
+                };
+                if let Ok(result) = actor.send(request).await {
+                    return result;
+                }
+            }
+            Err(TokenError::Storage)
+        };
+        // The caller's deadline, not the refresh's: a refresh still waiting for a late reply goes
+        // on (and stores what it gets); a request still queued for the actor is dropped unread.
+        tokio::time::timeout(caller_deadline(idp.as_ref()), from_actor)
+            .await
+            .unwrap_or_else(|_| {
+                Err(TokenError::Idp(IdpError::Unavailable {
+                    idp: provider,
+                    reason: "timed out".into(),
+                }))
+            })
+    }
+
+    /// Forgets every cached token of a user (after updateToken or deleteToken).
+    pub(crate) fn forget_user(&self, user_id: &str) {
+        self.cache.forget_user(user_id);
+    }
+
+    /// On a shared database, whether a cached user token's credential is unchanged (not
+    /// replaced, deleted or refreshed by another replica).
+    async fn still_current(&self, key: &TokenKey, token: &AccessToken) -> Result<bool, TokenError> {
+        let Subject::User(user_id) = &key.subject else {
+            return Ok(true);
+        };
+        if !self.shared_database {
+            return Ok(true);
+        }
+        let (user_id, provider) = (user_id.clone(), key.provider.clone());
+        let version = self
+            .database
+            .run(DbOperation::CredentialVersion, move |store, conn| {
+                store.credential_version(conn, &user_id, &provider)
+            })
+            .await?;
+        Ok(version == token.credential)
+    }
+
+    fn actor_for(&self, idp: &Arc<IdpClient>, key: &TokenKey) -> Addr<RefreshActor> {
+        let actor_key = match &key.subject {
+            Subject::User(user_id) => ActorKey::Credential {
+                user_id: user_id.clone(),
+                provider: key.provider.clone(),
+            },
+            Subject::Client => ActorKey::Client(key.clone()),
+        };
+        let mut actors = self.actors.lock().unwrap_or_else(|e| e.into_inner());
+        actors.retain(|_, addr| addr.connected());
+        actors
+            .entry(actor_key)
+            .or_insert_with(|| {
+                RefreshActor {
+                    user_id: match &key.subject {
+                        Subject::User(user_id) => Some(user_id.clone()),
+                        Subject::Client => None,
+                    },
+                    lease_owner: self.lease_owner.clone(),
+                    shared_database: self.shared_database,
+                    idp: idp.clone(),
+                    database: self.database.clone(),
+                    cache: self.cache.clone(),
+                    last_used: Instant::now(),
+                    idle_timeout: self.idle_timeout,
+                }
+                .start()
+            })
+            .clone()
+    }
+}

@@ -1,0 +1,363 @@
+//! The cross-replica lease protocol. A user credential is refreshed under its row's lease and the
+//! (rotated) refresh token stored, compare-and-set on the row's generation, before the access
+//! token is handed out: IdPs that rotate refresh tokens revoke the whole grant when a used one is
+//! presented again. DIRAC's own client tokens go through a shared row the same way.
+
+use std::time::{Duration, Instant};
+
+use super::{AccessToken, TokenError, TokenKey};
+use crate::actors::db::{Database, DbOperation};
+use crate::db::{ClientTokenKey, CredentialVersion, StoredToken, TokenUpdate};
+use crate::domain::scopes::ScopeSet;
+use crate::domain::{CredentialState, unix_now};
+use crate::idp::{IdpClient, IdpError, IssuedToken};
+use crate::metrics;
+
+/// How long a caller waits for a token from a key's actor: the IdP's `timeout`, and a second
+/// for storing what a refresh obtained just before it. A refresh that outlasts it is late.
+pub(super) fn caller_deadline(idp: &IdpClient) -> Duration {
+    idp.options().timeout + Duration::from_secs(1)
+}
+
+/// How often a replica that meets another's live lease looks at the row again.
+const LEASE_POLL: Duration = Duration::from_millis(50);
+
+/// Refreshes a stored credential, under the row's lease, and stores the (rotated) refresh token,
+/// compare-and-set on the row's generation, before the access token is handed out. A replica
+/// that meets another's live lease waits and serves the result that replica stores.
+pub(super) async fn refresh_user_token(
+    idp: &IdpClient,
+    database: &Database,
+    lease_owner: &str,
+    user_id: &str,
+    key: &TokenKey,
+    required_time_left: i64,
+) -> Result<AccessToken, TokenError> {
+    let provider = key.provider.clone();
+    // Longer than any refresh can hold the lease: the IdP call is bounded by its timeout and the
+    // wait for a late reply.
+    let lease_seconds = idp.options().refresh_timeout().as_secs() as i64 + 5;
+    let give_up = Instant::now() + Duration::from_secs(lease_seconds as u64 * 2);
+    let mut first_seen: Option<CredentialVersion> = None;
+    loop {
+        let (user, at) = (user_id.to_owned(), provider.clone());
+        let stored = database
+            .run(DbOperation::Credential, move |store, conn| {
+                store.credential(conn, &user, &at)
+            })
+            .await?
+            .filter(|t| t.rt_expires_at > unix_now())
+            .ok_or_else(|| TokenError::NoCredential(user_id.to_owned()))?;
+        if stored.state == CredentialState::NeedsRedelegation {
+            return Err(TokenError::NeedsRedelegation {
+                user_id: user_id.to_owned(),
+                provider,
+            });
+        }
+        // Stored by another replica's refresh while we waited: its result is ours, as for a
+        // caller queued behind an actor; otherwise the stored token serves if it lives enough.
+        let peer_refreshed = first_seen.is_some_and(|seen| seen != stored.version());
+        if let Some(token) = stored_access_token(&stored, key, required_time_left, peer_refreshed) {
+            if peer_refreshed {
+                metrics::COALESCED_CALLERS
+                    .with_label_values(&["user"])
+                    .inc();
+            }
+            return Ok(token);
+        }
+        first_seen.get_or_insert(stored.version());
+        let now = unix_now();
+        let (version, owner) = (stored.version(), lease_owner.to_owned());
+        let lease = database.run(DbOperation::TakeLease, move |store, conn| {
+            store.take_lease(conn, version, &owner, now, now + lease_seconds)
+        });
+        if lease.await? {
+            return refresh_under_lease(
+                idp,
+                database,
+                lease_owner,
+                lease_seconds,
+                stored,
+                key,
+                required_time_left,
+            )
+            .await;
+        }
+        if Instant::now() >= give_up {
+            return Err(TokenError::Idp(IdpError::Unavailable {
+                idp: provider,
+                reason: "another replica's refresh of this credential did not finish".into(),
+            }));
+        }
+        tokio::time::sleep(LEASE_POLL).await;
+    }
+}
+
+/// The key of a client token's shared row: a digest of everything that makes the token.
+fn client_token_key(key: &TokenKey) -> ClientTokenKey {
+    let material = format!(
+        "{}\n{}\n{}\n{}",
+        key.provider,
+        key.client_id,
+        key.scopes,
+        key.audience.as_deref().unwrap_or_default()
+    );
+    let digest = openssl::sha::sha256(material.as_bytes());
+    ClientTokenKey {
+        token_key: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        provider: key.provider.clone(),
+        scope: key.scopes.to_string(),
+        audience: key.audience.clone(),
+    }
+}
+
+/// A client token through the database's shared row: served from it when it lives long enough
+/// (or another replica just obtained it), else obtained under the row's lease and stored.
+pub(super) async fn shared_client_token(
+    idp: &IdpClient,
+    database: &Database,
+    lease_owner: &str,
+    key: &TokenKey,
+    required_time_left: i64,
+) -> Result<AccessToken, TokenError> {
+    let row_key = client_token_key(key);
+    let lease_seconds = idp.options().timeout.as_secs() as i64 + 5;
+    let give_up = Instant::now() + Duration::from_secs(lease_seconds as u64 * 2);
+    let mut first_seen: Option<CredentialVersion> = None;
+    loop {
+        let (key_of_row, now) = (row_key.clone(), unix_now());
+        let row = database
+            .run(DbOperation::ClientToken, move |store, conn| {
+                store.client_token(conn, &key_of_row, now)
+            })
+            .await?;
+        let peer_obtained = first_seen.is_some_and(|seen| seen != row.version);
+        let left = row.expires_at - unix_now();
+        if let Some(access_token) = row.access_token.clone()
+            && left > 0
+            && (peer_obtained || left >= required_time_left)
+        {
+            if peer_obtained {
+                metrics::COALESCED_CALLERS
+                    .with_label_values(&["client"])
+                    .inc();
+            }
+            return Ok(AccessToken {
+                access_token,
+                token_type: row.token_type.clone().unwrap_or_else(|| "Bearer".into()),
+                expires_at: row.expires_at,
+                scope: ScopeSet::parse(&row.scope),
+                minted: Instant::now(),
+                lifetime: row.expires_in,
+                minted_for: required_time_left,
+                credential: None,
+            });
+        }
+        first_seen.get_or_insert(row.version);
+        let now = unix_now();
+        let (version, owner) = (row.version, lease_owner.to_owned());
+        let lease = database.run(DbOperation::TakeClientLease, move |store, conn| {
+            store.take_client_lease(conn, version, &owner, now, now + lease_seconds)
+        });
+        if lease.await? {
+            let issued = match idp
+                .client_credentials(&key.scopes, key.audience.as_deref())
+                .await
+            {
+                Ok(issued) => issued,
+                Err(error) => {
+                    let (id, owner) = (row.version.id, lease_owner.to_owned());
+                    let release = database
+                        .run(DbOperation::ReleaseClientLease, move |store, conn| {
+                            store.release_client_lease(conn, id, &owner)
+                        });
+                    if let Err(release_error) = release.await {
+                        tracing::warn!(error = %release_error, "could not release a client-token lease; it expires by itself");
+                    }
+                    return Err(error.into());
+                }
+            };
+            let now = unix_now();
+            let token = AccessToken::from_issued(&issued, &key.scopes, required_time_left, now);
+            let (key_of_row, expected) = (row_key.clone(), row.version);
+            let (access_token, token_type) = (token.access_token.clone(), token.token_type.clone());
+            let (expires_at, expires_in) = (token.expires_at, issued.expires_in.unwrap_or(0));
+            let granted_scope = token.scope.to_string();
+            let write = database.run(DbOperation::StoreClientToken, move |store, conn| {
+                store.store_client_token(
+                    conn,
+                    &key_of_row,
+                    expected,
+                    &access_token,
+                    &token_type,
+                    expires_at,
+                    expires_in,
+                    &granted_scope,
+                    now,
+                )
+            });
+            // A client token can be obtained again: not storing it costs peers a refresh, no more.
+            if let Err(error) = write.await {
+                tracing::warn!(%error, "could not share a client token with the other replicas");
+            }
+            return Ok(token);
+        }
+        if Instant::now() >= give_up {
+            return Err(TokenError::Idp(IdpError::Unavailable {
+                idp: key.provider.clone(),
+                reason: "another replica's client-token request did not finish".into(),
+            }));
+        }
+        tokio::time::sleep(LEASE_POLL).await;
+    }
+}
+
+/// The access token stored with the credential, if it is one for this key: same audience, the
+/// requested scopes granted, alive (and long enough, unless a peer just obtained it for us).
+fn stored_access_token(
+    stored: &StoredToken,
+    key: &TokenKey,
+    required_time_left: i64,
+    peer_refreshed: bool,
+) -> Option<AccessToken> {
+    let access_token = stored.access_token.clone()?;
+    let granted = ScopeSet::parse(&stored.scope);
+    let now = unix_now();
+    let left = stored.expires_at - now;
+    let fits = stored.audience == key.audience
+        && key.scopes.iter().all(|s| granted.contains(s))
+        && left > 0
+        && (peer_refreshed || left >= required_time_left);
+    fits.then(|| AccessToken {
+        access_token,
+        token_type: stored.token_type.clone().unwrap_or_else(|| "Bearer".into()),
+        expires_at: stored.expires_at,
+        scope: granted,
+        minted: Instant::now(),
+        lifetime: stored.expires_in,
+        minted_for: required_time_left,
+        credential: Some(stored.version()),
+    })
+}
+
+async fn refresh_under_lease(
+    idp: &IdpClient,
+    database: &Database,
+    lease_owner: &str,
+    lease_seconds: i64,
+    stored: StoredToken,
+    key: &TokenKey,
+    required_time_left: i64,
+) -> Result<AccessToken, TokenError> {
+    let (user_id, provider) = (stored.user_id.clone(), stored.provider.clone());
+    let renew = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs((lease_seconds / 3).max(1) as u64)).await;
+            let now = unix_now();
+            let (version, owner) = (stored.version(), lease_owner.to_owned());
+            let lease = database.run(DbOperation::TakeLease, move |store, conn| {
+                store.take_lease(conn, version, &owner, now, now + lease_seconds)
+            });
+            if !matches!(lease.await, Ok(true)) {
+                tracing::warn!(user_id, provider, "could not renew the refresh lease");
+            }
+        }
+    };
+    let started = Instant::now();
+    let refreshed = tokio::select! {
+        refreshed = idp.refresh(&stored.refresh_token, &key.scopes, key.audience.as_deref()) => refreshed,
+        never = renew => never,
+    };
+    let late = started.elapsed() > caller_deadline(idp);
+    let outcome = match refreshed {
+        Ok(issued) => {
+            if late {
+                tracing::warn!(
+                    user_id,
+                    provider,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "the IdP answered a refresh after its callers timed out; the rotated refresh token is stored"
+                );
+            }
+            let now = unix_now();
+            let mut token = AccessToken::from_issued(&issued, &key.scopes, required_time_left, now);
+            // Stored before it is handed out; the write also ends the lease.
+            let version = store_refreshed(database, &stored, &issued, &token, key, now).await?;
+            token.credential = Some(version);
+            return Ok(token);
+        }
+        Err(error @ (IdpError::InvalidGrant(_) | IdpError::ReplyLost { .. })) => {
+            // The refresh token is dead (refused) or possibly consumed (reply lost): presenting
+            // it again would at best fail, at worst make the IdP revoke the whole grant.
+            tracing::warn!(user_id, provider, %error, "credential needs a new login");
+            let (expected, now) = (stored.version(), unix_now());
+            let mark = database.run(DbOperation::MarkNeedsRedelegation, move |store, conn| {
+                store.mark_needs_redelegation(conn, expected, now)
+            });
+            if let Err(mark) = mark.await {
+                tracing::error!(user_id, provider, error = %mark, "could not mark the credential");
+            }
+            Err(match error {
+                IdpError::InvalidGrant(_) => TokenError::Idp(error),
+                _ => TokenError::NeedsRedelegation {
+                    user_id: user_id.clone(),
+                    provider: provider.clone(),
+                },
+            })
+        }
+        Err(error) => {
+            if late {
+                tracing::warn!(
+                    user_id, provider, %error,
+                    "a refresh failed after its callers timed out; had the IdP processed it without answering, the stored refresh token would be consumed"
+                );
+            }
+            Err(error.into())
+        }
+    };
+    let (id, owner) = (stored.id, lease_owner.to_owned());
+    let release = database.run(DbOperation::ReleaseLease, move |store, conn| {
+        store.release_lease(conn, id, &owner)
+    });
+    if let Err(error) = release.await {
+        tracing::warn!(user_id, provider, %error, "could not release the refresh lease; it expires by itself");
+    }
+    outcome
+}
+
+async fn store_refreshed(
+    database: &Database,
+    stored: &StoredToken,
+    issued: &IssuedToken,
+    token: &AccessToken,
+    key: &TokenKey,
+    now: i64,
+) -> Result<CredentialVersion, TokenError> {
+    let rotated = issued.refresh_token.clone();
+    let update = TokenUpdate {
+        rt_expires_at: rotated
+            .as_ref()
+            .and_then(|t| crate::domain::jwt_expiry(t.expose()))
+            .unwrap_or(stored.rt_expires_at),
+        refresh_token: rotated.unwrap_or_else(|| stored.refresh_token.clone()),
+        access_token: Some(token.access_token.clone()),
+        expires_at: token.expires_at,
+        expires_in: issued.expires_in.unwrap_or(0),
+        token_type: Some(token.token_type.clone()),
+        scope: token.scope.to_string(),
+        audience: key.audience.clone(),
+    };
+    let expected = stored.version();
+    let (user_id, provider) = (stored.user_id.clone(), stored.provider.clone());
+    let write = database.run(DbOperation::StoreRefreshed, move |store, conn| {
+        store.store_refreshed(conn, expected, &user_id, &provider, &update, now)
+    });
+    write.await.map(|row| row.version()).map_err(|error| {
+        metrics::REFRESH_TOKEN_PERSIST_FAILURES.inc();
+        tracing::error!(
+            user_id = %stored.user_id, provider = %stored.provider, %error,
+            "REFRESHED TOKEN NOT STORED: the IdP rotated the refresh token but the new one could not be saved"
+        );
+        TokenError::NotStored
+    })
+}
