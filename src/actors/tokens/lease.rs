@@ -5,18 +5,18 @@
 
 use std::time::{Duration, Instant};
 
+use super::seams::{CredentialStore, TokenIssuer};
 use super::{AccessToken, TokenError, TokenKey};
-use crate::actors::db::{Database, DbOperation};
 use crate::db::{ClientTokenKey, CredentialVersion, StoredToken, TokenUpdate};
+use crate::domain::CredentialState;
 use crate::domain::scopes::ScopeSet;
-use crate::domain::{CredentialState, unix_now};
-use crate::idp::{IdpClient, IdpError, IssuedToken};
+use crate::idp::{IdpError, IssuedToken};
 use crate::metrics;
 
 /// How long a caller waits for a token from a key's actor: the IdP's `timeout`, and a second
 /// for storing what a refresh obtained just before it. A refresh that outlasts it is late.
-pub(super) fn caller_deadline(idp: &IdpClient) -> Duration {
-    idp.options().timeout + Duration::from_secs(1)
+pub(super) fn caller_deadline(issuer: &impl TokenIssuer) -> Duration {
+    issuer.timeout() + Duration::from_secs(1)
 }
 
 /// How often a replica that meets another's live lease looks at the row again.
@@ -26,8 +26,8 @@ const LEASE_POLL: Duration = Duration::from_millis(50);
 /// compare-and-set on the row's generation, before the access token is handed out. A replica
 /// that meets another's live lease waits and serves the result that replica stores.
 pub(super) async fn refresh_user_token(
-    idp: &IdpClient,
-    database: &Database,
+    issuer: &impl TokenIssuer,
+    store: &impl CredentialStore,
     lease_owner: &str,
     user_id: &str,
     key: &TokenKey,
@@ -36,17 +36,14 @@ pub(super) async fn refresh_user_token(
     let provider = key.provider.clone();
     // Longer than any refresh can hold the lease: the IdP call is bounded by its timeout and the
     // wait for a late reply.
-    let lease_seconds = idp.options().refresh_timeout().as_secs() as i64 + 5;
-    let give_up = Instant::now() + Duration::from_secs(lease_seconds as u64 * 2);
+    let lease_seconds = issuer.refresh_timeout().as_secs() as i64 + 5;
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(lease_seconds as u64 * 2);
     let mut first_seen: Option<CredentialVersion> = None;
     loop {
-        let (user, at) = (user_id.to_owned(), provider.clone());
-        let stored = database
-            .run(DbOperation::Credential, move |store, conn| {
-                store.credential(conn, &user, &at)
-            })
+        let stored = store
+            .credential(user_id, &provider)
             .await?
-            .filter(|t| t.rt_expires_at > unix_now())
+            .filter(|t| t.rt_expires_at > store.now())
             .ok_or_else(|| TokenError::NoCredential(user_id.to_owned()))?;
         if stored.state == CredentialState::NeedsRedelegation {
             return Err(TokenError::NeedsRedelegation {
@@ -57,7 +54,13 @@ pub(super) async fn refresh_user_token(
         // Stored by another replica's refresh while we waited: its result is ours, as for a
         // caller queued behind an actor; otherwise the stored token serves if it lives enough.
         let peer_refreshed = first_seen.is_some_and(|seen| seen != stored.version());
-        if let Some(token) = stored_access_token(&stored, key, required_time_left, peer_refreshed) {
+        if let Some(token) = stored_access_token(
+            &stored,
+            key,
+            required_time_left,
+            peer_refreshed,
+            store.now(),
+        ) {
             if peer_refreshed {
                 metrics::COALESCED_CALLERS
                     .with_label_values(&["user"])
@@ -66,15 +69,14 @@ pub(super) async fn refresh_user_token(
             return Ok(token);
         }
         first_seen.get_or_insert(stored.version());
-        let now = unix_now();
-        let (version, owner) = (stored.version(), lease_owner.to_owned());
-        let lease = database.run(DbOperation::TakeLease, move |store, conn| {
-            store.take_lease(conn, version, &owner, now, now + lease_seconds)
-        });
-        if lease.await? {
+        let now = store.now();
+        if store
+            .take_lease(stored.version(), lease_owner, now, now + lease_seconds)
+            .await?
+        {
             return refresh_under_lease(
-                idp,
-                database,
+                issuer,
+                store,
                 lease_owner,
                 lease_seconds,
                 stored,
@@ -83,7 +85,7 @@ pub(super) async fn refresh_user_token(
             )
             .await;
         }
-        if Instant::now() >= give_up {
+        if tokio::time::Instant::now() >= give_up {
             return Err(TokenError::Idp(IdpError::Unavailable {
                 idp: provider,
                 reason: "another replica's refresh of this credential did not finish".into(),
@@ -114,25 +116,20 @@ fn client_token_key(key: &TokenKey) -> ClientTokenKey {
 /// A client token through the database's shared row: served from it when it lives long enough
 /// (or another replica just obtained it), else obtained under the row's lease and stored.
 pub(super) async fn shared_client_token(
-    idp: &IdpClient,
-    database: &Database,
+    issuer: &impl TokenIssuer,
+    store: &impl CredentialStore,
     lease_owner: &str,
     key: &TokenKey,
     required_time_left: i64,
 ) -> Result<AccessToken, TokenError> {
     let row_key = client_token_key(key);
-    let lease_seconds = idp.options().timeout.as_secs() as i64 + 5;
-    let give_up = Instant::now() + Duration::from_secs(lease_seconds as u64 * 2);
+    let lease_seconds = issuer.timeout().as_secs() as i64 + 5;
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(lease_seconds as u64 * 2);
     let mut first_seen: Option<CredentialVersion> = None;
     loop {
-        let (key_of_row, now) = (row_key.clone(), unix_now());
-        let row = database
-            .run(DbOperation::ClientToken, move |store, conn| {
-                store.client_token(conn, &key_of_row, now)
-            })
-            .await?;
+        let row = store.client_token(&row_key, store.now()).await?;
         let peer_obtained = first_seen.is_some_and(|seen| seen != row.version);
-        let left = row.expires_at - unix_now();
+        let left = row.expires_at - store.now();
         if let Some(access_token) = row.access_token.clone()
             && left > 0
             && (peer_obtained || left >= required_time_left)
@@ -154,55 +151,34 @@ pub(super) async fn shared_client_token(
             });
         }
         first_seen.get_or_insert(row.version);
-        let now = unix_now();
-        let (version, owner) = (row.version, lease_owner.to_owned());
-        let lease = database.run(DbOperation::TakeClientLease, move |store, conn| {
-            store.take_client_lease(conn, version, &owner, now, now + lease_seconds)
-        });
-        if lease.await? {
-            let issued = match idp
+        let now = store.now();
+        if store
+            .take_client_lease(row.version, lease_owner, now, now + lease_seconds)
+            .await?
+        {
+            let issued = match issuer
                 .client_credentials(&key.scopes, key.audience.as_deref())
                 .await
             {
                 Ok(issued) => issued,
                 Err(error) => {
-                    let (id, owner) = (row.version.id, lease_owner.to_owned());
-                    let release = database
-                        .run(DbOperation::ReleaseClientLease, move |store, conn| {
-                            store.release_client_lease(conn, id, &owner)
-                        });
+                    let release = store.release_client_lease(row.version.id, lease_owner);
                     if let Err(release_error) = release.await {
                         tracing::warn!(error = %release_error, "could not release a client-token lease; it expires by itself");
                     }
                     return Err(error.into());
                 }
             };
-            let now = unix_now();
+            let now = store.now();
             let token = AccessToken::from_issued(&issued, &key.scopes, required_time_left, now);
-            let (key_of_row, expected) = (row_key.clone(), row.version);
-            let (access_token, token_type) = (token.access_token.clone(), token.token_type.clone());
-            let (expires_at, expires_in) = (token.expires_at, issued.expires_in.unwrap_or(0));
-            let granted_scope = token.scope.to_string();
-            let write = database.run(DbOperation::StoreClientToken, move |store, conn| {
-                store.store_client_token(
-                    conn,
-                    &key_of_row,
-                    expected,
-                    &access_token,
-                    &token_type,
-                    expires_at,
-                    expires_in,
-                    &granted_scope,
-                    now,
-                )
-            });
             // A client token can be obtained again: not storing it costs peers a refresh, no more.
-            if let Err(error) = write.await {
+            let share = store.store_client_token(&row_key, row.version, &token, now);
+            if let Err(error) = share.await {
                 tracing::warn!(%error, "could not share a client token with the other replicas");
             }
             return Ok(token);
         }
-        if Instant::now() >= give_up {
+        if tokio::time::Instant::now() >= give_up {
             return Err(TokenError::Idp(IdpError::Unavailable {
                 idp: key.provider.clone(),
                 reason: "another replica's client-token request did not finish".into(),
@@ -219,10 +195,10 @@ fn stored_access_token(
     key: &TokenKey,
     required_time_left: i64,
     peer_refreshed: bool,
+    now: i64,
 ) -> Option<AccessToken> {
     let access_token = stored.access_token.clone()?;
     let granted = ScopeSet::parse(&stored.scope);
-    let now = unix_now();
     let left = stored.expires_at - now;
     let fits = stored.audience == key.audience
         && key.scopes.iter().all(|s| granted.contains(s))
@@ -241,8 +217,8 @@ fn stored_access_token(
 }
 
 async fn refresh_under_lease(
-    idp: &IdpClient,
-    database: &Database,
+    issuer: &impl TokenIssuer,
+    store: &impl CredentialStore,
     lease_owner: &str,
     lease_seconds: i64,
     stored: StoredToken,
@@ -253,22 +229,21 @@ async fn refresh_under_lease(
     let renew = async {
         loop {
             tokio::time::sleep(Duration::from_secs((lease_seconds / 3).max(1) as u64)).await;
-            let now = unix_now();
-            let (version, owner) = (stored.version(), lease_owner.to_owned());
-            let lease = database.run(DbOperation::TakeLease, move |store, conn| {
-                store.take_lease(conn, version, &owner, now, now + lease_seconds)
-            });
-            if !matches!(lease.await, Ok(true)) {
+            let now = store.now();
+            let renewed = store
+                .take_lease(stored.version(), lease_owner, now, now + lease_seconds)
+                .await;
+            if !matches!(renewed, Ok(true)) {
                 tracing::warn!(user_id, provider, "could not renew the refresh lease");
             }
         }
     };
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let refreshed = tokio::select! {
-        refreshed = idp.refresh(&stored.refresh_token, &key.scopes, key.audience.as_deref()) => refreshed,
+        refreshed = issuer.refresh(&stored.refresh_token, &key.scopes, key.audience.as_deref()) => refreshed,
         never = renew => never,
     };
-    let late = started.elapsed() > caller_deadline(idp);
+    let late = started.elapsed() > caller_deadline(issuer);
     let outcome = match refreshed {
         Ok(issued) => {
             if late {
@@ -279,10 +254,10 @@ async fn refresh_under_lease(
                     "the IdP answered a refresh after its callers timed out; the rotated refresh token is stored"
                 );
             }
-            let now = unix_now();
+            let now = store.now();
             let mut token = AccessToken::from_issued(&issued, &key.scopes, required_time_left, now);
             // Stored before it is handed out; the write also ends the lease.
-            let version = store_refreshed(database, &stored, &issued, &token, key, now).await?;
+            let version = store_refreshed(store, &stored, &issued, &token, key, now).await?;
             token.credential = Some(version);
             return Ok(token);
         }
@@ -290,10 +265,7 @@ async fn refresh_under_lease(
             // The refresh token is dead (refused) or possibly consumed (reply lost): presenting
             // it again would at best fail, at worst make the IdP revoke the whole grant.
             tracing::warn!(user_id, provider, %error, "credential needs a new login");
-            let (expected, now) = (stored.version(), unix_now());
-            let mark = database.run(DbOperation::MarkNeedsRedelegation, move |store, conn| {
-                store.mark_needs_redelegation(conn, expected, now)
-            });
+            let mark = store.mark_needs_redelegation(stored.version(), store.now());
             if let Err(mark) = mark.await {
                 tracing::error!(user_id, provider, error = %mark, "could not mark the credential");
             }
@@ -315,18 +287,14 @@ async fn refresh_under_lease(
             Err(error.into())
         }
     };
-    let (id, owner) = (stored.id, lease_owner.to_owned());
-    let release = database.run(DbOperation::ReleaseLease, move |store, conn| {
-        store.release_lease(conn, id, &owner)
-    });
-    if let Err(error) = release.await {
+    if let Err(error) = store.release_lease(stored.id, lease_owner).await {
         tracing::warn!(user_id, provider, %error, "could not release the refresh lease; it expires by itself");
     }
     outcome
 }
 
 async fn store_refreshed(
-    database: &Database,
+    store: &impl CredentialStore,
     stored: &StoredToken,
     issued: &IssuedToken,
     token: &AccessToken,
@@ -347,11 +315,13 @@ async fn store_refreshed(
         scope: token.scope.to_string(),
         audience: key.audience.clone(),
     };
-    let expected = stored.version();
-    let (user_id, provider) = (stored.user_id.clone(), stored.provider.clone());
-    let write = database.run(DbOperation::StoreRefreshed, move |store, conn| {
-        store.store_refreshed(conn, expected, &user_id, &provider, &update, now)
-    });
+    let write = store.store_refreshed(
+        stored.version(),
+        &stored.user_id,
+        &stored.provider,
+        update,
+        now,
+    );
     write.await.map(|row| row.version()).map_err(|error| {
         metrics::REFRESH_TOKEN_PERSIST_FAILURES.inc();
         tracing::error!(

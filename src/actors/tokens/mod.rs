@@ -8,6 +8,7 @@ mod broker;
 mod cache;
 mod lease;
 mod refresh;
+mod seams;
 
 pub(crate) use broker::TokenBroker;
 pub(crate) use cache::{AccessToken, Subject, TokenKey};
