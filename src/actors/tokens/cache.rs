@@ -134,3 +134,140 @@ impl TokenCache {
             .retain(|key, _| !matches!(&key.subject, Subject::User(id) if id == user_id));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const NOW: i64 = 1_700_000_000;
+
+    impl TokenKey {
+        /// The unit tests' key: IAM, its client `tm-client`, `openid compute.read`, no audience.
+        pub(in crate::actors::tokens) fn for_tests(subject: Subject) -> Self {
+            Self {
+                subject,
+                provider: "IAM".into(),
+                client_id: "tm-client".into(),
+                scopes: ScopeSet::parse("openid compute.read"),
+                audience: None,
+            }
+        }
+    }
+
+    fn user_key(user_id: &str) -> TokenKey {
+        TokenKey::for_tests(Subject::User(user_id.into()))
+    }
+
+    /// A token minted `age` seconds before NOW, for a request of `minted_for` seconds, with the
+    /// IdP's `lifetime`.
+    fn token(lifetime: i64, age: i64, minted_for: i64) -> AccessToken {
+        AccessToken {
+            access_token: Secret::new(format!("at-{lifetime}-{age}")),
+            token_type: "Bearer".into(),
+            expires_at: NOW - age + lifetime,
+            scope: ScopeSet::parse("openid compute.read"),
+            minted: Instant::now(),
+            lifetime,
+            minted_for,
+            credential: None,
+        }
+    }
+
+    #[test]
+    fn a_token_serves_requests_it_outlives() {
+        let fresh = token(3600, 0, 0);
+        assert!(fresh.serves(0, NOW));
+        assert!(fresh.serves(3600, NOW));
+        assert!(!fresh.serves(3601, NOW), "minted for 0 s, so no leeway");
+    }
+
+    #[test]
+    fn an_expired_token_serves_nothing() {
+        let old = token(600, 600, 3600);
+        assert!(!old.serves(0, NOW));
+        let fresh_but_dead = token(0, 0, 3600);
+        assert!(!fresh_but_dead.serves(0, NOW));
+    }
+
+    #[test]
+    fn a_shorter_token_than_asked_serves_while_a_refresh_could_not_do_better() {
+        // The IdP gave 600 s to a request for 3600 s: as long as less than a tenth of it is
+        // spent, the same request is served by it rather than by another refresh.
+        let short = token(600, 60, 3600);
+        assert!(short.serves(3600, NOW));
+        assert!(
+            !token(600, 61, 3600).serves(3600, NOW),
+            "more than a tenth spent"
+        );
+        assert!(
+            !short.serves(3601, NOW),
+            "a request for more than it was minted for"
+        );
+        assert!(
+            !token(600, 0, 600).serves(3600, NOW),
+            "minted for a shorter request"
+        );
+    }
+
+    #[test]
+    fn the_cache_serves_a_key_only_what_lives_long_enough() {
+        let cache = TokenCache::default();
+        let alice = user_key("alice");
+        assert!(cache.get(&alice, 0, NOW).is_none());
+        cache.insert(alice.clone(), Arc::new(token(600, 0, 0)));
+        assert!(cache.get(&alice, 600, NOW).is_some());
+        assert!(cache.get(&alice, 601, NOW).is_none());
+        assert!(cache.get(&user_key("bob"), 0, NOW).is_none());
+        cache.forget(&alice);
+        assert!(cache.get(&alice, 0, NOW).is_none());
+    }
+
+    #[test]
+    fn minted_since_answers_callers_queued_before_the_token_was_minted() {
+        let cache = TokenCache::default();
+        let alice = user_key("alice");
+        let queued = Instant::now();
+        let mut before = token(60, 0, 0);
+        before.minted = queued - Duration::from_millis(1);
+        cache.insert(alice.clone(), Arc::new(before));
+        assert!(
+            cache.minted_since(&alice, queued, NOW).is_none(),
+            "minted before the caller queued"
+        );
+
+        let after = token(60, 0, 3600);
+        cache.insert(alice.clone(), Arc::new(after));
+        let served = cache
+            .minted_since(&alice, queued, NOW)
+            .expect("minted since");
+        assert_eq!(served.access_token.expose(), "at-60-0");
+        assert!(
+            cache.minted_since(&alice, queued, NOW + 60).is_none(),
+            "expired"
+        );
+    }
+
+    #[test]
+    fn forget_user_forgets_every_token_of_that_user_only() {
+        let cache = TokenCache::default();
+        let mut alice_elsewhere = user_key("alice");
+        alice_elsewhere.provider = "CheckIn".into();
+        let keys = [
+            user_key("alice"),
+            alice_elsewhere,
+            user_key("bob"),
+            TokenKey::for_tests(Subject::Client),
+        ];
+        for key in &keys {
+            cache.insert(key.clone(), Arc::new(token(600, 0, 0)));
+        }
+        cache.forget_user("alice");
+        let kept: Vec<bool> = keys
+            .iter()
+            .map(|k| cache.get(k, 0, NOW).is_some())
+            .collect();
+        assert_eq!(kept, [false, false, true, true]);
+    }
+}

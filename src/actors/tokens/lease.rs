@@ -331,3 +331,6 @@ async fn store_refreshed(
         TokenError::NotStored
     })
 }
+
+#[cfg(test)]
+mod tests;
