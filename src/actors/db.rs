@@ -109,3 +109,45 @@ impl Database {
         metrics::DB_POOL_IDLE.set(i64::from(state.idle_connections));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::KeyringFile;
+
+    #[actix_rt::test]
+    async fn each_operation_is_counted_by_outcome_and_timed_under_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = KeyringFile::new(dir.path().join("keyring"));
+        keyring.create().unwrap();
+        let keyring = Arc::new(SharedKeyring::load(keyring.path()).unwrap());
+        let url = format!("sqlite://{}", dir.path().join("tm.sqlite").display());
+        let url = DatabaseUrl::parse(&url).unwrap();
+        let database = Database::open(&url, keyring, PoolOptions::default()).unwrap();
+        let counted = |outcome| {
+            metrics::DB_OPERATIONS
+                .with_label_values(&["ping", outcome])
+                .get()
+        };
+        let timed = || {
+            metrics::DB_OPERATION_DURATION
+                .with_label_values(&["ping"])
+                .get_sample_count()
+        };
+        let before = (counted("ok"), counted("error"), timed());
+
+        database
+            .run(DbOperation::Ping, |_, conn| conn.ping())
+            .await
+            .unwrap();
+        let failed = database
+            .run(DbOperation::Ping, |_, _| Err::<(), _>(DbError::Unavailable))
+            .await;
+
+        assert!(matches!(failed, Err(DbError::Unavailable)));
+        assert_eq!(
+            (counted("ok"), counted("error"), timed()),
+            (before.0 + 1, before.1 + 1, before.2 + 2)
+        );
+    }
+}
