@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
+use super::DatabaseUrl;
 use super::cfg::{CfgError, Entry, Section};
 use super::idp::{self, IdProvider};
 use super::registry::registry_from_cfg;
-use crate::domain::registry::Registry;
 use super::secrets::env_value;
 use super::{ConfigError, ENV_DB_PASSWORD, ENV_DB_URL, ENV_ENCRYPTION_KEY_FILE, Loaded};
-use super::DatabaseUrl;
+use crate::domain::registry::Registry;
 
 pub const DEFAULT_DISET_PORT: u16 = 9181;
 pub const DEFAULT_HTTPS_PORT: u16 = 8443;

@@ -361,7 +361,11 @@ mod tests {
             properties: vec![property.into()],
         };
         Registry::new(RegistryParts {
-            users: vec![user("userA", &[]), user("userB", &[]), user("userS", &["testVO"])],
+            users: vec![
+                user("userA", &[]),
+                user("userB", &[]),
+                user("userS", &["testVO"]),
+            ],
             groups: vec![
                 group("group_test", &["userA", "userS"], &["NormalUser"], "testVO"),
                 group(

@@ -294,4 +294,3 @@ impl Registry {
             .unwrap_or_default()
     }
 }
-

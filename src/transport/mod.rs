@@ -47,4 +47,3 @@ pub async fn read_body(mut payload: web::Payload, limit: u64) -> Result<Vec<u8>,
     }
     Ok(body)
 }
-

@@ -3,8 +3,8 @@
 
 use std::net::TcpStream;
 
-use tokenmanager::crypto::KeyringFile;
 use tokenmanager::config::Backend;
+use tokenmanager::crypto::KeyringFile;
 
 use crate::client::http_get;
 use crate::process::{ServeProcess, run, stderr, write_config};

@@ -12,9 +12,9 @@ use serde_json::json;
 use tokenmanager::config::Backend;
 use tokenmanager::x509::pki::ProxyKind;
 
+use crate::app::TestApp;
 use crate::client::Client;
 use crate::pki::TestPki;
-use crate::app::TestApp;
 use crate::process::{REGISTRY, run, stderr};
 use crate::support::TestDb;
 

@@ -8,9 +8,9 @@ use std::net::TcpStream;
 use serde_json::{Value, json};
 use tokenmanager::x509::pki::{CertifiedKey, ProxyKind};
 
+use crate::app::TestApp;
 use crate::client::{Client, FORM, Reply, Request, Response, form_encode};
 use crate::pki::TestPki;
-use crate::app::TestApp;
 use crate::process;
 use crate::support::TestDb;
 use tokenmanager::config::Backend;

@@ -2,8 +2,8 @@
 //! refused, and key rotation under concurrent writes loses nothing.
 
 use tokenmanager::actors::db::DbOperation;
-use tokenmanager::crypto::CryptoError;
 use tokenmanager::config::Backend;
+use tokenmanager::crypto::CryptoError;
 use tokenmanager::db::{DbError, TokenUpdate};
 use tokenmanager::domain::{Secret, unix_now};
 

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokenmanager::x509::pki::{CertifiedKey, ProxyKind};
 
+use crate::app::TestApp;
 use crate::client::{Client, Reply, Request};
 use crate::idp::TestIdp;
 use crate::pki::TestPki;
-use crate::app::TestApp;
 use crate::process::{ServeProcess, configure};
 use crate::support::TestDb;
 

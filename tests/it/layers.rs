@@ -16,7 +16,10 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("config", &["domain"]),
     ("db", &["domain", "metrics", "crypto", "config"]),
     ("idp", &["domain", "metrics", "config"]),
-    ("actors", &["domain", "metrics", "crypto", "config", "db", "idp"]),
+    (
+        "actors",
+        &["domain", "metrics", "crypto", "config", "db", "idp"],
+    ),
     ("configuration_server", &["config"]),
     (
         "service",
@@ -35,7 +38,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("transport", &["x509", "config"]),
     (
         "protocol",
-        &["domain", "metrics", "x509", "config", "service", "transport"],
+        &[
+            "domain",
+            "metrics",
+            "x509",
+            "config",
+            "service",
+            "transport",
+        ],
     ),
     (
         "http",
@@ -176,12 +186,19 @@ fn f() -> &'static str {
     );
     assert_eq!(
         used_modules(&code, &location),
-        [(1, "db".to_owned()), (5, "idp".to_owned()), (7, "metrics".to_owned())]
+        [
+            (1, "db".to_owned()),
+            (5, "idp".to_owned()),
+            (7, "metrics".to_owned())
+        ]
     );
 }
 
 fn allowed_uses(module: &str) -> Option<&'static [&'static str]> {
-    LAYERS.iter().find(|(m, _)| *m == module).map(|(_, uses)| *uses)
+    LAYERS
+        .iter()
+        .find(|(m, _)| *m == module)
+        .map(|(_, uses)| *uses)
 }
 
 fn rust_files(dir: &Path) -> Vec<PathBuf> {
@@ -367,7 +384,14 @@ fn strip_comments_and_literals(code: &str) -> String {
             }
             i = open;
             while i < chars.len() {
-                if chars[i] == '"' && chars[i + 1..].iter().take(hashes).filter(|&&c| c == '#').count() == hashes {
+                if chars[i] == '"'
+                    && chars[i + 1..]
+                        .iter()
+                        .take(hashes)
+                        .filter(|&&c| c == '#')
+                        .count()
+                        == hashes
+                {
                     for _ in 0..=hashes {
                         out.push(' ');
                     }
