@@ -1,21 +1,12 @@
 //! Every metric of the service, declared once. Names follow Prometheus conventions (`_total`,
-//! `_seconds`, base units); all live in one registry that `/metrics` renders.
+//! `_seconds`, base units). They live in a [`Metrics`] registered in the registry its owner gives
+//! it, and `/metrics` renders that registry: each application counts its own.
 
-use std::sync::LazyLock;
-
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
-
-pub static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
-
-fn register<C: prometheus::core::Collector + Clone + 'static>(collector: C) -> C {
-    REGISTRY
-        .register(Box::new(collector.clone()))
-        .expect("each metric is registered once");
-    collector
-}
 
 /// Latency buckets from 100 µs (a cache hit) to 10 s (an IdP timeout).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -23,246 +14,53 @@ const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
-/// Requests handled, by method, protocol (`json`, `https`, `dips`) and outcome (`ok` or the
-/// stable error code).
-pub static REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(
-        IntCounterVec::new(
-            Opts::new(
-                "tokenmanager_requests_total",
-                "Requests handled, by method, protocol and outcome",
-            ),
-            &["method", "protocol", "outcome"],
-        )
-        .expect("valid metric"),
-    )
-});
-
-/// Time from a decoded request to its encoded reply, by method, protocol and result (`ok` or
-/// `error`: the error codes are in `tokenmanager_requests_total`, to keep this family small).
-pub static REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register(
-        HistogramVec::new(
-            HistogramOpts::new(
-                "tokenmanager_request_duration_seconds",
-                "Time to answer a request, by method, protocol and result",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["method", "protocol", "result"],
-        )
-        .expect("valid metric"),
-    )
-});
-
-/// Requests to identity providers, by IdP, grant (`refresh_token`, `client_credentials`,
-/// `revocation`, `discovery`) and outcome (`ok`, `invalid_grant`, `refused`, `unavailable`,
-/// `reply_lost`).
-pub static IDP_REQUESTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(
-        IntCounterVec::new(
-            Opts::new(
-                "tokenmanager_idp_requests_total",
-                "Requests to identity providers, by IdP, grant and outcome",
-            ),
-            &["idp", "grant", "outcome"],
-        )
-        .expect("valid metric"),
-    )
-});
-
-/// Time of each IdP request, by IdP and grant, whatever the outcome.
-pub static IDP_REQUEST_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register(
-        HistogramVec::new(
-            HistogramOpts::new(
-                "tokenmanager_idp_request_duration_seconds",
-                "Time of requests to identity providers, by IdP and grant",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["idp", "grant"],
-        )
-        .expect("valid metric"),
-    )
-});
-
-/// getToken lookups in the access-token cache, by kind (`user`, `client`) and result (`hit`:
-/// served from the cache; `miss`: sent to the credential's refresh actor).
-pub static TOKEN_CACHE_LOOKUPS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(
-        IntCounterVec::new(
-            Opts::new(
-                "tokenmanager_token_cache_lookups_total",
-                "Access-token cache lookups, by kind and result",
-            ),
-            &["kind", "result"],
-        )
-        .expect("valid metric"),
-    )
-});
-
-/// Cache misses answered by a refresh another caller started (queued behind the same refresh
-/// actor, or waiting for another replica's lease), by kind: IdP calls saved.
-pub static COALESCED_CALLERS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(
-        IntCounterVec::new(
-            Opts::new(
-                "tokenmanager_coalesced_callers_total",
-                "Callers served by a refresh another caller started, by kind",
-            ),
-            &["kind"],
-        )
-        .expect("valid metric"),
-    )
-});
-
-/// Refresh actors alive now, by kind (one per stored credential or client-token key in use).
-pub static REFRESH_ACTORS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register(
-        IntGaugeVec::new(
-            Opts::new(
-                "tokenmanager_refresh_actors",
-                "Refresh actors alive, by kind",
-            ),
-            &["kind"],
-        )
-        .expect("valid metric"),
-    )
-});
-
-/// Refresh tokens the IdP issued that could not be stored (the call failed closed). Any
-/// increase needs an operator: that user's delegation is probably lost.
-pub static REFRESH_TOKEN_PERSIST_FAILURES: LazyLock<IntCounter> = LazyLock::new(|| {
-    register(
-        IntCounter::new(
-            "tokenmanager_refresh_token_persist_failures_total",
-            "Refreshed tokens the IdP issued that could not be stored",
-        )
-        .expect("valid metric"),
-    )
-});
-
-/// Open database connections of this process's pool.
-pub static DB_POOL_CONNECTIONS: LazyLock<IntGauge> = LazyLock::new(|| {
-    register(
-        IntGauge::new(
-            "tokenmanager_db_pool_connections",
-            "Open database connections in the pool",
-        )
-        .expect("valid metric"),
-    )
-});
-
-/// Idle database connections of this process's pool.
-pub static DB_POOL_IDLE: LazyLock<IntGauge> = LazyLock::new(|| {
-    register(
-        IntGauge::new(
-            "tokenmanager_db_pool_idle_connections",
-            "Idle database connections in the pool",
-        )
-        .expect("valid metric"),
-    )
-});
-
-/// Time a database operation waited for a pooled connection.
-pub static DB_POOL_WAIT: LazyLock<Histogram> = LazyLock::new(|| {
-    register(
-        Histogram::with_opts(
-            HistogramOpts::new(
-                "tokenmanager_db_pool_wait_seconds",
-                "Time waited for a pooled database connection",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-        )
-        .expect("valid metric"),
-    )
-});
-
-/// Operations the DB actor ran, by operation (a [`DbOperation`]) and outcome (`ok`, `error`).
-pub static DB_OPERATIONS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(
-        IntCounterVec::new(
-            Opts::new(
-                "tokenmanager_db_operations_total",
-                "Database operations, by operation and outcome",
-            ),
-            &["operation", "outcome"],
-        )
-        .expect("valid metric"),
-    )
-});
-
-/// Time of each database operation, by operation, whatever the outcome: from the DB actor taking
-/// it up, the wait for a pooled connection included, to its result.
-pub static DB_OPERATION_DURATION: LazyLock<HistogramVec> = LazyLock::new(|| {
-    register(
-        HistogramVec::new(
-            HistogramOpts::new(
-                "tokenmanager_db_operation_duration_seconds",
-                "Time of database operations, pool wait included, by operation",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
-            &["operation"],
-        )
-        .expect("valid metric"),
-    )
-});
-
-/// Stored credentials by provider and state (`active`, `needs_redelegation`), counted at scrape.
-pub static STORED_CREDENTIALS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register(
-        IntGaugeVec::new(
-            Opts::new(
-                "tokenmanager_stored_credentials",
-                "Stored credentials by provider and state",
-            ),
-            &["provider", "state"],
-        )
-        .expect("valid metric"),
-    )
-});
-
-/// Usable stored credentials whose refresh token expires within `window` (`24h`, `7d`), by
-/// provider, counted at scrape: their users must delegate again soon.
-pub static EXPIRING_CREDENTIALS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register(
-        IntGaugeVec::new(
-            Opts::new(
-                "tokenmanager_expiring_credentials",
-                "Stored credentials whose refresh token expires within the window, by provider",
-            ),
-            &["provider", "window"],
-        )
-        .expect("valid metric"),
-    )
-});
-
-/// Configuration reloads (SIGHUP, refreshConfiguration) by outcome (`ok`, `rejected`).
-pub static CONFIG_RELOADS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    register(
-        IntCounterVec::new(
-            Opts::new(
-                "tokenmanager_config_reloads_total",
-                "Configuration reloads by outcome",
-            ),
-            &["outcome"],
-        )
-        .expect("valid metric"),
-    )
-});
-
-/// Always 1; its labels say what is running.
-pub static BUILD_INFO: LazyLock<IntGaugeVec> = LazyLock::new(|| {
-    register(
-        IntGaugeVec::new(
-            Opts::new(
-                "tokenmanager_build_info",
-                "Version of the running tokenmanager",
-            ),
-            &["version"],
-        )
-        .expect("valid metric"),
-    )
-});
+pub struct Metrics {
+    registry: Registry,
+    /// Requests handled, by method, protocol (`json`, `https`, `dips`) and outcome (`ok` or the
+    /// stable error code).
+    pub requests: IntCounterVec,
+    /// Time from a decoded request to its encoded reply, by method, protocol and result (`ok` or
+    /// `error`: the error codes are in `tokenmanager_requests_total`, to keep this family small).
+    pub request_duration: HistogramVec,
+    /// Requests to identity providers, by IdP, grant (`refresh_token`, `client_credentials`,
+    /// `revocation`, `discovery`) and outcome (`ok`, `invalid_grant`, `refused`, `unavailable`,
+    /// `reply_lost`).
+    pub idp_requests: IntCounterVec,
+    /// Time of each IdP request, by IdP and grant, whatever the outcome.
+    pub idp_request_duration: HistogramVec,
+    /// getToken lookups in the access-token cache, by kind (`user`, `client`) and result (`hit`:
+    /// served from the cache; `miss`: sent to the credential's refresh actor).
+    pub token_cache_lookups: IntCounterVec,
+    /// Cache misses answered by a refresh another caller started (queued behind the same refresh
+    /// actor, or waiting for another replica's lease), by kind: IdP calls saved.
+    pub coalesced_callers: IntCounterVec,
+    /// Refresh actors alive now, by kind (one per stored credential or client-token key in use).
+    pub refresh_actors: IntGaugeVec,
+    /// Refresh tokens the IdP issued that could not be stored (the call failed closed). Any
+    /// increase needs an operator: that user's delegation is probably lost.
+    pub refresh_token_persist_failures: IntCounter,
+    /// Open database connections of this process's pool.
+    pub db_pool_connections: IntGauge,
+    /// Idle database connections of this process's pool.
+    pub db_pool_idle: IntGauge,
+    /// Time a database operation waited for a pooled connection.
+    pub db_pool_wait: Histogram,
+    /// Operations the DB actor ran, by operation (a [`DbOperation`]) and outcome (`ok`, `error`).
+    pub db_operations: IntCounterVec,
+    /// Time of each database operation, by operation, whatever the outcome: from the DB actor
+    /// taking it up, the wait for a pooled connection included, to its result.
+    pub db_operation_duration: HistogramVec,
+    /// Stored credentials by provider and state (`active`, `needs_redelegation`), counted at
+    /// scrape.
+    pub stored_credentials: IntGaugeVec,
+    /// Usable stored credentials whose refresh token expires within `window` (`24h`, `7d`), by
+    /// provider, counted at scrape: their users must delegate again soon.
+    pub expiring_credentials: IntGaugeVec,
+    /// Configuration reloads (SIGHUP, refreshConfiguration) by outcome (`ok`, `rejected`).
+    pub config_reloads: IntCounterVec,
+    /// Always 1; its labels say what is running.
+    pub build_info: IntGaugeVec,
+}
 
 /// Protocols of `tokenmanager_requests_total`.
 pub const PROTOCOLS: [&str; 3] = ["json", "https", "dips"];
@@ -366,88 +164,287 @@ impl DbOperation {
 const COMMON_REQUEST_ERRORS: [&str; 4] =
     ["unauthenticated", "forbidden", "bad_argument", "internal"];
 
-/// Registers every metric and creates the label sets known at start (`methods`: the method
-/// names; `idps`: the configured IdPs), so that counters exist at 0 before their first event.
-pub fn init(methods: &[&str], idps: &[&str]) {
-    // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...: the
-    // standard process family, which dashboards expect under these names.
-    if let Err(error) = REGISTRY.register(Box::new(
-        prometheus::process_collector::ProcessCollector::for_self(),
-    )) {
-        tracing::debug!(%error, "process metrics already registered");
+impl Metrics {
+    /// Registers every metric in `registry`, with the process family, and creates the label sets
+    /// known at start (`methods`: the method names; `idps`: the configured IdPs), so that
+    /// counters exist at 0 before their first event. Fails if `registry` already holds them.
+    pub fn register(
+        registry: Registry,
+        methods: &[&str],
+        idps: &[&str],
+    ) -> Result<Self, prometheus::Error> {
+        let r = &registry;
+        let metrics = Self {
+            requests: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tokenmanager_requests_total",
+                        "Requests handled, by method, protocol and outcome",
+                    ),
+                    &["method", "protocol", "outcome"],
+                )?,
+            )?,
+            request_duration: register(
+                r,
+                HistogramVec::new(
+                    latency(
+                        "tokenmanager_request_duration_seconds",
+                        "Time to answer a request, by method, protocol and result",
+                    ),
+                    &["method", "protocol", "result"],
+                )?,
+            )?,
+            idp_requests: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tokenmanager_idp_requests_total",
+                        "Requests to identity providers, by IdP, grant and outcome",
+                    ),
+                    &["idp", "grant", "outcome"],
+                )?,
+            )?,
+            idp_request_duration: register(
+                r,
+                HistogramVec::new(
+                    latency(
+                        "tokenmanager_idp_request_duration_seconds",
+                        "Time of requests to identity providers, by IdP and grant",
+                    ),
+                    &["idp", "grant"],
+                )?,
+            )?,
+            token_cache_lookups: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tokenmanager_token_cache_lookups_total",
+                        "Access-token cache lookups, by kind and result",
+                    ),
+                    &["kind", "result"],
+                )?,
+            )?,
+            coalesced_callers: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tokenmanager_coalesced_callers_total",
+                        "Callers served by a refresh another caller started, by kind",
+                    ),
+                    &["kind"],
+                )?,
+            )?,
+            refresh_actors: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tokenmanager_refresh_actors",
+                        "Refresh actors alive, by kind",
+                    ),
+                    &["kind"],
+                )?,
+            )?,
+            refresh_token_persist_failures: register(
+                r,
+                IntCounter::new(
+                    "tokenmanager_refresh_token_persist_failures_total",
+                    "Refreshed tokens the IdP issued that could not be stored",
+                )?,
+            )?,
+            db_pool_connections: register(
+                r,
+                IntGauge::new(
+                    "tokenmanager_db_pool_connections",
+                    "Open database connections in the pool",
+                )?,
+            )?,
+            db_pool_idle: register(
+                r,
+                IntGauge::new(
+                    "tokenmanager_db_pool_idle_connections",
+                    "Idle database connections in the pool",
+                )?,
+            )?,
+            db_pool_wait: register(
+                r,
+                Histogram::with_opts(latency(
+                    "tokenmanager_db_pool_wait_seconds",
+                    "Time waited for a pooled database connection",
+                ))?,
+            )?,
+            db_operations: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tokenmanager_db_operations_total",
+                        "Database operations, by operation and outcome",
+                    ),
+                    &["operation", "outcome"],
+                )?,
+            )?,
+            db_operation_duration: register(
+                r,
+                HistogramVec::new(
+                    latency(
+                        "tokenmanager_db_operation_duration_seconds",
+                        "Time of database operations, pool wait included, by operation",
+                    ),
+                    &["operation"],
+                )?,
+            )?,
+            stored_credentials: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tokenmanager_stored_credentials",
+                        "Stored credentials by provider and state",
+                    ),
+                    &["provider", "state"],
+                )?,
+            )?,
+            expiring_credentials: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tokenmanager_expiring_credentials",
+                        "Stored credentials whose refresh token expires within the window, by provider",
+                    ),
+                    &["provider", "window"],
+                )?,
+            )?,
+            config_reloads: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tokenmanager_config_reloads_total",
+                        "Configuration reloads by outcome",
+                    ),
+                    &["outcome"],
+                )?,
+            )?,
+            build_info: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tokenmanager_build_info",
+                        "Version of the running tokenmanager",
+                    ),
+                    &["version"],
+                )?,
+            )?,
+            registry,
+        };
+        // process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...: the
+        // standard process family, which dashboards expect under these names.
+        metrics.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        metrics.create_known_series(methods, idps);
+        Ok(metrics)
     }
-    BUILD_INFO
-        .with_label_values(&[env!("CARGO_PKG_VERSION")])
-        .set(1);
-    for outcome in ["ok", "rejected"] {
-        CONFIG_RELOADS.with_label_values(&[outcome]);
+
+    /// Metrics that nothing scrapes, for the commands that open the database outside `serve`.
+    pub fn unexported() -> Self {
+        Self::register(Registry::new(), &[], &[])
+            .expect("a new registry holds none of the service's metrics")
     }
-    for method in methods {
-        for protocol in PROTOCOLS {
-            for outcome in std::iter::once("ok").chain(COMMON_REQUEST_ERRORS) {
-                REQUESTS.with_label_values(&[method, protocol, outcome]);
+
+    fn create_known_series(&self, methods: &[&str], idps: &[&str]) {
+        self.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for outcome in ["ok", "rejected"] {
+            self.config_reloads.with_label_values(&[outcome]);
+        }
+        for method in methods {
+            for protocol in PROTOCOLS {
+                for outcome in std::iter::once("ok").chain(COMMON_REQUEST_ERRORS) {
+                    self.requests
+                        .with_label_values(&[method, protocol, outcome]);
+                }
+                for result in ["ok", "error"] {
+                    self.request_duration
+                        .with_label_values(&[method, protocol, result]);
+                }
             }
-            for result in ["ok", "error"] {
-                REQUEST_DURATION.with_label_values(&[method, protocol, result]);
+        }
+        for idp in idps {
+            for grant in IDP_GRANTS {
+                for outcome in IDP_OUTCOMES {
+                    self.idp_requests.with_label_values(&[idp, grant, outcome]);
+                }
+                self.idp_request_duration.with_label_values(&[idp, grant]);
             }
         }
-    }
-    for idp in idps {
-        for grant in IDP_GRANTS {
-            for outcome in IDP_OUTCOMES {
-                IDP_REQUESTS.with_label_values(&[idp, grant, outcome]);
+        for kind in TOKEN_KINDS {
+            for result in ["hit", "miss"] {
+                self.token_cache_lookups.with_label_values(&[kind, result]);
             }
-            IDP_REQUEST_DURATION.with_label_values(&[idp, grant]);
+            self.coalesced_callers.with_label_values(&[kind]);
+            self.refresh_actors.with_label_values(&[kind]);
+        }
+        for operation in DbOperation::ALL {
+            for outcome in ["ok", "error"] {
+                self.db_operations
+                    .with_label_values(&[operation.name(), outcome]);
+            }
+            self.db_operation_duration
+                .with_label_values(&[operation.name()]);
         }
     }
-    for kind in TOKEN_KINDS {
-        for result in ["hit", "miss"] {
-            TOKEN_CACHE_LOOKUPS.with_label_values(&[kind, result]);
-        }
-        COALESCED_CALLERS.with_label_values(&[kind]);
-        REFRESH_ACTORS.with_label_values(&[kind]);
+
+    /// Records one answered request.
+    pub fn observe_request(
+        &self,
+        method: &str,
+        protocol: &str,
+        outcome: &str,
+        started: std::time::Instant,
+    ) {
+        self.requests
+            .with_label_values(&[method, protocol, outcome])
+            .inc();
+        let result = if outcome == "ok" { "ok" } else { "error" };
+        self.request_duration
+            .with_label_values(&[method, protocol, result])
+            .observe(started.elapsed().as_secs_f64());
     }
-    for operation in DbOperation::ALL {
-        for outcome in ["ok", "error"] {
-            DB_OPERATIONS.with_label_values(&[operation.name(), outcome]);
-        }
-        DB_OPERATION_DURATION.with_label_values(&[operation.name()]);
+
+    /// Records one operation of the DB actor.
+    pub fn observe_db_operation(
+        &self,
+        operation: DbOperation,
+        ok: bool,
+        started: std::time::Instant,
+    ) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.db_operations
+            .with_label_values(&[operation.name(), outcome])
+            .inc();
+        self.db_operation_duration
+            .with_label_values(&[operation.name()])
+            .observe(started.elapsed().as_secs_f64());
     }
-    LazyLock::force(&REFRESH_TOKEN_PERSIST_FAILURES);
-    LazyLock::force(&DB_POOL_CONNECTIONS);
-    LazyLock::force(&DB_POOL_IDLE);
-    LazyLock::force(&DB_POOL_WAIT);
-    LazyLock::force(&STORED_CREDENTIALS);
-    LazyLock::force(&EXPIRING_CREDENTIALS);
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding into memory cannot fail");
+        String::from_utf8(buffer).expect("the text format is UTF-8")
+    }
 }
 
-/// Records one answered request.
-pub fn observe_request(method: &str, protocol: &str, outcome: &str, started: std::time::Instant) {
-    REQUESTS
-        .with_label_values(&[method, protocol, outcome])
-        .inc();
-    let result = if outcome == "ok" { "ok" } else { "error" };
-    REQUEST_DURATION
-        .with_label_values(&[method, protocol, result])
-        .observe(started.elapsed().as_secs_f64());
+fn register<C: Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> Result<C, prometheus::Error> {
+    registry.register(Box::new(collector.clone()))?;
+    Ok(collector)
 }
 
-/// Records one operation of the DB actor.
-pub fn observe_db_operation(operation: DbOperation, ok: bool, started: std::time::Instant) {
-    let outcome = if ok { "ok" } else { "error" };
-    DB_OPERATIONS
-        .with_label_values(&[operation.name(), outcome])
-        .inc();
-    DB_OPERATION_DURATION
-        .with_label_values(&[operation.name()])
-        .observe(started.elapsed().as_secs_f64());
-}
-
-/// The registry in Prometheus text format.
-pub fn render() -> String {
-    let mut buffer = Vec::new();
-    TextEncoder::new()
-        .encode(&REGISTRY.gather(), &mut buffer)
-        .expect("text encoding into memory cannot fail");
-    String::from_utf8(buffer).expect("the text format is UTF-8")
+fn latency(name: &str, help: &str) -> HistogramOpts {
+    HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
 }

@@ -6,15 +6,16 @@ use actix::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::crypto::SharedKeyring;
 use crate::config::DatabaseUrl;
+use crate::crypto::SharedKeyring;
 use crate::db::{DbConn, DbError, DbPool, PoolOptions, TokenStore, build_pool};
-use crate::metrics;
 pub use crate::metrics::DbOperation;
+use crate::metrics::Metrics;
 
 struct DbActor {
     pool: DbPool,
     store: TokenStore,
+    metrics: Arc<Metrics>,
 }
 
 impl Actor for DbActor {
@@ -49,10 +50,13 @@ where
             .get()
             .map_err(DbError::from)
             .and_then(|mut pooled| {
-                metrics::DB_POOL_WAIT.observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .db_pool_wait
+                    .observe(started.elapsed().as_secs_f64());
                 (run.work)(&self.store, &mut pooled)
             });
-        metrics::observe_db_operation(run.operation, result.is_ok(), started);
+        self.metrics
+            .observe_db_operation(run.operation, result.is_ok(), started);
         result
     }
 }
@@ -62,31 +66,40 @@ where
 pub struct Database {
     addr: Addr<DbActor>,
     pool: DbPool,
+    metrics: Arc<Metrics>,
 }
 
 impl Database {
-    /// Builds the pool for `url` and starts the actor on it. Needs a running actix system; does
-    /// not wait for the database (run [`DbOperation::Ping`] for that).
+    /// Builds the pool for `url` and starts the actor on it, counting its operations in
+    /// `metrics`. Needs a running actix system; does not wait for the database (run
+    /// [`DbOperation::Ping`] for that).
     pub fn open(
         url: &DatabaseUrl,
         keyring: Arc<SharedKeyring>,
         options: PoolOptions,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, DbError> {
         Ok(Self::start(
             build_pool(url, options)?,
             TokenStore::new(keyring),
+            metrics,
         ))
     }
 
     /// Starts the actor's threads, one per pooled connection.
-    fn start(pool: DbPool, store: TokenStore) -> Self {
+    fn start(pool: DbPool, store: TokenStore, metrics: Arc<Metrics>) -> Self {
         let threads = pool.max_size() as usize;
-        let actor_pool = pool.clone();
+        let (actor_pool, actor_metrics) = (pool.clone(), metrics.clone());
         let addr = SyncArbiter::start(threads, move || DbActor {
             pool: actor_pool.clone(),
             store: store.clone(),
+            metrics: actor_metrics.clone(),
         });
-        Self { addr, pool }
+        Self {
+            addr,
+            pool,
+            metrics,
+        }
     }
 
     /// Runs `work` with the store and a pooled connection on one of the actor's threads; counted
@@ -105,8 +118,12 @@ impl Database {
     /// Publishes the pool's open and idle connections to the metrics.
     pub fn export_pool_state(&self) {
         let state = self.pool.state();
-        metrics::DB_POOL_CONNECTIONS.set(i64::from(state.connections));
-        metrics::DB_POOL_IDLE.set(i64::from(state.idle_connections));
+        self.metrics
+            .db_pool_connections
+            .set(i64::from(state.connections));
+        self.metrics
+            .db_pool_idle
+            .set(i64::from(state.idle_connections));
     }
 }
 
@@ -123,18 +140,21 @@ mod tests {
         let keyring = Arc::new(SharedKeyring::load(keyring.path()).unwrap());
         let url = format!("sqlite://{}", dir.path().join("tm.sqlite").display());
         let url = DatabaseUrl::parse(&url).unwrap();
-        let database = Database::open(&url, keyring, PoolOptions::default()).unwrap();
+        let metrics = Arc::new(Metrics::unexported());
+        let database =
+            Database::open(&url, keyring, PoolOptions::default(), metrics.clone()).unwrap();
         let counted = |outcome| {
-            metrics::DB_OPERATIONS
+            metrics
+                .db_operations
                 .with_label_values(&["ping", outcome])
                 .get()
         };
         let timed = || {
-            metrics::DB_OPERATION_DURATION
+            metrics
+                .db_operation_duration
                 .with_label_values(&["ping"])
                 .get_sample_count()
         };
-        let before = (counted("ok"), counted("error"), timed());
 
         database
             .run(DbOperation::Ping, |_, conn| conn.ping())
@@ -145,9 +165,6 @@ mod tests {
             .await;
 
         assert!(matches!(failed, Err(DbError::Unavailable)));
-        assert_eq!(
-            (counted("ok"), counted("error"), timed()),
-            (before.0 + 1, before.1 + 1, before.2 + 2)
-        );
+        assert_eq!((counted("ok"), counted("error"), timed()), (1, 1, 2));
     }
 }

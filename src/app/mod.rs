@@ -18,7 +18,7 @@ use crate::configuration_server::{RemoteCfg, RemoteError, RemoteSource};
 use crate::crypto::{CryptoError, KeyringFile, SharedKeyring};
 use crate::db::{DbError, LockError, PoolOptions, SqliteServeLock, run_migrations};
 use crate::http;
-use crate::metrics;
+use crate::metrics::Metrics;
 use crate::protocol::dirac::diset;
 use crate::service::Service;
 use crate::transport::{
@@ -53,6 +53,8 @@ pub enum AppError {
     Tls(String),
     #[error(transparent)]
     Idp(#[from] crate::idp::IdpError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("{server} stopped with an error: {source}")]
     Server {
         server: &'static str,
@@ -129,17 +131,23 @@ pub struct AppHandle {
 impl Application {
     /// Opens the keyring and the database (migrations applied), binds the listeners and starts
     /// the servers, the actors and the background tasks. Needs a running actix system.
-    pub async fn build(settings: Settings, sources: ConfigSources) -> Result<Self, AppError> {
+    /// Its metrics are registered in `registry`, which its metrics port serves.
+    pub async fn build(
+        settings: Settings,
+        sources: ConfigSources,
+        registry: prometheus::Registry,
+    ) -> Result<Self, AppError> {
         let method_names = crate::service::Method::ALL.map(|m| m.name());
         let idp_names: Vec<&str> = settings.idps.iter().map(|idp| idp.name()).collect();
-        metrics::init(&method_names, &idp_names);
+        let metrics = Arc::new(Metrics::register(registry, &method_names, &idp_names)?);
         let keyring = open_keyring(&settings)?;
         if settings.service.generate_demo_credentials {
             demo::generate_pki(&settings)?;
         }
         let tls_error = |e: crate::x509::tls::TlsError| AppError::Tls(e.to_string());
         let tls = ReloadableTls::new(&settings, Listener::Https).map_err(tls_error)?;
-        let diset_tls = Arc::new(ReloadableTls::new(&settings, Listener::Diset).map_err(tls_error)?);
+        let diset_tls =
+            Arc::new(ReloadableTls::new(&settings, Listener::Diset).map_err(tls_error)?);
         let url = &settings.database;
         let sqlite_lock = match url.sqlite_path() {
             Some(path) => {
@@ -153,7 +161,7 @@ impl Application {
             max_size: settings.service.database_pool_size,
             ..Default::default()
         };
-        let database = open_database(url, keyring.clone(), options).await?;
+        let database = open_database(url, keyring.clone(), options, metrics.clone()).await?;
         let applied = database
             .run(DbOperation::Migrate, |_, conn| run_migrations(conn))
             .await?;
@@ -162,11 +170,12 @@ impl Application {
         let listeners = Listeners::bind(&settings)?;
         let ports = listeners.ports();
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let service = Service::new(database, keyring, settings, sources.files)?;
+        let service = Service::new(database, keyring, settings, sources.files, metrics)?;
         let mut background = Vec::new();
         if let Some((source, fetched)) = sources.remote {
             service.set_remote(source, fetched);
-            background.push(actix_rt::spawn(poll_configuration_server(service.clone())).abort_handle());
+            background
+                .push(actix_rt::spawn(poll_configuration_server(service.clone())).abort_handle());
         }
         let api = http::api_server(listeners.https, service.clone(), &tls, workers).map_err(
             |source| AppError::Bind {
@@ -174,17 +183,20 @@ impl Application {
                 source,
             },
         )?;
-        let metrics = http::metrics_server(listeners.metrics, service.clone()).map_err(
-            |source| AppError::Bind {
-                address: "metrics listener".into(),
-                source,
-            },
-        )?;
-        let diset_workers = diset::serve(listeners.dips, service.clone(), diset_tls.clone(), workers)
-            .map_err(|source| AppError::Bind {
-                address: "DISET listener".into(),
-                source,
+        let metrics =
+            http::metrics_server(listeners.metrics, service.clone()).map_err(|source| {
+                AppError::Bind {
+                    address: "metrics listener".into(),
+                    source,
+                }
             })?;
+        let diset_workers =
+            diset::serve(listeners.dips, service.clone(), diset_tls.clone(), workers).map_err(
+                |source| AppError::Bind {
+                    address: "DISET listener".into(),
+                    source,
+                },
+            )?;
         service.add_reload_hook(Box::new(move |settings| tls.prepare(settings)));
         service.add_reload_hook(Box::new(move |settings| diset_tls.prepare(settings)));
         if service.settings().service.generate_demo_credentials {
@@ -321,13 +333,15 @@ pub fn open_keyring(settings: &Settings) -> Result<Arc<SharedKeyring>, AppError>
     Ok(Arc::new(SharedKeyring::load(path)?))
 }
 
-/// Starts the DB actor and waits until the database answers.
+/// Starts the DB actor, counting its operations in `metrics`, and waits until the database
+/// answers.
 pub async fn open_database(
     url: &DatabaseUrl,
     keyring: Arc<SharedKeyring>,
     options: PoolOptions,
+    metrics: Arc<Metrics>,
 ) -> Result<Database, AppError> {
-    let database = Database::open(url, keyring, options)?;
+    let database = Database::open(url, keyring, options, metrics)?;
     let ping = database.run(DbOperation::Ping, |_, conn| conn.ping());
     tokio::time::timeout(DATABASE_WAIT, ping)
         .await

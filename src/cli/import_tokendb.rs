@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
@@ -21,6 +22,7 @@ use crate::config::Settings;
 use crate::db::dirac_tokendb::{self, DiracToken};
 use crate::db::{ImportOutcome, PoolOptions, run_migrations};
 use crate::domain::{NewToken, TokenDictError, unix_now};
+use crate::metrics::Metrics;
 
 /// A DIRAC row that cannot be stored, and why (DIRAC's own message where it has one).
 #[derive(Debug, PartialEq, Eq)]
@@ -132,7 +134,9 @@ pub async fn run(
         max_size: 1,
         ..Default::default()
     };
-    let database = open_database(&settings.database, keyring, options).await?;
+    // Nothing scrapes a command's metrics.
+    let metrics = Arc::new(Metrics::unexported());
+    let database = open_database(&settings.database, keyring, options, metrics).await?;
     if !dry_run {
         database
             .run(DbOperation::Migrate, |_, conn| run_migrations(conn))

@@ -1,8 +1,11 @@
+use std::sync::Arc;
+
 use super::CliError;
 use crate::actors::db::DbOperation;
 use crate::app::{open_database, open_keyring};
 use crate::config::Settings;
 use crate::db::{PoolOptions, run_migrations};
+use crate::metrics::Metrics;
 
 pub async fn run(settings: Settings) -> Result<(), CliError> {
     let keyring = open_keyring(&settings)?;
@@ -14,6 +17,8 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
             max_size: 1,
             ..Default::default()
         },
+        // Nothing scrapes a command's metrics.
+        Arc::new(Metrics::unexported()),
     )
     .await?;
     let applied = database

@@ -6,6 +6,7 @@ use crate::app::open_database;
 use crate::config::Settings;
 use crate::crypto::{KeyringFile, SharedKeyring};
 use crate::db::PoolOptions;
+use crate::metrics::Metrics;
 
 /// Passes in a row that rewrite nothing before rotate-key gives up: each such pass means every
 /// row it read was changed by a token write in between, which a live server does only briefly.
@@ -24,7 +25,9 @@ pub async fn run(settings: Settings, key_id: Option<&str>, batch: i64) -> Result
         max_size: 1,
         ..Default::default()
     };
-    let database = open_database(&settings.database, keyring, options).await?;
+    // Nothing scrapes a command's metrics.
+    let metrics = Arc::new(Metrics::unexported());
+    let database = open_database(&settings.database, keyring, options, metrics).await?;
     let (mut rewritten, mut conflicts, mut idle_passes) = (0, 0, 0);
     let rows_under_old_keys = || {
         database.run(DbOperation::RowsUnderOldKeys, |store, conn| {

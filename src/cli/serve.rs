@@ -7,7 +7,7 @@ use crate::app::{AppHandle, Application, ConfigSources};
 use crate::config::Settings;
 
 pub async fn run(settings: Settings, sources: ConfigSources) -> Result<(), CliError> {
-    let app = Application::build(settings, sources).await?;
+    let app = Application::build(settings, sources, prometheus::Registry::new()).await?;
     let ports = app.ports();
     // Tests and scripts read the ports from this line.
     tracing::info!(

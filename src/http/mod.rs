@@ -8,7 +8,6 @@ use actix_web::dev::Server;
 use actix_web::{App, HttpResponse, HttpServer, web};
 
 use crate::actors::db::DbOperation;
-use crate::metrics;
 use crate::protocol::{dirac, json};
 use crate::service::Service;
 use crate::transport::tls::{ReloadableTls, record_peer};
@@ -67,27 +66,29 @@ pub fn metrics_server(listener: TcpListener, service: Arc<Service>) -> std::io::
 }
 
 async fn render_metrics(service: web::Data<Arc<Service>>) -> HttpResponse {
-    let database = service.database();
+    let (database, metrics) = (service.database(), service.metrics());
     database.export_pool_state();
     let counts = database.run(DbOperation::CountCredentials, |store, conn| {
         store.count_credentials(conn)
     });
     match counts.await {
         Ok(counts) => {
-            metrics::STORED_CREDENTIALS.reset();
+            metrics.stored_credentials.reset();
             for (provider, state, count) in counts {
-                metrics::STORED_CREDENTIALS
+                metrics
+                    .stored_credentials
                     .with_label_values(&[&provider, &state])
                     .set(count);
             }
         }
         Err(error) => tracing::warn!(%error, "cannot count stored credentials for /metrics"),
     }
-    metrics::EXPIRING_CREDENTIALS.reset();
+    metrics.expiring_credentials.reset();
     for (window, seconds) in EXPIRY_WINDOWS {
         // Every configured IdP has the series, at 0 when nothing expires.
         for idp in &service.settings().idps {
-            metrics::EXPIRING_CREDENTIALS
+            metrics
+                .expiring_credentials
                 .with_label_values(&[idp.name(), window])
                 .set(0);
         }
@@ -98,7 +99,8 @@ async fn render_metrics(service: web::Data<Arc<Service>>) -> HttpResponse {
         match query.await {
             Ok(counts) => {
                 for (provider, count) in counts {
-                    metrics::EXPIRING_CREDENTIALS
+                    metrics
+                        .expiring_credentials
                         .with_label_values(&[&provider, window])
                         .set(count);
                 }
@@ -108,7 +110,7 @@ async fn render_metrics(service: web::Data<Arc<Service>>) -> HttpResponse {
     }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(metrics::render())
+        .body(metrics.render())
 }
 
 /// The windows of `tokenmanager_expiring_credentials`.

@@ -1,4 +1,4 @@
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use openidconnect::core::{
@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, Semaphore};
 use super::{IdpError, IdpOptions};
 use crate::domain::Secret;
 use crate::domain::scopes::ScopeSet;
-use crate::metrics;
+use crate::metrics::Metrics;
 
 /// The RFC 7009 endpoint is not part of OpenID discovery's core fields.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -87,10 +87,12 @@ pub struct IdpClient {
     pub(super) jwks: RwLock<Option<(jsonwebtoken::jwk::JwkSet, Instant)>>,
     discovering: Mutex<()>,
     in_flight: Semaphore,
+    metrics: Arc<Metrics>,
 }
 
 impl IdpClient {
-    pub fn new(options: IdpOptions) -> Result<Self, IdpError> {
+    /// A client for the IdP of `options`, counting its requests in `metrics`.
+    pub fn new(options: IdpOptions, metrics: Arc<Metrics>) -> Result<Self, IdpError> {
         let http_client = |timeout: Duration| {
             reqwest::Client::builder()
                 // Following redirects would open the client to SSRF.
@@ -116,6 +118,7 @@ impl IdpClient {
             discovered: RwLock::new(None),
             jwks: RwLock::new(None),
             discovering: Mutex::new(()),
+            metrics,
         })
     }
 
@@ -367,10 +370,12 @@ impl IdpClient {
             Err(IdpError::Unavailable { .. } | IdpError::Config { .. }) => "unavailable",
         };
         let idp = self.options.name.as_str();
-        metrics::IDP_REQUESTS
+        self.metrics
+            .idp_requests
             .with_label_values(&[idp, grant, outcome])
             .inc();
-        metrics::IDP_REQUEST_DURATION
+        self.metrics
+            .idp_request_duration
             .with_label_values(&[idp, grant])
             .observe(started.elapsed().as_secs_f64());
     }

@@ -14,6 +14,7 @@ pub use client::{IdpClient, IssuedToken};
 pub use options::{AudienceParameter, IdpOptions};
 
 use crate::config::Settings;
+use crate::metrics::Metrics;
 
 /// How an IdP call failed, sorted by what the caller must do.
 #[derive(Debug, thiserror::Error)]
@@ -51,11 +52,14 @@ pub struct IdpRegistry {
 }
 
 impl IdpRegistry {
-    pub fn from_settings(settings: &Settings) -> Result<Self, IdpError> {
+    pub fn from_settings(settings: &Settings, metrics: &Arc<Metrics>) -> Result<Self, IdpError> {
         let mut clients = HashMap::new();
         for idp in &settings.idps {
             let options = IdpOptions::from_config(idp)?;
-            clients.insert(idp.name().to_owned(), Arc::new(IdpClient::new(options)?));
+            clients.insert(
+                idp.name().to_owned(),
+                Arc::new(IdpClient::new(options, metrics.clone())?),
+            );
         }
         Ok(Self { clients })
     }

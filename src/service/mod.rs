@@ -19,14 +19,14 @@ pub use methods::{Method, Param, ParamKind};
 
 use crate::actors::db::{Database, DbOperation};
 use crate::actors::tokens::TokenBroker;
-use crate::configuration_server::{RemoteCfg, RemoteSource};
 use crate::config::{self, Settings};
+use crate::configuration_server::{RemoteCfg, RemoteSource};
 use crate::crypto::SharedKeyring;
 use crate::db::{DbError, StoredToken};
 use crate::domain::policy::{self, Authorized, CallerKind, Denied, ExtraCredentials, Peer};
 use crate::domain::{NewToken, TokenDictError, unix_now};
 use crate::idp::{IdpError, IdpRegistry};
-use crate::metrics;
+use crate::metrics::Metrics;
 use crate::x509::identity::ChainIdentity;
 
 /// One call as a protocol front-end decoded it.
@@ -128,21 +128,26 @@ pub struct Service {
     /// The Configuration Server, when the local files name one, and what it last sent.
     remote_source: OnceLock<RemoteSource>,
     remote: RwLock<Option<RemoteCfg>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Service {
+    /// The service on `database`, counting what it does in `metrics`; `config_files` are read
+    /// again on reload.
     pub fn new(
         database: Database,
         keyring: Arc<SharedKeyring>,
         settings: Settings,
         config_files: Vec<PathBuf>,
+        metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, IdpError> {
-        let idps = IdpRegistry::from_settings(&settings)?;
+        let idps = IdpRegistry::from_settings(&settings, &metrics)?;
         let shared_database = settings.database.backend() != crate::config::Backend::Sqlite;
         let broker = TokenBroker::new(
             database.clone(),
             settings.service.refresh_actor_idle_time,
             shared_database,
+            metrics.clone(),
         );
         Ok(Arc::new(Self {
             idps: RwLock::new(Arc::new(idps)),
@@ -155,6 +160,7 @@ impl Service {
             reload_hooks: Mutex::new(Vec::new()),
             remote_source: OnceLock::new(),
             remote: RwLock::new(None),
+            metrics,
         }))
     }
 
@@ -203,6 +209,10 @@ impl Service {
         &self.database
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     pub fn add_reload_hook(&self, hook: ReloadHook) {
         self.reload_hooks
             .lock()
@@ -216,7 +226,10 @@ impl Service {
     pub fn reload(&self) -> Result<(), String> {
         let result = self.try_reload();
         let outcome = if result.is_ok() { "ok" } else { "rejected" };
-        metrics::CONFIG_RELOADS.with_label_values(&[outcome]).inc();
+        self.metrics
+            .config_reloads
+            .with_label_values(&[outcome])
+            .inc();
         result
     }
 
@@ -257,7 +270,10 @@ impl Service {
         };
         let result = self.try_reload_over(Some(&fetched.section));
         let outcome = if result.is_ok() { "ok" } else { "rejected" };
-        metrics::CONFIG_RELOADS.with_label_values(&[outcome]).inc();
+        self.metrics
+            .config_reloads
+            .with_label_values(&[outcome])
+            .inc();
         result?;
         tracing::info!(version = %fetched.version, server = %fetched.server, "configuration from the Configuration Server in force");
         *self.remote.write().unwrap_or_else(|e| e.into_inner()) = Some(fetched);
@@ -278,7 +294,8 @@ impl Service {
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
         }
-        let idps = IdpRegistry::from_settings(&loaded.settings).map_err(|e| e.to_string())?;
+        let idps = IdpRegistry::from_settings(&loaded.settings, &self.metrics)
+            .map_err(|e| e.to_string())?;
         let hooks = self.reload_hooks.lock().unwrap_or_else(|e| e.into_inner());
         let commits = hooks
             .iter()

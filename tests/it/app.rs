@@ -29,7 +29,7 @@ impl TestApp {
             let system = actix_rt::System::new();
             let built = system.block_on(async move {
                 let (settings, sources) = ConfigSources::load(&files).await?;
-                Application::build(settings, sources).await
+                Application::build(settings, sources, prometheus::Registry::new()).await
             });
             let app = match built {
                 Ok(app) => app,
@@ -43,11 +43,15 @@ impl TestApp {
                 eprintln!("the test application stopped with an error: {error}");
             }
         });
-        let (Ports {
-            https,
-            dips,
-            metrics,
-        }, handle, system) = match ready.recv() {
+        let (
+            Ports {
+                https,
+                dips,
+                metrics,
+            },
+            handle,
+            system,
+        ) = match ready.recv() {
             Ok(Ok(started)) => started,
             Ok(Err(error)) => panic!("the application did not start: {error}"),
             Err(_) => panic!("the application's thread ended before it started"),
@@ -61,7 +65,6 @@ impl TestApp {
             thread: Some(thread),
         }
     }
-
 }
 
 impl Drop for TestApp {

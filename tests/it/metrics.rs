@@ -5,9 +5,10 @@ use std::process::{Command, Stdio};
 
 use tokenmanager::x509::pki::ProxyKind;
 
+use crate::app::TestApp;
 use crate::client::{Client, http_get};
 use crate::pki::TestPki;
-use crate::process::{ServeProcess, write_config};
+use crate::process::write_config;
 use crate::support::{TestStore, new_token, store_token};
 
 fn promtool_check(exposition: &str) -> (bool, String) {
@@ -52,7 +53,7 @@ async fn metrics_pass_promtool_and_count_requests_and_credentials() {
         &format!("URL = {}", store.db.url),
         "",
     );
-    let app = ServeProcess::spawn(&config);
+    let app = TestApp::spawn(&config);
     let pki = TestPki::shared();
     let plain = pki.proxy("/C=ch/O=DIRAC/OU=Test/CN=plain", ProxyKind::Rfc3820, None);
     let client = Client::with_certificate(&plain);

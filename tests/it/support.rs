@@ -5,12 +5,13 @@ use diesel::connection::SimpleConnection;
 use diesel::{Connection, MysqlConnection, PgConnection};
 use tempfile::TempDir;
 use tokenmanager::actors::db::{Database, DbOperation};
-use tokenmanager::crypto::{KeyringFile, SharedKeyring};
 use tokenmanager::config::{Backend, DatabaseUrl};
+use tokenmanager::crypto::{KeyringFile, SharedKeyring};
 use tokenmanager::db::{
     CredentialVersion, DbError, PoolOptions, StoredToken, TokenUpdate, run_migrations,
 };
 use tokenmanager::domain::{NewToken, Secret, unix_now};
+use tokenmanager::metrics::Metrics;
 
 fn admin_url(backend: Backend) -> String {
     let (var, default) = match backend {
@@ -168,7 +169,8 @@ impl TestStore {
     /// process (a replica, or `rotate-key`) would have.
     pub fn open_database(db: &TestDb, keyring_file: &KeyringFile) -> Database {
         let keyring = Arc::new(SharedKeyring::load(keyring_file.path()).unwrap());
-        Database::open(&db.database_url(), keyring, PoolOptions::default()).unwrap()
+        let metrics = Arc::new(Metrics::unexported());
+        Database::open(&db.database_url(), keyring, PoolOptions::default(), metrics).unwrap()
     }
 }
 

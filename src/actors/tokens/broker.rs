@@ -13,7 +13,7 @@ use super::{AccessToken, Subject, TokenError, TokenKey};
 use crate::actors::db::{Database, DbOperation};
 use crate::domain::unix_now;
 use crate::idp::{IdpClient, IdpError};
-use crate::metrics;
+use crate::metrics::Metrics;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum ActorKey {
@@ -32,10 +32,16 @@ pub(crate) struct TokenBroker {
     /// Other replicas may change credentials (PostgreSQL, MariaDB): a cached user token is served
     /// only while its credential's version is still the stored one.
     shared_database: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl TokenBroker {
-    pub(crate) fn new(database: Database, idle_timeout: Duration, shared_database: bool) -> Self {
+    pub(crate) fn new(
+        database: Database,
+        idle_timeout: Duration,
+        shared_database: bool,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -49,6 +55,7 @@ impl TokenBroker {
             idle_timeout,
             lease_owner: lease_owner.into(),
             shared_database,
+            metrics,
         }
     }
 
@@ -65,14 +72,16 @@ impl TokenBroker {
         };
         if let Some(token) = self.cache.get(&key, required_time_left, unix_now()) {
             if self.still_current(&key, &token).await? {
-                metrics::TOKEN_CACHE_LOOKUPS
+                self.metrics
+                    .token_cache_lookups
                     .with_label_values(&[kind, "hit"])
                     .inc();
                 return Ok(token);
             }
             self.cache.forget(&key);
         }
-        metrics::TOKEN_CACHE_LOOKUPS
+        self.metrics
+            .token_cache_lookups
             .with_label_values(&[kind, "miss"])
             .inc();
         let queued = Instant::now();
@@ -151,6 +160,7 @@ impl TokenBroker {
                     idp: idp.clone(),
                     database: self.database.clone(),
                     cache: self.cache.clone(),
+                    metrics: self.metrics.clone(),
                     last_used: Instant::now(),
                     idle_timeout: self.idle_timeout,
                 }

@@ -11,12 +11,19 @@ use crate::db::{ClientTokenKey, CredentialVersion, StoredToken, TokenUpdate};
 use crate::domain::CredentialState;
 use crate::domain::scopes::ScopeSet;
 use crate::idp::{IdpError, IssuedToken};
-use crate::metrics;
+use crate::metrics::Metrics;
 
 /// How long a caller waits for a token from a key's actor: the IdP's `timeout`, and a second
 /// for storing what a refresh obtained just before it. A refresh that outlasts it is late.
 pub(super) fn caller_deadline(issuer: &impl TokenIssuer) -> Duration {
     issuer.timeout() + Duration::from_secs(1)
+}
+
+/// This process as a party to the lease protocol: the owner its leases carry, and where it counts
+/// the IdP calls the protocol saved and the refreshed tokens it could not store.
+pub(super) struct Replica<'a> {
+    pub(super) lease_owner: &'a str,
+    pub(super) metrics: &'a Metrics,
 }
 
 /// How often a replica that meets another's live lease looks at the row again.
@@ -28,7 +35,7 @@ const LEASE_POLL: Duration = Duration::from_millis(50);
 pub(super) async fn refresh_user_token(
     issuer: &impl TokenIssuer,
     store: &impl CredentialStore,
-    lease_owner: &str,
+    replica: &Replica<'_>,
     user_id: &str,
     key: &TokenKey,
     required_time_left: i64,
@@ -62,7 +69,9 @@ pub(super) async fn refresh_user_token(
             store.now(),
         ) {
             if peer_refreshed {
-                metrics::COALESCED_CALLERS
+                replica
+                    .metrics
+                    .coalesced_callers
                     .with_label_values(&["user"])
                     .inc();
             }
@@ -71,13 +80,18 @@ pub(super) async fn refresh_user_token(
         first_seen.get_or_insert(stored.version());
         let now = store.now();
         if store
-            .take_lease(stored.version(), lease_owner, now, now + lease_seconds)
+            .take_lease(
+                stored.version(),
+                replica.lease_owner,
+                now,
+                now + lease_seconds,
+            )
             .await?
         {
             return refresh_under_lease(
                 issuer,
                 store,
-                lease_owner,
+                replica,
                 lease_seconds,
                 stored,
                 key,
@@ -118,7 +132,7 @@ fn client_token_key(key: &TokenKey) -> ClientTokenKey {
 pub(super) async fn shared_client_token(
     issuer: &impl TokenIssuer,
     store: &impl CredentialStore,
-    lease_owner: &str,
+    replica: &Replica<'_>,
     key: &TokenKey,
     required_time_left: i64,
 ) -> Result<AccessToken, TokenError> {
@@ -135,7 +149,9 @@ pub(super) async fn shared_client_token(
             && (peer_obtained || left >= required_time_left)
         {
             if peer_obtained {
-                metrics::COALESCED_CALLERS
+                replica
+                    .metrics
+                    .coalesced_callers
                     .with_label_values(&["client"])
                     .inc();
             }
@@ -153,7 +169,7 @@ pub(super) async fn shared_client_token(
         first_seen.get_or_insert(row.version);
         let now = store.now();
         if store
-            .take_client_lease(row.version, lease_owner, now, now + lease_seconds)
+            .take_client_lease(row.version, replica.lease_owner, now, now + lease_seconds)
             .await?
         {
             let issued = match issuer
@@ -162,7 +178,7 @@ pub(super) async fn shared_client_token(
             {
                 Ok(issued) => issued,
                 Err(error) => {
-                    let release = store.release_client_lease(row.version.id, lease_owner);
+                    let release = store.release_client_lease(row.version.id, replica.lease_owner);
                     if let Err(release_error) = release.await {
                         tracing::warn!(error = %release_error, "could not release a client-token lease; it expires by itself");
                     }
@@ -219,7 +235,7 @@ fn stored_access_token(
 async fn refresh_under_lease(
     issuer: &impl TokenIssuer,
     store: &impl CredentialStore,
-    lease_owner: &str,
+    replica: &Replica<'_>,
     lease_seconds: i64,
     stored: StoredToken,
     key: &TokenKey,
@@ -231,7 +247,12 @@ async fn refresh_under_lease(
             tokio::time::sleep(Duration::from_secs((lease_seconds / 3).max(1) as u64)).await;
             let now = store.now();
             let renewed = store
-                .take_lease(stored.version(), lease_owner, now, now + lease_seconds)
+                .take_lease(
+                    stored.version(),
+                    replica.lease_owner,
+                    now,
+                    now + lease_seconds,
+                )
                 .await;
             if !matches!(renewed, Ok(true)) {
                 tracing::warn!(user_id, provider, "could not renew the refresh lease");
@@ -257,7 +278,8 @@ async fn refresh_under_lease(
             let now = store.now();
             let mut token = AccessToken::from_issued(&issued, &key.scopes, required_time_left, now);
             // Stored before it is handed out; the write also ends the lease.
-            let version = store_refreshed(store, &stored, &issued, &token, key, now).await?;
+            let version =
+                store_refreshed(store, replica.metrics, &stored, &issued, &token, key, now).await?;
             token.credential = Some(version);
             return Ok(token);
         }
@@ -287,7 +309,7 @@ async fn refresh_under_lease(
             Err(error.into())
         }
     };
-    if let Err(error) = store.release_lease(stored.id, lease_owner).await {
+    if let Err(error) = store.release_lease(stored.id, replica.lease_owner).await {
         tracing::warn!(user_id, provider, %error, "could not release the refresh lease; it expires by itself");
     }
     outcome
@@ -295,6 +317,7 @@ async fn refresh_under_lease(
 
 async fn store_refreshed(
     store: &impl CredentialStore,
+    metrics: &Metrics,
     stored: &StoredToken,
     issued: &IssuedToken,
     token: &AccessToken,
@@ -323,7 +346,7 @@ async fn store_refreshed(
         now,
     );
     write.await.map(|row| row.version()).map_err(|error| {
-        metrics::REFRESH_TOKEN_PERSIST_FAILURES.inc();
+        metrics.refresh_token_persist_failures.inc();
         tracing::error!(
             user_id = %stored.user_id, provider = %stored.provider, %error,
             "REFRESHED TOKEN NOT STORED: the IdP rotated the refresh token but the new one could not be saved"

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::cache::TokenCache;
-use super::lease::{refresh_user_token, shared_client_token};
+use super::lease::{Replica, refresh_user_token, shared_client_token};
 use super::{AccessToken, TokenError, TokenKey};
 use crate::actors::db::Database;
 use crate::domain::unix_now;
 use crate::idp::IdpClient;
-use crate::metrics;
+use crate::metrics::Metrics;
 
 /// A request to a refresh actor.
 pub(super) struct Obtain {
@@ -34,6 +34,7 @@ pub(super) struct RefreshActor {
     pub(super) idp: Arc<IdpClient>,
     pub(super) database: Database,
     pub(super) cache: Arc<TokenCache>,
+    pub(super) metrics: Arc<Metrics>,
     pub(super) last_used: Instant,
     pub(super) idle_timeout: Duration,
 }
@@ -42,7 +43,8 @@ impl Actor for RefreshActor {
     type Context = Context<Self>;
 
     fn started(&mut self, context: &mut Context<Self>) {
-        metrics::REFRESH_ACTORS
+        self.metrics
+            .refresh_actors
             .with_label_values(&[self.kind()])
             .inc();
         let period = (self.idle_timeout / 2).max(Duration::from_millis(50));
@@ -54,7 +56,8 @@ impl Actor for RefreshActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        metrics::REFRESH_ACTORS
+        self.metrics
+            .refresh_actors
             .with_label_values(&[self.kind()])
             .dec();
     }
@@ -86,23 +89,28 @@ impl Handler<Obtain> for RefreshActor {
                     .get(&request.key, request.required_time_left, now)
             });
         if let Some(token) = ready {
-            metrics::COALESCED_CALLERS
+            self.metrics
+                .coalesced_callers
                 .with_label_values(&[self.kind()])
                 .inc();
             return AtomicResponse::new(Box::pin(fut::ready(Ok(token))));
         }
         let (idp, database, cache) = (self.idp.clone(), self.database.clone(), self.cache.clone());
         let user_id = self.user_id.clone();
-        let lease_owner = self.lease_owner.clone();
+        let (lease_owner, metrics) = (self.lease_owner.clone(), self.metrics.clone());
         let shared_database = self.shared_database;
         AtomicResponse::new(Box::pin(
             async move {
+                let replica = Replica {
+                    lease_owner: &lease_owner,
+                    metrics: &metrics,
+                };
                 let token = match &user_id {
                     Some(user_id) => {
                         refresh_user_token(
                             idp.as_ref(),
                             &database,
-                            &lease_owner,
+                            &replica,
                             user_id,
                             &request.key,
                             request.required_time_left,
@@ -113,7 +121,7 @@ impl Handler<Obtain> for RefreshActor {
                         shared_client_token(
                             idp.as_ref(),
                             &database,
-                            &lease_owner,
+                            &replica,
                             &request.key,
                             request.required_time_left,
                         )

@@ -18,8 +18,8 @@ use super::codec::frame::{self, FrameError};
 use super::codec::mixed::{self, Encoding};
 use super::codec::{DecodeError, Value};
 use super::{ENOAUTH, answer, dirac_message, extra_credentials};
-use crate::transport::tls::{ReloadableTls, peer_identity};
 use crate::service::{CallContext, MethodError, Service};
+use crate::transport::tls::{ReloadableTls, peer_identity};
 
 const PROTOCOL: &str = "dips";
 /// DIRAC reads a proposal with `receiveData(1024)`.
@@ -192,7 +192,7 @@ async fn connection(
             "{}/{} actions are not served by {DISET_SERVICE_NAME}",
             proposal.action_type, proposal.action_name
         );
-        record_refusal("unknown", "unsupported_action");
+        record_refusal(service, "unknown", "unsupported_action");
         return peer.finish(&Value::s_error(0, &message), encoding).await;
     }
 
@@ -207,7 +207,7 @@ async fn connection(
         Err(error) => {
             let method = crate::service::Method::from_name(&proposal.action_name)
                 .map_or("unknown", |m| m.name());
-            record_refusal(method, error.code());
+            record_refusal(service, method, error.code());
             let reply = match error {
                 MethodError::NoCredentials | MethodError::Unauthorized(_) => {
                     Value::s_error(ENOAUTH, dirac_message(ENOAUTH, "Unauthorized query"))
@@ -246,8 +246,8 @@ async fn connection(
     peer.finish(&reply, encoding).await
 }
 
-fn record_refusal(method: &str, outcome: &str) {
-    super::record_refusal(method, PROTOCOL, outcome);
+fn record_refusal(service: &Service, method: &str, outcome: &str) {
+    super::record_refusal(service.metrics(), method, PROTOCOL, outcome);
 }
 
 /// `S_OK([[service, setup, vo], [actionType, actionName], extraCredentials, clientVersion])`.

@@ -12,8 +12,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use super::codec::{Value, form, jencode};
 use super::{answer, extra_credentials};
 use crate::domain::policy::ExtraCredentials;
-use crate::transport::{self, BodyError};
+use crate::metrics::Metrics;
 use crate::service::{CallContext, Method, MethodError, Service};
+use crate::transport::{self, BodyError};
 use crate::x509::identity::ChainIdentity;
 
 const PROTOCOL: &str = "https";
@@ -121,7 +122,7 @@ async fn handle(
         .await
         .map_err(|error| match error {
             BodyError::TooLarge(_) => {
-                record_refusal("unknown", "body_too_large");
+                record_refusal(service.metrics(), "unknown", "body_too_large");
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             BodyError::Read(_) => StatusCode::BAD_REQUEST,
@@ -148,7 +149,7 @@ async fn handle(
         .or_else(|| last(&query_fields, "method"))
         .ok_or(StatusCode::BAD_REQUEST)?;
     if Method::from_name(method).is_none() {
-        record_refusal("unknown", "unknown_method");
+        record_refusal(service.metrics(), "unknown", "unknown_method");
         return Err(StatusCode::NOT_IMPLEMENTED);
     }
 
@@ -156,7 +157,7 @@ async fn handle(
     let access = match service.check_access(&context, method) {
         Ok(access) => access,
         Err(error) => {
-            record_refusal(method, error.code());
+            record_refusal(service.metrics(), method, error.code());
             return Err(StatusCode::UNAUTHORIZED);
         }
     };
@@ -227,14 +228,14 @@ async fn caller(
         });
     }
     let token = bearer_token(request).ok_or_else(|| {
-        record_refusal("unknown", "unauthenticated");
+        record_refusal(service.metrics(), "unknown", "unauthenticated");
         StatusCode::UNAUTHORIZED
     })?;
     let bearer = service
         .bearer_caller(token)
         .await
         .map_err(|error: MethodError| {
-            record_refusal("unknown", error.code());
+            record_refusal(service.metrics(), "unknown", error.code());
             StatusCode::UNAUTHORIZED
         })?;
     Ok(CallContext {
@@ -257,6 +258,6 @@ fn bearer_token(request: &HttpRequest) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && words.next().is_none()).then_some(token)
 }
 
-fn record_refusal(method: &str, outcome: &str) {
-    super::record_refusal(method, PROTOCOL, outcome);
+fn record_refusal(metrics: &Metrics, method: &str, outcome: &str) {
+    super::record_refusal(metrics, method, PROTOCOL, outcome);
 }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use serde_json::Value as Json;
 
 use crate::domain::policy::ExtraCredentials;
-use crate::metrics;
+use crate::metrics::Metrics;
 use crate::service::{Access, CallContext, Method, MethodError, Service};
 use codec::Value;
 
@@ -55,7 +55,9 @@ pub async fn answer(
 ) -> Value {
     let started = Instant::now();
     let Some(method) = Method::from_name(name) else {
-        metrics::observe_request("unknown", protocol, "unknown_method", started);
+        service
+            .metrics()
+            .observe_request("unknown", protocol, "unknown_method", started);
         return Value::s_error(0, format!("Unknown method {name}"));
     };
     let args: Vec<Json> = args.iter().map(Value::to_json).collect();
@@ -65,11 +67,15 @@ pub async fn answer(
     };
     match outcome {
         Ok(value) => {
-            metrics::observe_request(method.name(), protocol, "ok", started);
+            service
+                .metrics()
+                .observe_request(method.name(), protocol, "ok", started);
             Value::s_ok(to_dirac(method, value, url))
         }
         Err(error) => {
-            metrics::observe_request(method.name(), protocol, error.code(), started);
+            service
+                .metrics()
+                .observe_request(method.name(), protocol, error.code(), started);
             let errno = match error {
                 MethodError::NoCredentials | MethodError::Unauthorized(_) => ENOAUTH,
                 _ => 0,
@@ -81,8 +87,9 @@ pub async fn answer(
 
 /// Counts a call refused before it ran (no credentials, a rule, a framework error): no latency
 /// is recorded for it.
-fn record_refusal(method: &str, protocol: &str, outcome: &str) {
-    metrics::REQUESTS
+fn record_refusal(metrics: &Metrics, method: &str, protocol: &str, outcome: &str) {
+    metrics
+        .requests
         .with_label_values(&[method, protocol, outcome])
         .inc();
 }

@@ -12,9 +12,9 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Map, Value, json};
 
 use crate::domain::policy::ExtraCredentials;
-use crate::transport::{self, BodyError};
-use crate::metrics;
+use crate::metrics::Metrics;
 use crate::service::{CallContext, Method, MethodError, Service};
+use crate::transport::{self, BodyError};
 use crate::x509::identity::ChainIdentity;
 
 const PROTOCOL: &str = "json";
@@ -68,9 +68,13 @@ fn status_of(code: &str) -> StatusCode {
     }
 }
 
-async fn unknown_method(method: web::Path<String>) -> HttpResponse {
+async fn unknown_method(
+    method: web::Path<String>,
+    service: web::Data<Arc<Service>>,
+) -> HttpResponse {
     let message = format!("Unknown method {method}");
-    record("unknown", Instant::now(), Err(("unknown_method", message)))
+    let outcome = Err(("unknown_method", message));
+    record(service.metrics(), "unknown", Instant::now(), outcome)
 }
 
 async fn call(
@@ -81,17 +85,18 @@ async fn call(
 ) -> HttpResponse {
     let started = Instant::now();
     let outcome = answer(&request, method, payload, &service).await;
-    record(method.name(), started, outcome)
+    record(service.metrics(), method.name(), started, outcome)
 }
 
 /// Counts and times the reply, then builds it.
 fn record(
+    metrics: &Metrics,
     method: &str,
     started: Instant,
     outcome: Result<Value, (&'static str, String)>,
 ) -> HttpResponse {
     let code = outcome.as_ref().err().map_or("ok", |(code, _)| code);
-    metrics::observe_request(method, PROTOCOL, code, started);
+    metrics.observe_request(method, PROTOCOL, code, started);
     match outcome {
         Ok(value) => {
             #[derive(serde::Serialize)]

@@ -10,7 +10,7 @@ use super::*;
 use crate::actors::tokens::Subject;
 use crate::db::{DbError, StoredClientToken};
 use crate::domain::Secret;
-use crate::metrics::DbOperation;
+use crate::metrics::{DbOperation, Metrics};
 
 /// The fake clock's Unix time when a test starts.
 const EPOCH: i64 = 1_700_000_000;
@@ -466,8 +466,21 @@ async fn refresh(
     store: &FakeStore,
     required_time_left: i64,
 ) -> Result<AccessToken, TokenError> {
+    refresh_counted(issuer, store, required_time_left, &Metrics::unexported()).await
+}
+
+async fn refresh_counted(
+    issuer: &FakeIssuer,
+    store: &FakeStore,
+    required_time_left: i64,
+    metrics: &Metrics,
+) -> Result<AccessToken, TokenError> {
     let key = TokenKey::for_tests(Subject::User("alice".into()));
-    refresh_user_token(issuer, store, ME, "alice", &key, required_time_left).await
+    let replica = Replica {
+        lease_owner: ME,
+        metrics,
+    };
+    refresh_user_token(issuer, store, &replica, "alice", &key, required_time_left).await
 }
 
 async fn client_token(
@@ -475,19 +488,19 @@ async fn client_token(
     store: &FakeStore,
     required_time_left: i64,
 ) -> Result<AccessToken, TokenError> {
+    let replica = Replica {
+        lease_owner: ME,
+        metrics: &Metrics::unexported(),
+    };
     shared_client_token(
         issuer,
         store,
-        ME,
+        &replica,
         &TokenKey::for_tests(Subject::Client),
         required_time_left,
     )
     .await
 }
-
-/// Serialises the tests that count `tokenmanager_refresh_token_persist_failures_total`, a
-/// process-wide counter.
-static PERSIST_FAILURES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The credential is untouched: still usable, same generation and refresh token, no lease.
 fn assert_intact(store: &FakeStore) {
@@ -688,29 +701,27 @@ async fn a_refresh_that_fails_releases_the_lease_and_keeps_the_credential() {
 
 #[tokio::test(start_paused = true)]
 async fn a_write_that_raced_the_refresh_is_kept_and_the_refreshed_token_withheld() {
-    let _counter = PERSIST_FAILURES.lock().await;
-    let failures = metrics::REFRESH_TOKEN_PERSIST_FAILURES.get();
+    let metrics = Metrics::unexported();
     let store = FakeStore::holding(credential());
     let issuer = FakeIssuer::answering(Duration::from_secs(1), issued("at-new", Some("rt-2")));
     // A new login (updateToken) while the IdP works on the refresh.
     store.written_by_peer(Duration::from_millis(500), "rt-login", "at-login");
-    let result = refresh(&issuer, &store, 0).await;
+    let result = refresh_counted(&issuer, &store, 0, &metrics).await;
     assert!(matches!(result, Err(TokenError::NotStored)), "{result:?}");
     assert_eq!(store.credential_now().refresh_token.expose(), "rt-login");
-    assert_eq!(metrics::REFRESH_TOKEN_PERSIST_FAILURES.get(), failures + 1);
+    assert_eq!(metrics.refresh_token_persist_failures.get(), 1);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_refreshed_token_that_cannot_be_stored_is_withheld() {
-    let _counter = PERSIST_FAILURES.lock().await;
-    let failures = metrics::REFRESH_TOKEN_PERSIST_FAILURES.get();
+    let metrics = Metrics::unexported();
     let store = FakeStore::holding(credential());
     store.fail(DbOperation::StoreRefreshed);
     let issuer = FakeIssuer::answering(Duration::ZERO, issued("at-new", Some("rt-2")));
-    let result = refresh(&issuer, &store, 0).await;
+    let result = refresh_counted(&issuer, &store, 0, &metrics).await;
     assert!(matches!(result, Err(TokenError::NotStored)), "{result:?}");
     assert_eq!(issuer.presented(), ["rt-1"]);
-    assert_eq!(metrics::REFRESH_TOKEN_PERSIST_FAILURES.get(), failures + 1);
+    assert_eq!(metrics.refresh_token_persist_failures.get(), 1);
 }
 
 #[tokio::test(start_paused = true)]
