@@ -16,12 +16,15 @@ SECS=${COMPARE_SECONDS:-10}
 WARMUP=${COMPARE_WARMUP:-2}
 THREADS=${COMPARE_CLIENT_THREADS:-1}
 TM=$ROOT/target/release/tokenmanager
+LOADGEN=$ROOT/target/release/tokenmanager-loadtest
 BASE=$ROOT/target/release/examples/bench-baseline
 
 if [[ ${COMPARE_NO_BUILD:-0} != 1 ]]; then
-  (cd "$ROOT" && cargo build --release --bin tokenmanager --example bench-baseline)
+  # One build, so that the load generator's dependencies get the service's features.
+  (cd "$ROOT" && cargo build --release --workspace --bin tokenmanager --bin tokenmanager-loadtest \
+    --example bench-baseline)
 fi
-[[ -x $TM && -x $BASE ]] || { echo "missing $TM or $BASE" >&2; exit 1; }
+[[ -x $TM && -x $LOADGEN && -x $BASE ]] || { echo "missing $TM, $LOADGEN or $BASE" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/tm-compare.XXXXXX)
 PIDS=()
@@ -205,7 +208,7 @@ if [[ -n $IDP_PORT ]]; then
   curl -sf --capath "$CA" --cert "$PROXY" -H 'content-type: application/json' \
     -X POST "https://127.0.0.1:$HTTPS_PORT/api/v1/updateToken" -d @"$WORK/update.json" >/dev/null
   for a in "$GT_ARGS_USER" "$GT_ARGS_CLIENT"; do
-    "$TM" loadtest "https://127.0.0.1:$HTTPS_PORT" --protocol dirac-https --method getToken --args "$a" \
+    "$LOADGEN" "https://127.0.0.1:$HTTPS_PORT" --protocol dirac-https --method getToken --args "$a" \
       --cert "$PROXY" --ca-dir "$CA" --concurrency 1 --requests 3 >"$WORK/gt-check.txt" 2>&1 \
       || { cat "$WORK/gt-check.txt" >&2; exit 1; }
     grep -q '3 ok, 0 errors' "$WORK/gt-check.txt" || { cat "$WORK/gt-check.txt" >&2; exit 1; }
@@ -239,7 +242,7 @@ run() {
   local c0 b0 t0 c1 b1 t1
   c0=$(cpu_ticks $pid); b0=$(busy_ticks); t0=$(date +%s.%N)
   # shellcheck disable=SC2086
-  "$TM" loadtest "$url" --protocol "$proto" --method "$method" "${extra[@]}" \
+  "$LOADGEN" "$url" --protocol "$proto" --method "$method" "${extra[@]}" \
     --cert "$PROXY" --ca-dir "$CA" --concurrency "$conc" --threads "$THREADS" "${rate[@]}" \
     --duration "${SECS}s" --warmup "${WARMUP}s" $connflag \
     --json-out "$WORK/r-$name.json" >"$WORK/r-$name.txt" 2>&1 || { cat "$WORK/r-$name.txt" >&2; exit 1; }
@@ -351,7 +354,7 @@ out.append("# tokenmanager vs bare actix-web + OpenSSL baseline\n")
 out.append(f"- date: $(date -Is); git: $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo unknown); "
            f"machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), shared by servers and load generator")
 out.append(f"- command: \`bench/compare.sh\` with COMPARE_SECONDS=$SECS COMPARE_WARMUP=$WARMUP COMPARE_CLIENT_THREADS=$THREADS; "
-           f"load generator: \`tokenmanager loadtest\` (release), closed loop, {int('$THREADS')} thread(s), TLS session resumption on")
+           f"load generator: \`tokenmanager-loadtest\` (release), closed loop, {int('$THREADS')} thread(s), TLS session resumption on")
 out.append(f"- certificates (both servers): demo PKI of GenerateDemoCredentials: host $KEY_TYPE; client: RFC 3820 proxy ($PROXY_KEY) of a user certificate; TLS 1.3")
 out.append(f"- load average at start $LOAD_START, at end $LOAD_END")
 out.append("")

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use dirac_wire::Value;
+use dirac_wire::client::{ClientError, DisetClient, ServiceUrl};
 
 use crate::config::cfg::split_list;
 use crate::config::{Section, resolve_security};
-use crate::protocol::dirac::client::{ClientError, DisetClient, ServiceUrl};
-use crate::protocol::dirac::codec::Value;
 
 /// DIRAC's default `RefreshTime`.
 const DEFAULT_REFRESH_SECONDS: u64 = 300;

@@ -25,7 +25,6 @@ pub mod db;
 pub mod domain;
 pub mod http;
 pub mod idp;
-pub mod loadtest;
 pub mod metrics;
 pub mod protocol;
 pub mod service;

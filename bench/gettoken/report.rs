@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::load::Outcome;
+use crate::outcome::Outcome;
 
 /// A target of the issue, checked against a measured value.
 pub struct Target {
@@ -40,10 +40,10 @@ pub fn outcome_json(outcome: &Outcome, ping: Option<&Outcome>) -> Value {
         "p99_ms": round(outcome.ms(0.99), 3),
         "max_ms": round(outcome.max_ms(), 3),
         "ratio_to_ping": ping.map(|p| round(outcome.throughput() / p.throughput(), 3)),
-        "ok": outcome.ok,
-        "errors": outcome.errors,
-        "reconnects": outcome.reconnects,
-        "first_error": outcome.first_error,
+        "ok": outcome.ok(),
+        "errors": outcome.errors(),
+        "reconnects": outcome.reconnects(),
+        "first_error": outcome.first_error(),
         "window_seconds": round(outcome.seconds, 3),
         "connect_seconds": round(outcome.connect_seconds, 3),
         "server_cpu_us_per_request": round(outcome.cpu_us_per_request(0), 1),
@@ -106,7 +106,7 @@ pub fn hit_table(levels: &[Vec<Outcome>]) -> String {
                 outcome.max_ms(),
                 ratio,
                 outcome.cpu_us_per_request(0),
-                outcome.errors,
+                outcome.errors(),
                 format!(
                     "{:.1}/{:.1}/{:.1}/{:.1}",
                     outcome.cores(0),
@@ -114,7 +114,7 @@ pub fn hit_table(levels: &[Vec<Outcome>]) -> String {
                     outcome.cores(2),
                     outcome.other_cores()
                 ),
-                outcome.reconnects
+                outcome.reconnects()
             );
         }
     }

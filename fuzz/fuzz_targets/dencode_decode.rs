@@ -1,10 +1,7 @@
 #![no_main]
 
+use dirac_wire::dencode;
 use libfuzzer_sys::fuzz_target;
-use tokenmanager_fuzz::codec::dencode;
-
-#[path = "common.rs"]
-mod common;
 
 fuzz_target!(|data: &[u8]| {
     let Ok((value, end)) = dencode::decode(data) else {
@@ -15,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let (again, again_end) = dencode::decode(&encoded).expect("re-decode");
     assert_eq!(again_end, encoded.len());
     assert!(
-        common::same(&value, &again, false),
+        tokenmanager_fuzz::same(&value, &again, false),
         "{value:?} != {again:?}"
     );
 });

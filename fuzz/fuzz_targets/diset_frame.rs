@@ -1,10 +1,7 @@
 #![no_main]
 
+use dirac_wire::{frame, mixed};
 use libfuzzer_sys::fuzz_target;
-use tokenmanager_fuzz::codec::{frame, mixed};
-
-#[path = "common.rs"]
-mod common;
 
 const LIMIT: usize = 1 << 20;
 
@@ -38,10 +35,10 @@ fuzz_target!(|data: &[u8]| {
         Ok((again, again_encoding)) => {
             assert_eq!(again_encoding, encoding);
             assert!(
-                common::same(&value, &again, false),
+                tokenmanager_fuzz::same(&value, &again, false),
                 "{value:?} != {again:?}"
             );
         }
-        Err(e) => assert!(common::has_short_year(&value), "{e}: {value:?}"),
+        Err(e) => assert!(tokenmanager_fuzz::has_short_year(&value), "{e}: {value:?}"),
     }
 });

@@ -1,7 +1,7 @@
 #![no_main]
 
+use dirac_wire::form;
 use libfuzzer_sys::fuzz_target;
-use tokenmanager_fuzz::codec::form;
 
 const CONTENT_TYPES: [Option<&str>; 6] = [
     None,

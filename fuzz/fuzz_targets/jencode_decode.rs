@@ -1,10 +1,7 @@
 #![no_main]
 
+use dirac_wire::jencode;
 use libfuzzer_sys::fuzz_target;
-use tokenmanager_fuzz::codec::jencode;
-
-#[path = "common.rs"]
-mod common;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(value) = jencode::decode(data) else {
@@ -13,7 +10,10 @@ fuzz_target!(|data: &[u8]| {
     // JSON input never yields a `time` or a non-string key.
     let encoded = jencode::encode(&value).expect("re-encode");
     match jencode::decode(&encoded) {
-        Ok(again) => assert!(common::same(&value, &again, true), "{value:?} != {again:?}"),
-        Err(e) => assert!(common::has_short_year(&value), "{e}: {value:?}"),
+        Ok(again) => assert!(
+            tokenmanager_fuzz::same(&value, &again, true),
+            "{value:?} != {again:?}"
+        ),
+        Err(e) => assert!(tokenmanager_fuzz::has_short_year(&value), "{e}: {value:?}"),
     }
 });

@@ -70,10 +70,6 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Load-test a running service over DIRAC's HTTPS protocol, the JSON API or DISET, with an
-    /// X.509 certificate or a grid proxy; prints rate, errors and latency percentiles. Needs no
-    /// configuration.
-    Loadtest(Box<crate::loadtest::LoadtestArgs>),
 }
 
 #[derive(Debug, Error)]
@@ -90,10 +86,6 @@ pub enum CliError {
     Rotation(String),
     #[error(transparent)]
     Source(#[from] crate::db::dirac_tokendb::SourceError),
-    #[error("load test: {0}")]
-    Loadtest(#[from] crate::loadtest::LoadtestError),
-    #[error("cannot write the report: {0}")]
-    Output(String),
 }
 
 impl Cli {
@@ -117,11 +109,6 @@ impl Cli {
                 } => {
                     import_tokendb::run(settings()?, &source, password_file.as_deref(), dry_run)
                         .await
-                }
-                Command::Loadtest(args) => {
-                    let report = crate::loadtest::run(*args).await?;
-                    crate::loadtest::print_report(&report, &mut std::io::stdout().lock())
-                        .map_err(|e| CliError::Output(e.to_string()))
                 }
             }
         })

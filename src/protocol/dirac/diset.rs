@@ -8,15 +8,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dirac_wire::frame::{self, FrameError};
+use dirac_wire::mixed::{self, Encoding};
+use dirac_wire::{DecodeError, Value};
 use openssl::ssl::Ssl;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio_openssl::SslStream;
 
-use super::codec::frame::{self, FrameError};
-use super::codec::mixed::{self, Encoding};
-use super::codec::{DecodeError, Value};
 use super::{ENOAUTH, answer, dirac_message, extra_credentials};
 use crate::service::{CallContext, MethodError, Service};
 use crate::transport::tls::{ReloadableTls, peer_identity};

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, ContentType};
 use actix_web::{HttpRequest, HttpResponse, web};
+use dirac_wire::{Value, form, jencode};
 
-use super::codec::{Value, form, jencode};
 use super::{answer, extra_credentials};
 use crate::domain::policy::ExtraCredentials;
 use crate::metrics::Metrics;

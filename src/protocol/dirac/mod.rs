@@ -2,19 +2,17 @@
 //! method table. What they share lives here: method names, `extraCredentials`, and the
 //! S_OK/S_ERROR reply of a call.
 
-pub mod client;
-pub mod codec;
 pub mod diset;
 pub mod https;
 
 use std::time::Instant;
 
+use dirac_wire::Value;
 use serde_json::Value as Json;
 
 use crate::domain::policy::ExtraCredentials;
 use crate::metrics::Metrics;
 use crate::service::{Access, CallContext, Method, MethodError, Service};
-use codec::Value;
 
 /// DIRAC's errno for a refused query (`DErrno.ENOAUTH`).
 pub const ENOAUTH: i64 = 1111;

@@ -1,11 +1,10 @@
 //! End-to-end tests against an in-process TLS server that speaks the three protocols
 //! minimally, with a throw-away CA, a user certificate and an RFC 3820 proxy of it.
 
-use super::diset::read_frame;
 use super::wire::Conn;
 use super::{LoadtestArgs, LoadtestError, Report, print_report, run};
-use crate::protocol::dirac::codec::frame::encode_frame as frame;
 use clap::Parser;
+use dirac_wire::frame::{PROPOSAL_LIMIT, encode_frame as frame, encode_keep_alive, read_frame};
 use openssl::asn1::{Asn1Object, Asn1OctetString, Asn1Time};
 use openssl::bn::BigNum;
 use openssl::ec::{EcGroup, EcKey};
@@ -21,10 +20,10 @@ use openssl::x509::{X509, X509Builder, X509Extension, X509Name, X509NameBuilder,
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, BufStream};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_openssl::SslStream;
 
@@ -162,12 +161,14 @@ struct Pki {
     user_key: PathBuf,
     /// Grid proxy file: proxy cert, proxy key, user cert.
     proxy: PathBuf,
+    /// Holds the files above; removed with the test's `Pki`.
+    _dir: tempfile::TempDir,
 }
 
-fn pki() -> &'static Pki {
-    static PKI: OnceLock<Pki> = OnceLock::new();
-    PKI.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("loadtest-test-{}", std::process::id()));
+impl Pki {
+    fn new() -> Pki {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path();
         let (ca_dir, wrong_ca_dir) = (dir.join("ca"), dir.join("wrong-ca"));
         std::fs::create_dir_all(&ca_dir).unwrap();
         std::fs::create_dir_all(&wrong_ca_dir).unwrap();
@@ -234,8 +235,9 @@ fn pki() -> &'static Pki {
             server_key,
             ca_dir,
             wrong_ca_dir,
+            _dir: temp,
         }
-    })
+    }
 }
 
 // ---------------------------------------------------------------- test server
@@ -250,6 +252,8 @@ struct Seen {
     proxy_clients: AtomicU64,
     /// Correct `dka` pongs received.
     pongs: AtomicU64,
+    /// The server thread's /proc stat file, for its CPU time.
+    stat: std::sync::Mutex<Option<PathBuf>>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -258,9 +262,9 @@ enum Mode {
     Dips,
 }
 
-/// Starts a server on 127.0.0.1 on the current runtime; returns its port.
-async fn start_server(mode: Mode) -> (u16, Arc<Seen>) {
-    let pki = pki();
+/// Starts a server on 127.0.0.1, on a thread of its own (the load generator blocks the test's
+/// thread); returns its port.
+fn start_server(pki: &Pki, mode: Mode) -> (u16, Arc<Seen>) {
     let mut b = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
     b.set_certificate(&pki.server_cert).unwrap();
     b.set_private_key(&pki.server_key).unwrap();
@@ -273,15 +277,29 @@ async fn start_server(mode: Mode) -> (u16, Arc<Seen>) {
     b.set_session_id_context(b"loadtest-test").unwrap();
     let acceptor = Arc::new(b.build());
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let seen = Arc::new(Seen::default());
     let seen2 = Arc::clone(&seen);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(handle(tcp, Arc::clone(&acceptor), Arc::clone(&seen2), mode));
-        }
-    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("test-server".to_owned())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let port = listener.local_addr().unwrap().port();
+                let stat = std::fs::canonicalize("/proc/thread-self/stat").unwrap();
+                tx.send((port, stat)).unwrap();
+                while let Ok((tcp, _)) = listener.accept().await {
+                    tokio::spawn(handle(tcp, Arc::clone(&acceptor), Arc::clone(&seen2), mode));
+                }
+            })
+        })
+        .unwrap();
+    let (port, stat) = rx.recv().unwrap();
+    *seen.stat.lock().unwrap() = Some(stat);
     (port, seen)
 }
 
@@ -299,13 +317,19 @@ async fn handle(tcp: TcpStream, acceptor: Arc<SslAcceptor>, seen: Arc<Seen>, mod
             seen.proxy_clients.fetch_add(1, Relaxed);
         }
     }
-    let mut conn = Conn::new(stream);
     // Errors just end the connection: the client side reports them.
-    let _ = match mode {
-        Mode::Http => serve_http(&mut conn).await,
-        Mode::Dips => serve_dips(&mut conn, &seen).await,
-    };
-    let _ = conn.stream.shutdown().await;
+    match mode {
+        Mode::Http => {
+            let mut conn = Conn::new(stream);
+            let _ = serve_http(&mut conn).await;
+            let _ = conn.stream.shutdown().await;
+        }
+        Mode::Dips => {
+            let mut stream = BufStream::new(stream);
+            let _ = serve_dips(&mut stream, &seen).await;
+            let _ = stream.shutdown().await;
+        }
+    }
 }
 
 type TestConn = Conn<SslStream<TcpStream>>;
@@ -390,8 +414,12 @@ async fn serve_http(conn: &mut TestConn) -> Res {
 }
 
 /// One DISET conversation, with a keep-alive ping before the result.
-async fn serve_dips(conn: &mut TestConn, seen: &Seen) -> Res {
-    let (_, proposal) = read_frame(conn).await?;
+async fn serve_dips(stream: &mut BufStream<SslStream<TcpStream>>, seen: &Seen) -> Res {
+    async fn send(stream: &mut BufStream<SslStream<TcpStream>>, bytes: &[u8]) -> Res {
+        stream.write_all(bytes).await?;
+        Ok(stream.flush().await?)
+    }
+    let proposal = read_frame(stream, PROPOSAL_LIMIT).await?.payload;
     let proposal: Value = serde_json::from_slice(&proposal)?;
     let v = &proposal["Value"];
     if v[0][0] != "Framework/TokenManager" || v[1][0] != "RPC" || v[3] != "loadtest" {
@@ -399,40 +427,30 @@ async fn serve_dips(conn: &mut TestConn, seen: &Seen) -> Res {
     }
     if v[1][1] == "fail" {
         let err = r#"{"OK": false, "Errno": 1111, "Message": "Unauthorized query ( 1111 : Unauthorized query)"}"#;
-        conn.send(&frame(err.as_bytes())).await?;
+        send(stream, &frame(err.as_bytes())).await?;
         return Ok(());
     }
-    conn.send(&frame(br#"{"OK": true, "Value": null}"#)).await?;
-    let (_, args) = read_frame(conn).await?;
+    send(stream, &frame(br#"{"OK": true, "Value": null}"#)).await?;
+    let args = read_frame(stream, PROPOSAL_LIMIT).await?.payload;
     let args: Value = serde_json::from_slice(&args)?;
 
-    let mut ping = b"dka".to_vec();
-    ping.extend_from_slice(&frame(
-        br#"{"OK": true, "Value": {"id": "ping-7", "kaping": true}}"#,
-    ));
-    conn.send(&ping).await?;
-    let (keepalive, pong) = read_frame(conn).await?;
-    if keepalive
-        && serde_json::from_slice::<Value>(&pong)?
+    let ping = encode_keep_alive(br#"{"OK": true, "Value": {"id": "ping-7", "kaping": true}}"#);
+    send(stream, &ping).await?;
+    let pong = read_frame(stream, PROPOSAL_LIMIT).await?;
+    if pong.keep_alive
+        && serde_json::from_slice::<Value>(&pong.payload)?
             == json!({"OK": true, "Value": {"id": "ping-7", "kaping": false}})
     {
         seen.pongs.fetch_add(1, Relaxed);
     }
     let result = json!({"OK": true, "Value": args["Value"][0]});
-    conn.send(&frame(result.to_string().as_bytes())).await?;
+    send(stream, &frame(result.to_string().as_bytes())).await?;
     Ok(())
 }
 
 // ---------------------------------------------------------------- client runs
 
-#[derive(Parser)]
-struct TestCli {
-    #[command(flatten)]
-    args: LoadtestArgs,
-}
-
-fn args(url: String, extra: &[&str]) -> LoadtestArgs {
-    let pki = pki();
+fn args(pki: &Pki, url: String, extra: &[&str]) -> LoadtestArgs {
     let mut argv = vec!["loadtest".to_owned(), url];
     if !extra.contains(&"--ca-dir") {
         argv.extend(["--ca-dir".to_owned(), pki.ca_dir.display().to_string()]);
@@ -441,11 +459,11 @@ fn args(url: String, extra: &[&str]) -> LoadtestArgs {
         argv.extend(["--cert".to_owned(), pki.proxy.display().to_string()]);
     }
     argv.extend(extra.iter().map(|s| s.to_string()));
-    TestCli::try_parse_from(argv).unwrap().args
+    LoadtestArgs::try_parse_from(argv).unwrap()
 }
 
-async fn load(url: String, extra: &[&str]) -> Report {
-    let report = run(args(url, extra)).await.unwrap();
+fn load(pki: &Pki, url: String, extra: &[&str]) -> Report {
+    let report = run(args(pki, url, extra)).unwrap();
     let mut text = Vec::new();
     print_report(&report, &mut text).unwrap();
     println!("{}", String::from_utf8(text).unwrap());
@@ -460,10 +478,12 @@ fn assert_clean(r: &Report) {
     assert!(lat.min <= lat.p50 && lat.p50 <= lat.p99 && lat.p99 <= lat.max);
 }
 
-#[tokio::test]
-async fn dirac_https_keep_alive_with_proxy_chain() {
-    let (port, seen) = start_server(Mode::Http).await;
+#[test]
+fn dirac_https_keep_alive_with_proxy_chain() {
+    let pki = Pki::new();
+    let (port, seen) = start_server(&pki, Mode::Http);
     let r = load(
+        &pki,
         format!("https://localhost:{port}"),
         &[
             "--duration",
@@ -473,8 +493,7 @@ async fn dirac_https_keep_alive_with_proxy_chain() {
             "--warmup",
             "200ms",
         ],
-    )
-    .await;
+    );
     assert_clean(&r);
     assert_eq!(
         (r.target.path.as_str(), r.load.connection),
@@ -491,15 +510,16 @@ async fn dirac_https_keep_alive_with_proxy_chain() {
     assert!(r.connections.opened <= 4);
 }
 
-#[tokio::test]
-async fn dirac_https_new_connection_resumes_sessions_user_cert() {
-    let (port, seen) = start_server(Mode::Http).await;
-    let pki = pki();
+#[test]
+fn dirac_https_new_connection_resumes_sessions_user_cert() {
+    let pki = Pki::new();
+    let (port, seen) = start_server(&pki, Mode::Http);
     let (cert, key) = (
         pki.user_cert.display().to_string(),
         pki.user_key.display().to_string(),
     );
     let r = load(
+        &pki,
         format!("https://127.0.0.1:{port}/Framework/TokenManager"),
         &[
             "--requests",
@@ -512,8 +532,7 @@ async fn dirac_https_new_connection_resumes_sessions_user_cert() {
             "--key",
             &key,
         ],
-    )
-    .await;
+    );
     assert_clean(&r);
     assert_eq!((r.requests, r.connections.opened), (40, 40));
     assert!(
@@ -523,17 +542,19 @@ async fn dirac_https_new_connection_resumes_sessions_user_cert() {
     assert_eq!(seen.proxy_clients.load(Relaxed), 0);
 
     let r = load(
+        &pki,
         format!("https://127.0.0.1:{port}"),
         &["--requests", "5", "--new-connection", "--no-resume"],
-    )
-    .await;
+    );
     assert_eq!((r.ok, r.connections.tls_resumed), (5, 0));
 }
 
-#[tokio::test]
-async fn json_protocol() {
-    let (port, _) = start_server(Mode::Http).await;
+#[test]
+fn json_protocol() {
+    let pki = Pki::new();
+    let (port, _) = start_server(&pki, Mode::Http);
     let r = load(
+        &pki,
         format!("https://localhost:{port}/"),
         &[
             "--protocol",
@@ -543,20 +564,20 @@ async fn json_protocol() {
             "--duration",
             "500ms",
         ],
-    )
-    .await;
+    );
     assert_clean(&r);
     assert_eq!(r.target.path, "/api/v1/echo");
 }
 
-#[tokio::test]
-async fn dips_conversation_with_keepalive_ping() {
-    let (port, seen) = start_server(Mode::Dips).await;
+#[test]
+fn dips_conversation_with_keepalive_ping() {
+    let pki = Pki::new();
+    let (port, seen) = start_server(&pki, Mode::Dips);
     let r = load(
+        &pki,
         format!("dips://localhost:{port}/Framework/TokenManager"),
         &["--duration", "1s", "--concurrency", "4"],
-    )
-    .await;
+    );
     assert_clean(&r);
     assert_eq!(
         (r.target.protocol, r.load.connection),
@@ -578,32 +599,33 @@ async fn dips_conversation_with_keepalive_ping() {
     );
 }
 
-#[tokio::test]
-async fn errors_are_counted_by_kind() {
-    let (http, _) = start_server(Mode::Http).await;
-    let (dips, _) = start_server(Mode::Dips).await;
+#[test]
+fn errors_are_counted_by_kind() {
+    let pki = Pki::new();
+    let (http, _) = start_server(&pki, Mode::Http);
+    let (dips, _) = start_server(&pki, Mode::Dips);
 
     let r = load(
+        &pki,
         format!("https://localhost:{http}"),
         &["--requests", "10", "--method", "fail"],
-    )
-    .await;
+    );
     assert_eq!((r.ok, r.errors.s_error, r.errors.total), (0, 10, 10));
     assert!(r.latency_us.is_none());
     assert_eq!(r.error_samples, ["S_ERROR: You can't get tokens!"]);
 
     let r = load(
+        &pki,
         format!("dips://localhost:{dips}"),
         &["--requests", "10", "--method", "fail"],
-    )
-    .await;
+    );
     assert_eq!((r.errors.s_error, r.errors.total), (10, 10));
 
     let r = load(
+        &pki,
         format!("https://localhost:{http}/denied"),
         &["--requests", "10", "--concurrency", "2"],
-    )
-    .await;
+    );
     assert_eq!(
         (r.errors.http_status.get("401"), r.errors.total),
         (Some(&10), 10)
@@ -614,18 +636,18 @@ async fn errors_are_counted_by_kind() {
     );
 
     let r = load(
+        &pki,
         format!("https://localhost:{http}/slow"),
         &["--requests", "2", "--timeout", "100ms"],
-    )
-    .await;
+    );
     assert_eq!((r.errors.timeout, r.errors.total), (2, 2));
 
-    let wrong = pki().wrong_ca_dir.display().to_string();
+    let wrong = pki.wrong_ca_dir.display().to_string();
     let r = load(
+        &pki,
         format!("https://localhost:{http}"),
         &["--requests", "3", "--ca-dir", &wrong],
-    )
-    .await;
+    );
     assert_eq!((r.errors.tls, r.errors.total), (3, 3));
     assert!(
         r.error_samples[0].contains("certificate verify failed"),
@@ -634,16 +656,18 @@ async fn errors_are_counted_by_kind() {
     );
 
     // Port 1 on loopback: nothing listens there.
-    let r = load("https://127.0.0.1:1".to_owned(), &["--requests", "2"]).await;
+    let r = load(&pki, "https://127.0.0.1:1".to_owned(), &["--requests", "2"]);
     assert_eq!((r.errors.connect, r.errors.total), (2, 2));
 }
 
-#[tokio::test]
-async fn open_loop_rate_and_json_report() {
-    let (port, _) = start_server(Mode::Http).await;
+#[test]
+fn open_loop_rate_and_json_report() {
+    let pki = Pki::new();
+    let (port, _) = start_server(&pki, Mode::Http);
     let out = std::env::temp_dir().join(format!("loadtest-report-{}.json", std::process::id()));
     let out_arg = out.display().to_string();
     let r = load(
+        &pki,
         format!("https://localhost:{port}"),
         &[
             "--rate",
@@ -659,8 +683,7 @@ async fn open_loop_rate_and_json_report() {
             "--json-out",
             &out_arg,
         ],
-    )
-    .await;
+    );
     assert_clean(&r);
     assert_eq!((r.load.mode, r.load.threads), ("open", 2));
     assert!(
@@ -701,8 +724,9 @@ async fn open_loop_rate_and_json_report() {
     );
 }
 
-#[tokio::test]
-async fn bad_input_is_a_clear_error() {
+#[test]
+fn bad_input_is_a_clear_error() {
+    let pki = Pki::new();
     let url = "https://localhost:1".to_owned();
     let cases: &[(&[&str], &str)] = &[
         (&["--args", "{\"a\": 1}"], "--args must be a JSON list"),
@@ -724,33 +748,28 @@ async fn bad_input_is_a_clear_error() {
         ),
     ];
     for (extra, expected) in cases {
-        let err = run(args(url.clone(), extra)).await.unwrap_err().to_string();
+        let err = run(args(&pki, url.clone(), extra)).unwrap_err().to_string();
         assert!(err.contains(expected), "{extra:?}: {err}");
     }
     // A key file without a key, and a CA directory that is not one.
-    let pki = pki();
     let cert = pki.user_cert.display().to_string();
-    let err = run(args(url.clone(), &["--cert", &cert]))
-        .await
-        .unwrap_err();
+    let err = run(args(&pki, url.clone(), &["--cert", &cert])).unwrap_err();
     assert!(
         matches!(&err, LoadtestError::Credentials(m) if m.contains("private key")),
         "{err}"
     );
-    let err = run(args(url.clone(), &["--ca-dir", "/nonexistent"]))
-        .await
-        .unwrap_err();
+    let err = run(args(&pki, url.clone(), &["--ca-dir", "/nonexistent"])).unwrap_err();
     assert!(
         err.to_string().contains("is not a readable directory"),
         "{err}"
     );
-    let err = run(args("ftp://x".to_owned(), &[])).await.unwrap_err();
+    let err = run(args(&pki, "ftp://x".to_owned(), &[])).unwrap_err();
     assert!(err.to_string().contains("not supported"), "{err}");
     let err = run(args(
+        &pki,
         "dips://localhost/Framework/TokenManager".to_owned(),
         &[],
     ))
-    .await
     .unwrap_err();
     assert!(err.to_string().contains("explicit port"), "{err}");
 }
@@ -769,32 +788,14 @@ fn cpu_ticks(stat_path: &std::path::Path) -> u64 {
 #[test]
 #[ignore]
 fn throughput_c16() {
+    let pki = Pki::new();
     for (mode, scheme) in [(Mode::Http, "https"), (Mode::Dips, "dips")] {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("test-server".to_owned())
-            .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async {
-                    let (port, _) = start_server(mode).await;
-                    let stat = std::fs::canonicalize("/proc/thread-self/stat").unwrap();
-                    tx.send((port, stat)).unwrap();
-                    std::future::pending::<()>().await
-                })
-            })
-            .unwrap();
-        let (port, server_stat) = rx.recv().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
+        let (port, seen) = start_server(&pki, mode);
+        let server_stat = seen.stat.lock().unwrap().clone().unwrap();
         let proc_stat: &std::path::Path = "/proc/self/stat".as_ref();
         let (proc_before, server_before) = (cpu_ticks(proc_stat), cpu_ticks(&server_stat));
         let url = format!("{scheme}://localhost:{port}/Framework/TokenManager");
-        let r = rt.block_on(load(url, &["--duration", "5s", "--concurrency", "16"]));
+        let r = load(&pki, url, &["--duration", "5s", "--concurrency", "16"]);
         let (proc_after, server_after) = (cpu_ticks(proc_stat), cpu_ticks(&server_stat));
         assert_clean(&r);
         // Linux counts CPU time in USER_HZ ticks, 100 per second on common configurations.

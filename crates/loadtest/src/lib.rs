@@ -1,6 +1,7 @@
-//! `tokenmanager loadtest`: a load generator that speaks the TokenManager's three wire
+//! `tokenmanager-loadtest`: a load generator that speaks the TokenManager's three wire
 //! protocols with a client certificate (including RFC 3820 grid proxies, which rustls-based
-//! tools reject, and which wrk cannot present at all).
+//! tools reject, and which wrk cannot present at all). The command line is [`LoadtestArgs`] and
+//! [`run`]; the benchmarks drive [`engine`] directly.
 //!
 //! * `dirac-https`: DIRAC "Tornado" RPC, `POST /Framework/TokenManager` with a form body
 //!   `method=..&args=<JSON list>&clientVO=unknown&clientSetup=None`; success is HTTP 200
@@ -10,7 +11,8 @@
 //!
 //! Load is either closed-loop (`--concurrency` callers, each sending its next request when
 //! the previous reply is in) or open-loop (`--rate`: sends at fixed intervals, latency taken
-//! from the *scheduled* send time so a slow server cannot hide its queueing delay).
+//! from the *scheduled* send time so a slow server cannot hide its queueing delay). A call
+//! counts if it was sent after the warm-up and, with `--duration`, answered within it.
 //!
 //! # JSON report (`--json-out`), schema `tokenmanager-loadtest/1`
 //!
@@ -22,7 +24,7 @@
 //! load              {mode: "closed"|"open", concurrency, rate_target (req/s or null),
 //!                    threads, connection: "keep-alive"|"new-connection",
 //!                    tls_resumption (bool), warmup_s, timeout_s}
-//! elapsed_s         measured wall time (after warm-up, until the last reply)
+//! elapsed_s         measured wall time (after warm-up, until the last counted reply)
 //! requests          measured calls = ok + errors.total
 //! ok                successful calls
 //! errors            {total, connect, tls, http_status: {"<code>": count}, s_error,
@@ -34,23 +36,32 @@
 //! connections       {opened, tls_resumed, keepalive_retries}, in the measured window
 //! ```
 
-mod diset;
+pub mod connect;
 mod encode;
-mod http;
+pub mod engine;
+pub mod http;
 mod report;
-mod run;
-mod tls;
 mod wire;
 
 #[cfg(test)]
 mod tests;
 
-pub use report::{ConnEvents, ErrorCounts, Latency, LoadInfo, Report, TargetInfo, print_report};
+pub use report::{
+    ConnEvents, ErrorCounts, Latency, LoadInfo, Report, Stats, TargetInfo, print_report,
+};
+pub use wire::CallError;
 
+use connect::{Connector, Identity, TlsOptions, Trust};
+use dirac_wire::Value as DiracValue;
+use dirac_wire::client::RpcCall;
+use engine::{Expect, Load, Progress, Request, Scenario, Schedule};
 use serde_json::Value;
+use std::io::{IsTerminal, Write};
 use std::net::ToSocketAddrs;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 /// Wire protocol to load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -73,7 +84,10 @@ impl Protocol {
     }
 }
 
-#[derive(Debug, Clone, clap::Args)]
+/// Load-test a running TokenManager over DIRAC's HTTPS protocol, the JSON API or DISET, with an
+/// X.509 certificate or a grid proxy; prints rate, errors and latency percentiles.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "tokenmanager-loadtest", version)]
 pub struct LoadtestArgs {
     /// Service URL: https://HOST[:PORT][/PATH] or dips://HOST:PORT[/System/Service].
     /// An empty path means /Framework/TokenManager (json protocol: /).
@@ -249,13 +263,9 @@ fn parse_url(url: &str) -> Result<Url, LoadtestError> {
 /// Everything a run needs, validated before any load is sent.
 struct Plan {
     report_target: TargetInfo,
-    connector: tls::Connector,
-    wire: run::Wire,
-    load: LoadInfo,
-    duration: Option<Duration>,
-    requests: Option<u64>,
-    warmup: Duration,
-    timeout: Duration,
+    load: Load,
+    scenario: Scenario,
+    report_load: LoadInfo,
 }
 
 const DEFAULT_SERVICE_PATH: &str = "/Framework/TokenManager";
@@ -309,7 +319,7 @@ impl Plan {
         let keep_alive = protocol != Protocol::Dips && !a.new_connection;
 
         let trimmed_path = url.path.trim_end_matches('/');
-        let (path, wire) = match protocol {
+        let (path, request) = match protocol {
             Protocol::Json => {
                 if a.args.is_some() {
                     return Err(invalid(
@@ -328,8 +338,9 @@ impl Plan {
                 let path = format!("{trimmed_path}/api/v1/{}", a.method);
                 let body = serde_json::to_vec(&body)
                     .expect("serialising a serde_json::Value into a Vec cannot fail");
-                let request = http::build_request(
-                    &host_header(&url.host, port),
+                let request = post(
+                    &url.host,
+                    port,
                     &path,
                     "application/json",
                     &body,
@@ -337,10 +348,10 @@ impl Plan {
                 );
                 (
                     path,
-                    run::Wire::Http {
+                    Request::Http {
                         request,
+                        expect: Expect::Success,
                         keep_alive,
-                        dirac: false,
                     },
                 )
             }
@@ -367,18 +378,25 @@ impl Plan {
                 };
                 if protocol == Protocol::Dips {
                     let service = path.trim_matches('/');
-                    (
-                        path.clone(),
-                        run::Wire::Dips(diset::Conversation::new(service, &a.method, &args)),
+                    let args = args.as_array().into_iter().flatten().cloned();
+                    let call = RpcCall::new(
+                        service,
+                        &a.method,
+                        args.map(DiracValue::from_json).collect(),
+                        DiracValue::Str(String::new()),
+                        "loadtest",
                     )
+                    .map_err(|e| invalid(format!("--args cannot be sent over DISET: {e}")))?;
+                    (path.clone(), Request::Dips(call))
                 } else {
                     let mut body = b"method=".to_vec();
                     encode::form_encode_into(&mut body, a.method.as_bytes());
                     body.extend_from_slice(b"&args=");
                     encode::form_encode_into(&mut body, &encode::python_json(&args));
                     body.extend_from_slice(b"&clientVO=unknown&clientSetup=None");
-                    let request = http::build_request(
-                        &host_header(&url.host, port),
+                    let request = post(
+                        &url.host,
+                        port,
                         &path,
                         "application/x-www-form-urlencoded",
                         &body,
@@ -386,10 +404,10 @@ impl Plan {
                     );
                     (
                         path,
-                        run::Wire::Http {
+                        Request::Http {
                             request,
+                            expect: Expect::DiracOk,
                             keep_alive,
-                            dirac: true,
                         },
                     )
                 }
@@ -421,19 +439,32 @@ impl Plan {
                 source,
             })?
             .collect();
-        let ca_dir = a.ca_dir.clone().or_else(|| {
-            std::env::var_os("X509_CERT_DIR")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        });
-        let tls_opts = tls::TlsOptions {
-            cert: a.cert.as_deref(),
-            key: a.key.as_deref(),
-            ca_dir,
-            insecure: a.insecure,
+        let trust = if a.insecure {
+            Trust::Insecure
+        } else {
+            let ca_dir = a.ca_dir.clone().or_else(|| {
+                std::env::var_os("X509_CERT_DIR")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            });
+            Trust::CaDir(ca_dir.ok_or_else(|| {
+                LoadtestError::Credentials(
+                    "no CA directory: pass --ca-dir, set X509_CERT_DIR, or use --insecure"
+                        .to_owned(),
+                )
+            })?)
+        };
+        let identity = a
+            .cert
+            .as_deref()
+            .map(|cert| Identity::from_pem_files(cert, a.key.as_deref()))
+            .transpose()?;
+        let tls = TlsOptions {
+            identity,
+            trust,
             resume: !a.no_resume,
         };
-        let connector = tls::Connector::new(&tls_opts, &url.host, addrs)?;
+        let connector = Connector::tls(tls, &url.host, addrs)?;
 
         let threads = a.threads.min(a.concurrency);
         Ok(Plan {
@@ -443,9 +474,25 @@ impl Plan {
                 method: a.method.clone(),
                 path,
             },
-            connector,
-            wire,
-            load: LoadInfo {
+            load: Load {
+                connector: Arc::new(connector),
+                callers: a.concurrency,
+                threads,
+                connect_first: false,
+                // Progress only on a terminal, so logs and CI output get just the final report.
+                progress: std::io::stderr()
+                    .is_terminal()
+                    .then(|| Arc::new(Progress::default())),
+            },
+            scenario: Scenario {
+                request,
+                schedule: a.rate.map_or(Schedule::Closed, Schedule::Rate),
+                warmup: a.warmup,
+                measure: duration,
+                requests: a.requests,
+                timeout: Some(a.timeout),
+            },
+            report_load: LoadInfo {
                 mode: if a.rate.is_some() { "open" } else { "closed" },
                 concurrency: a.concurrency,
                 rate_target: a.rate,
@@ -459,26 +506,43 @@ impl Plan {
                 warmup_s: a.warmup.as_secs_f64(),
                 timeout_s: a.timeout.as_secs_f64(),
             },
-            duration,
-            requests: a.requests,
-            warmup: a.warmup,
-            timeout: a.timeout,
         })
     }
 }
 
-fn host_header(host: &str, port: u16) -> String {
-    if host.contains(':') {
+/// A POST as DIRAC's Python clients send it.
+fn post(
+    host: &str,
+    port: u16,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+) -> Vec<u8> {
+    let host = if host.contains(':') {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
-    }
+    };
+    let user_agent = concat!("tokenmanager-loadtest/", env!("CARGO_PKG_VERSION"));
+    let connection = if keep_alive { "keep-alive" } else { "close" };
+    http::request(
+        "POST",
+        &host,
+        path,
+        &[
+            ("User-Agent", user_agent),
+            ("Accept", "*/*"),
+            ("Connection", connection),
+            ("Content-Type", content_type),
+        ],
+        Some(body),
+    )
 }
 
-/// Runs the load test described by `args` and returns the report. Also writes
-/// `--json-out` when given (the file is created before any load is sent, so a bad path
-/// fails fast).
-pub async fn run(args: LoadtestArgs) -> Result<Report, LoadtestError> {
+/// Runs the load test described by `args` and returns the report. Also writes `--json-out`
+/// when given (the file is created before any load is sent, so a bad path fails fast).
+pub fn run(args: LoadtestArgs) -> Result<Report, LoadtestError> {
     let plan = Plan::new(&args)?;
     let json_out = args
         .json_out
@@ -492,19 +556,64 @@ pub async fn run(args: LoadtestArgs) -> Result<Report, LoadtestError> {
                 })
         })
         .transpose()?;
-    let report = run::execute(plan).await?;
+    let started = Instant::now();
+    let done = AtomicBool::new(false);
+    let run = std::thread::scope(|scope| {
+        if let Some(progress) = &plan.load.progress {
+            let measure_start = started + plan.scenario.warmup;
+            let done = &done;
+            scope.spawn(move || show_progress(progress, done, started, measure_start));
+        }
+        let run = engine::run(&plan.load, vec![plan.scenario], || {});
+        done.store(true, Relaxed);
+        run
+    })?;
+    let measured = run
+        .scenarios
+        .into_iter()
+        .next()
+        .expect("one result per scenario");
+    let report =
+        measured
+            .stats
+            .into_report(plan.report_target, plan.report_load, measured.measure_start);
     if let Some((path, file)) = json_out {
         let mut w = std::io::BufWriter::new(file);
         serde_json::to_writer_pretty(&mut w, &report)
             .map_err(std::io::Error::from)
-            .and_then(|()| std::io::Write::write_all(&mut w, b"\n"))
-            .and_then(|()| std::io::Write::flush(&mut w))
+            .and_then(|()| w.write_all(b"\n"))
+            .and_then(|()| w.flush())
             .map_err(|source| LoadtestError::Output {
                 path: path.clone(),
                 source,
             })?;
     }
     Ok(report)
+}
+
+/// The live line on standard error: calls so far and the current rate, once a second.
+fn show_progress(progress: &Progress, done: &AtomicBool, start: Instant, measure_start: Instant) {
+    let (mut last_print, mut last_count) = (Instant::now(), 0);
+    while !done.load(Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if last_print.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        let (ok, errors) = (progress.ok.load(Relaxed), progress.errors.load(Relaxed));
+        let rate = (ok + errors - last_count) as f64 / last_print.elapsed().as_secs_f64();
+        let phase = if Instant::now() < measure_start {
+            "warm-up"
+        } else {
+            "measuring"
+        };
+        eprint!(
+            "\r\x1b[K{:6.1}s {phase}: {ok} ok, {errors} errors, {rate:.0} req/s",
+            start.elapsed().as_secs_f64()
+        );
+        let _ = std::io::stderr().flush();
+        (last_print, last_count) = (Instant::now(), ok + errors);
+    }
+    eprint!("\r\x1b[K");
 }
 
 #[cfg(test)]

@@ -4,17 +4,17 @@
 
 use serde_json::Value;
 
-use crate::protocol::dirac::codec::{Value as DiracValue, jencode};
+use dirac_wire::{Value as DiracValue, jencode};
 
 /// Serialises `value` the way Python's `json.dumps` does: DIRAC's JEncode, which the service
 /// itself writes.
-pub(super) fn python_json(value: &Value) -> Vec<u8> {
+pub(crate) fn python_json(value: &Value) -> Vec<u8> {
     jencode::encode(&DiracValue::from_json(value.clone()))
         .expect("JSON values have only encodable types and string keys")
 }
 
 /// Appends `s` encoded like Python's `quote_plus` (what `requests` uses for form bodies).
-pub(super) fn form_encode_into(out: &mut Vec<u8>, s: &[u8]) {
+pub(crate) fn form_encode_into(out: &mut Vec<u8>, s: &[u8]) {
     for &b in s {
         match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' | b'~' => out.push(b),

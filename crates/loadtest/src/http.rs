@@ -1,36 +1,52 @@
-//! Minimal HTTP/1.1 client codec: one pre-built request, and a response reader that handles
-//! `Content-Length`, chunked and read-until-close bodies and tells whether the connection
-//! may be reused.
+//! The HTTP/1.1 client: requests built once as bytes, and a response reader that handles
+//! `Content-Length`, chunked and read-until-close bodies and tells whether the connection may
+//! be reused.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
 
 use super::wire::{CallError, Conn, MAX_BODY, MAX_HEAD, find};
 use tokio::io::AsyncRead;
 
-/// Builds the complete request once; every call sends the same bytes.
-pub(super) fn build_request(
-    host_header: &str,
+/// A complete request, built once: every call sends the same bytes. `headers` follow `Host`; a
+/// body gets its `Content-Length` last.
+pub fn request(
+    method: &str,
+    host: &str,
     path: &str,
-    content_type: &str,
-    body: &[u8],
-    keep_alive: bool,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
 ) -> Vec<u8> {
-    let connection = if keep_alive { "keep-alive" } else { "close" };
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: tokenmanager-loadtest/{}\r\nAccept: */*\r\n\
-         Connection: {connection}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-        env!("CARGO_PKG_VERSION"),
-        body.len()
-    )
-    .into_bytes();
-    req.extend_from_slice(body);
-    req
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\n");
+    for (name, value) in headers {
+        let _ = write!(head, "{name}: {value}\r\n");
+    }
+    if let Some(body) = body {
+        let _ = write!(head, "Content-Length: {}\r\n", body.len());
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body.unwrap_or_default());
+    out
 }
 
 #[derive(Debug)]
-pub(super) struct Response {
-    pub(super) status: u16,
+pub struct Response {
+    pub status: u16,
     /// False when the server asked to close, or the body was delimited by closing.
-    pub(super) keep_alive: bool,
-    pub(super) body: Vec<u8>,
+    pub keep_alive: bool,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.body)
+    }
+
+    /// The body as JSON; `Null` if it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
 }
 
 #[derive(Debug, PartialEq)]
@@ -128,7 +144,7 @@ fn parse_head(head: &[u8]) -> Result<Head, CallError> {
 }
 
 /// Reads one final (non-1xx) response.
-pub(super) async fn read_response<S: AsyncRead + Unpin>(
+pub(crate) async fn read_response<S: AsyncRead + Unpin>(
     conn: &mut Conn<S>,
 ) -> Result<Response, CallError> {
     loop {
@@ -316,19 +332,24 @@ mod tests {
 
     #[test]
     fn request_bytes() {
-        let req = build_request(
+        let req = request(
+            "POST",
             "h:8443",
             "/Framework/TokenManager",
-            "application/x-www-form-urlencoded",
-            b"a=1",
-            false,
+            &[
+                ("Connection", "close"),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            Some(b"a=1"),
         );
-        let text = String::from_utf8(req).unwrap();
-        assert!(text.starts_with("POST /Framework/TokenManager HTTP/1.1\r\nHost: h:8443\r\n"));
-        assert!(
-            text.contains("\r\nConnection: close\r\n")
-                && text.contains("\r\nContent-Length: 3\r\n")
+        assert_eq!(
+            String::from_utf8(req).unwrap(),
+            "POST /Framework/TokenManager HTTP/1.1\r\nHost: h:8443\r\nConnection: close\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\n\r\na=1"
         );
-        assert!(text.ends_with("\r\n\r\na=1"));
+        assert_eq!(
+            request("GET", "127.0.0.1", "/test/stats", &[], None),
+            b"GET /test/stats HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        );
     }
 }

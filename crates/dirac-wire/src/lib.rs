@@ -1,9 +1,12 @@
 //! DIRAC wire formats: the Python value model, DEncode, JEncode, MixedEncode,
-//! DISET framing and Tornado form bodies.
+//! DISET framing and Tornado form bodies; and, with the `client` feature (on by
+//! default), a DISET client.
 //!
-//! Only `super::`/`self::` paths are used so the folder can be dropped into any
-//! crate as-is.
+//! No server, no actix, no database: the service, the load generator and the
+//! fuzz targets (which build without `client`) share it.
 
+#[cfg(feature = "client")]
+pub mod client;
 pub mod dencode;
 mod error;
 pub mod form;

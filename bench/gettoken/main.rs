@@ -9,13 +9,8 @@
 //!
 //! The table goes to stdout, the same numbers as JSON to target/bench/gettoken.json.
 
-#[path = "gettoken/client.rs"]
-mod client;
-#[path = "gettoken/fixture.rs"]
 mod fixture;
-#[path = "gettoken/load.rs"]
-mod load;
-#[path = "gettoken/report.rs"]
+mod outcome;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -24,13 +19,14 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokenmanager::crypto::KeyringFile;
 
-use client::{Response, Target, request};
 use fixture::{
     AUDIENCE, GRANT_SCOPE, Idp, Memory, PROVIDER, Pki, Server, Users, pin_current_thread_to,
     user_id,
 };
-use load::{Outcome, Scenario, run_level, run_list};
+use outcome::{Outcome, Scenario, Target, request, run_level, run_list};
 use report::{mib, round};
+use tokenmanager_loadtest::engine::Schedule;
+use tokenmanager_loadtest::http::Response;
 
 /// Settings, from the environment (documented in bench/README.md).
 struct Options {
@@ -117,10 +113,9 @@ fn get_token_body(username: Option<&str>, group: &str) -> Vec<u8> {
 fn closed_loop(name: &str, request: Vec<u8>) -> Scenario {
     Scenario {
         name: name.into(),
-        request: request.into(),
+        request,
         expect_prefix: OK,
-        once: false,
-        pace: None,
+        schedule: Schedule::Closed,
     }
 }
 
@@ -360,10 +355,10 @@ fn main() {
     );
     let full = pki.proxy("full", "g_full");
     let manager = pki.proxy("manager", "g_manager");
-    let caller = Target::tls(server.https, pki.ca.cert(), &full);
-    let admin = Target::tls(server.https, pki.ca.cert(), &manager);
+    let caller = outcome::tls(server.https, pki.ca.cert(), &full);
+    let admin = outcome::tls(server.https, pki.ca.cert(), &manager);
     let control = Control {
-        target: Target::plain(idp.port),
+        target: outcome::plain(idp.port),
     };
     let small_users: Vec<String> = small.iter().map(|s| s.to_string()).collect();
     let small_subs: Vec<String> = small.iter().map(|s| user_id(s)).collect();
@@ -732,7 +727,7 @@ impl Bench<'_> {
                 .iter()
                 .map(|s| Scenario {
                     name: format!("{} paced", s.name),
-                    pace: Some(pace),
+                    schedule: Schedule::Paced(pace),
                     ..s.clone()
                 })
                 .collect();
@@ -774,7 +769,7 @@ impl Bench<'_> {
                     ),
                     measured: format!("{:.1} %", 100.0 * ratio),
                     limit: ">= 80 %".into(),
-                    pass: ratio >= 0.8 && hit.errors == 0,
+                    pass: ratio >= 0.8 && hit.errors() == 0,
                 });
             }
         }
@@ -849,7 +844,7 @@ impl Bench<'_> {
         );
         server.stop();
         *server = Server::spawn_on(&options.binary, config, Some(server_cpu));
-        let target = Target::tls(server.https, pki.ca.cert(), caller);
+        let target = outcome::tls(server.https, pki.ca.cert(), caller);
         warm_token_cache(&target);
         pin_current_thread_to(&client_cpus).expect("pin the client");
         let scenarios = [
@@ -899,7 +894,7 @@ impl Bench<'_> {
             let rate = median(&mut of(&|o| o.throughput()));
             let p50 = median(&mut of(&|o| o.ms(0.5)));
             let p99 = median(&mut p99s.clone());
-            let errors: u64 = rounds.iter().map(|r| r[i].errors).sum();
+            let errors: u64 = rounds.iter().map(|r| r[i].errors()).sum();
             text.push_str(&format!(
                 "  {:<16} {rate:>9.0} {p50:>9.3} {p99:>9.3}   {}\n",
                 scenario.name,
@@ -948,10 +943,9 @@ impl Bench<'_> {
         );
         let scenario = Scenario {
             name: "getToken/burst".into(),
-            request: get_token_body(Some("burst"), "g_user").into(),
+            request: get_token_body(Some("burst"), "g_user"),
             expect_prefix: OK,
-            once: true,
-            pace: None,
+            schedule: Schedule::Once,
         };
         let outcome = run_level(
             &self.caller,
@@ -975,8 +969,8 @@ impl Bench<'_> {
              \x20 {} ok, {} failed{}; connections opened in {:.2} s; {:.3} s from the first send to the last reply\n\
              \x20 latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n\
              \x20 refresh-token requests at the IdP: {burst_refreshes} (refused by the IdP: {burst_errors})\n",
-            outcome.ok,
-            outcome.errors,
+            outcome.ok(),
+            outcome.errors(),
             first_error(&outcome),
             outcome.connect_seconds,
             outcome.seconds,
@@ -988,14 +982,14 @@ impl Bench<'_> {
             name: format!("refresh requests for a {n}-call same-user burst"),
             measured: format!("{burst_refreshes}"),
             limit: "1".into(),
-            pass: burst_refreshes == 1 && outcome.errors == 0,
+            pass: burst_refreshes == 1 && outcome.errors() == 0,
         }];
         let json = json!({
             "calls": n,
-            "ok": outcome.ok,
-            "errors": outcome.errors,
-            "reconnects": outcome.reconnects,
-            "first_error": outcome.first_error,
+            "ok": outcome.ok(),
+            "errors": outcome.errors(),
+            "reconnects": outcome.reconnects(),
+            "first_error": outcome.first_error(),
             "connect_seconds": round(outcome.connect_seconds, 3),
             "burst_seconds": round(outcome.seconds, 3),
             "p50_ms": round(outcome.ms(0.5), 3),
@@ -1014,8 +1008,7 @@ impl Bench<'_> {
 
 fn first_error(outcome: &Outcome) -> String {
     outcome
-        .first_error
-        .as_deref()
+        .first_error()
         .map(|e| format!(" (first: {})", e.chars().take(200).collect::<String>()))
         .unwrap_or_default()
 }
@@ -1029,7 +1022,7 @@ fn print_outcomes(outcomes: &[Outcome]) {
             o.ms(0.5),
             o.ms(0.99),
             o.cpu_us_per_request(0),
-            o.errors,
+            o.errors(),
             first_error(o)
         );
     }

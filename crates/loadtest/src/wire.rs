@@ -1,11 +1,13 @@
-//! Buffered connection shared by the HTTP/1.1 and DISET codecs, and the per-call error type.
+//! The buffered connection the HTTP/1.1 client reads from, and the per-call error type.
 
+use dirac_wire::client::RpcError;
+use dirac_wire::frame::FrameError;
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Why one call failed; each variant is one "kind" in the report.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum CallError {
+pub enum CallError {
     #[error("connect: {0}")]
     Connect(io::Error),
     #[error("TLS: {0}")]
@@ -15,52 +17,70 @@ pub(super) enum CallError {
     Io(#[from] io::Error),
     #[error("protocol: {0}")]
     Protocol(String),
-    #[error("HTTP status {0}")]
-    HttpStatus(u16),
+    /// An unexpected status, with the start of the body (for diagnosis).
+    #[error("HTTP status {code}: {body}")]
+    HttpStatus { code: u16, body: String },
     #[error("S_ERROR: {0}")]
     SError(String),
     #[error("timeout")]
     Timeout,
 }
 
-/// Largest response head / DISET frame we accept; guards memory against a misbehaving server.
-pub(super) const MAX_HEAD: usize = 64 * 1024;
-pub(super) const MAX_BODY: usize = 64 * 1024 * 1024;
+impl From<RpcError> for CallError {
+    fn from(error: RpcError) -> Self {
+        match error {
+            RpcError::Frame(FrameError::Io(e)) => CallError::Io(e),
+            RpcError::Frame(FrameError::Closed | FrameError::PeerClosed) => {
+                CallError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed by peer while reading a DISET frame",
+                ))
+            }
+            RpcError::Frame(e) => CallError::Protocol(format!("DISET frame: {e}")),
+            RpcError::Decode(e) => CallError::Protocol(format!("DISET message: {e}")),
+            RpcError::Refused(message) => CallError::SError(message),
+        }
+    }
+}
+
+/// Largest response head / body we accept; guards memory against a misbehaving server.
+pub(crate) const MAX_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_BODY: usize = 64 * 1024 * 1024;
 const READ_CHUNK: usize = 16 * 1024;
 
 /// A stream plus the bytes read from it but not consumed yet (kept across keep-alive replies).
-pub(super) struct Conn<S> {
-    pub(super) stream: S,
+pub(crate) struct Conn<S> {
+    pub(crate) stream: S,
     buf: Vec<u8>,
 }
 
 impl<S> Conn<S> {
-    pub(super) fn new(stream: S) -> Self {
+    pub(crate) fn new(stream: S) -> Self {
         Conn {
             stream,
             buf: Vec::with_capacity(READ_CHUNK),
         }
     }
 
-    pub(super) fn buffered(&self) -> &[u8] {
+    pub(crate) fn buffered(&self) -> &[u8] {
         &self.buf
     }
 
     /// Drops the first `n` buffered bytes.
-    pub(super) fn consume(&mut self, n: usize) {
+    pub(crate) fn consume(&mut self, n: usize) {
         self.buf.drain(..n);
     }
 }
 
 impl<S: AsyncRead + Unpin> Conn<S> {
     /// Reads more bytes into the buffer; `Ok(false)` at end of stream.
-    pub(super) async fn fill(&mut self) -> io::Result<bool> {
+    pub(crate) async fn fill(&mut self) -> io::Result<bool> {
         self.buf.reserve(READ_CHUNK);
         Ok(self.stream.read_buf(&mut self.buf).await? != 0)
     }
 
     /// Like [`Self::fill`], but end of stream is an error (the peer closed mid-message).
-    pub(super) async fn fill_or_eof(&mut self, what: &str) -> Result<(), CallError> {
+    pub(crate) async fn fill_or_eof(&mut self, what: &str) -> Result<(), CallError> {
         if self.fill().await? {
             Ok(())
         } else {
@@ -72,7 +92,7 @@ impl<S: AsyncRead + Unpin> Conn<S> {
     }
 
     /// Reads one CRLF-terminated line (terminator removed), at most `max` bytes long.
-    pub(super) async fn read_line(&mut self, max: usize, what: &str) -> Result<Vec<u8>, CallError> {
+    pub(crate) async fn read_line(&mut self, max: usize, what: &str) -> Result<Vec<u8>, CallError> {
         let mut scanned = 0;
         loop {
             if let Some(i) = find(&self.buf[scanned..], b"\r\n") {
@@ -92,7 +112,7 @@ impl<S: AsyncRead + Unpin> Conn<S> {
     }
 
     /// Moves exactly `n` bytes of the stream into `out`.
-    pub(super) async fn read_exact_into(
+    pub(crate) async fn read_exact_into(
         &mut self,
         n: usize,
         out: &mut Vec<u8>,
@@ -108,7 +128,7 @@ impl<S: AsyncRead + Unpin> Conn<S> {
 }
 
 impl<S: AsyncWrite + Unpin> Conn<S> {
-    pub(super) async fn send(&mut self, data: &[u8]) -> io::Result<()> {
+    pub(crate) async fn send(&mut self, data: &[u8]) -> io::Result<()> {
         self.stream.write_all(data).await?;
         self.stream.flush().await
     }
@@ -124,7 +144,7 @@ struct Reply {
 }
 
 /// Interprets a DIRAC result dict: `"OK": true` or an S_ERROR carrying its message.
-pub(super) fn check_ok(payload: &[u8], what: &str) -> Result<(), CallError> {
+pub(crate) fn check_ok(payload: &[u8], what: &str) -> Result<(), CallError> {
     let reply: Reply = serde_json::from_slice(payload)
         .map_err(|e| CallError::Protocol(format!("{what} is not a JSON S_OK/S_ERROR dict: {e}")))?;
     if reply.ok {
@@ -136,16 +156,16 @@ pub(super) fn check_ok(payload: &[u8], what: &str) -> Result<(), CallError> {
     }
 }
 
-pub(super) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Test helper: a reader that hands out its data a few bytes at a time, to exercise
 /// message boundaries that fall anywhere inside a read.
 #[cfg(test)]
-pub(super) struct SplitReader {
-    pub(super) data: Vec<u8>,
-    pub(super) step: usize,
+pub(crate) struct SplitReader {
+    pub(crate) data: Vec<u8>,
+    pub(crate) step: usize,
 }
 
 #[cfg(test)]

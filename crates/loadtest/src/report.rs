@@ -1,12 +1,12 @@
 //! Result collection (per caller, merged at the end) and the report: a readable table and
 //! the JSON document described in the module docs.
 
-use super::wire::CallError;
+use crate::wire::CallError;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const SCHEMA: &str = "tokenmanager-loadtest/1";
 const MAX_SAMPLES: usize = 5;
@@ -86,44 +86,68 @@ pub struct Report {
     pub connections: ConnEvents,
 }
 
-/// Measurements of one caller (or a merge of several).
-pub(super) struct Stats {
-    ok: u64,
-    errors: ErrorCounts,
-    hist: Histogram<u64>,
-    conn: ConnEvents,
-    samples: Vec<String>,
-    last_done: Option<Instant>,
+/// Measurements of some callers (those of one thread, or a merge of several threads) in one
+/// scenario. Only counted calls (sent after the warm-up, answered within the measured time) are
+/// in it, but for `all_ok`.
+pub struct Stats {
+    pub ok: u64,
+    /// Good replies, warm-up and late replies included.
+    pub all_ok: u64,
+    pub errors: ErrorCounts,
+    /// Latencies of the good replies, in µs.
+    pub latency: Histogram<u64>,
+    pub connections: ConnEvents,
+    /// Up to 5 distinct error messages, the first first.
+    pub samples: Vec<String>,
+    pub first_send: Option<Instant>,
+    pub last_done: Option<Instant>,
 }
 
-impl Stats {
-    pub(super) fn new() -> Self {
+impl Default for Stats {
+    fn default() -> Self {
         Stats {
             ok: 0,
+            all_ok: 0,
             errors: ErrorCounts::default(),
-            hist: Histogram::new_with_bounds(1, HIST_MAX_US, 3)
+            latency: Histogram::new_with_bounds(1, HIST_MAX_US, 3)
                 .expect("constant histogram bounds are valid"),
-            conn: ConnEvents::default(),
+            connections: ConnEvents::default(),
             samples: Vec::new(),
+            first_send: None,
             last_done: None,
         }
     }
+}
 
-    pub(super) fn record(
-        &mut self,
-        result: Result<(), CallError>,
-        latency: Duration,
-        ev: ConnEvents,
-    ) {
-        self.last_done = Some(Instant::now());
-        self.conn.opened += ev.opened;
-        self.conn.tls_resumed += ev.tls_resumed;
-        self.conn.keepalive_retries += ev.keepalive_retries;
-        let err = match result {
+/// One call: what came of it and when.
+pub(crate) struct Call {
+    pub(crate) result: Result<(), CallError>,
+    pub(crate) sent: Instant,
+    pub(crate) done: Instant,
+    pub(crate) connections: ConnEvents,
+    pub(crate) counted: bool,
+}
+
+impl Stats {
+    pub(crate) fn record(&mut self, call: Call) {
+        if call.result.is_ok() {
+            self.all_ok += 1;
+        }
+        if !call.counted {
+            return;
+        }
+        self.first_send = Some(self.first_send.map_or(call.sent, |t| t.min(call.sent)));
+        self.last_done = Some(self.last_done.map_or(call.done, |t| t.max(call.done)));
+        let c = &mut self.connections;
+        c.opened += call.connections.opened;
+        c.tls_resumed += call.connections.tls_resumed;
+        c.keepalive_retries += call.connections.keepalive_retries;
+        let err = match call.result {
             Ok(()) => {
                 self.ok += 1;
+                let latency = call.done.duration_since(call.sent);
                 let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
-                self.hist.saturating_record(us.clamp(1, HIST_MAX_US));
+                self.latency.saturating_record(us.clamp(1, HIST_MAX_US));
                 return;
             }
             Err(err) => err,
@@ -135,7 +159,9 @@ impl Stats {
             CallError::Tls(_) => e.tls += 1,
             CallError::Io(_) => e.io += 1,
             CallError::Protocol(_) => e.protocol += 1,
-            CallError::HttpStatus(code) => *e.http_status.entry(code.to_string()).or_default() += 1,
+            CallError::HttpStatus { code, .. } => {
+                *e.http_status.entry(code.to_string()).or_default() += 1
+            }
             CallError::SError(_) => e.s_error += 1,
             CallError::Timeout => e.timeout += 1,
         }
@@ -154,8 +180,9 @@ impl Stats {
         }
     }
 
-    pub(super) fn merge(&mut self, other: Stats) {
+    pub fn merge(&mut self, other: Stats) {
         self.ok += other.ok;
+        self.all_ok += other.all_ok;
         let (e, o) = (&mut self.errors, other.errors);
         e.total += o.total;
         e.connect += o.connect;
@@ -167,19 +194,24 @@ impl Stats {
         for (code, n) in o.http_status {
             *e.http_status.entry(code).or_default() += n;
         }
-        self.hist
-            .add(&other.hist)
+        self.latency
+            .add(&other.latency)
             .expect("histograms with identical bounds always merge");
-        self.conn.opened += other.conn.opened;
-        self.conn.tls_resumed += other.conn.tls_resumed;
-        self.conn.keepalive_retries += other.conn.keepalive_retries;
+        let (c, o) = (&mut self.connections, other.connections);
+        c.opened += o.opened;
+        c.tls_resumed += o.tls_resumed;
+        c.keepalive_retries += o.keepalive_retries;
         for s in other.samples {
             self.add_sample(s);
         }
+        self.first_send = match (self.first_send, other.first_send) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         self.last_done = self.last_done.max(other.last_done);
     }
 
-    pub(super) fn into_report(
+    pub(crate) fn into_report(
         self,
         target: TargetInfo,
         load: LoadInfo,
@@ -188,7 +220,7 @@ impl Stats {
         let elapsed_s = self.last_done.map_or(0.0, |t| {
             t.saturating_duration_since(measure_start).as_secs_f64()
         });
-        let h = &self.hist;
+        let h = &self.latency;
         let latency_us = (self.ok > 0).then(|| Latency {
             min: h.min(),
             mean: (h.mean() * 10.0).round() / 10.0,
@@ -213,7 +245,7 @@ impl Stats {
             errors: self.errors,
             error_samples: self.samples,
             latency_us,
-            connections: self.conn,
+            connections: self.connections,
         }
     }
 }
