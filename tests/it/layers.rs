@@ -14,7 +14,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("x509", &[]),
     ("crypto", &["domain"]),
     ("config", &["domain"]),
-    ("db", &["domain", "metrics", "crypto", "config"]),
+    ("db", &["domain", "crypto", "config"]),
     ("idp", &["domain", "metrics", "config"]),
     (
         "actors",
@@ -38,31 +38,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("transport", &["x509", "config"]),
     (
         "protocol",
-        &[
-            "domain",
-            "metrics",
-            "x509",
-            "config",
-            "service",
-            "transport",
-        ],
+        &["domain", "metrics", "x509", "service", "transport"],
     ),
     (
         "http",
-        &[
-            "domain",
-            "metrics",
-            "config",
-            "actors",
-            "service",
-            "transport",
-            "protocol",
-        ],
+        &["domain", "actors", "service", "transport", "protocol"],
     ),
     (
         "app",
         &[
-            "domain",
             "metrics",
             "x509",
             "crypto",
@@ -80,17 +64,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "cli",
         &[
-            "domain",
-            "metrics",
-            "x509",
-            "crypto",
-            "config",
-            "db",
-            "idp",
-            "actors",
-            "configuration_server",
-            "service",
-            "app",
+            "domain", "metrics", "crypto", "config", "db", "actors", "app",
         ],
     ),
 ];
@@ -99,29 +73,33 @@ const LAYERS: &[(&str, &[&str])] = &[
 fn every_module_uses_only_the_layers_below_it() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut violations = Vec::new();
+    let mut used_edges = BTreeSet::new();
     let mut seen_modules = BTreeSet::new();
     for file in rust_files(&src) {
         let relative = file.strip_prefix(&src).unwrap();
         let Some(location) = ModulePath::of(relative) else {
             continue; // lib.rs and main.rs: the crate root declares and runs everything
         };
-        seen_modules.insert(location.top().to_owned());
-        let allowed = allowed_uses(location.top()).unwrap_or_else(|| {
+        let module = location.top().to_owned();
+        seen_modules.insert(module.clone());
+        let allowed = allowed_uses(&module).unwrap_or_else(|| {
             panic!(
-                "src/{} is in module `{}`, which LAYERS does not place",
-                relative.display(),
-                location.top()
+                "src/{} is in module `{module}`, which LAYERS does not place",
+                relative.display()
             )
         });
         let code = strip_comments_and_literals(&std::fs::read_to_string(&file).unwrap());
         for (line, used) in used_modules(&code, &location) {
-            if used != location.top() && !allowed.contains(&used.as_str()) {
+            if used == module {
+                continue;
+            }
+            if !allowed.contains(&used.as_str()) {
                 violations.push(format!(
-                    "src/{}:{line}: `{}` uses `{used}`",
-                    relative.display(),
-                    location.top()
+                    "src/{}:{line}: `{module}` uses `{used}`",
+                    relative.display()
                 ));
             }
+            used_edges.insert((module.clone(), used));
         }
     }
     assert!(
@@ -134,6 +112,72 @@ fn every_module_uses_only_the_layers_below_it() {
         placed, seen_modules,
         "LAYERS must name exactly the modules of src/"
     );
+    // The graph is exact, so that README.md's drawing of it says what the code does.
+    let unused: Vec<String> = LAYERS
+        .iter()
+        .flat_map(|(module, uses)| uses.iter().map(move |used| (*module, *used)))
+        .filter(|(module, used)| !used_edges.contains(&(module.to_string(), used.to_string())))
+        .map(|(module, used)| format!("`{module}` -> `{used}`"))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "LAYERS allows edges nothing uses (remove them): {}",
+        unused.join(", ")
+    );
+}
+
+/// README.md's layout section shows LAYERS as a table, row for row.
+#[test]
+fn readme_draws_the_same_graph() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let table = readme
+        .split_once("| module | uses |\n|---|---|\n")
+        .expect("README.md's layout section has the table of layers")
+        .1;
+    let drawn: Vec<&str> = table.lines().take_while(|l| l.starts_with('|')).collect();
+    let expected: Vec<String> = LAYERS
+        .iter()
+        .map(|(module, uses)| {
+            let uses = if uses.is_empty() {
+                "—".to_owned()
+            } else {
+                uses.iter()
+                    .map(|u| format!("`{u}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            format!("| `{module}` | {uses} |")
+        })
+        .collect();
+    assert_eq!(
+        drawn, expected,
+        "README.md's table of layers differs from LAYERS"
+    );
+}
+
+/// The DIRAC wire format crate is a support library: no actor framework, no database.
+#[test]
+fn the_wire_format_crate_needs_no_actix_and_no_database() {
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/dirac-wire/Cargo.toml"),
+    )
+    .unwrap();
+    let dependencies: Vec<&str> = manifest
+        .lines()
+        .skip_while(|l| !l.starts_with("[dependencies]"))
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
+        .filter_map(|l| l.split(['=', '.']).next())
+        .map(str::trim)
+        .filter(|name| !name.is_empty() && !name.starts_with('#'))
+        .collect();
+    assert!(!dependencies.is_empty(), "no [dependencies] read");
+    let forbidden: Vec<&&str> = dependencies
+        .iter()
+        .filter(|d| d.starts_with("actix") || d.starts_with("diesel") || d.starts_with("r2d2"))
+        .collect();
+    assert!(forbidden.is_empty(), "dirac-wire depends on {forbidden:?}");
 }
 
 #[test]
