@@ -38,6 +38,25 @@ pub fn same(a: &Value, b: &Value, exact: bool) -> bool {
     }
 }
 
+/// Whether a dict in `v` has a float in a key. Keys are merged by value when decoded (Python's
+/// dict); DEncode's rebuilt floats can bring two keys together, as they would in DIRAC.
+pub fn has_float_key(v: &Value) -> bool {
+    fn is_or_holds_float(v: &Value) -> bool {
+        match v {
+            Value::Float(_) => true,
+            Value::Tuple(items) => items.iter().any(is_or_holds_float),
+            _ => false,
+        }
+    }
+    match v {
+        Value::List(items) | Value::Tuple(items) => items.iter().any(has_float_key),
+        Value::Dict(items) => items
+            .iter()
+            .any(|(k, v)| is_or_holds_float(k) || has_float_key(k) || has_float_key(v)),
+        _ => false,
+    }
+}
+
 /// JEncode writes years below 1000 unpadded (like Python), and Python's
 /// `strptime` cannot read them back.
 pub fn has_short_year(v: &Value) -> bool {

@@ -523,6 +523,21 @@ pub(super) mod tests {
             decode(b"f1.2345678901234568e+17e"),
             Ok((Value::Float(1.2345678901234566e17), 24))
         );
+        // So two float keys whose values differ in the last bit can be one key once encoded and
+        // decoded again. python3 -c 'print(2.0202012011002*10**19 == 2.0202012011002003*10**19)'
+        // -> True; as plain decimals they are two floats (repr 2.0202012011002e+19 and
+        // 2.0202012011002003e+19).
+        let (distinct, _) =
+            decode(b"df20202012011002000110ei1ef20202012011002004626ei2ee").unwrap();
+        assert!(
+            matches!(&distinct, Value::Dict(entries) if entries.len() == 2),
+            "{distinct:?}"
+        );
+        let (merged, _) = decode(&encode(&distinct)).unwrap();
+        assert_eq!(
+            merged,
+            Value::Dict(vec![(Value::Float(2.0202012011002003e19), Value::Int(2))])
+        );
         // Dates accept any iterable; `time()` needs no argument at all.
         assert_eq!(
             decode(b"zdli2024ei2ei29ee"),
