@@ -130,8 +130,8 @@ pub struct AppHandle {
 
 impl Application {
     /// Opens the keyring and the database (migrations applied), binds the listeners and starts
-    /// the servers, the actors and the background tasks. Needs a running actix system.
-    /// Its metrics are registered in `registry`, which its metrics port serves.
+    /// the servers, the actors and the background tasks, with its metrics registered in
+    /// `registry` (which its metrics port serves). Needs a running actix system.
     pub async fn build(
         settings: Settings,
         sources: ConfigSources,
@@ -177,26 +177,17 @@ impl Application {
             background
                 .push(actix_rt::spawn(poll_configuration_server(service.clone())).abort_handle());
         }
-        let api = http::api_server(listeners.https, service.clone(), &tls, workers).map_err(
-            |source| AppError::Bind {
-                address: "HTTPS listener".into(),
-                source,
-            },
-        )?;
-        let metrics =
-            http::metrics_server(listeners.metrics, service.clone()).map_err(|source| {
-                AppError::Bind {
-                    address: "metrics listener".into(),
-                    source,
-                }
-            })?;
+        let bind_error = |listener: &str| {
+            let address = listener.to_owned();
+            move |source| AppError::Bind { address, source }
+        };
+        let api = http::api_server(listeners.https, service.clone(), &tls, workers)
+            .map_err(bind_error("HTTPS listener"))?;
+        let metrics_server = http::metrics_server(listeners.metrics, service.clone())
+            .map_err(bind_error("metrics listener"))?;
         let diset_workers =
-            diset::serve(listeners.dips, service.clone(), diset_tls.clone(), workers).map_err(
-                |source| AppError::Bind {
-                    address: "DISET listener".into(),
-                    source,
-                },
-            )?;
+            diset::serve(listeners.dips, service.clone(), diset_tls.clone(), workers)
+                .map_err(bind_error("DISET listener"))?;
         service.add_reload_hook(Box::new(move |settings| tls.prepare(settings)));
         service.add_reload_hook(Box::new(move |settings| diset_tls.prepare(settings)));
         if service.settings().service.generate_demo_credentials {
@@ -204,7 +195,7 @@ impl Application {
         }
         let handle = AppHandle {
             service,
-            servers: [api.handle(), metrics.handle()],
+            servers: [api.handle(), metrics_server.handle()],
             diset_workers: diset_workers.into(),
             background: background.into(),
         };
@@ -212,7 +203,7 @@ impl Application {
             ports,
             handle,
             api,
-            metrics,
+            metrics: metrics_server,
             _sqlite_lock: sqlite_lock,
         })
     }
