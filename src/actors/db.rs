@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::config::DatabaseUrl;
 use crate::crypto::SharedKeyring;
-use crate::db::{DbConn, DbError, DbPool, PoolOptions, TokenStore, build_pool};
+use crate::db::{DbConn, DbError, DbPool, PoolOptions, TokenStore, build_pool, run_migrations};
 pub use crate::metrics::DbOperation;
 use crate::metrics::Metrics;
 
@@ -71,8 +71,8 @@ pub struct Database {
 
 impl Database {
     /// Builds the pool for `url` and starts the actor on it, counting its operations in
-    /// `metrics`. Needs a running actix system; does not wait for the database (run
-    /// [`DbOperation::Ping`] for that).
+    /// `metrics`. Needs a running actix system; does not wait for the database
+    /// ([`Database::ping`] does).
     pub fn open(
         url: &DatabaseUrl,
         keyring: Arc<SharedKeyring>,
@@ -113,6 +113,17 @@ impl Database {
             .send(Run { operation, work })
             .await
             .map_err(|_| DbError::Unavailable)?
+    }
+
+    /// A trivial query: whether the database answers.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        self.run(DbOperation::Ping, |_, conn| conn.ping()).await
+    }
+
+    /// Applies pending migrations; returns the versions applied.
+    pub async fn migrate(&self) -> Result<Vec<String>, DbError> {
+        self.run(DbOperation::Migrate, |_, conn| run_migrations(conn))
+            .await
     }
 
     /// Publishes the pool's open and idle connections to the metrics.
@@ -156,10 +167,7 @@ mod tests {
                 .get_sample_count()
         };
 
-        database
-            .run(DbOperation::Ping, |_, conn| conn.ping())
-            .await
-            .unwrap();
+        database.ping().await.unwrap();
         let failed = database
             .run(DbOperation::Ping, |_, _| Err::<(), _>(DbError::Unavailable))
             .await;

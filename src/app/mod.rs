@@ -12,11 +12,11 @@ use std::time::Duration;
 use actix_web::dev::{Server, ServerHandle};
 use thiserror::Error;
 
-use crate::actors::db::{Database, DbOperation};
+use crate::actors::db::Database;
 use crate::config::{self, ConfigError, DatabaseUrl, Settings};
 use crate::configuration_server::{RemoteCfg, RemoteError, RemoteSource};
 use crate::crypto::{CryptoError, KeyringFile, SharedKeyring};
-use crate::db::{DbError, LockError, PoolOptions, SqliteServeLock, run_migrations};
+use crate::db::{DbError, LockError, PoolOptions, SqliteServeLock};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::protocol::dirac::diset;
@@ -65,7 +65,6 @@ pub enum AppError {
 
 /// Where the configuration came from, for reloads: the local files, and the Configuration
 /// Server when they name one (with what start-up fetched from it).
-#[derive(Default)]
 pub struct ConfigSources {
     pub files: Vec<PathBuf>,
     pub remote: Option<(RemoteSource, Option<RemoteCfg>)>,
@@ -162,9 +161,7 @@ impl Application {
             ..Default::default()
         };
         let database = open_database(url, keyring.clone(), options, metrics.clone()).await?;
-        let applied = database
-            .run(DbOperation::Migrate, |_, conn| run_migrations(conn))
-            .await?;
+        let applied = database.migrate().await?;
         tracing::info!(database = %url.masked(), migrations_applied = applied.len(), "database ready");
 
         let listeners = Listeners::bind(&settings)?;
@@ -333,8 +330,7 @@ pub async fn open_database(
     metrics: Arc<Metrics>,
 ) -> Result<Database, AppError> {
     let database = Database::open(url, keyring, options, metrics)?;
-    let ping = database.run(DbOperation::Ping, |_, conn| conn.ping());
-    tokio::time::timeout(DATABASE_WAIT, ping)
+    tokio::time::timeout(DATABASE_WAIT, database.ping())
         .await
         .map_err(|_| AppError::DatabaseTimeout(DATABASE_WAIT))??;
     Ok(database)

@@ -20,7 +20,7 @@ use crate::actors::db::DbOperation;
 use crate::app::{open_database, open_keyring};
 use crate::config::Settings;
 use crate::db::dirac_tokendb::{self, DiracToken};
-use crate::db::{ImportOutcome, PoolOptions, run_migrations};
+use crate::db::{ImportOutcome, PoolOptions};
 use crate::domain::{NewToken, TokenDictError, unix_now};
 use crate::metrics::Metrics;
 
@@ -138,9 +138,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::unexported());
     let database = open_database(&settings.database, keyring, options, metrics).await?;
     if !dry_run {
-        database
-            .run(DbOperation::Migrate, |_, conn| run_migrations(conn))
-            .await?;
+        database.migrate().await?;
     }
     let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
     for token in plan.tokens {

@@ -1,10 +1,9 @@
 use std::sync::Arc;
 
 use super::CliError;
-use crate::actors::db::DbOperation;
 use crate::app::{open_database, open_keyring};
 use crate::config::Settings;
-use crate::db::{PoolOptions, run_migrations};
+use crate::db::PoolOptions;
 use crate::metrics::Metrics;
 
 pub async fn run(settings: Settings) -> Result<(), CliError> {
@@ -21,9 +20,7 @@ pub async fn run(settings: Settings) -> Result<(), CliError> {
         Arc::new(Metrics::unexported()),
     )
     .await?;
-    let applied = database
-        .run(DbOperation::Migrate, |_, conn| run_migrations(conn))
-        .await?;
+    let applied = database.migrate().await?;
     if applied.is_empty() {
         println!("{}: schema up to date", url.masked());
     } else {

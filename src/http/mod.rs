@@ -121,10 +121,7 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(service: web::Data<Arc<Service>>) -> HttpResponse {
-    let ping = service
-        .database()
-        .run(DbOperation::Ping, |_, conn| conn.ping());
-    match ping.await {
+    match service.database().ping().await {
         Ok(()) => HttpResponse::Ok()
             .content_type("text/plain")
             .body("ready\n"),

@@ -2,7 +2,7 @@
 
 use tokenmanager::actors::db::DbOperation;
 use tokenmanager::config::Backend;
-use tokenmanager::db::{DbError, TokenUpdate, run_migrations};
+use tokenmanager::db::{DbError, TokenUpdate};
 use tokenmanager::domain::{CredentialState, Secret, unix_now};
 
 use futures_util::future::join_all;
@@ -25,11 +25,7 @@ on_every_backend!(
 
 async fn migrations_run_once_from_empty(backend: Backend) {
     let store = TestStore::new(backend).await;
-    let again = store
-        .database
-        .run(DbOperation::Migrate, |_, conn| run_migrations(conn))
-        .await
-        .unwrap();
+    let again = store.database.migrate().await.unwrap();
     assert!(
         again.is_empty(),
         "a migrated database has nothing pending: {again:?}"

@@ -7,9 +7,7 @@ use tempfile::TempDir;
 use tokenmanager::actors::db::{Database, DbOperation};
 use tokenmanager::config::{Backend, DatabaseUrl};
 use tokenmanager::crypto::{KeyringFile, SharedKeyring};
-use tokenmanager::db::{
-    CredentialVersion, DbError, PoolOptions, StoredToken, TokenUpdate, run_migrations,
-};
+use tokenmanager::db::{CredentialVersion, DbError, PoolOptions, StoredToken, TokenUpdate};
 use tokenmanager::domain::{NewToken, Secret, unix_now};
 use tokenmanager::metrics::Metrics;
 
@@ -153,10 +151,7 @@ impl TestStore {
         let keyring_file = KeyringFile::new(db.dir.path().join("keyring"));
         keyring_file.create().unwrap();
         let database = Self::open_database(&db, &keyring_file);
-        let applied = database
-            .run(DbOperation::Migrate, |_, conn| run_migrations(conn))
-            .await
-            .unwrap();
+        let applied = database.migrate().await.unwrap();
         assert_eq!(applied.len(), 3, "a fresh database gets every migration");
         Self {
             db,
