@@ -43,9 +43,11 @@ file to ``requests`` per call; DISET builds an M2Crypto context per transport), 
 callers. ``DIRAC_USE_JSON_ENCODE`` is read by ``MixedEncode.encode`` at every call (``os.getenv``), so the
 DEncode variant only sets the variable for the test (monkeypatch) and a spy checks the bytes on the wire.
 """
+import atexit
 import datetime
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -73,6 +75,7 @@ if FX is not None:
     import client_cfg
 
     _root = tempfile.mkdtemp(prefix="tm-dirac-client-")
+    atexit.register(shutil.rmtree, _root, ignore_errors=True)
     os.makedirs(f"{_root}/etc")
     if FX.get("dirac_cfg"):
         with open(FX["dirac_cfg"]) as _f:
