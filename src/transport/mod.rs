@@ -2,6 +2,7 @@
 //! server contexts (reloadable, with the peer's identity read once per connection) that the
 //! HTTPS and DISET listeners share.
 
+pub mod descriptors;
 pub mod tls;
 
 use std::net::{SocketAddr, TcpListener};
