@@ -5,8 +5,20 @@ use tokio::signal::unix::{SignalKind, signal};
 use super::CliError;
 use crate::app::{AppHandle, Application, ConfigSources};
 use crate::config::Settings;
+use crate::transport::descriptors;
 
 pub async fn run(settings: Settings, sources: ConfigSources) -> Result<(), CliError> {
+    // Each connection is a descriptor: the soft limit (1024 from most service managers) would
+    // cap the connections far below what the service handles.
+    match descriptors::raise_open_file_limit() {
+        Ok(limit) => tracing::info!(
+            before = limit.before,
+            soft = limit.soft,
+            hard = limit.hard,
+            "open file limit raised"
+        ),
+        Err(error) => tracing::warn!(%error, "cannot raise the open file limit; keeping it"),
+    }
     let app = Application::build(settings, sources, prometheus::Registry::new()).await?;
     let ports = app.ports();
     // Tests and scripts read the ports from this line.

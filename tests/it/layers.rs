@@ -64,7 +64,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "cli",
         &[
-            "domain", "metrics", "crypto", "config", "db", "actors", "app",
+            "domain",
+            "metrics",
+            "crypto",
+            "config",
+            "db",
+            "actors",
+            "transport",
+            "app",
         ],
     ),
 ];
