@@ -1,5 +1,6 @@
-//! The binary as an operator uses it: configuration errors, `serve`'s ports and locks,
-//! `migrate` with secrets from the environment, `rotate-key` against a running server.
+//! The binary as an operator uses it: configuration errors, `serve`'s ports, locks and
+//! open-file limit, `migrate` with secrets from the environment, `rotate-key` against a running
+//! server.
 
 use std::net::TcpStream;
 
@@ -35,6 +36,74 @@ fn serve_binds_free_ports_and_answers_health_checks() {
     for port in [server.https, server.dips] {
         TcpStream::connect(("127.0.0.1", port)).expect("the protocol ports are bound");
     }
+}
+
+/// The soft and hard limits of the "Max open files" row of /proc/<pid>/limits (`u64::MAX`:
+/// unlimited).
+fn max_open_files(pid: u32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let row = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .unwrap_or_else(|| panic!("no Max open files in {limits}"));
+    let mut values = row.split_whitespace().map(|v| match v {
+        "unlimited" => u64::MAX,
+        v => v.parse().unwrap(),
+    });
+    (values.next().unwrap(), values.next().unwrap())
+}
+
+#[test]
+fn serve_raises_a_lowered_open_file_limit_to_the_hard_one() {
+    const LOWERED: u64 = 256;
+    let (_, hard) = max_open_files(std::process::id());
+    assert!(
+        hard > LOWERED,
+        "the hard limit ({hard}) leaves nothing to raise"
+    );
+    // The kernel refuses an unlimited soft limit for descriptors: serve stops at fs.nr_open.
+    let expected = if hard == u64::MAX {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    } else {
+        hard
+    };
+    let db = TestDb::new(Backend::Sqlite);
+    keyring_for(&db);
+    let config = write_config(db.dir.path(), "tm.cfg", &sqlite_section(&db), "");
+    let mut server = ServeProcess::spawn_with(&config, |command| {
+        let lowered = libc::rlimit {
+            rlim_cur: LOWERED,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit is async-signal-safe, and `lowered` is a valid rlimit.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(command, move || {
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+    });
+
+    let raised = server.wait_for_log("open file limit raised");
+    assert!(
+        raised.contains(&format!("before={LOWERED} soft={expected}")),
+        "{raised}"
+    );
+    assert_eq!(max_open_files(server.pid()), (expected, hard));
+    let (status, metrics) = http_get(server.metrics, "/metrics");
+    assert_eq!(status, 200);
+    let max_fds = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("process_max_fds "))
+        .unwrap_or_else(|| panic!("no process_max_fds in\n{metrics}"));
+    assert_eq!(max_fds.parse::<f64>().unwrap(), expected as f64);
 }
 
 #[test]

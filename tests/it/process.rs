@@ -202,14 +202,21 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     pub fn spawn(config: &Path) -> Self {
-        let mut child = Command::new(BINARY)
+        Self::spawn_with(config, |_| {})
+    }
+
+    /// [`spawn`](Self::spawn), with `adjust` applied to the command first (environment,
+    /// `pre_exec` hooks, ...).
+    pub fn spawn_with(config: &Path, adjust: impl FnOnce(&mut Command)) -> Self {
+        let mut command = Command::new(BINARY);
+        command
             .args(["serve", "--config"])
             .arg(config)
             .env("TOKENMANAGER_LOG", "info")
             .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
+            .stdout(Stdio::null());
+        adjust(&mut command);
+        let mut child = command.spawn().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
@@ -260,6 +267,10 @@ impl ServeProcess {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn log(&self) -> String {
