@@ -106,6 +106,25 @@ fn serve_raises_a_lowered_open_file_limit_to_the_hard_one() {
     assert_eq!(max_fds.parse::<f64>().unwrap(), expected as f64);
 }
 
+/// src/main.rs's `_rjem_malloc_conf` is in force: jemalloc purges on a thread of its own, so an
+/// idle process gives a burst's memory back.
+#[test]
+fn serve_runs_a_jemalloc_background_thread() {
+    let db = TestDb::new(Backend::Sqlite);
+    keyring_for(&db);
+    let config = write_config(db.dir.path(), "tm.cfg", &sqlite_section(&db), "");
+    let server = ServeProcess::spawn(&config);
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+        .map(|comm| comm.trim().to_owned())
+        .collect();
+    assert!(
+        threads.iter().any(|comm| comm == "jemalloc_bg_thd"),
+        "{threads:?}"
+    );
+}
+
 #[test]
 fn a_second_serve_on_the_same_sqlite_file_is_refused() {
     let db = TestDb::new(Backend::Sqlite);
