@@ -60,6 +60,17 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Always 1; its labels say what is running.
     pub build_info: IntGaugeVec,
+    /// Client connections open now, by listener (`https`, `dips`, `metrics`) and state (`idle`:
+    /// no byte yet; `handshake`: waiting for or in its TLS handshake — the handshakes in
+    /// progress; `unidentified`: no verified certificate; `identified`).
+    pub connections: IntGaugeVec,
+    /// Connections closed or refused by admission, by listener and reason (`descriptors`,
+    /// `unidentified_limit`, `address_limit`, `idle_timeout`, `handshake_timeout`,
+    /// `queue_timeout`, `shutdown`).
+    pub connections_shed: IntCounterVec,
+    /// Client connections the descriptor limit leaves room for (the soft open-file limit less
+    /// `DescriptorReserve`); compare with the sum of `tokenmanager_connections`.
+    pub connection_budget: IntGauge,
 }
 
 /// Protocols of `tokenmanager_requests_total`.
@@ -331,6 +342,33 @@ impl Metrics {
                         "Version of the running tokenmanager",
                     ),
                     &["version"],
+                )?,
+            )?,
+            connections: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tokenmanager_connections",
+                        "Client connections open, by listener and state",
+                    ),
+                    &["listener", "state"],
+                )?,
+            )?,
+            connections_shed: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tokenmanager_connections_shed_total",
+                        "Connections closed or refused by admission, by listener and reason",
+                    ),
+                    &["listener", "reason"],
+                )?,
+            )?,
+            connection_budget: register(
+                r,
+                IntGauge::new(
+                    "tokenmanager_connection_budget",
+                    "Client connections the open-file limit leaves room for",
                 )?,
             )?,
             registry,

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::dev::{Server, ServerHandle};
 use thiserror::Error;
 
 use crate::actors::db::Database;
@@ -21,13 +20,17 @@ use crate::http;
 use crate::metrics::Metrics;
 use crate::protocol::dirac::diset;
 use crate::service::Service;
+use crate::transport::admission::{Admission, Front, Limits};
+use crate::transport::serve::{Workers, WorkersHandle};
 use crate::transport::{
-    self,
+    self, descriptors,
     tls::{Listener, ReloadableTls},
 };
 
 /// How long start-up waits for the database before giving up with its error.
 const DATABASE_WAIT: Duration = Duration::from_secs(15);
+/// How long a graceful stop lets calls in progress finish (actix-web's default).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Error)]
 pub enum AppError {
@@ -55,12 +58,6 @@ pub enum AppError {
     Idp(#[from] crate::idp::IdpError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    #[error("{server} stopped with an error: {source}")]
-    Server {
-        server: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// Where the configuration came from, for reloads: the local files, and the Configuration
@@ -111,8 +108,6 @@ pub struct Ports {
 pub struct Application {
     ports: Ports,
     handle: AppHandle,
-    api: Server,
-    metrics: Server,
     /// Held for the process's life: a second `serve` on the same SQLite file is refused.
     _sqlite_lock: Option<SqliteServeLock>,
 }
@@ -122,8 +117,7 @@ pub struct Application {
 #[derive(Clone)]
 pub struct AppHandle {
     service: Arc<Service>,
-    servers: [ServerHandle; 2],
-    diset_workers: Arc<[actix_rt::Arbiter]>,
+    workers: WorkersHandle,
     background: Arc<[tokio::task::AbortHandle]>,
 }
 
@@ -167,24 +161,41 @@ impl Application {
         let listeners = Listeners::bind(&settings)?;
         let ports = listeners.ports();
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let service = Service::new(database, keyring, settings, sources.files, metrics)?;
+        let service = Service::new(database, keyring, settings, sources.files, metrics.clone())?;
         let mut background = Vec::new();
         if let Some((source, fetched)) = sources.remote {
             service.set_remote(source, fetched);
             background
                 .push(actix_rt::spawn(poll_configuration_server(service.clone())).abort_handle());
         }
+        let admission = Admission::new(connection_limits(&service.settings()), metrics);
+        let workers = Workers::start(workers, admission);
         let bind_error = |listener: &str| {
             let address = listener.to_owned();
             move |source| AppError::Bind { address, source }
         };
-        let api = http::api_server(listeners.https, service.clone(), &tls, workers)
+        let tls = Arc::new(tls);
+        workers
+            .serve(
+                listeners.https,
+                Front::Https,
+                http::https_connections(service.clone(), tls.clone()),
+            )
             .map_err(bind_error("HTTPS listener"))?;
-        let metrics_server = http::metrics_server(listeners.metrics, service.clone())
+        workers
+            .serve(
+                listeners.dips,
+                Front::Dips,
+                diset::connections(service.clone(), diset_tls.clone()),
+            )
+            .map_err(bind_error("DISET listener"))?;
+        workers
+            .serve(
+                listeners.metrics,
+                Front::Metrics,
+                http::metrics_connections(service.clone()),
+            )
             .map_err(bind_error("metrics listener"))?;
-        let diset_workers =
-            diset::serve(listeners.dips, service.clone(), diset_tls.clone(), workers)
-                .map_err(bind_error("DISET listener"))?;
         service.add_reload_hook(Box::new(move |settings| tls.prepare(settings)));
         service.add_reload_hook(Box::new(move |settings| diset_tls.prepare(settings)));
         if service.settings().service.generate_demo_credentials {
@@ -192,15 +203,12 @@ impl Application {
         }
         let handle = AppHandle {
             service,
-            servers: [api.handle(), metrics_server.handle()],
-            diset_workers: diset_workers.into(),
+            workers: workers.handle(),
             background: background.into(),
         };
         Ok(Self {
             ports,
             handle,
-            api,
-            metrics: metrics_server,
             _sqlite_lock: sqlite_lock,
         })
     }
@@ -213,25 +221,14 @@ impl Application {
         self.handle.clone()
     }
 
-    /// Serves until [`AppHandle::stop`]; then stops the DISET workers and background tasks.
+    /// Serves until [`AppHandle::stop`] has finished.
     pub async fn run(self) -> Result<(), AppError> {
         let Self {
             handle,
-            api,
-            metrics,
             _sqlite_lock,
             ..
         } = self;
-        let (api, metrics) = futures_util::future::join(api, metrics).await;
-        handle.stop_workers();
-        api.map_err(|source| AppError::Server {
-            server: "HTTPS server",
-            source,
-        })?;
-        metrics.map_err(|source| AppError::Server {
-            server: "metrics server",
-            source,
-        })?;
+        handle.workers.stopped().await;
         tracing::info!("stopped");
         Ok(())
     }
@@ -244,23 +241,45 @@ impl AppHandle {
         self.service.reload()
     }
 
-    /// Stops the listeners; with `graceful`, requests in progress on the HTTP servers are
-    /// finished first (actix-web's shutdown timeout). [`Application::run`] then returns.
+    /// Stops the listeners and the background tasks; with `graceful`, calls in progress get
+    /// up to 30 s to finish. [`Application::run`] then returns.
     pub async fn stop(&self, graceful: bool) {
-        let stops = self.servers.iter().map(|server| server.stop(graceful));
-        futures_util::future::join_all(stops).await;
-        self.stop_workers();
-    }
-
-    fn stop_workers(&self) {
-        for worker in self.diset_workers.iter() {
-            worker.stop();
-        }
         for task in self.background.iter() {
             task.abort();
         }
+        self.workers.stop(graceful.then_some(SHUTDOWN_GRACE)).await;
     }
 }
+
+/// Admission's bounds: the descriptors the soft open-file limit leaves after the reserve go to
+/// client connections.
+fn connection_limits(settings: &Settings) -> Limits {
+    let connections = &settings.service.connections;
+    let descriptors = descriptors::soft_limit().unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot read the open-file limit; assuming 1024");
+        1024
+    });
+    let reserve = u64::from(connections.descriptor_reserve);
+    let budget = descriptors
+        .saturating_sub(reserve)
+        .max(MIN_CONNECTION_BUDGET);
+    if descriptors < reserve + MIN_CONNECTION_BUDGET {
+        tracing::warn!(
+            open_file_limit = descriptors,
+            reserve,
+            "the open-file limit leaves almost nothing for clients after DescriptorReserve"
+        );
+    }
+    Limits {
+        connections: usize::try_from(budget).unwrap_or(usize::MAX),
+        unidentified_per_listener: connections.max_unidentified as usize,
+        unidentified_per_address: connections.max_unidentified_per_address as usize,
+        handshakes_per_listener: connections.max_handshakes as usize,
+    }
+}
+
+/// Clients get at least this many connections, whatever the limit and the reserve say.
+const MIN_CONNECTION_BUDGET: u64 = 64;
 
 /// The bound sockets of one application.
 struct Listeners {

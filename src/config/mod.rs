@@ -31,9 +31,9 @@ pub use cfg::{CfgError, Origin, Section};
 pub use database_url::{Backend, DatabaseUrl, UrlError};
 pub use idp::{IdProvider, client_secret_var};
 pub use settings::{
-    DEFAULT_DISET_PORT, DEFAULT_HTTPS_PORT, DEFAULT_LISTEN_ADDRESS, DEFAULT_METRICS_PORT,
-    DEFAULT_MYSQL_PORT, KnownOption, OptionKind, SERVICE_OPTIONS, SecuritySettings,
-    ServiceSettings, Settings, resolve_security,
+    ConnectionSettings, DEFAULT_DISET_PORT, DEFAULT_HTTPS_PORT, DEFAULT_LISTEN_ADDRESS,
+    DEFAULT_METRICS_PORT, DEFAULT_MYSQL_PORT, KnownOption, OptionKind, SERVICE_OPTIONS,
+    SecuritySettings, ServiceSettings, Settings, resolve_security,
 };
 
 pub const ENV_DB_URL: &str = "TOKENMANAGER_DB_URL";

@@ -28,6 +28,22 @@ pub const DEFAULT_HTTPS_PATHS: [&str; 2] =
 pub const DEFAULT_DISET_MAX_CONNECTIONS: u32 = 1024;
 pub const DEFAULT_HANDSHAKE_TIMEOUT_SECONDS: u64 = 10;
 pub const DEFAULT_PACKET_TIMEOUT_SECONDS: u64 = 60;
+pub const DEFAULT_QUEUE_TIMEOUT_SECONDS: u64 = 10;
+/// A real client sends its ClientHello (or request) within a round trip of connecting.
+pub const DEFAULT_FIRST_BYTE_TIMEOUT_SECONDS: u64 = 3;
+/// Handshakes are CPU work: more at once than a few per core only adds memory and latency.
+pub const DEFAULT_MAX_HANDSHAKES: u32 = 64;
+pub const DEFAULT_MAX_UNIDENTIFIED_CONNECTIONS: u32 = 4096;
+pub const DEFAULT_MAX_UNIDENTIFIED_PER_ADDRESS: u32 = 256;
+/// Descriptors kept back from clients for the database pool, the IdP client, the
+/// Configuration Server, log files and CA reloads.
+pub const DEFAULT_DESCRIPTOR_RESERVE: u32 = 512;
+pub const DEFAULT_KEEP_ALIVE_SECONDS: u64 = 5;
+pub const DEFAULT_REQUEST_HEAD_TIMEOUT_SECONDS: u64 = 5;
+pub const DEFAULT_BODY_TIMEOUT_SECONDS: u64 = 30;
+/// Enough for every call ping or whoami is, in either HTTPS protocol.
+pub const DEFAULT_ANONYMOUS_MAX_BODY_BYTES: u64 = 4096;
+pub const DEFAULT_ANONYMOUS_BODY_TIMEOUT_SECONDS: u64 = 2;
 
 /// Service section names, in order of preference.
 const SERVICE_NAMES: [&str; 2] = ["TokenManager", "TornadoTokenManager"];
@@ -109,8 +125,19 @@ pub const SERVICE_OPTIONS: &[KnownOption] = {
         known("URL", O, false, "DIRAC: URL the service announces"),
         known("MaxThreads", O, true, "DISET connections served at once (others wait in the accept queue)"),
         known("HTTPSPaths", O, true, "URL paths of DIRAC's HTTPS protocol on HTTPSPort"),
-        known("HandshakeTimeout", O, true, "seconds a DISET client has for its TLS handshake"),
+        known("HandshakeTimeout", O, true, "seconds from accept to a finished TLS handshake (HTTPS and DISET)"),
         known("PacketTimeout", O, true, "seconds a DISET peer has to send each message, or to take a reply"),
+        known("QueueTimeout", O, true, "seconds a DISET call waits for a MaxThreads slot before it is refused"),
+        known("FirstByteTimeout", O, true, "seconds a new connection has to send its first byte"),
+        known("MaxConcurrentHandshakes", O, true, "TLS handshakes running at once per listener"),
+        known("MaxUnidentifiedConnections", O, true, "connections without a verified certificate per listener"),
+        known("MaxUnidentifiedPerAddress", O, true, "idle or unidentified connections from one address"),
+        known("DescriptorReserve", O, true, "file descriptors kept back from client connections"),
+        known("KeepAliveTimeout", O, true, "seconds an idle HTTP keep-alive connection is kept"),
+        known("RequestHeadTimeout", O, true, "seconds an HTTP client has to send a request head"),
+        known("BodyTimeout", O, true, "seconds an identified HTTP caller has to send a request body"),
+        known("AnonymousMaxBodyBytes", O, true, "largest request body without a certificate or bearer token"),
+        known("AnonymousBodyTimeout", O, true, "seconds a caller without certificate or bearer token has to send a body"),
         known("MinThreads", O, false, "DIRAC: minimum number of threads"),
         known("MaxWaitingPetitions", O, false, "DIRAC: queued requests before refusing"),
         known("MaxMessagingConnections", O, false, "DIRAC: DISET messaging connections"),
@@ -176,6 +203,26 @@ pub struct ServiceSettings {
     /// Routes of DIRAC's HTTPS protocol, each `/<System>/<Service>`.
     pub https_paths: Vec<String>,
     pub diset: DisetSettings,
+    pub connections: ConnectionSettings,
+}
+
+/// Admission and read deadlines of the listeners (see `transport::admission`). The connection
+/// bounds are read at start; the body limits at each request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionSettings {
+    pub first_byte_timeout: std::time::Duration,
+    /// From accept to a finished TLS handshake, the wait for a handshake slot included.
+    pub handshake_timeout: std::time::Duration,
+    pub max_handshakes: u32,
+    pub max_unidentified: u32,
+    /// 0: no cap.
+    pub max_unidentified_per_address: u32,
+    pub descriptor_reserve: u32,
+    pub keep_alive: std::time::Duration,
+    pub request_head_timeout: std::time::Duration,
+    pub body_timeout: std::time::Duration,
+    pub anonymous_max_body_bytes: u64,
+    pub anonymous_body_timeout: std::time::Duration,
 }
 
 /// Limits of the DISET listener, under DIRAC's option names where DIRAC has one.
@@ -184,8 +231,9 @@ pub struct DisetSettings {
     pub max_connections: u32,
     /// `ThreadLimit/RPC/<method>`: calls of one method served at once.
     pub method_limits: BTreeMap<String, u32>,
-    pub handshake_timeout: std::time::Duration,
     pub packet_timeout: std::time::Duration,
+    /// How long a call waits for one of the `max_connections` slots.
+    pub queue_timeout: std::time::Duration,
 }
 
 /// `/DIRAC/Security`; relative paths resolved against the file that set them.
@@ -356,15 +404,58 @@ fn resolve_service(
                 Some(limit) => limit,
             },
             method_limits: method_limits(root, &option("ThreadLimit/RPC"))?,
+            packet_timeout: seconds(
+                root,
+                &option("PacketTimeout"),
+                DEFAULT_PACKET_TIMEOUT_SECONDS,
+            )?,
+            queue_timeout: seconds(root, &option("QueueTimeout"), DEFAULT_QUEUE_TIMEOUT_SECONDS)?,
+        },
+        connections: ConnectionSettings {
+            first_byte_timeout: seconds(
+                root,
+                &option("FirstByteTimeout"),
+                DEFAULT_FIRST_BYTE_TIMEOUT_SECONDS,
+            )?,
             handshake_timeout: seconds(
                 root,
                 &option("HandshakeTimeout"),
                 DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
             )?,
-            packet_timeout: seconds(
+            max_handshakes: at_least_one(
                 root,
-                &option("PacketTimeout"),
-                DEFAULT_PACKET_TIMEOUT_SECONDS,
+                &option("MaxConcurrentHandshakes"),
+                DEFAULT_MAX_HANDSHAKES,
+            )?,
+            max_unidentified: at_least_one(
+                root,
+                &option("MaxUnidentifiedConnections"),
+                DEFAULT_MAX_UNIDENTIFIED_CONNECTIONS,
+            )?,
+            max_unidentified_per_address: root
+                .get_u32(&option("MaxUnidentifiedPerAddress"))?
+                .unwrap_or(DEFAULT_MAX_UNIDENTIFIED_PER_ADDRESS),
+            descriptor_reserve: root
+                .get_u32(&option("DescriptorReserve"))?
+                .unwrap_or(DEFAULT_DESCRIPTOR_RESERVE),
+            keep_alive: seconds(
+                root,
+                &option("KeepAliveTimeout"),
+                DEFAULT_KEEP_ALIVE_SECONDS,
+            )?,
+            request_head_timeout: seconds(
+                root,
+                &option("RequestHeadTimeout"),
+                DEFAULT_REQUEST_HEAD_TIMEOUT_SECONDS,
+            )?,
+            body_timeout: seconds(root, &option("BodyTimeout"), DEFAULT_BODY_TIMEOUT_SECONDS)?,
+            anonymous_max_body_bytes: root
+                .get_u64(&option("AnonymousMaxBodyBytes"))?
+                .unwrap_or(DEFAULT_ANONYMOUS_MAX_BODY_BYTES),
+            anonymous_body_timeout: seconds(
+                root,
+                &option("AnonymousBodyTimeout"),
+                DEFAULT_ANONYMOUS_BODY_TIMEOUT_SECONDS,
             )?,
         },
         path,
@@ -399,6 +490,24 @@ fn https_paths(root: &Section, path: &str) -> Result<Vec<String>, ConfigError> {
             },
         }
         .into()),
+    }
+}
+
+/// A positive count, or the default.
+fn at_least_one(root: &Section, path: &str, default: u32) -> Result<u32, ConfigError> {
+    match root.get_u32(path)? {
+        Some(0) => {
+            let (_, origin) = root
+                .get_with_origin(path)
+                .expect("the option was just read");
+            Err(CfgError::BadValue {
+                origin: origin.clone(),
+                path: path.to_owned(),
+                reason: "must be at least 1".into(),
+            }
+            .into())
+        }
+        found => Ok(found.unwrap_or(default)),
     }
 }
 

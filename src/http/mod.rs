@@ -1,44 +1,160 @@
-//! The HTTP servers: the HTTPS listener (JSON API and DIRAC's HTTPS protocol) and the
-//! plain-HTTP metrics listener with health checks.
+//! The HTTP front-ends: the HTTPS connections (JSON API and DIRAC's HTTPS protocol) and the
+//! plain-HTTP metrics connections with health checks, each served by actix-http behind the
+//! listeners' own admission and TLS accept (`transport`).
 
-use std::net::TcpListener;
+use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Duration;
 
-use actix_web::dev::Server;
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_http::{Extensions, HttpService, Protocol};
+use actix_service::{
+    IntoServiceFactory, Service as _, ServiceFactory, ServiceFactoryExt, map_config,
+};
+use actix_web::body::MessageBody;
+use actix_web::dev::{AppConfig, ServiceRequest, ServiceResponse};
+use actix_web::{App, HttpResponse, web};
+use futures_util::future::LocalBoxFuture;
+use tokio::net::TcpStream;
 
 use crate::actors::db::DbOperation;
+use crate::config::ConnectionSettings;
 use crate::protocol::{dirac, json};
 use crate::service::Service;
-use crate::transport::tls::{ReloadableTls, record_peer};
+use crate::transport::LocalAddress;
+use crate::transport::admission::{Admitted, State};
+use crate::transport::serve::ConnectionHandler;
+use crate::transport::tls::{self, ReloadableTls, TlsConnection};
 
-/// The HTTPS server on `listener`: client certificates are read at connection time by
-/// [`record_peer`], so that every request knows its caller.
-pub fn api_server(
-    listener: TcpListener,
+/// How long a connection whose reply is sent may take to close before it is dropped (actix-web's
+/// default).
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The HTTPS front-end: a factory, run on each worker, of the handler that takes an admitted
+/// connection through its TLS handshake and serves its requests. Client certificates are read
+/// at the handshake, so that every request knows its caller (see [`record_peer`]).
+pub fn https_connections(
     service: Arc<Service>,
-    tls: &ReloadableTls,
-    workers: usize,
-) -> std::io::Result<Server> {
-    let dirac_paths = service.settings().service.https_paths.clone();
-    Ok(HttpServer::new(move || {
-        App::new()
-            .app_data(web::Data::new(service.clone()))
-            // DIRAC's static paths first: they carry most of the traffic and match without
-            // the JSON API's pattern.
-            .configure(dirac::https::routes(dirac_paths.clone()))
-            .configure(json::routes)
-            .default_service(web::to(not_found))
-    })
-    .workers(workers)
-    // Stopped by the application root, with every other listener.
-    .disable_signals()
-    // Thousands of clients may handshake at once on a small machine: actix's 3 s default
-    // drops the slowest of a burst.
-    .tls_handshake_timeout(std::time::Duration::from_secs(20))
-    .on_connect(record_peer)
-    .listen_openssl(listener, tls.acceptor_builder()?)?
-    .run())
+    tls: Arc<ReloadableTls>,
+) -> impl Fn() -> LocalBoxFuture<'static, ConnectionHandler> + Send + Clone + 'static {
+    move || {
+        let (service, tls) = (service.clone(), tls.clone());
+        Box::pin(async move {
+            let settings = service.settings();
+            let connections = settings.service.connections.clone();
+            let dirac_paths = settings.service.https_paths.clone();
+            let app = App::new()
+                .app_data(web::Data::new(service.clone()))
+                // DIRAC's static paths first: they carry most of the traffic and match without
+                // the JSON API's pattern.
+                .configure(dirac::https::routes(dirac_paths))
+                .configure(json::routes)
+                .default_service(web::to(not_found));
+            let http =
+                http_service::<TlsConnection, _, _>(app, &connections, Some(record_peer)).await;
+            Rc::new(move |io: Admitted<TcpStream>, peer: SocketAddr| {
+                let (http, tls, connections) = (http.clone(), tls.clone(), connections.clone());
+                Box::pin(async move {
+                    let accepted = tls::accept(
+                        io,
+                        peer,
+                        &tls,
+                        connections.first_byte_timeout,
+                        connections.handshake_timeout,
+                    )
+                    .await;
+                    match accepted {
+                        Ok(connection) => {
+                            let _ = http.call((connection, Protocol::Http1, Some(peer))).await;
+                        }
+                        Err(error) => {
+                            tracing::debug!(%peer, %error, "HTTPS connection not accepted")
+                        }
+                    }
+                }) as LocalBoxFuture<'static, ()>
+            }) as ConnectionHandler
+        })
+    }
+}
+
+/// The metrics front-end: `/metrics`, `/healthz` (the process is up) and `/readyz` (the
+/// database answers, the configuration is loaded), in plain HTTP.
+pub fn metrics_connections(
+    service: Arc<Service>,
+) -> impl Fn() -> LocalBoxFuture<'static, ConnectionHandler> + Send + Clone + 'static {
+    move || {
+        let service = service.clone();
+        Box::pin(async move {
+            let connections = service.settings().service.connections.clone();
+            let app = App::new()
+                .app_data(web::Data::new(service.clone()))
+                .route("/metrics", web::get().to(render_metrics))
+                .route("/healthz", web::get().to(healthz))
+                .route("/readyz", web::get().to(readyz));
+            let http = http_service::<Admitted<TcpStream>, _, _>(app, &connections, None).await;
+            Rc::new(move |io: Admitted<TcpStream>, peer: SocketAddr| {
+                let (http, first_byte_timeout) = (http.clone(), connections.first_byte_timeout);
+                Box::pin(async move {
+                    if io.first_byte(first_byte_timeout).await.is_err() {
+                        return;
+                    }
+                    io.ticket().advance(State::Unidentified);
+                    let _ = http.call((io, Protocol::Http1, Some(peer))).await;
+                }) as LocalBoxFuture<'static, ()>
+            }) as ConnectionHandler
+        })
+    }
+}
+
+type HttpConnectionService<T> = actix_service::boxed::BoxService<
+    (T, Protocol, Option<SocketAddr>),
+    (),
+    actix_http::error::DispatchError,
+>;
+
+/// actix-http's service for `app` over connections of type `Io`, with the listeners'
+/// keep-alive and request-head deadlines.
+async fn http_service<Io, T, B>(
+    app: App<T>,
+    connections: &ConnectionSettings,
+    on_connect: Option<fn(&Io, &mut Extensions)>,
+) -> Rc<HttpConnectionService<Io>>
+where
+    Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static,
+    T: ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<B>,
+            Error = actix_web::Error,
+            InitError = (),
+        > + 'static,
+    B: MessageBody + 'static,
+{
+    let app = app
+        .into_factory()
+        .map_err(|error: actix_web::Error| error.error_response());
+    let mut builder = HttpService::build()
+        .keep_alive(connections.keep_alive)
+        .client_request_timeout(connections.request_head_timeout)
+        .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT);
+    if let Some(on_connect) = on_connect {
+        builder = builder.on_connect_ext(on_connect);
+    }
+    let factory = builder.finish(map_config(app, |_| AppConfig::default()));
+    let service = factory
+        .new_service(())
+        .await
+        .expect("an App without asynchronous data factories always starts");
+    Rc::new(actix_service::boxed::service(service))
+}
+
+/// Leaves the handshake's findings for the handlers: the caller's identity as
+/// `Option<Arc<ChainIdentity>>`, and the local address.
+fn record_peer(connection: &TlsConnection, data: &mut Extensions) {
+    data.insert(connection.identity.clone());
+    if let Some(local) = connection.local {
+        data.insert(LocalAddress(local));
+    }
 }
 
 async fn not_found() -> HttpResponse {
@@ -47,22 +163,6 @@ async fn not_found() -> HttpResponse {
         "not_found",
         "no such path",
     )
-}
-
-/// The metrics server: `/metrics`, `/healthz` (the process is up) and `/readyz` (the database
-/// answers, the configuration is loaded).
-pub fn metrics_server(listener: TcpListener, service: Arc<Service>) -> std::io::Result<Server> {
-    Ok(HttpServer::new(move || {
-        App::new()
-            .app_data(web::Data::new(service.clone()))
-            .route("/metrics", web::get().to(render_metrics))
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-    })
-    .workers(1)
-    .disable_signals()
-    .listen(listener)?
-    .run())
 }
 
 async fn render_metrics(service: web::Data<Arc<Service>>) -> HttpResponse {

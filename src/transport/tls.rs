@@ -1,24 +1,28 @@
-//! TLS on the HTTPS listener: who the peer is (read once per connection), and a server context
-//! that reloads (new host certificate, new CA directory) without dropping connections.
+//! TLS on the HTTPS and DISET listeners: a server context that reloads (new host certificate,
+//! new CA directory) without dropping connections, and the admitted handshake that tells who the
+//! peer is.
 
-use std::any::Any;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use actix_tls::accept::openssl::TlsStream;
-use actix_web::dev::Extensions;
-use actix_web::rt::net::TcpStream;
-use openssl::ssl::{SniError, SslAcceptorBuilder, SslContext};
+use openssl::ssl::{Ssl, SslContext};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_openssl::SslStream;
 
+use super::admission::{Admitted, ShedReason, State, Ticket};
 use crate::config::Settings;
 use crate::x509::identity::{ChainIdentity, PeerChain};
 use crate::x509::tls::{self, ClientCertMode, TlsError, TlsSettings};
 
-/// The server context in force. Every handshake switches to it in the ClientHello callback
-/// (OpenSSL runs that callback with or without SNI), so a reload applies to new connections and
-/// leaves established ones alone.
+/// The server context in force: each handshake starts from the one current then, so a reload
+/// applies to new connections and leaves established ones alone.
 pub struct ReloadableTls {
     current: Arc<RwLock<SslContext>>,
-    first: TlsSettings,
     listener: Listener,
 }
 
@@ -33,33 +37,19 @@ pub enum Listener {
 
 impl ReloadableTls {
     pub fn new(settings: &Settings, listener: Listener) -> Result<Self, TlsError> {
-        let first = tls_settings(settings, listener)?;
-        let context = tls::acceptor(&first)?.into_context();
+        let context = tls::acceptor(&tls_settings(settings, listener)?)?.into_context();
         Ok(Self {
             current: Arc::new(RwLock::new(context)),
-            first,
             listener,
         })
     }
 
-    /// The context in force, for servers that set up each connection themselves (DISET).
+    /// The context in force.
     pub fn context(&self) -> SslContext {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-    }
-
-    /// A builder for actix-web's listener, switching to the current context at each handshake.
-    pub fn acceptor_builder(&self) -> std::io::Result<SslAcceptorBuilder> {
-        let mut builder = tls::acceptor_builder(&self.first).map_err(std::io::Error::other)?;
-        let current = self.current.clone();
-        builder.set_servername_callback(move |ssl, _alert| {
-            let context = current.read().unwrap_or_else(|e| e.into_inner()).clone();
-            ssl.set_ssl_context(&context)
-                .map_err(|_| SniError::ALERT_FATAL)
-        });
-        Ok(builder)
     }
 
     /// Builds the context of `settings`; the returned closure puts it in force. A certificate
@@ -108,15 +98,6 @@ fn tls_settings(settings: &Settings, listener: Listener) -> Result<TlsSettings, 
     })
 }
 
-/// actix-web's on-connect hook: analyses the verified client chain once per connection and
-/// leaves `Option<Arc<ChainIdentity>>` for the handlers.
-pub fn record_peer(connection: &dyn Any, data: &mut Extensions) {
-    let Some(stream) = connection.downcast_ref::<TlsStream<TcpStream>>() else {
-        return;
-    };
-    data.insert(peer_identity(stream.ssl()).map(Arc::new));
-}
-
 /// Who the peer of a finished handshake is, from its verified chain; None without a usable one.
 pub fn peer_identity(ssl: &openssl::ssl::SslRef) -> Option<ChainIdentity> {
     PeerChain::from_ssl(ssl)
@@ -128,4 +109,109 @@ pub fn peer_identity(ssl: &openssl::ssl::SslRef) -> Option<ChainIdentity> {
         })
         // A session resumed after its proxy expired is not verified again by OpenSSL.
         .filter(|identity| identity.seconds_left > 0)
+}
+
+/// Why a connection did not become a [`TlsConnection`].
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("closed by admission ({})", .0.label())]
+    Shed(ShedReason),
+    #[error("TLS handshake: {0}")]
+    Handshake(String),
+}
+
+/// An admitted connection through its TLS handshake: who the peer is, where it came from.
+pub struct TlsConnection {
+    stream: SslStream<Admitted<TcpStream>>,
+    /// The verified client chain's identity; None without a usable one.
+    pub identity: Option<Arc<ChainIdentity>>,
+    pub peer: SocketAddr,
+    pub local: Option<SocketAddr>,
+}
+
+/// Takes an admitted connection through its TLS handshake: its first byte within
+/// `first_byte_timeout`, then a handshake slot and the handshake itself within
+/// `handshake_timeout` of accept. The ticket ends `Identified` with a verified client
+/// certificate, `Unidentified` without.
+pub async fn accept(
+    io: Admitted<TcpStream>,
+    peer: SocketAddr,
+    tls: &ReloadableTls,
+    first_byte_timeout: Duration,
+    handshake_timeout: Duration,
+) -> Result<TlsConnection, AcceptError> {
+    let deadline = tokio::time::Instant::now() + handshake_timeout;
+    io.first_byte(first_byte_timeout)
+        .await
+        .map_err(AcceptError::Shed)?;
+    // Only the handshake runs under the slot: it is what costs CPU and memory, so the SSL
+    // object is made once the slot is ours.
+    let slot = io
+        .handshake_slot(deadline)
+        .await
+        .map_err(AcceptError::Shed)?;
+    let ssl = Ssl::new(&tls.context()).map_err(|e| AcceptError::Handshake(e.to_string()))?;
+    let mut stream = SslStream::new(ssl, io).map_err(|e| AcceptError::Handshake(e.to_string()))?;
+    let handshake = tokio::time::timeout_at(deadline, Pin::new(&mut stream).accept()).await;
+    drop(slot);
+    let ticket = stream.get_ref().ticket();
+    match handshake {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Err(AcceptError::Handshake(error.to_string())),
+        Err(_) => {
+            ticket.shed(ShedReason::HandshakeTimeout);
+            return Err(AcceptError::Shed(ShedReason::HandshakeTimeout));
+        }
+    }
+    let identity = peer_identity(stream.ssl()).map(Arc::new);
+    ticket.advance(if identity.is_some() {
+        State::Identified
+    } else {
+        State::Unidentified
+    });
+    let local = stream.get_ref().get_ref().local_addr().ok();
+    Ok(TlsConnection {
+        stream,
+        identity,
+        peer,
+        local,
+    })
+}
+
+impl TlsConnection {
+    pub fn ssl(&self) -> &openssl::ssl::SslRef {
+        self.stream.ssl()
+    }
+
+    pub fn ticket(&self) -> &Ticket {
+        self.stream.get_ref().ticket()
+    }
+}
+
+impl AsyncRead for TlsConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
 }

@@ -35,14 +35,21 @@ const LAYERS: &[(&str, &[&str])] = &[
             "configuration_server",
         ],
     ),
-    ("transport", &["x509", "config"]),
+    ("transport", &["metrics", "x509", "config"]),
     (
         "protocol",
         &["domain", "metrics", "x509", "service", "transport"],
     ),
     (
         "http",
-        &["domain", "actors", "service", "transport", "protocol"],
+        &[
+            "domain",
+            "config",
+            "actors",
+            "service",
+            "transport",
+            "protocol",
+        ],
     ),
     (
         "app",

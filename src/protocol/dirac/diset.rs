@@ -3,23 +3,24 @@
 //! are length-prefixed frames in DEncode or JSON; each reply uses the encoding the client used.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, TcpListener as StdTcpListener};
-use std::pin::Pin;
+use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dirac_wire::frame::{self, FrameError};
 use dirac_wire::mixed::{self, Encoding};
 use dirac_wire::{DecodeError, Value};
-use openssl::ssl::Ssl;
+use futures_util::future::LocalBoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
-use tokio_openssl::SslStream;
 
 use super::{ENOAUTH, answer, dirac_message, extra_credentials};
 use crate::service::{CallContext, MethodError, Service};
-use crate::transport::tls::{ReloadableTls, peer_identity};
+use crate::transport::admission::{Admitted, ShedReason};
+use crate::transport::serve::ConnectionHandler;
+use crate::transport::tls::{self, ReloadableTls, TlsConnection};
 
 const PROTOCOL: &str = "dips";
 /// DIRAC reads a proposal with `receiveData(1024)`.
@@ -27,22 +28,22 @@ const MAX_PROPOSAL_BYTES: usize = frame::PROPOSAL_LIMIT;
 const ACTION_TYPES: [&str; 4] = ["RPC", "FileTransfer", "Message", "Connection"];
 /// DISET's own service name, whatever the section is called.
 const DISET_SERVICE_NAME: &str = "Framework/TokenManager";
+/// Keep-alive frames a peer may send while it owes us a message: DIRAC's RPC client sends none,
+/// and a peer that only pings must not hold its slot.
+const MAX_KEEP_ALIVES_PER_MESSAGE: usize = 4;
 
-/// Shared by the accept loops of every worker.
+/// Shared by the connections of every worker.
 struct Limits {
     connections: Semaphore,
     methods: HashMap<String, Arc<Semaphore>>,
 }
 
-/// Serves DISET on `listener` with one accept loop per worker arbiter (actix's threads, so that
-/// refresh actors can be started from a call). Returns when the loops are started.
-pub fn serve(
-    listener: StdTcpListener,
+/// What serves each admitted DISET connection: its handshake (a verified client certificate is
+/// required), then a `MaxThreads` slot, then the call.
+pub fn connections(
     service: Arc<Service>,
     tls: Arc<ReloadableTls>,
-    workers: usize,
-) -> std::io::Result<Vec<actix_rt::Arbiter>> {
-    listener.set_nonblocking(true)?;
+) -> impl Fn() -> std::future::Ready<ConnectionHandler> + Send + Clone + 'static {
     let settings = service.settings();
     let diset = &settings.service.diset;
     let limits = Arc::new(Limits {
@@ -53,49 +54,78 @@ pub fn serve(
             .map(|(method, limit)| (method.clone(), Arc::new(Semaphore::new(*limit as usize))))
             .collect(),
     });
-    let mut arbiters = Vec::with_capacity(workers);
-    for _ in 0..workers.max(1) {
-        let listener = listener.try_clone()?;
+    move || {
         let (service, tls, limits) = (service.clone(), tls.clone(), limits.clone());
-        let arbiter = actix_rt::Arbiter::new();
-        arbiter.spawn(async move {
-            match tokio::net::TcpListener::from_std(listener) {
-                Ok(listener) => accept_loop(listener, service, tls, limits).await,
-                Err(error) => tracing::error!(%error, "the DISET listener cannot start"),
-            }
+        let handler: ConnectionHandler = Rc::new(move |io, peer| {
+            let (service, tls, limits) = (service.clone(), tls.clone(), limits.clone());
+            Box::pin(async move {
+                if let Err(error) = serve_connection(io, peer, &service, &tls, &limits).await {
+                    tracing::debug!(%peer, %error, "DISET connection ended");
+                }
+            }) as LocalBoxFuture<'static, ()>
         });
-        arbiters.push(arbiter);
+        std::future::ready(handler)
     }
-    Ok(arbiters)
 }
 
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    service: Arc<Service>,
-    tls: Arc<ReloadableTls>,
-    limits: Arc<Limits>,
-) {
-    loop {
-        let (stream, address) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors, typically: wait rather than spin.
-                tracing::warn!(%error, "DISET accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (service, tls, limits) = (service.clone(), tls.clone(), limits.clone());
-        actix_rt::spawn(async move {
-            // Waiting here is DIRAC's queue of petitions beyond MaxThreads.
-            let Ok(_permit) = limits.connections.acquire().await else {
-                return;
-            };
-            if let Err(error) = connection(stream, address.ip(), &service, &tls, &limits).await {
-                tracing::debug!(peer = %address, %error, "DISET connection ended");
-            }
-        });
+async fn serve_connection(
+    io: Admitted<TcpStream>,
+    peer: SocketAddr,
+    service: &Service,
+    tls: &ReloadableTls,
+    limits: &Limits,
+) -> Result<(), ConnectionError> {
+    let settings = service.settings();
+    // DIRAC closes a banned address's connection right after accept.
+    if settings.registry.banned_ips().contains(&peer.ip()) {
+        return Err(ConnectionError::Banned);
     }
+    let timeouts = &settings.service.connections;
+    let connection = tls::accept(
+        io,
+        peer,
+        tls,
+        timeouts.first_byte_timeout,
+        timeouts.handshake_timeout,
+    )
+    .await
+    .map_err(|e| ConnectionError::Handshake(e.to_string()))?;
+    if connection.identity.is_none() {
+        return Err(ConnectionError::NoChain);
+    }
+    let queue_timeout = settings.service.diset.queue_timeout;
+    // Waiting here is DIRAC's queue of petitions beyond MaxThreads: only callers with a verified
+    // certificate wait, and not for ever.
+    match tokio::time::timeout(queue_timeout, limits.connections.acquire()).await {
+        Ok(Ok(_permit)) => call(connection, service, limits).await,
+        Ok(Err(_)) => Ok(()),
+        Err(_) => refuse_busy(connection, service, queue_timeout).await,
+    }
+}
+
+/// The answer to a call that found no free slot: DIRAC's client reads it as the reply to its
+/// proposal.
+async fn refuse_busy(
+    connection: TlsConnection,
+    service: &Service,
+    waited: Duration,
+) -> Result<(), ConnectionError> {
+    record_refusal(service, "unknown", "busy");
+    let packet_timeout = service.settings().service.diset.packet_timeout;
+    connection.ticket().count_refusal(ShedReason::QueueTimeout);
+    let mut peer = Peer {
+        stream: BufStream::new(connection),
+        packet_timeout,
+    };
+    let encoding = match peer.receive(MAX_PROPOSAL_BYTES).await {
+        Ok((_, encoding)) => encoding,
+        Err(_) => Encoding::Json,
+    };
+    let message = format!(
+        "Service busy: no free slot within {} s (MaxThreads), try again later",
+        waited.as_secs()
+    );
+    peer.finish(&Value::s_error(0, &message), encoding).await
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,32 +148,22 @@ enum ConnectionError {
     Protocol(String),
 }
 
-async fn connection(
-    stream: TcpStream,
-    ip: IpAddr,
+/// One call on a connection whose caller holds a verified certificate and a slot.
+async fn call(
+    connection: TlsConnection,
     service: &Service,
-    tls: &ReloadableTls,
     limits: &Limits,
 ) -> Result<(), ConnectionError> {
     let settings = service.settings();
-    // DIRAC closes a banned address's connection right after accept.
-    if settings.registry.banned_ips().contains(&ip) {
-        return Err(ConnectionError::Banned);
-    }
-    let _ = stream.set_nodelay(true);
-    let timeouts = &settings.service.diset;
-    let ssl = Ssl::new(&tls.context()).map_err(|e| ConnectionError::Handshake(e.to_string()))?;
-    let mut stream =
-        SslStream::new(ssl, stream).map_err(|e| ConnectionError::Handshake(e.to_string()))?;
-    tokio::time::timeout(timeouts.handshake_timeout, Pin::new(&mut stream).accept())
-        .await
-        .map_err(|_| ConnectionError::Timeout)?
-        .map_err(|e| ConnectionError::Handshake(e.to_string()))?;
-    let certificate = peer_identity(stream.ssl()).ok_or(ConnectionError::NoChain)?;
+    let ip = connection.peer.ip();
+    let certificate = connection
+        .identity
+        .clone()
+        .ok_or(ConnectionError::NoChain)?;
     // The URL the client used, as DIRAC's ping reports it: the name it asked for (SNI), else our
     // address.
-    let local = stream.get_ref().local_addr().ok();
-    let host = stream
+    let local = connection.local;
+    let host = connection
         .ssl()
         .servername(openssl::ssl::NameType::HOST_NAME)
         .map(str::to_owned)
@@ -155,8 +175,8 @@ async fn connection(
     );
     let mut peer = Peer {
         // Frame headers are read byte by byte.
-        stream: BufStream::new(stream),
-        packet_timeout: timeouts.packet_timeout,
+        stream: BufStream::new(connection),
+        packet_timeout: settings.service.diset.packet_timeout,
     };
 
     let (proposal, encoding) = match peer.receive(MAX_PROPOSAL_BYTES).await {
@@ -197,7 +217,7 @@ async fn connection(
     }
 
     let context = CallContext {
-        certificate: Some(Arc::new(certificate)),
+        certificate: Some(certificate),
         bearer: None,
         extra_credentials: extra_credentials(&proposal.extra_credentials),
         ip: Some(ip),
@@ -291,26 +311,34 @@ struct Peer<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Peer<S> {
-    /// The next message that is not a keep-alive frame; a keep-alive ping is answered.
+    /// The next message that is not a keep-alive frame, within one `packet_timeout` however
+    /// many keep-alive pings come first (each is answered; more than a few drop the peer).
     async fn receive(&mut self, max_bytes: usize) -> Result<(Value, Encoding), ConnectionError> {
-        loop {
-            let received = tokio::time::timeout(
-                self.packet_timeout,
-                frame::read_frame(&mut self.stream, max_bytes),
-            )
-            .await
-            .map_err(|_| ConnectionError::Timeout)??;
-            let (message, encoding) = mixed::decode_message(&received.payload)?;
-            if !received.keep_alive {
-                return Ok((message, encoding));
+        let packet_timeout = self.packet_timeout;
+        tokio::time::timeout(packet_timeout, async {
+            let mut keep_alives = 0;
+            loop {
+                let received = frame::read_frame(&mut self.stream, max_bytes).await?;
+                let (message, encoding) = mixed::decode_message(&received.payload)?;
+                if !received.keep_alive {
+                    return Ok((message, encoding));
+                }
+                keep_alives += 1;
+                if keep_alives > MAX_KEEP_ALIVES_PER_MESSAGE {
+                    return Err(ConnectionError::Protocol(format!(
+                        "more than {MAX_KEEP_ALIVES_PER_MESSAGE} keep-alive frames instead of a message"
+                    )));
+                }
+                // A pong, or a ping the client sent while waiting: answer the ping, read on.
+                if let Some(id) = frame::keep_alive_ping_id(&message) {
+                    let pong = frame::keep_alive_pong(id, encoding)
+                        .map_err(|e| ConnectionError::Protocol(e.to_string()))?;
+                    self.write(&pong).await?;
+                }
             }
-            // A pong, or a ping the client sent while waiting: answer the ping, read on.
-            if let Some(id) = frame::keep_alive_ping_id(&message) {
-                let pong = frame::keep_alive_pong(id, encoding)
-                    .map_err(|e| ConnectionError::Protocol(e.to_string()))?;
-                self.write(&pong).await?;
-            }
-        }
+        })
+        .await
+        .map_err(|_| ConnectionError::Timeout)?
     }
 
     /// Sends the last message and closes with a TLS close_notify: OpenSSL keeps a session

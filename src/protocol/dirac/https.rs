@@ -14,7 +14,7 @@ use super::{answer, extra_credentials};
 use crate::domain::policy::ExtraCredentials;
 use crate::metrics::Metrics;
 use crate::service::{CallContext, Method, MethodError, Service};
-use crate::transport::{self, BodyError};
+use crate::transport::{self, BodyError, BodyLimits, LocalAddress};
 use crate::x509::identity::ChainIdentity;
 
 const PROTOCOL: &str = "https";
@@ -118,12 +118,22 @@ async fn handle(
     service: &Service,
 ) -> Result<Value, StatusCode> {
     let settings = service.settings();
-    let body = transport::read_body(payload, settings.service.max_body_bytes)
+    // `method` is in the body: the caller's credentials decide how much body it may send.
+    let identified = request
+        .conn_data::<Option<Arc<ChainIdentity>>>()
+        .is_some_and(Option::is_some)
+        || bearer_token(request).is_some();
+    let limits = BodyLimits::for_caller(&settings, identified);
+    let body = transport::read_body(request, payload, limits)
         .await
         .map_err(|error| match error {
             BodyError::TooLarge(_) => {
                 record_refusal(service.metrics(), "unknown", "body_too_large");
                 StatusCode::PAYLOAD_TOO_LARGE
+            }
+            BodyError::Timeout(_) => {
+                record_refusal(service.metrics(), "unknown", "request_timeout");
+                StatusCode::REQUEST_TIMEOUT
             }
             BodyError::Read(_) => StatusCode::BAD_REQUEST,
         })?;
@@ -182,12 +192,16 @@ async fn handle(
             }
         },
     };
+    // The URL the client used, as DIRAC's ping reports it: its Host header, else our address.
     let url = || {
-        format!(
-            "https://{}{}",
-            request.connection_info().host(),
-            request.path()
-        )
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| request.conn_data::<LocalAddress>().map(|a| a.0.to_string()))
+            .unwrap_or_default();
+        format!("https://{host}{}", request.path())
     };
     Ok(answer(service, access, &context, method, args, PROTOCOL, &url).await)
 }

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 use crate::domain::policy::ExtraCredentials;
 use crate::metrics::Metrics;
 use crate::service::{CallContext, Method, MethodError, Service};
-use crate::transport::{self, BodyError};
+use crate::transport::{self, BodyError, BodyLimits};
 use crate::x509::identity::ChainIdentity;
 
 const PROTOCOL: &str = "json";
@@ -63,6 +63,7 @@ fn status_of(code: &str) -> StatusCode {
         "needs_redelegation" => StatusCode::CONFLICT,
         "idp_unavailable" | "idp_refused" => StatusCode::BAD_GATEWAY,
         "body_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "request_timeout" => StatusCode::REQUEST_TIMEOUT,
         "internal" | "config_rejected" => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     }
@@ -153,10 +154,11 @@ async fn answer(
         ));
     }
     let settings = service.settings();
-    let body = transport::read_body(payload, settings.service.max_body_bytes)
+    let body = transport::read_body(request, payload, BodyLimits::for_caller(&settings, true))
         .await
         .map_err(|error| match error {
             BodyError::TooLarge(_) => ("body_too_large", error.to_string()),
+            BodyError::Timeout(_) => ("request_timeout", error.to_string()),
             BodyError::Read(_) => ("bad_request", error.to_string()),
         })?;
     let named = parse_arguments(&body)?;

@@ -1,0 +1,650 @@
+//! Connection admission, shared by the three listeners. Every accepted connection holds a
+//! [`Ticket`] until it closes, and the ticket says how far the peer has proved itself:
+//!
+//! `Idle` (accepted, no byte yet) → `Handshake` (bytes arrived: waiting for a handshake slot or
+//! in its TLS handshake) → `Identified` (a verified client certificate) or `Unidentified` (TLS
+//! without a certificate, or the plain-HTTP metrics listener).
+//!
+//! Connections that are not identified can be shed to make room: when the descriptor budget is
+//! spent, or a listener holds its maximum of unidentified connections, the oldest idle one goes
+//! first, then the oldest unidentified one, then the oldest still in its handshake — so a client
+//! that holds sockets open without credentials can never keep a new caller out, while a real
+//! client, which sends its ClientHello at once, is past the cheapest class within a round trip.
+//! Identified connections are never shed. A shed connection's I/O fails at its next poll (its
+//! task is woken), which closes it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
+use prometheus::IntGauge;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::Metrics;
+
+/// The service's listeners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Front {
+    /// DIRAC's HTTPS protocol and the JSON API.
+    Https,
+    /// DISET.
+    Dips,
+    /// Plain-HTTP metrics and health checks.
+    Metrics,
+}
+
+impl Front {
+    pub const ALL: [Self; 3] = [Self::Https, Self::Dips, Self::Metrics];
+
+    /// The `listener` label of the connection metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Https => "https",
+            Self::Dips => "dips",
+            Self::Metrics => "metrics",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// How far a connection has got; see the module documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Idle,
+    Handshake,
+    Unidentified,
+    Identified,
+}
+
+impl State {
+    pub const ALL: [Self; 4] = [
+        Self::Idle,
+        Self::Handshake,
+        Self::Unidentified,
+        Self::Identified,
+    ];
+    /// Who goes first when room must be made: the cheapest to lose and the most suspect.
+    const SHED_ORDER: [Self; 3] = [Self::Idle, Self::Unidentified, Self::Handshake];
+
+    /// The `state` label of `tokenmanager_connections`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Idle => "idle",
+            Self::Handshake => "handshake",
+            Self::Unidentified => "unidentified",
+            Self::Identified => "identified",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn from_index(index: u8) -> Self {
+        Self::ALL[usize::from(index)]
+    }
+
+    /// States counted against the per-address cap: a peer that has not sent a byte, or has
+    /// finished TLS without proving who it is. A real client in a burst waits in `Handshake`
+    /// and does not count.
+    fn counts_per_address(self) -> bool {
+        matches!(self, Self::Idle | Self::Unidentified)
+    }
+}
+
+/// Why a connection was closed or refused by admission: the `reason` label of
+/// `tokenmanager_connections_shed_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShedReason {
+    /// The descriptor budget was spent and a newer connection needed the place.
+    Descriptors,
+    /// The listener held its maximum of unidentified connections.
+    UnidentifiedLimit,
+    /// The peer's address held its maximum of idle or unidentified connections.
+    AddressLimit,
+    /// No byte within `FirstByteTimeout`.
+    IdleTimeout,
+    /// The TLS handshake was not finished within `HandshakeTimeout`.
+    HandshakeTimeout,
+    /// A DISET call found no free `MaxThreads` slot within `QueueTimeout`.
+    QueueTimeout,
+    /// The service is stopping.
+    Shutdown,
+}
+
+impl ShedReason {
+    pub const ALL: [Self; 7] = [
+        Self::Descriptors,
+        Self::UnidentifiedLimit,
+        Self::AddressLimit,
+        Self::IdleTimeout,
+        Self::HandshakeTimeout,
+        Self::QueueTimeout,
+        Self::Shutdown,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Descriptors => "descriptors",
+            Self::UnidentifiedLimit => "unidentified_limit",
+            Self::AddressLimit => "address_limit",
+            Self::IdleTimeout => "idle_timeout",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::QueueTimeout => "queue_timeout",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// The bounds admission enforces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Client connections open at once, all listeners together: the descriptors left after the
+    /// reserve the service keeps for its database, IdP and log connections.
+    pub connections: usize,
+    /// Connections of one listener that are not identified.
+    pub unidentified_per_listener: usize,
+    /// Idle or unidentified connections from one address; 0 for no cap.
+    pub unidentified_per_address: usize,
+    /// TLS handshakes running at once on one listener; the others wait for a slot.
+    pub handshakes_per_listener: usize,
+}
+
+/// The shared state of every connection: see the module documentation.
+pub struct Admission {
+    limits: Limits,
+    inner: Mutex<Inner>,
+    handshakes: [Arc<Semaphore>; 3],
+    gauges: [[IntGauge; 4]; 3],
+    metrics: Arc<Metrics>,
+    /// Woken when the last connection closes, and when shutdown starts.
+    changed: Notify,
+}
+
+struct Inner {
+    next_id: u64,
+    open: usize,
+    /// `[listener][state]`: id → (address, slot), ordered by age.
+    connections: [[BTreeMap<u64, Member>; 4]; 3],
+    per_address: HashMap<IpAddr, usize>,
+    closing: bool,
+}
+
+struct Member {
+    address: IpAddr,
+    slot: Arc<Slot>,
+}
+
+/// What the connection's task and admission share: the shed flag and who to wake.
+#[derive(Default)]
+struct Slot {
+    shed: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Slot {
+    fn shed(&self) {
+        self.shed.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn is_shed(&self) -> bool {
+        self.shed.load(Ordering::Acquire)
+    }
+}
+
+impl Admission {
+    pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Arc<Self> {
+        let gauges = Front::ALL.map(|front| {
+            State::ALL.map(|state| {
+                metrics
+                    .connections
+                    .with_label_values(&[front.label(), state.label()])
+            })
+        });
+        for front in Front::ALL {
+            for reason in ShedReason::ALL {
+                metrics
+                    .connections_shed
+                    .with_label_values(&[front.label(), reason.label()]);
+            }
+        }
+        metrics.connection_budget.set(limits.connections as i64);
+        let handshake_slots = limits.handshakes_per_listener.max(1);
+        Arc::new(Self {
+            limits,
+            inner: Mutex::new(Inner {
+                next_id: 0,
+                open: 0,
+                connections: Default::default(),
+                per_address: HashMap::new(),
+                closing: false,
+            }),
+            handshakes: [(); 3].map(|_| Arc::new(Semaphore::new(handshake_slots))),
+            gauges,
+            metrics,
+            changed: Notify::new(),
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic elsewhere with the lock held leaves consistent maps: every update is one
+        // insert or remove.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A ticket for a connection just accepted from `address`, making room by shedding if need
+    /// be; the reason when it cannot be admitted (close it at once).
+    pub fn admit(self: &Arc<Self>, front: Front, address: IpAddr) -> Result<Ticket, ShedReason> {
+        let mut inner = self.lock();
+        let refused = |reason| {
+            self.count_shed(front, reason);
+            Err(reason)
+        };
+        if inner.closing {
+            return refused(ShedReason::Shutdown);
+        }
+        let per_address_cap = self.limits.unidentified_per_address;
+        if per_address_cap > 0
+            && inner.per_address.get(&address).copied().unwrap_or(0) >= per_address_cap
+        {
+            return refused(ShedReason::AddressLimit);
+        }
+        if inner.open >= self.limits.connections
+            && !self.shed_oldest(&mut inner, &Front::ALL, ShedReason::Descriptors)
+        {
+            return refused(ShedReason::Descriptors);
+        }
+        let unidentified: usize = State::SHED_ORDER
+            .iter()
+            .map(|state| inner.connections[front.index()][state.index()].len())
+            .sum();
+        if unidentified >= self.limits.unidentified_per_listener
+            && !self.shed_oldest(&mut inner, &[front], ShedReason::UnidentifiedLimit)
+        {
+            return refused(ShedReason::UnidentifiedLimit);
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.open += 1;
+        let slot = Arc::new(Slot::default());
+        self.enter(&mut inner, front, State::Idle, id, address, slot.clone());
+        Ok(Ticket {
+            admission: self.clone(),
+            id,
+            front,
+            address,
+            state: AtomicU8::new(State::Idle as u8),
+            slot,
+        })
+    }
+
+    /// Sheds the oldest connection of the cheapest class among `fronts`; false if every one of
+    /// them is identified.
+    fn shed_oldest(&self, inner: &mut Inner, fronts: &[Front], reason: ShedReason) -> bool {
+        for state in State::SHED_ORDER {
+            let oldest = fronts
+                .iter()
+                .filter_map(|front| {
+                    let members = &inner.connections[front.index()][state.index()];
+                    members.keys().next().map(|id| (*id, *front))
+                })
+                .min();
+            if let Some((id, front)) = oldest {
+                self.shed_member(inner, front, state, id, reason);
+                return true;
+            }
+        }
+        false
+    }
+
+    fn shed_member(
+        &self,
+        inner: &mut Inner,
+        front: Front,
+        state: State,
+        id: u64,
+        reason: ShedReason,
+    ) {
+        if let Some(member) = self.leave(inner, front, state, id) {
+            member.slot.shed();
+            self.count_shed(front, reason);
+        }
+    }
+
+    fn count_shed(&self, front: Front, reason: ShedReason) {
+        self.metrics
+            .connections_shed
+            .with_label_values(&[front.label(), reason.label()])
+            .inc();
+    }
+
+    fn enter(
+        &self,
+        inner: &mut Inner,
+        front: Front,
+        state: State,
+        id: u64,
+        address: IpAddr,
+        slot: Arc<Slot>,
+    ) {
+        if state.counts_per_address() {
+            *inner.per_address.entry(address).or_default() += 1;
+        }
+        inner.connections[front.index()][state.index()].insert(id, Member { address, slot });
+        self.gauges[front.index()][state.index()].inc();
+    }
+
+    fn leave(&self, inner: &mut Inner, front: Front, state: State, id: u64) -> Option<Member> {
+        let member = inner.connections[front.index()][state.index()].remove(&id)?;
+        if state.counts_per_address()
+            && let std::collections::hash_map::Entry::Occupied(mut count) =
+                inner.per_address.entry(member.address)
+        {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+        self.gauges[front.index()][state.index()].dec();
+        Some(member)
+    }
+
+    /// Waits for a handshake slot of `front`; None if the connection is shed meanwhile.
+    async fn handshake_slot(&self, ticket: &Ticket) -> Option<OwnedSemaphorePermit> {
+        let slots = self.handshakes[ticket.front.index()].clone();
+        tokio::select! {
+            permit = slots.acquire_owned() => permit.ok(),
+            () = ticket.shed_signal() => None,
+        }
+    }
+
+    /// Stops admitting: new connections are refused, and those that have not finished a
+    /// handshake are shed.
+    pub fn close(&self) {
+        let mut inner = self.lock();
+        inner.closing = true;
+        for front in Front::ALL {
+            for state in [State::Idle, State::Handshake] {
+                let ids: Vec<u64> = inner.connections[front.index()][state.index()]
+                    .keys()
+                    .copied()
+                    .collect();
+                for id in ids {
+                    self.shed_member(&mut inner, front, state, id, ShedReason::Shutdown);
+                }
+            }
+        }
+        drop(inner);
+        self.changed.notify_waiters();
+    }
+
+    /// Resolves once [`Admission::close`] was called.
+    pub async fn closing(&self) {
+        loop {
+            let notified = self.changed.notified();
+            if self.lock().closing {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until every connection has closed, at most `grace`; then sheds those left.
+    pub async fn drain(&self, grace: Duration) {
+        let all_closed = async {
+            loop {
+                let notified = self.changed.notified();
+                if self.lock().open == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(grace, all_closed).await.is_err() {
+            let mut inner = self.lock();
+            for front in Front::ALL {
+                for state in State::ALL {
+                    let ids: Vec<u64> = inner.connections[front.index()][state.index()]
+                        .keys()
+                        .copied()
+                        .collect();
+                    for id in ids {
+                        self.shed_member(&mut inner, front, state, id, ShedReason::Shutdown);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Client connections open now, all listeners together.
+    pub fn open(&self) -> usize {
+        self.lock().open
+    }
+}
+
+/// One connection's place in [`Admission`]; dropping it (with the connection) gives it back.
+pub struct Ticket {
+    admission: Arc<Admission>,
+    id: u64,
+    front: Front,
+    address: IpAddr,
+    state: AtomicU8,
+    slot: Arc<Slot>,
+}
+
+impl Ticket {
+    pub fn front(&self) -> Front {
+        self.front
+    }
+
+    pub fn address(&self) -> IpAddr {
+        self.address
+    }
+
+    pub fn state(&self) -> State {
+        State::from_index(self.state.load(Ordering::Acquire))
+    }
+
+    /// Moves the connection to `to`; nothing if it was shed meanwhile (its I/O fails anyway).
+    pub fn advance(&self, to: State) {
+        let admission = &self.admission;
+        let mut inner = admission.lock();
+        if self.slot.is_shed() {
+            return;
+        }
+        let from = self.state();
+        if from == to {
+            return;
+        }
+        if admission
+            .leave(&mut inner, self.front, from, self.id)
+            .is_some()
+        {
+            admission.enter(
+                &mut inner,
+                self.front,
+                to,
+                self.id,
+                self.address,
+                self.slot.clone(),
+            );
+        }
+        self.state.store(to as u8, Ordering::Release);
+    }
+
+    pub fn is_shed(&self) -> bool {
+        self.slot.is_shed()
+    }
+
+    /// Sheds this connection itself (a timeout, say), counted under `reason`.
+    pub fn shed(&self, reason: ShedReason) {
+        let admission = &self.admission;
+        let mut inner = admission.lock();
+        if !self.slot.is_shed() {
+            admission.shed_member(&mut inner, self.front, self.state(), self.id, reason);
+        }
+    }
+
+    /// Counts this connection under `reason` without shedding it: it is answered, then closed
+    /// by its handler.
+    pub fn count_refusal(&self, reason: ShedReason) {
+        self.admission.count_shed(self.front, reason);
+    }
+
+    /// Resolves when the connection is shed.
+    async fn shed_signal(&self) {
+        std::future::poll_fn(|cx| self.poll_shed(cx)).await
+    }
+
+    fn poll_shed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.slot.waker.register(cx.waker());
+        if self.slot.is_shed() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let admission = &self.admission;
+        let mut inner = admission.lock();
+        if !self.slot.is_shed() {
+            admission.leave(&mut inner, self.front, self.state(), self.id);
+        }
+        inner.open -= 1;
+        let last = inner.open == 0;
+        drop(inner);
+        if last {
+            admission.changed.notify_waiters();
+        }
+    }
+}
+
+/// A connection's I/O with its ticket: reads and writes fail once the connection is shed, and a
+/// connection parked in a read or write is woken for it.
+pub struct Admitted<S> {
+    io: S,
+    ticket: Ticket,
+}
+
+fn shed_error() -> io::Error {
+    io::Error::new(io::ErrorKind::ConnectionAborted, "connection shed")
+}
+
+impl Admitted<TcpStream> {
+    pub fn new(io: TcpStream, ticket: Ticket) -> Self {
+        Self { io, ticket }
+    }
+
+    /// Waits for the peer's first byte (or its close), at most `deadline`: a socket that sends
+    /// nothing is shed as idle.
+    pub async fn first_byte(&self, deadline: Duration) -> Result<(), ShedReason> {
+        let mut byte = [0u8; 1];
+        let readable = std::future::poll_fn(|cx| {
+            if self.ticket.poll_shed(cx).is_ready() {
+                return Poll::Ready(Err(ShedReason::Descriptors));
+            }
+            // A peek, not read readiness, which may be reported before any byte is there.
+            let mut buffer = ReadBuf::new(&mut byte);
+            self.io.poll_peek(cx, &mut buffer).map(|_| Ok(()))
+        });
+        match tokio::time::timeout(deadline, readable).await {
+            Ok(Ok(())) => {
+                self.ticket.advance(State::Handshake);
+                Ok(())
+            }
+            Ok(Err(shed)) => Err(shed),
+            Err(_) => {
+                self.ticket.shed(ShedReason::IdleTimeout);
+                Err(ShedReason::IdleTimeout)
+            }
+        }
+    }
+
+    /// A handshake slot of this connection's listener, waited for until `deadline`.
+    pub async fn handshake_slot(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<OwnedSemaphorePermit, ShedReason> {
+        let admission = &self.ticket.admission;
+        match tokio::time::timeout_at(deadline, admission.handshake_slot(&self.ticket)).await {
+            Ok(Some(permit)) => Ok(permit),
+            Ok(None) => Err(ShedReason::Descriptors),
+            Err(_) => {
+                self.ticket.shed(ShedReason::HandshakeTimeout);
+                Err(ShedReason::HandshakeTimeout)
+            }
+        }
+    }
+
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.io
+    }
+}
+
+impl<S> Admitted<S> {
+    pub fn ticket(&self) -> &Ticket {
+        &self.ticket
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Admitted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.ticket.poll_shed(cx).is_ready() {
+            return Poll::Ready(Err(shed_error()));
+        }
+        Pin::new(&mut this.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Admitted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.ticket.poll_shed(cx).is_ready() {
+            return Poll::Ready(Err(shed_error()));
+        }
+        Pin::new(&mut this.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.ticket.poll_shed(cx).is_ready() {
+            return Poll::Ready(Err(shed_error()));
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,197 @@
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use super::*;
+
+fn admission(connections: usize, per_listener: usize, per_address: usize) -> Arc<Admission> {
+    Admission::new(
+        Limits {
+            connections,
+            unidentified_per_listener: per_listener,
+            unidentified_per_address: per_address,
+            handshakes_per_listener: 2,
+        },
+        Arc::new(Metrics::unexported()),
+    )
+}
+
+fn ip(last: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
+}
+
+fn shed_count(admission: &Admission, front: Front, reason: ShedReason) -> u64 {
+    admission
+        .metrics
+        .connections_shed
+        .with_label_values(&[front.label(), reason.label()])
+        .get()
+}
+
+fn gauge(admission: &Admission, front: Front, state: State) -> i64 {
+    admission
+        .metrics
+        .connections
+        .with_label_values(&[front.label(), state.label()])
+        .get()
+}
+
+#[test]
+fn a_full_budget_sheds_the_oldest_idle_connection_before_any_other() {
+    let admission = admission(3, 100, 0);
+    let unidentified = admission.admit(Front::Https, ip(2)).unwrap();
+    unidentified.advance(State::Unidentified);
+    let oldest_idle = admission.admit(Front::Dips, ip(3)).unwrap();
+    let newer_idle = admission.admit(Front::Https, ip(4)).unwrap();
+
+    let newcomer = admission.admit(Front::Https, ip(1)).unwrap();
+
+    assert!(
+        oldest_idle.is_shed(),
+        "the oldest idle connection makes room"
+    );
+    assert!(!unidentified.is_shed() && !newer_idle.is_shed() && !newcomer.is_shed());
+    assert_eq!(
+        shed_count(&admission, Front::Dips, ShedReason::Descriptors),
+        1
+    );
+    // The shed connection still holds its descriptor until its task drops it.
+    assert_eq!(admission.open(), 4);
+    drop(oldest_idle);
+    assert_eq!(admission.open(), 3);
+}
+
+#[test]
+fn identified_connections_are_never_shed_and_a_newcomer_is_refused_instead() {
+    let admission = admission(2, 100, 0);
+    let first = admission.admit(Front::Dips, ip(1)).unwrap();
+    first.advance(State::Handshake);
+    first.advance(State::Identified);
+    let second = admission.admit(Front::Https, ip(1)).unwrap();
+    second.advance(State::Handshake);
+    second.advance(State::Identified);
+
+    assert_eq!(
+        admission.admit(Front::Https, ip(9)).err(),
+        Some(ShedReason::Descriptors)
+    );
+    assert!(!first.is_shed() && !second.is_shed());
+    assert_eq!(gauge(&admission, Front::Https, State::Identified), 1);
+}
+
+#[test]
+fn the_shed_order_is_idle_then_unidentified_then_handshake() {
+    let admission = admission(3, 100, 0);
+    let handshake = admission.admit(Front::Https, ip(2)).unwrap();
+    handshake.advance(State::Handshake);
+    let unidentified = admission.admit(Front::Https, ip(3)).unwrap();
+    unidentified.advance(State::Unidentified);
+    let idle = admission.admit(Front::Https, ip(4)).unwrap();
+
+    let a = admission.admit(Front::Https, ip(5)).unwrap();
+    assert!(idle.is_shed() && !unidentified.is_shed() && !handshake.is_shed());
+    a.advance(State::Identified);
+    drop(idle);
+    let b = admission.admit(Front::Https, ip(6)).unwrap();
+    assert!(unidentified.is_shed() && !handshake.is_shed());
+    b.advance(State::Identified);
+    drop(unidentified);
+    let _c = admission.admit(Front::Https, ip(7)).unwrap();
+    assert!(handshake.is_shed());
+}
+
+#[test]
+fn a_listener_full_of_unidentified_connections_sheds_only_its_own() {
+    let admission = admission(100, 2, 0);
+    let other_listener = admission.admit(Front::Dips, ip(2)).unwrap();
+    let first = admission.admit(Front::Https, ip(3)).unwrap();
+    let second = admission.admit(Front::Https, ip(4)).unwrap();
+
+    let _third = admission.admit(Front::Https, ip(5)).unwrap();
+
+    assert!(first.is_shed() && !second.is_shed() && !other_listener.is_shed());
+    assert_eq!(
+        shed_count(&admission, Front::Https, ShedReason::UnidentifiedLimit),
+        1
+    );
+}
+
+#[test]
+fn the_per_address_cap_refuses_idle_and_unidentified_but_not_handshakes() {
+    let admission = admission(100, 100, 2);
+    let idle = admission.admit(Front::Https, ip(2)).unwrap();
+    let unidentified = admission.admit(Front::Https, ip(2)).unwrap();
+    unidentified.advance(State::Handshake);
+    unidentified.advance(State::Unidentified);
+    assert_eq!(
+        admission.admit(Front::Https, ip(2)).err(),
+        Some(ShedReason::AddressLimit)
+    );
+    // Another address is not affected.
+    let _other = admission.admit(Front::Https, ip(3)).unwrap();
+
+    // A connection that moved on to its handshake no longer counts.
+    idle.advance(State::Handshake);
+    let in_handshake = admission.admit(Front::Https, ip(2)).unwrap();
+    in_handshake.advance(State::Handshake);
+    let _again = admission.admit(Front::Https, ip(2)).unwrap();
+    assert_eq!(
+        shed_count(&admission, Front::Https, ShedReason::AddressLimit),
+        1
+    );
+}
+
+#[test]
+fn gauges_follow_every_transition_and_return_to_zero() {
+    let admission = admission(100, 100, 0);
+    let ticket = admission.admit(Front::Metrics, ip(1)).unwrap();
+    assert_eq!(gauge(&admission, Front::Metrics, State::Idle), 1);
+    ticket.advance(State::Unidentified);
+    assert_eq!(gauge(&admission, Front::Metrics, State::Idle), 0);
+    assert_eq!(gauge(&admission, Front::Metrics, State::Unidentified), 1);
+    let shed = admission.admit(Front::Metrics, ip(1)).unwrap();
+    shed.shed(ShedReason::IdleTimeout);
+    assert_eq!(gauge(&admission, Front::Metrics, State::Idle), 0);
+    drop((ticket, shed));
+    for state in State::ALL {
+        assert_eq!(gauge(&admission, Front::Metrics, state), 0);
+    }
+    assert_eq!(admission.open(), 0);
+}
+
+#[tokio::test]
+async fn closing_sheds_connections_before_their_handshake_and_refuses_new_ones() {
+    let admission = admission(100, 100, 0);
+    let idle = admission.admit(Front::Https, ip(1)).unwrap();
+    let identified = admission.admit(Front::Dips, ip(1)).unwrap();
+    identified.advance(State::Identified);
+
+    admission.close();
+    admission.closing().await;
+
+    assert!(idle.is_shed() && !identified.is_shed());
+    assert_eq!(
+        admission.admit(Front::Https, ip(1)).err(),
+        Some(ShedReason::Shutdown)
+    );
+    drop(idle);
+    let drained = {
+        let admission = admission.clone();
+        tokio::spawn(async move { admission.drain(Duration::from_secs(30)).await })
+    };
+    tokio::task::yield_now().await;
+    drop(identified);
+    tokio::time::timeout(Duration::from_secs(5), drained)
+        .await
+        .expect("the drain ends when the last connection closes")
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_that_outlasts_its_grace_sheds_every_connection() {
+    let admission = admission(100, 100, 0);
+    let identified = admission.admit(Front::Dips, ip(1)).unwrap();
+    identified.advance(State::Identified);
+    admission.close();
+    admission.drain(Duration::from_secs(1)).await;
+    assert!(identified.is_shed());
+}
