@@ -19,7 +19,7 @@ fn dn(name: &str) -> String {
     format!("/C=ch/O=DIRAC/OU=Test/CN={name}")
 }
 
-fn proxy(user: &str, group: &str) -> CertifiedKey {
+pub fn proxy(user: &str, group: &str) -> CertifiedKey {
     TestPki::shared().proxy(&dn(user), ProxyKind::Rfc3820, Some(group))
 }
 
@@ -262,12 +262,12 @@ fn https_extra_credentials_identify_hosts_and_forwarded_users() {
 }
 
 /// A DISET client: one TLS connection, frames of `<len>:<payload>`.
-struct Diset {
+pub struct Diset {
     stream: openssl::ssl::SslStream<TcpStream>,
 }
 
 impl Diset {
-    fn connect(port: u16, credential: Option<&CertifiedKey>) -> Result<Self, String> {
+    pub fn connect(port: u16, credential: Option<&CertifiedKey>) -> Result<Self, String> {
         let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let stream = crate::client::connector(credential)
             .connect("127.0.0.1", tcp)
@@ -275,22 +275,28 @@ impl Diset {
         Ok(Self { stream })
     }
 
-    fn send(&mut self, payload: &[u8]) {
+    pub fn send(&mut self, payload: &[u8]) {
         self.try_send(payload).unwrap();
     }
 
-    fn try_send(&mut self, payload: &[u8]) -> std::io::Result<()> {
+    pub fn try_send(&mut self, payload: &[u8]) -> std::io::Result<()> {
         let mut frame = format!("{}:", payload.len()).into_bytes();
         frame.extend_from_slice(payload);
         self.stream.write_all(&frame)
     }
 
-    fn send_raw(&mut self, bytes: &[u8]) {
+    pub fn try_send_keep_alive(&mut self, payload: &[u8]) -> std::io::Result<()> {
+        let mut frame = format!("dka{}:", payload.len()).into_bytes();
+        frame.extend_from_slice(payload);
+        self.stream.write_all(&frame)
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).unwrap();
     }
 
     /// The next frame, `dka` prefix included; None when the server closed the connection.
-    fn receive(&mut self) -> Option<Vec<u8>> {
+    pub fn receive(&mut self) -> Option<Vec<u8>> {
         let mut header = Vec::new();
         let mut byte = [0u8; 1];
         loop {
@@ -312,14 +318,14 @@ impl Diset {
         Some(frame)
     }
 
-    fn receive_json(&mut self) -> Value {
+    pub fn receive_json(&mut self) -> Value {
         let frame = self.receive().expect("a reply");
         serde_json::from_slice(&frame)
             .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&frame)))
     }
 }
 
-fn proposal(method: &str, extra: &str) -> String {
+pub fn proposal(method: &str, extra: &str) -> String {
     format!(
         r#"{{"OK": true, "Value": [["Framework/TokenManager", "Test", "dteam"], ["RPC", "{method}"], {extra}, "9.1.22"]}}"#
     )

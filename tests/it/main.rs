@@ -9,6 +9,7 @@ mod pki;
 mod process;
 mod support;
 
+mod admission;
 mod api;
 mod cli;
 mod configuration_server;

@@ -34,7 +34,8 @@ fn promtool_check(exposition: &str) -> (bool, String) {
     (output.status.success(), text)
 }
 
-fn sample(exposition: &str, series: &str) -> Option<f64> {
+/// The value of `series` (its name and labels as exposed) in a Prometheus text exposition.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
     exposition
         .lines()
         .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))

@@ -1,0 +1,362 @@
+//! Connection admission on a small scale, in the service's process: idle sockets closed, DISET
+//! slots taken only after a verified handshake, the oldest unidentified connection shed for a
+//! newcomer, the per-address cap, small and quick bodies for anonymous callers, keep-alive frames
+//! bounded. The flood at scale runs against the release binary in its own CI stage
+//! (tests/flood/run.sh), where it cannot disturb the other tests.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokenmanager::config::Backend;
+
+use crate::app::TestApp;
+use crate::client::{Client, FORM, Request, connector, form_encode, http_get};
+use crate::dirac::{Diset, proposal, proxy};
+use crate::metrics::sample;
+use crate::process;
+use crate::support::TestDb;
+
+/// A TCP connection from `source` (127.0.0.x) that sends nothing.
+fn idle_socket(port: u16, source: u8) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let source = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, 0, source)), 0);
+    socket.bind(&source.into()).unwrap();
+    let server = SocketAddr::from(([127, 0, 0, 1], port));
+    socket.connect(&server.into()).unwrap();
+    socket.into()
+}
+
+/// How the server treats a socket within `wait`: Some(elapsed) once it closed it, None if still
+/// open.
+fn closed_within(socket: &mut TcpStream, wait: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    socket.set_read_timeout(Some(wait)).unwrap();
+    let mut byte = [0u8; 1];
+    match socket.read(&mut byte) {
+        Ok(0) => Some(started.elapsed()),
+        Ok(_) => panic!("the server sent data to a socket that sent nothing"),
+        Err(error)
+            if matches!(
+                error.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        // Reset: closed with unread data, still closed.
+        Err(_) => Some(started.elapsed()),
+    }
+}
+
+fn shed(app: &TestApp, listener: &str, reason: &str) -> f64 {
+    let (_, exposition) = http_get(app.metrics, "/metrics");
+    sample(
+        &exposition,
+        &format!(
+            r#"tokenmanager_connections_shed_total{{listener="{listener}",reason="{reason}"}}"#
+        ),
+    )
+    .unwrap_or_else(|| panic!("no shed series for {listener} {reason}"))
+}
+
+fn dirac_ping(app: &TestApp) -> u16 {
+    let who = proxy("full", "g_full");
+    let body = form_encode(&[("method", "ping"), ("args", "[]")]);
+    let request = Request::post("/Framework/TokenManager").body(FORM, body);
+    let reply = Client::with_certificate(&who).call(app.https, &request);
+    reply.status().unwrap_or(0)
+}
+
+fn diset_echo(app: &TestApp) -> serde_json::Value {
+    let who = proxy("full", "g_full");
+    let mut diset = Diset::connect(app.dips, Some(&who)).unwrap();
+    diset.send(proposal("echo", r#""""#).as_bytes());
+    assert_eq!(diset.receive_json(), json!({"OK": true, "Value": null}));
+    diset.send(br#"{"OK": true, "Value": ["through"]}"#);
+    diset.receive_json()
+}
+
+#[test]
+fn a_socket_that_sends_nothing_is_closed_after_first_byte_timeout_on_every_listener() {
+    let db = TestDb::new(Backend::Sqlite);
+    let app = process::spawn_app(&db, "FirstByteTimeout = 1\nHandshakeTimeout = 30");
+    for (listener, port) in [
+        ("https", app.https),
+        ("dips", app.dips),
+        ("metrics", app.metrics),
+    ] {
+        let mut socket = idle_socket(port, 1);
+        let closed = closed_within(&mut socket, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("the idle {listener} socket is still open after 10 s"));
+        assert!(
+            closed >= Duration::from_millis(800),
+            "{listener}: closed after {closed:?}, before FirstByteTimeout"
+        );
+        assert!(shed(&app, listener, "idle_timeout") >= 1.0, "{listener}");
+    }
+}
+
+#[test]
+fn idle_sockets_do_not_hold_the_diset_slots_of_callers_with_certificates() {
+    let db = TestDb::new(Backend::Sqlite);
+    let app = process::spawn_app(
+        &db,
+        "MaxThreads = 1\nFirstByteTimeout = 60\nHandshakeTimeout = 60",
+    );
+    // Before, each of these took a MaxThreads slot before its handshake and kept it for
+    // HandshakeTimeout.
+    let _idle: Vec<TcpStream> = (0..20).map(|_| idle_socket(app.dips, 2)).collect();
+    let started = Instant::now();
+    assert_eq!(diset_echo(&app), json!({"OK": true, "Value": "through"}));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the call waited {:?} behind idle sockets",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_diset_call_that_finds_no_free_slot_in_queue_timeout_is_answered_busy() {
+    let db = TestDb::new(Backend::Sqlite);
+    let app = process::spawn_app(&db, "MaxThreads = 1\nQueueTimeout = 1\nPacketTimeout = 30");
+    let who = proxy("full", "g_full");
+    // Handshaken and silent: it holds the only slot for PacketTimeout.
+    let _holder = Diset::connect(app.dips, Some(&who)).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let mut waiting = Diset::connect(app.dips, Some(&who)).unwrap();
+    waiting.send(proposal("echo", r#""""#).as_bytes());
+    let reply = waiting.receive_json();
+    assert_eq!(reply["OK"], false, "{reply}");
+    assert!(
+        reply["Message"].as_str().unwrap().contains("Service busy"),
+        "{reply}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(waiting.receive(), None, "closed after the refusal");
+    assert!(shed(&app, "dips", "queue_timeout") >= 1.0);
+}
+
+#[test]
+fn keep_alive_frames_cannot_stand_in_for_the_proposal() {
+    let db = TestDb::new(Backend::Sqlite);
+    let app = process::spawn_app(&db, "PacketTimeout = 30");
+    let who = proxy("full", "g_full");
+    let mut diset = Diset::connect(app.dips, Some(&who)).unwrap();
+    let ping = br#"{"OK": true, "Value": {"id": "abc0", "kaping": true}}"#;
+    let mut pongs = 0;
+    for _ in 0..10 {
+        if diset.try_send_keep_alive(ping).is_err() || diset.receive().is_none() {
+            break;
+        }
+        pongs += 1;
+    }
+    assert_eq!(
+        pongs, 4,
+        "four pings are answered, then the peer is dropped"
+    );
+}
+
+#[test]
+fn a_full_listener_sheds_its_oldest_unidentified_connection_for_a_newcomer() {
+    let db = TestDb::new(Backend::Sqlite);
+    let app = process::spawn_app(
+        &db,
+        "MaxUnidentifiedConnections = 5\nMaxUnidentifiedPerAddress = 0\nFirstByteTimeout = 60",
+    );
+    let mut idle: Vec<TcpStream> = (0..5).map(|_| idle_socket(app.https, 3)).collect();
+    // Accepted in order: let the server see them all before the newcomer.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(dirac_ping(&app), 200, "the identified caller gets through");
+    assert!(
+        closed_within(&mut idle[0], Duration::from_secs(5)).is_some(),
+        "the oldest idle socket made room"
+    );
+    for socket in &mut idle[2..] {
+        assert_eq!(
+            closed_within(socket, Duration::from_millis(200)),
+            None,
+            "only the oldest are shed"
+        );
+    }
+    assert!(shed(&app, "https", "unidentified_limit") >= 1.0);
+}
+
+#[test]
+fn one_address_cannot_hold_more_than_its_share_of_idle_connections() {
+    let db = TestDb::new(Backend::Sqlite);
+    let app = process::spawn_app(&db, "MaxUnidentifiedPerAddress = 3\nFirstByteTimeout = 60");
+    let mut held: Vec<TcpStream> = (0..3).map(|_| idle_socket(app.https, 4)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut refused = idle_socket(app.https, 4);
+    assert!(
+        closed_within(&mut refused, Duration::from_secs(5)).is_some(),
+        "the fourth idle socket from one address is closed at once"
+    );
+    let mut other_address = idle_socket(app.https, 5);
+    assert_eq!(
+        closed_within(&mut other_address, Duration::from_millis(300)),
+        None
+    );
+    for socket in &mut held {
+        assert_eq!(closed_within(socket, Duration::from_millis(100)), None);
+    }
+    assert!(shed(&app, "https", "address_limit") >= 1.0);
+    assert_eq!(
+        dirac_ping(&app),
+        200,
+        "callers with certificates are not affected"
+    );
+}
+
+/// A TLS connection without a client certificate that sends `head` then `body`, and the status
+/// of the reply.
+fn anonymous_post(app: &TestApp, content_length: usize, body: &[u8]) -> (u16, Duration) {
+    let tcp = TcpStream::connect(("127.0.0.1", app.https)).unwrap();
+    let mut tls = connector(None).connect("127.0.0.1", tcp).unwrap();
+    let head = format!(
+        "POST /Framework/TokenManager HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {FORM}\r\nContent-Length: {content_length}\r\n\r\n"
+    );
+    tls.write_all(head.as_bytes()).unwrap();
+    tls.write_all(body).unwrap();
+    let started = Instant::now();
+    tls.get_ref()
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut reply = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tls.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => reply.extend_from_slice(&buffer[..n]),
+        }
+    }
+    let status = String::from_utf8_lossy(&reply)
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, started.elapsed())
+}
+
+#[test]
+fn callers_without_credentials_get_a_small_body_and_a_short_deadline() {
+    let db = TestDb::new(Backend::Sqlite);
+    let app = process::spawn_app(
+        &db,
+        "AnonymousMaxBodyBytes = 1000\nAnonymousBodyTimeout = 1\nMaxBodyBytes = 100000",
+    );
+    let (status, _) = anonymous_post(&app, 100_000, b"method=ping");
+    assert_eq!(status, 413, "a large announced body is refused");
+
+    let (status, waited) = anonymous_post(&app, 500, b"method=ping&args=");
+    assert_eq!(status, 408, "a body that stops coming is cut off");
+    assert!(
+        waited < Duration::from_secs(5),
+        "cut off after {waited:?}, not after AnonymousBodyTimeout"
+    );
+
+    // The same size is fine for a caller with a certificate.
+    let who = proxy("full", "g_full");
+    let padding = "x".repeat(20_000);
+    let body = form_encode(&[("method", "ping"), ("args", "[]"), ("padding", &padding)]);
+    let request = Request::post("/Framework/TokenManager").body(FORM, body);
+    let reply = Client::with_certificate(&who).call(app.https, &request);
+    assert_eq!(reply.status(), Some(200), "{reply:?}");
+}
+
+#[test]
+fn a_spent_descriptor_budget_sheds_the_oldest_idle_connection_for_a_newcomer() {
+    let db = TestDb::new(Backend::Sqlite);
+    // A reserve above any limit leaves clients the minimum budget, 64 connections.
+    let app = process::spawn_app(
+        &db,
+        "DescriptorReserve = 4000000000\nMaxUnidentifiedPerAddress = 0\nFirstByteTimeout = 60",
+    );
+    let (_, exposition) = http_get(app.metrics, "/metrics");
+    assert_eq!(
+        sample(&exposition, "tokenmanager_connection_budget"),
+        Some(64.0)
+    );
+    let mut idle: Vec<TcpStream> = (0..70).map(|_| idle_socket(app.dips, 6)).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(diset_echo(&app), json!({"OK": true, "Value": "through"}));
+    assert!(
+        closed_within(&mut idle[0], Duration::from_secs(5)).is_some(),
+        "the oldest idle socket made room"
+    );
+    assert_eq!(
+        closed_within(&mut idle[69], Duration::from_millis(200)),
+        None,
+        "the newest idle socket is kept"
+    );
+    assert!(shed(&app, "dips", "descriptors") >= 7.0);
+}
+
+/// Lowers both open-file limits of the spawned `serve` to `limit`.
+fn with_open_file_limit(command: &mut std::process::Command, limit: u64) {
+    let lowered = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: setrlimit is async-signal-safe, and `lowered` is a valid rlimit.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command, move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+#[test]
+fn out_of_descriptors_the_accept_loops_back_off_log_once_and_recover() {
+    let db = TestDb::new(Backend::Sqlite);
+    // No reserve: admission lets clients take every descriptor, so accept itself fails.
+    let config = process::configure(
+        &db,
+        "DescriptorReserve = 0\nMaxUnidentifiedPerAddress = 0\nFirstByteTimeout = 60",
+    );
+    let mut server =
+        process::ServeProcess::spawn_with(&config, |command| with_open_file_limit(command, 160));
+    let flood: Vec<TcpStream> = (0..250).map(|_| idle_socket(server.https, 7)).collect();
+    server.wait_for_log("accepting connections fails");
+    std::thread::sleep(Duration::from_secs(2));
+    let reports = |server: &process::ServeProcess| {
+        server
+            .log()
+            .lines()
+            .filter(|line| line.contains("accepting connections fails"))
+            .count()
+    };
+    assert_eq!(
+        reports(&server),
+        1,
+        "one line, not one per attempt:\n{}",
+        server.log()
+    );
+
+    drop(flood);
+    let who = proxy("full", "g_full");
+    let body = form_encode(&[("method", "ping"), ("args", "[]")]);
+    let request = Request::post("/Framework/TokenManager").body(FORM, body);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = Client::with_certificate(&who)
+            .timeout(Duration::from_secs(5))
+            .call(server.https, &request);
+        if reply.status() == Some(200) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after the flood: {reply:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(reports(&server), 1);
+}
