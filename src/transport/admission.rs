@@ -186,21 +186,27 @@ struct Member {
     slot: Arc<Slot>,
 }
 
-/// What the connection's task and admission share: the shed flag and who to wake.
+/// What the connection's task and admission share: the shed flag, why, and who to wake.
 #[derive(Default)]
 struct Slot {
     shed: AtomicBool,
+    reason: AtomicU8,
     waker: AtomicWaker,
 }
 
 impl Slot {
-    fn shed(&self) {
+    fn shed(&self, reason: ShedReason) {
+        self.reason.store(reason as u8, Ordering::Relaxed);
         self.shed.store(true, Ordering::Release);
         self.waker.wake();
     }
 
     fn is_shed(&self) -> bool {
         self.shed.load(Ordering::Acquire)
+    }
+
+    fn reason(&self) -> ShedReason {
+        ShedReason::ALL[usize::from(self.reason.load(Ordering::Relaxed))]
     }
 }
 
@@ -322,7 +328,7 @@ impl Admission {
         reason: ShedReason,
     ) {
         if let Some(member) = self.leave(inner, front, state, id) {
-            member.slot.shed();
+            member.slot.shed(reason);
             self.count_shed(front, reason);
         }
     }
@@ -560,7 +566,7 @@ impl Admitted<TcpStream> {
         let mut byte = [0u8; 1];
         let readable = std::future::poll_fn(|cx| {
             if self.ticket.poll_shed(cx).is_ready() {
-                return Poll::Ready(Err(ShedReason::Descriptors));
+                return Poll::Ready(Err(self.ticket.slot.reason()));
             }
             // A peek, not read readiness, which may be reported before any byte is there.
             let mut buffer = ReadBuf::new(&mut byte);
@@ -587,7 +593,7 @@ impl Admitted<TcpStream> {
         let admission = &self.ticket.admission;
         match tokio::time::timeout_at(deadline, admission.handshake_slot(&self.ticket)).await {
             Ok(Some(permit)) => Ok(permit),
-            Ok(None) => Err(ShedReason::Descriptors),
+            Ok(None) => Err(self.ticket.slot.reason()),
             Err(_) => {
                 self.ticket.shed(ShedReason::HandshakeTimeout);
                 Err(ShedReason::HandshakeTimeout)

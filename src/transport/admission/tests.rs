@@ -195,3 +195,14 @@ async fn a_drain_that_outlasts_its_grace_sheds_every_connection() {
     admission.drain(Duration::from_secs(1)).await;
     assert!(identified.is_shed());
 }
+
+#[test]
+fn a_shed_connection_knows_why() {
+    for (index, reason) in ShedReason::ALL.into_iter().enumerate() {
+        assert_eq!(reason as usize, index, "ShedReason::ALL follows the declaration");
+    }
+    let admission = admission(1, 100, 0);
+    let oldest = admission.admit(Front::Https, ip(1)).unwrap();
+    let _newcomer = admission.admit(Front::Https, ip(2)).unwrap();
+    assert_eq!(oldest.slot.reason(), ShedReason::Descriptors);
+}
