@@ -198,6 +198,12 @@ impl Connector {
     /// session was resumed.
     pub async fn connect(&self) -> Result<(Stream, bool), CallError> {
         let tcp = self.connect_tcp().await?;
+        self.handshake(tcp).await
+    }
+
+    /// Completes the TLS handshake, if any, on a TCP connection opened elsewhere (e.g. from a
+    /// chosen source address); returns whether the TLS session was resumed.
+    pub async fn handshake(&self, tcp: TcpStream) -> Result<(Stream, bool), CallError> {
         // Nagle would add up to 40 ms to small request/response exchanges.
         tcp.set_nodelay(true).map_err(CallError::Connect)?;
         let Some(tls) = &self.tls else {

@@ -480,6 +480,21 @@ pub fn run(
     Ok(run)
 }
 
+/// One call on a new connection, closed afterwards (whatever the request's keep-alive): what a
+/// DIRAC client does, and what the flood's identified callers time.
+pub async fn call_once(connector: &Arc<Connector>, request: &Request) -> Result<(), CallError> {
+    let mut caller = Caller {
+        connector: Arc::clone(connector),
+        progress: None,
+        conn: None,
+    };
+    let result = caller.exchange(request, &mut ConnEvents::default()).await;
+    if let Some(conn) = caller.conn.take() {
+        conn.stream.close().await;
+    }
+    result
+}
+
 /// Opens every caller's connection at once; the failures' messages.
 async fn connect_all(callers: &mut [Caller]) -> Vec<String> {
     let tasks: Vec<_> = callers

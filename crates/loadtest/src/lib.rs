@@ -39,6 +39,7 @@
 pub mod connect;
 mod encode;
 pub mod engine;
+pub mod flood;
 pub mod http;
 mod report;
 mod wire;
@@ -508,6 +509,13 @@ impl Plan {
             },
         })
     }
+}
+
+/// The connector and the request a run of `args` would use, without running it: for tools that
+/// drive the calls themselves (the flood's identified callers and bursts).
+pub fn prepare(args: &LoadtestArgs) -> Result<(Arc<Connector>, Request), LoadtestError> {
+    let plan = Plan::new(args)?;
+    Ok((plan.load.connector, plan.scenario.request))
 }
 
 /// A POST as DIRAC's Python clients send it.
