@@ -781,11 +781,13 @@ pub fn print_summary(r: &FloodReport, out: &mut dyn Write) -> std::io::Result<()
                 writeln!(out, "      error: {sample}")?;
             }
         }
+        let at_limit = r.server.fd_limit.is_some_and(|l| f.during.fds >= l);
         writeln!(
             out,
-            "server during the flood: RSS max {}, descriptors max {}",
+            "server during the flood: RSS max {}, descriptors max {}{}",
             mib(f.during.rss_kb),
-            f.during.fds
+            f.during.fds,
+            if at_limit { " (AT ITS LIMIT)" } else { "" }
         )?;
         let when = |t: Option<f64>| t.map_or("not back".into(), |t| format!("back after {t:.1} s"));
         writeln!(
