@@ -131,7 +131,7 @@ pub const SERVICE_OPTIONS: &[KnownOption] = {
         known("FirstByteTimeout", O, true, "seconds a new connection has to send its first byte"),
         known("MaxConcurrentHandshakes", O, true, "TLS handshakes running at once per listener"),
         known("MaxUnidentifiedConnections", O, true, "connections without a verified certificate per listener"),
-        known("MaxUnidentifiedPerAddress", O, true, "idle or unidentified connections from one address"),
+        known("MaxUnidentifiedPerAddress", O, true, "connections without a verified certificate from one address"),
         known("DescriptorReserve", O, true, "file descriptors kept back from client connections"),
         known("KeepAliveTimeout", O, true, "seconds an idle HTTP keep-alive connection is kept"),
         known("RequestHeadTimeout", O, true, "seconds an HTTP client has to send a request head"),

@@ -95,11 +95,12 @@ impl State {
         Self::ALL[usize::from(index)]
     }
 
-    /// States counted against the per-address cap: a peer that has not sent a byte, or has
-    /// finished TLS without proving who it is. A real client in a burst waits in `Handshake`
-    /// and does not count.
+    /// The state counted against the per-address cap: connections that finished TLS without
+    /// proving who they are, the costly kind (their TLS state and buffers). Idle sockets are
+    /// not counted: a burst of real clients behind one address is idle for a moment, until the
+    /// server reads their ClientHello; silent ones go at `FirstByteTimeout` or by shedding.
     fn counts_per_address(self) -> bool {
-        matches!(self, Self::Idle | Self::Unidentified)
+        self == Self::Unidentified
     }
 }
 
@@ -111,7 +112,7 @@ pub enum ShedReason {
     Descriptors,
     /// The listener held its maximum of unidentified connections.
     UnidentifiedLimit,
-    /// The peer's address held its maximum of idle or unidentified connections.
+    /// The peer's address held its maximum of unidentified connections.
     AddressLimit,
     /// No byte within `FirstByteTimeout`.
     IdleTimeout,
@@ -155,7 +156,7 @@ pub struct Limits {
     pub connections: usize,
     /// Connections of one listener that are not identified.
     pub unidentified_per_listener: usize,
-    /// Idle or unidentified connections from one address; 0 for no cap.
+    /// Unidentified connections from one address; 0 for no cap.
     pub unidentified_per_address: usize,
     /// TLS handshakes running at once on one listener; the others wait for a slot.
     pub handshakes_per_listener: usize,
