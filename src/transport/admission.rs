@@ -245,10 +245,6 @@ impl Admission {
         })
     }
 
-    pub fn limits(&self) -> Limits {
-        self.limits
-    }
-
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic elsewhere with the lock held leaves consistent maps: every update is one
         // insert or remove.
@@ -386,30 +382,9 @@ impl Admission {
     pub fn close(&self) {
         let mut inner = self.lock();
         inner.closing = true;
-        for front in Front::ALL {
-            for state in [State::Idle, State::Handshake] {
-                let ids: Vec<u64> = inner.connections[front.index()][state.index()]
-                    .keys()
-                    .copied()
-                    .collect();
-                for id in ids {
-                    self.shed_member(&mut inner, front, state, id, ShedReason::Shutdown);
-                }
-            }
-        }
+        self.shed_all(&mut inner, &[State::Idle, State::Handshake]);
         drop(inner);
         self.changed.notify_waiters();
-    }
-
-    /// Resolves once [`Admission::close`] was called.
-    pub async fn closing(&self) {
-        loop {
-            let notified = self.changed.notified();
-            if self.lock().closing {
-                return;
-            }
-            notified.await;
-        }
     }
 
     /// Waits until every connection has closed, at most `grace`; then sheds those left.
@@ -424,16 +399,20 @@ impl Admission {
             }
         };
         if tokio::time::timeout(grace, all_closed).await.is_err() {
-            let mut inner = self.lock();
-            for front in Front::ALL {
-                for state in State::ALL {
-                    let ids: Vec<u64> = inner.connections[front.index()][state.index()]
-                        .keys()
-                        .copied()
-                        .collect();
-                    for id in ids {
-                        self.shed_member(&mut inner, front, state, id, ShedReason::Shutdown);
-                    }
+            self.shed_all(&mut self.lock(), &State::ALL);
+        }
+    }
+
+    /// Sheds every connection in one of `states`, on every listener, for shutdown.
+    fn shed_all(&self, inner: &mut Inner, states: &[State]) {
+        for front in Front::ALL {
+            for &state in states {
+                let ids: Vec<u64> = inner.connections[front.index()][state.index()]
+                    .keys()
+                    .copied()
+                    .collect();
+                for id in ids {
+                    self.shed_member(inner, front, state, id, ShedReason::Shutdown);
                 }
             }
         }
@@ -456,15 +435,7 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    pub fn front(&self) -> Front {
-        self.front
-    }
-
-    pub fn address(&self) -> IpAddr {
-        self.address
-    }
-
-    pub fn state(&self) -> State {
+    fn state(&self) -> State {
         State::from_index(self.state.load(Ordering::Acquire))
     }
 

@@ -307,24 +307,6 @@ fn a_spent_descriptor_budget_sheds_the_oldest_idle_connection_for_a_newcomer() {
     assert!(shed(&app, "dips", "descriptors") >= 7.0);
 }
 
-/// Lowers both open-file limits of the spawned `serve` to `limit`.
-fn with_open_file_limit(command: &mut std::process::Command, limit: u64) {
-    let lowered = libc::rlimit {
-        rlim_cur: limit,
-        rlim_max: limit,
-    };
-    // SAFETY: setrlimit is async-signal-safe, and `lowered` is a valid rlimit.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(command, move || {
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-    }
-}
-
 #[test]
 fn out_of_descriptors_the_accept_loops_back_off_log_once_and_recover() {
     let db = TestDb::new(Backend::Sqlite);
@@ -333,8 +315,9 @@ fn out_of_descriptors_the_accept_loops_back_off_log_once_and_recover() {
         &db,
         "DescriptorReserve = 0\nMaxUnidentifiedPerAddress = 0\nFirstByteTimeout = 60",
     );
-    let mut server =
-        process::ServeProcess::spawn_with(&config, |command| with_open_file_limit(command, 160));
+    let mut server = process::ServeProcess::spawn_with(&config, |command| {
+        process::with_open_file_limit(command, 160, 160)
+    });
     let flood: Vec<TcpStream> = (0..250).map(|_| idle_socket(server.https, 7)).collect();
     server.wait_for_log("accepting connections fails");
     std::thread::sleep(Duration::from_secs(2));

@@ -75,20 +75,7 @@ fn serve_raises_a_lowered_open_file_limit_to_the_hard_one() {
     keyring_for(&db);
     let config = write_config(db.dir.path(), "tm.cfg", &sqlite_section(&db), "");
     let mut server = ServeProcess::spawn_with(&config, |command| {
-        let lowered = libc::rlimit {
-            rlim_cur: LOWERED,
-            rlim_max: hard,
-        };
-        // SAFETY: setrlimit is async-signal-safe, and `lowered` is a valid rlimit.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(command, move || {
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &lowered) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
+        crate::process::with_open_file_limit(command, LOWERED, hard)
     });
 
     let raised = server.wait_for_log("open file limit raised");

@@ -292,3 +292,21 @@ impl Drop for ServeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Sets the open-file limits (`soft`, `hard`) of the process `command` will start.
+pub fn with_open_file_limit(command: &mut Command, soft: u64, hard: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit is async-signal-safe, and `limit` is a valid rlimit.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(command, move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
