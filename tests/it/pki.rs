@@ -22,7 +22,9 @@ impl TestPki {
     pub fn shared() -> &'static TestPki {
         static PKI: OnceLock<TestPki> = OnceLock::new();
         PKI.get_or_init(|| {
-            let dir = tempfile::tempdir().unwrap();
+            // A static is never dropped, so this directory outlives the run: it goes under
+            // cargo's target directory (removed by `cargo clean`), never in /tmp with its keys.
+            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
             let ca = Ca::new("/C=ch/O=DIRAC/CN=Test CA", Validity::from_now(30 * DAY)).unwrap();
             let untrusted = Ca::new(
                 "/C=ch/O=Elsewhere/CN=Other CA",
