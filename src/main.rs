@@ -4,19 +4,20 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 // jemalloc instead of glibc's malloc, whose free/consolidate paths took ~15 % of the server's CPU
-// on the getToken hit path (bench/README.md); it costs ~4 MiB of idle RSS.
+// on the getToken hit path (bench/README.md); it costs ~4 MiB of idle RSS. Its symbols are
+// unprefixed (Cargo.toml), so it also serves the C libraries' malloc: OpenSSL's allocations are
+// most of a TLS connection's memory.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-// jemalloc's options, read at its first allocation (tikv-jemalloc-sys prefixes its symbols, hence
-// `_rjem_`; MALLOC_CONF is read as `_RJEM_MALLOC_CONF` and applies after these). By default a
-// freed page stays dirty for 10 s and is only purged when a later malloc or free of the same
-// arena happens to check the clock: after a burst of connections (each TLS connection is tens of
-// KiB) an idle process can keep its peak RSS indefinitely. A background thread purges on time
-// instead, and dirty pages decay within ~1 s; muzzy_decay_ms:0 (the default, spelt out) then
-// returns them with MADV_DONTNEED at once, since MADV_FREE'd (muzzy) pages would still count in
-// RSS until the kernel is short of memory.
-#[unsafe(export_name = "_rjem_malloc_conf")]
+// jemalloc's options, read at its first allocation (MALLOC_CONF from the environment applies
+// after these). By default a freed page stays dirty for 10 s and is only purged when a later
+// malloc or free of the same arena happens to check the clock: after a burst of connections an
+// idle process can keep its peak RSS indefinitely. A background thread purges on time instead,
+// and dirty pages decay within ~1 s; muzzy_decay_ms:0 (the default, spelt out) then returns them
+// with MADV_DONTNEED at once, since MADV_FREE'd (muzzy) pages would still count in RSS until the
+// kernel is short of memory.
+#[unsafe(export_name = "malloc_conf")]
 static MALLOC_CONF: Option<&std::ffi::c_char> = Some(
     // SAFETY: a pointer to a 'static C string literal, whose first byte is a valid c_char.
     unsafe { &*c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr() },

@@ -93,7 +93,7 @@ fn serve_raises_a_lowered_open_file_limit_to_the_hard_one() {
     assert_eq!(max_fds.parse::<f64>().unwrap(), expected as f64);
 }
 
-/// src/main.rs's `_rjem_malloc_conf` is in force: jemalloc purges on a thread of its own, so an
+/// src/main.rs's `malloc_conf` is in force: jemalloc purges on a thread of its own, so an
 /// idle process gives a burst's memory back.
 #[test]
 fn serve_runs_a_jemalloc_background_thread() {
