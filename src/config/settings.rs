@@ -130,7 +130,7 @@ pub const SERVICE_OPTIONS: &[KnownOption] = {
         known("QueueTimeout", O, true, "seconds a DISET call waits for a MaxThreads slot before it is refused"),
         known("FirstByteTimeout", O, true, "seconds a new connection has to send its first byte"),
         known("MaxConcurrentHandshakes", O, true, "TLS handshakes running at once per listener"),
-        known("MaxUnidentifiedConnections", O, true, "connections without a verified certificate per listener"),
+        known("MaxUnidentifiedConnections", O, true, "connections past their first byte without a verified certificate, per listener"),
         known("MaxUnidentifiedPerAddress", O, true, "connections without a verified certificate from one address"),
         known("DescriptorReserve", O, true, "file descriptors kept back from client connections"),
         known("KeepAliveTimeout", O, true, "seconds an idle HTTP keep-alive connection is kept"),

@@ -5,13 +5,17 @@
 //! in its TLS handshake) → `Identified` (a verified client certificate) or `Unidentified` (TLS
 //! without a certificate, or the plain-HTTP metrics listener).
 //!
-//! Connections that are not identified can be shed to make room: when the descriptor budget is
-//! spent, or a listener holds its maximum of unidentified connections, the oldest idle one goes
-//! first, then the oldest unidentified one, then the oldest still in its handshake — so a client
-//! that holds sockets open without credentials can never keep a new caller out, while a real
-//! client, which sends its ClientHello at once, is past the cheapest class within a round trip.
-//! Identified connections are never shed. A shed connection's I/O fails at its next poll (its
-//! task is woken), which closes it.
+//! Connections that are not identified can be shed to make room. When the descriptor budget is
+//! spent, the oldest idle one goes first, then the oldest unidentified one, then the oldest still
+//! in its handshake — so a client that holds sockets open without credentials can never keep a
+//! new caller out, while a real client, which sends its ClientHello at once, is past the cheapest
+//! class within a round trip. When a listener holds its maximum of connections that have sent
+//! bytes without proving who they are (those in their handshake and those without a certificate:
+//! the ones that cost TLS state and buffers), the next one sheds the oldest of them, unidentified
+//! first. Idle sockets are bounded by the budget alone: a cap below it would leave an attacker's
+//! surplus in the kernel's accept queue, where it crowds out real clients' connections before
+//! admission ever sees them. Identified connections are never shed. A shed connection's I/O fails
+//! at its next poll (its task is woken), which closes it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -74,8 +78,11 @@ impl State {
         Self::Unidentified,
         Self::Identified,
     ];
-    /// Who goes first when room must be made: the cheapest to lose and the most suspect.
+    /// Who goes first when descriptors must be made room for: the cheapest to lose and the most
+    /// suspect.
     const SHED_ORDER: [Self; 3] = [Self::Idle, Self::Unidentified, Self::Handshake];
+    /// Who goes first when a listener holds its maximum of unidentified connections.
+    const UNIDENTIFIED_SHED_ORDER: [Self; 2] = [Self::Unidentified, Self::Handshake];
 
     /// The `state` label of `tokenmanager_connections`.
     pub fn label(self) -> &'static str {
@@ -93,6 +100,11 @@ impl State {
 
     fn from_index(index: u8) -> Self {
         Self::ALL[usize::from(index)]
+    }
+
+    /// The states counted against a listener's maximum of unidentified connections.
+    fn counts_per_listener(self) -> bool {
+        matches!(self, Self::Handshake | Self::Unidentified)
     }
 
     /// The state counted against the per-address cap: connections that finished TLS without
@@ -154,7 +166,8 @@ pub struct Limits {
     /// Client connections open at once, all listeners together: the descriptors left after the
     /// reserve the service keeps for its database, IdP and log connections.
     pub connections: usize,
-    /// Connections of one listener that are not identified.
+    /// Connections of one listener that have sent bytes but are not identified: in their
+    /// handshake, or finished without a certificate.
     pub unidentified_per_listener: usize,
     /// Unidentified connections from one address; 0 for no cap.
     pub unidentified_per_address: usize,
@@ -269,18 +282,14 @@ impl Admission {
             return refused(ShedReason::AddressLimit);
         }
         if inner.open >= self.limits.connections
-            && !self.shed_oldest(&mut inner, &Front::ALL, ShedReason::Descriptors)
+            && !self.shed_oldest(
+                &mut inner,
+                &Front::ALL,
+                &State::SHED_ORDER,
+                ShedReason::Descriptors,
+            )
         {
             return refused(ShedReason::Descriptors);
-        }
-        let unidentified: usize = State::SHED_ORDER
-            .iter()
-            .map(|state| inner.connections[front.index()][state.index()].len())
-            .sum();
-        if unidentified >= self.limits.unidentified_per_listener
-            && !self.shed_oldest(&mut inner, &[front], ShedReason::UnidentifiedLimit)
-        {
-            return refused(ShedReason::UnidentifiedLimit);
         }
         let id = inner.next_id;
         inner.next_id += 1;
@@ -297,10 +306,16 @@ impl Admission {
         })
     }
 
-    /// Sheds the oldest connection of the cheapest class among `fronts`; false if every one of
-    /// them is identified.
-    fn shed_oldest(&self, inner: &mut Inner, fronts: &[Front], reason: ShedReason) -> bool {
-        for state in State::SHED_ORDER {
+    /// Sheds the oldest connection among `fronts` in the first of `states` that has one; false
+    /// if none has.
+    fn shed_oldest(
+        &self,
+        inner: &mut Inner,
+        fronts: &[Front],
+        states: &[State],
+        reason: ShedReason,
+    ) -> bool {
+        for &state in states {
             let oldest = fronts
                 .iter()
                 .filter_map(|front| {
@@ -449,6 +464,20 @@ impl Ticket {
         let from = self.state();
         if from == to {
             return;
+        }
+        if to.counts_per_listener() && !from.counts_per_listener() {
+            let unidentified: usize = State::UNIDENTIFIED_SHED_ORDER
+                .iter()
+                .map(|state| inner.connections[self.front.index()][state.index()].len())
+                .sum();
+            if unidentified >= admission.limits.unidentified_per_listener {
+                admission.shed_oldest(
+                    &mut inner,
+                    &[self.front],
+                    &State::UNIDENTIFIED_SHED_ORDER,
+                    ShedReason::UnidentifiedLimit,
+                );
+            }
         }
         if admission
             .leave(&mut inner, self.front, from, self.id)

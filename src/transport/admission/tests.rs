@@ -100,19 +100,41 @@ fn the_shed_order_is_idle_then_unidentified_then_handshake() {
 }
 
 #[test]
-fn a_listener_full_of_unidentified_connections_sheds_only_its_own() {
+fn a_listener_full_of_unidentified_connections_sheds_only_its_own_unidentified_first() {
     let admission = admission(100, 2, 0);
     let other_listener = admission.admit(Front::Dips, ip(2)).unwrap();
-    let first = admission.admit(Front::Https, ip(3)).unwrap();
-    let second = admission.admit(Front::Https, ip(4)).unwrap();
+    other_listener.advance(State::Handshake);
+    let handshake = admission.admit(Front::Https, ip(3)).unwrap();
+    handshake.advance(State::Handshake);
+    let unidentified = admission.admit(Front::Https, ip(4)).unwrap();
+    unidentified.advance(State::Handshake);
+    unidentified.advance(State::Unidentified);
 
-    let _third = admission.admit(Front::Https, ip(5)).unwrap();
+    let newcomer = admission.admit(Front::Https, ip(5)).unwrap();
+    assert!(
+        !unidentified.is_shed(),
+        "an idle newcomer does not count yet"
+    );
+    newcomer.advance(State::Handshake);
 
-    assert!(first.is_shed() && !second.is_shed() && !other_listener.is_shed());
+    assert!(unidentified.is_shed() && !handshake.is_shed() && !other_listener.is_shed());
+    let next = admission.admit(Front::Https, ip(6)).unwrap();
+    next.advance(State::Handshake);
+    assert!(handshake.is_shed() && !newcomer.is_shed());
     assert_eq!(
         shed_count(&admission, Front::Https, ShedReason::UnidentifiedLimit),
-        1
+        2
     );
+}
+
+#[test]
+fn idle_connections_are_bounded_by_the_budget_alone() {
+    let admission = admission(100, 2, 0);
+    let idle: Vec<Ticket> = (0..50)
+        .map(|_| admission.admit(Front::Https, ip(2)).unwrap())
+        .collect();
+    assert!(idle.iter().all(|ticket| !ticket.is_shed()));
+    assert_eq!(gauge(&admission, Front::Https, State::Idle), 50);
 }
 
 #[test]
