@@ -15,7 +15,8 @@
 //! first. Idle sockets are bounded by the budget alone: a cap below it would leave an attacker's
 //! surplus in the kernel's accept queue, where it crowds out real clients' connections before
 //! admission ever sees them. Identified connections are never shed. A shed connection's I/O fails
-//! at its next poll (its task is woken), which closes it.
+//! at its next poll (its task is woken), which closes it; until then it keeps its descriptor, so
+//! the accept loops pause while [`SHED_BACKLOG`] shed connections have not closed yet.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -175,6 +176,11 @@ pub struct Limits {
     pub handshakes_per_listener: usize,
 }
 
+/// Shed connections that may still hold their descriptors (their tasks have not run since)
+/// before the accept loops pause: a churn of shed connections would otherwise eat the reserve
+/// the budget leaves for the database and IdP connections.
+const SHED_BACKLOG: usize = 32;
+
 /// The shared state of every connection: see the module documentation.
 pub struct Admission {
     limits: Limits,
@@ -184,11 +190,16 @@ pub struct Admission {
     metrics: Arc<Metrics>,
     /// Woken when the last connection closes, and when shutdown starts.
     changed: Notify,
+    /// Woken when the shed connections still open fall below [`SHED_BACKLOG`].
+    shed_closed: Notify,
 }
 
 struct Inner {
     next_id: u64,
+    /// Tickets alive, shed or not: the descriptors client connections hold.
     open: usize,
+    /// Tickets shed and not yet dropped.
+    shedding: usize,
     /// `[listener][state]`: id → (address, slot), ordered by age.
     connections: [[BTreeMap<u64, Member>; 4]; 3],
     per_address: HashMap<IpAddr, usize>,
@@ -247,6 +258,7 @@ impl Admission {
             inner: Mutex::new(Inner {
                 next_id: 0,
                 open: 0,
+                shedding: 0,
                 connections: Default::default(),
                 per_address: HashMap::new(),
                 closing: false,
@@ -255,6 +267,7 @@ impl Admission {
             gauges,
             metrics,
             changed: Notify::new(),
+            shed_closed: Notify::new(),
         })
     }
 
@@ -306,6 +319,17 @@ impl Admission {
         })
     }
 
+    /// Waits while [`SHED_BACKLOG`] shed connections have not closed yet.
+    pub async fn room(&self) {
+        loop {
+            let closed = self.shed_closed.notified();
+            if self.lock().shedding < SHED_BACKLOG {
+                return;
+            }
+            closed.await;
+        }
+    }
+
     /// Sheds the oldest connection among `fronts` in the first of `states` that has one; false
     /// if none has.
     fn shed_oldest(
@@ -340,6 +364,7 @@ impl Admission {
         reason: ShedReason,
     ) {
         if let Some(member) = self.leave(inner, front, state, id) {
+            inner.shedding += 1;
             member.slot.shed(reason);
             self.count_shed(front, reason);
         }
@@ -533,7 +558,12 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let admission = &self.admission;
         let mut inner = admission.lock();
-        if !self.slot.is_shed() {
+        if self.slot.is_shed() {
+            inner.shedding -= 1;
+            if inner.shedding == SHED_BACKLOG - 1 {
+                admission.shed_closed.notify_waiters();
+            }
+        } else {
             admission.leave(&mut inner, self.front, self.state(), self.id);
         }
         inner.open -= 1;

@@ -1,7 +1,8 @@
 //! The accept loops of the listeners: one per listener on every worker arbiter (actix's threads,
 //! so that handlers can start refresh actors). Each accepted socket gets its admission ticket
-//! before anything else is spent on it; accept errors (out of descriptors, typically) back off
-//! and are logged once a minute, not once per attempt.
+//! before anything else is spent on it, and the loops wait while shed connections have not closed
+//! yet (their descriptors are still taken); accept errors (out of descriptors, typically) back
+//! off and are logged once a minute, not once per attempt.
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -138,7 +139,10 @@ async fn accept_loop(
         let accepted = tokio::select! {
             biased;
             _ = stop.wait_for(|stop| *stop) => return,
-            accepted = listener.accept() => accepted,
+            accepted = async {
+                admission.room().await;
+                listener.accept().await
+            } => accepted,
         };
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,

@@ -137,6 +137,33 @@ fn idle_connections_are_bounded_by_the_budget_alone() {
     assert_eq!(gauge(&admission, Front::Https, State::Idle), 50);
 }
 
+#[tokio::test]
+async fn accepting_pauses_while_shed_connections_have_not_closed() {
+    let admission = admission(1, 100, 0);
+    let mut shed = vec![admission.admit(Front::Https, ip(1)).unwrap()];
+    for _ in 0..SHED_BACKLOG {
+        shed.push(admission.admit(Front::Https, ip(1)).unwrap());
+    }
+    let newest = shed.pop().unwrap();
+    assert!(shed.iter().all(Ticket::is_shed) && !newest.is_shed());
+    assert_eq!(admission.open(), SHED_BACKLOG + 1);
+
+    let room = {
+        let admission = admission.clone();
+        tokio::spawn(async move { admission.room().await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !room.is_finished(),
+        "{SHED_BACKLOG} shed connections still hold descriptors"
+    );
+    shed.pop();
+    tokio::time::timeout(Duration::from_secs(5), room)
+        .await
+        .expect("one of them closing makes room")
+        .unwrap();
+}
+
 #[test]
 fn the_per_address_cap_counts_unidentified_connections_only() {
     let admission = admission(100, 100, 2);
