@@ -17,6 +17,12 @@
 //! admission ever sees them. Identified connections are never shed. A shed connection's I/O fails
 //! at its next poll (its task is woken), which closes it; until then it keeps its descriptor, so
 //! the accept loops pause while [`SHED_BACKLOG`] shed connections have not closed yet.
+//!
+//! Handshakes are CPU work, and a flood of ClientHellos without certificates can queue more of
+//! them than the CPUs finish: a real client would wait behind the whole queue. Addresses that
+//! presented a verified certificate within [`KNOWN_ADDRESS_TTL`] have handshake slots of their
+//! own besides the shared ones, so the hosts a service already serves (its agents, pilots and
+//! portal) are not held up by strangers; a host's first connection queues with everyone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -32,6 +38,7 @@ use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use crate::metrics::Metrics;
 
@@ -180,12 +187,19 @@ pub struct Limits {
 /// before the accept loops pause: a churn of shed connections would otherwise eat the reserve
 /// the budget leaves for the database and IdP connections.
 const SHED_BACKLOG: usize = 32;
+/// How long an address stays known after its last identified connection.
+const KNOWN_ADDRESS_TTL: Duration = Duration::from_secs(3600);
+/// Known addresses remembered at most (~50 bytes each); past it, new ones are not recorded
+/// until the expired ones are pruned.
+const KNOWN_ADDRESSES_MAX: usize = 65_536;
 
 /// The shared state of every connection: see the module documentation.
 pub struct Admission {
     limits: Limits,
     inner: Mutex<Inner>,
     handshakes: [Arc<Semaphore>; 3],
+    /// Handshake slots only connections from known addresses take, per listener.
+    known_handshakes: [Arc<Semaphore>; 3],
     gauges: [[IntGauge; 4]; 3],
     metrics: Arc<Metrics>,
     /// Woken when the last connection closes, and when shutdown starts.
@@ -203,7 +217,43 @@ struct Inner {
     /// `[listener][state]`: id → (address, slot), ordered by age.
     connections: [[BTreeMap<u64, Member>; 4]; 3],
     per_address: HashMap<IpAddr, usize>,
+    known: KnownAddresses,
     closing: bool,
+}
+
+/// Addresses that recently presented a verified client certificate.
+#[derive(Default)]
+struct KnownAddresses {
+    last_identified: HashMap<IpAddr, Instant>,
+    pruned: Option<Instant>,
+}
+
+impl KnownAddresses {
+    fn record(&mut self, address: IpAddr, now: Instant) {
+        let full = self.last_identified.len() >= KNOWN_ADDRESSES_MAX;
+        if full && !self.last_identified.contains_key(&address) {
+            // Pruning walks the whole map: at most once a minute.
+            if self
+                .pruned
+                .is_some_and(|pruned| now.duration_since(pruned) < Duration::from_secs(60))
+            {
+                return;
+            }
+            self.pruned = Some(now);
+            self.last_identified
+                .retain(|_, seen| now.duration_since(*seen) < KNOWN_ADDRESS_TTL);
+            if self.last_identified.len() >= KNOWN_ADDRESSES_MAX {
+                return;
+            }
+        }
+        self.last_identified.insert(address, now);
+    }
+
+    fn contains(&self, address: IpAddr, now: Instant) -> bool {
+        self.last_identified
+            .get(&address)
+            .is_some_and(|seen| now.duration_since(*seen) < KNOWN_ADDRESS_TTL)
+    }
 }
 
 struct Member {
@@ -261,9 +311,11 @@ impl Admission {
                 shedding: 0,
                 connections: Default::default(),
                 per_address: HashMap::new(),
+                known: KnownAddresses::default(),
                 closing: false,
             }),
             handshakes: [(); 3].map(|_| Arc::new(Semaphore::new(handshake_slots))),
+            known_handshakes: [(); 3].map(|_| Arc::new(Semaphore::new(handshake_slots))),
             gauges,
             metrics,
             changed: Notify::new(),
@@ -410,9 +462,18 @@ impl Admission {
 
     /// Waits for a handshake slot of `front`; None if the connection is shed meanwhile.
     async fn handshake_slot(&self, ticket: &Ticket) -> Option<OwnedSemaphorePermit> {
-        let slots = self.handshakes[ticket.front.index()].clone();
+        let shared = self.handshakes[ticket.front.index()].clone();
+        let known = self.lock().known.contains(ticket.address, Instant::now());
+        let own = known.then(|| self.known_handshakes[ticket.front.index()].clone());
+        let own_slot = async {
+            match own {
+                Some(own) => own.acquire_owned().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            permit = slots.acquire_owned() => permit.ok(),
+            permit = shared.acquire_owned() => permit.ok(),
+            permit = own_slot => permit.ok(),
             () = ticket.shed_signal() => None,
         }
     }
@@ -503,6 +564,9 @@ impl Ticket {
                     ShedReason::UnidentifiedLimit,
                 );
             }
+        }
+        if to == State::Identified {
+            inner.known.record(self.address, Instant::now());
         }
         if admission
             .leave(&mut inner, self.front, from, self.id)

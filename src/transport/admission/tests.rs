@@ -266,3 +266,54 @@ fn a_shed_connection_knows_why() {
     let _newcomer = admission.admit(Front::Https, ip(2)).unwrap();
     assert_eq!(oldest.slot.reason(), ShedReason::Descriptors);
 }
+
+#[tokio::test(start_paused = true)]
+async fn addresses_that_identified_recently_have_handshake_slots_of_their_own() {
+    let admission = admission(100, 100, 0);
+    let earlier = admission.admit(Front::Https, ip(1)).unwrap();
+    earlier.advance(State::Handshake);
+    earlier.advance(State::Identified);
+    drop(earlier);
+    // A flood of ClientHellos from strangers holds both shared slots, and more wait.
+    let strangers: Vec<Ticket> = (0..3)
+        .map(|n| admission.admit(Front::Https, ip(10 + n)).unwrap())
+        .collect();
+    let held = [
+        admission.handshake_slot(&strangers[0]).await.unwrap(),
+        admission.handshake_slot(&strangers[1]).await.unwrap(),
+    ];
+    let waiting = tokio::time::timeout(
+        Duration::from_secs(1),
+        admission.handshake_slot(&strangers[2]),
+    );
+    assert!(waiting.await.is_err(), "a stranger waits for a shared slot");
+
+    let returning = admission.admit(Front::Https, ip(1)).unwrap();
+    let slot = tokio::time::timeout(Duration::from_secs(1), admission.handshake_slot(&returning));
+    assert!(slot.await.is_ok(), "a known address does not wait");
+
+    // An hour after its last identified connection, the address queues with everyone.
+    tokio::time::advance(KNOWN_ADDRESS_TTL).await;
+    let later = admission.admit(Front::Https, ip(1)).unwrap();
+    let slot = tokio::time::timeout(Duration::from_secs(1), admission.handshake_slot(&later));
+    assert!(slot.await.is_err());
+    drop(held);
+}
+
+#[test]
+fn known_addresses_are_bounded() {
+    let mut known = KnownAddresses::default();
+    let start = Instant::now();
+    for n in 0..KNOWN_ADDRESSES_MAX as u32 {
+        known.record(IpAddr::V4(Ipv4Addr::from(n)), start);
+    }
+    let newcomer = IpAddr::V4(Ipv4Addr::new(10, 255, 255, 255));
+    known.record(newcomer, start);
+    assert!(!known.contains(newcomer, start), "full: not recorded");
+    assert_eq!(known.last_identified.len(), KNOWN_ADDRESSES_MAX);
+    // Once the others expire, a newcomer prunes them and is recorded.
+    let later = start + KNOWN_ADDRESS_TTL;
+    known.record(newcomer, later);
+    assert!(known.contains(newcomer, later));
+    assert_eq!(known.last_identified.len(), 1);
+}
