@@ -25,13 +25,14 @@ use super::identity::{self, dn_string};
 
 /// Sessions each server context keeps for resumption. With tickets off every TLS 1.3 connection
 /// stores its session, client chain included, on the server, for OpenSSL's default lifetime of
-/// 2 h: ~7.5 KiB of resident memory a session (the chain's parsed certificates, and the pages
-/// they pin among freed connection memory). OpenSSL's default of 20,480 let a service that sees
-/// many clients grow by ~150 MiB per listener; 4,096 per listener still kept 60 MiB after four
-/// bursts of 2,000 clients (tests/flood, 85 MiB against 25 MiB idle; 27 MiB without a cache).
-/// Caching stays on: DISET clients reconnect for every call and resume their session, and 1,024
-/// recent clients per listener is what a burst of calls from one job or agent needs.
-pub const SESSION_CACHE_SIZE: i32 = 1024;
+/// 2 h: ~8 KiB of resident memory a session (the chain's parsed certificates, and the pages they
+/// pin among freed connection memory), kept until newer sessions push it out. OpenSSL's default
+/// of 20,480 let a service that sees many clients grow by ~150 MiB per listener; 4,096 per
+/// listener kept 60 MiB after four bursts of 2,000 clients and 1,024 still 16 MiB (tests/flood:
+/// 85 and 44 MiB against 25 MiB idle, 27 MiB without a cache). Caching stays on: DISET clients
+/// reconnect for every call and resume their session, and the 512 most recent clients of a
+/// listener cover a job's or an agent's run of calls.
+pub const SESSION_CACHE_SIZE: i32 = 512;
 
 /// DIRAC's server verify depth.
 const VERIFY_DEPTH: u32 = 50;
