@@ -15,7 +15,7 @@ use openidconnect::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Semaphore};
 
-use super::{IdpError, IdpOptions};
+use super::{Grant, IdpError, IdpOptions};
 use crate::domain::Secret;
 use crate::domain::scopes::ScopeSet;
 use crate::metrics::Metrics;
@@ -251,7 +251,7 @@ impl IdpClient {
         scopes: &ScopeSet,
         audience: Option<&str>,
     ) -> Result<IssuedToken, IdpError> {
-        self.options.check_audience(audience)?;
+        self.options.check_audience(audience, Grant::RefreshToken)?;
         let discovered = self.client().await?;
         let _permit = self.permit().await?;
         let token = RefreshToken::new(refresh_token.expose().to_owned());
@@ -279,7 +279,8 @@ impl IdpClient {
         scopes: &ScopeSet,
         audience: Option<&str>,
     ) -> Result<IssuedToken, IdpError> {
-        self.options.check_audience(audience)?;
+        self.options
+            .check_audience(audience, Grant::ClientCredentials)?;
         let discovered = self.client().await?;
         let _permit = self.permit().await?;
         let mut request = discovered

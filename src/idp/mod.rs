@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 pub use bearer::{BearerError, BearerIdentity, claimed_issuer};
 pub use client::{IdpClient, IssuedToken};
-pub use options::{AudienceParameter, IdpOptions};
+pub use options::{AudienceParameter, Grant, IdpOptions};
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -22,9 +22,15 @@ pub enum IdpError {
     /// The section's options are unusable.
     #[error("identity provider {idp}: {problem}")]
     Config { idp: String, problem: String },
-    /// The audience is not in the IdP's allow-list: refused before any request.
-    #[error("audience {audience} is not allowed for identity provider {idp}")]
-    AudienceNotAllowed { idp: String, audience: String },
+    /// The audience is not in the IdP's allow-list (or, without one, a user token asked for an
+    /// audience): refused before any request.
+    #[error("{}", audience_refusal(.idp, .audience, *.listed))]
+    AudienceNotAllowed {
+        idp: String,
+        audience: String,
+        /// Whether the IdP has an allow-list.
+        listed: bool,
+    },
     /// The IdP refused the refresh token: only a new login (updateToken) helps.
     #[error("Invalid refresh token: invalid_grant: {0}")]
     InvalidGrant(String),
@@ -43,6 +49,17 @@ pub enum IdpError {
     /// consumed, so it must not be presented again.
     #[error("identity provider {idp} did not answer a request it received: {reason}")]
     ReplyLost { idp: String, reason: String },
+}
+
+fn audience_refusal(idp: &str, audience: &str, listed: bool) -> String {
+    if listed {
+        format!("audience {audience} is not allowed for identity provider {idp}")
+    } else {
+        format!(
+            "audience {audience} is not allowed for identity provider {idp}: user tokens get an \
+             audience only when /Resources/IdProviders/{idp}/allowed_audiences lists it"
+        )
+    }
 }
 
 /// Every configured IdP, built from the settings (again on reload).

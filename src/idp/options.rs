@@ -12,6 +12,15 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
 pub const DEFAULT_DISCOVERY_REFRESH: Duration = Duration::from_secs(3600);
 pub const DEFAULT_BEARER_LEEWAY: Duration = Duration::from_secs(60);
 
+/// The grant a token is obtained with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grant {
+    /// A user's token, from their stored refresh token.
+    RefreshToken,
+    /// DIRAC's own token.
+    ClientCredentials,
+}
+
 /// How the requested audience travels to the IdP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AudienceParameter {
@@ -45,7 +54,7 @@ pub struct IdpOptions {
     /// a secret) in the Authorization header.
     pub secret_in_body: bool,
     pub audience_parameter: AudienceParameter,
-    /// None: any audience; Some: only these.
+    /// None (unset): user tokens get no audience, client tokens any; Some: only these, for both.
     pub allowed_audiences: Option<Vec<String>>,
     pub timeout: Duration,
     pub connect_timeout: Duration,
@@ -176,17 +185,28 @@ impl IdpOptions {
         self.timeout + self.late_reply_wait
     }
 
-    /// Refuses an audience outside the allow-list, before the IdP is contacted: some IdPs rotate
-    /// the refresh token and only then refuse an unknown audience, which would burn the grant.
-    pub fn check_audience(&self, audience: Option<&str>) -> Result<(), IdpError> {
-        match (audience, &self.allowed_audiences) {
-            (Some(audience), Some(allowed)) if !allowed.iter().any(|a| a == audience) => {
-                Err(IdpError::AudienceNotAllowed {
-                    idp: self.name.clone(),
-                    audience: audience.to_owned(),
-                })
-            }
-            _ => Ok(()),
+    /// Refuses an audience the grant may not ask for, before the IdP is contacted: some IdPs
+    /// rotate the refresh token and only then refuse an audience the grant does not cover, which
+    /// burns the user's grant. With no allow-list a user token gets no audience at all (what
+    /// the user delegated is unknown here), while a client token, which consumes nothing, may ask
+    /// for any.
+    pub fn check_audience(&self, audience: Option<&str>, grant: Grant) -> Result<(), IdpError> {
+        let Some(audience) = audience else {
+            return Ok(());
+        };
+        let allowed = match (&self.allowed_audiences, grant) {
+            (Some(allowed), _) => allowed.iter().any(|a| a == audience),
+            (None, Grant::RefreshToken) => false,
+            (None, Grant::ClientCredentials) => true,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(IdpError::AudienceNotAllowed {
+                idp: self.name.clone(),
+                audience: audience.to_owned(),
+                listed: self.allowed_audiences.is_some(),
+            })
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::config::Settings;
 use crate::domain::policy::{self, Authorized};
 use crate::domain::scopes::{ScopeSet, group_scopes};
 use crate::domain::unix_now;
-use crate::idp::{IdpError, IdpRegistry};
+use crate::idp::{Grant, IdpError, IdpRegistry};
 
 pub struct Request {
     pub username: Option<String>,
@@ -118,8 +118,12 @@ pub async fn get_token(
         )),
         None => request.scopes.clone(),
     };
+    let grant = match request.username {
+        Some(_) => Grant::RefreshToken,
+        None => Grant::ClientCredentials,
+    };
     options
-        .check_audience(request.audience.as_deref())
+        .check_audience(request.audience.as_deref(), grant)
         .map_err(|e| token_error(e.into()))?;
     let key = |subject| TokenKey {
         subject,

@@ -47,11 +47,18 @@ fn setup(extra_users: &[String], idp_options: &str) -> Setup {
 fn setup_on(db: TestDb, replicas: usize, extra_users: &[String], idp_options: &str) -> Setup {
     let idp = TestIdp::spawn();
     let config = configure(&db, "");
+    // An allow-list unless the test's options say otherwise (a comment naming the option
+    // leaves it unset).
+    let allow_list = if idp_options.contains("allowed_audiences") {
+        String::new()
+    } else {
+        format!("      allowed_audiences = {CE}, https://fts.example.org\n")
+    };
     let mut text = std::fs::read_to_string(&config).unwrap().replace(
         "      issuer = https://127.0.0.1:1/\n      client_id = tm-test\n",
         &format!(
             "      issuer = {}\n      client_id = tm-basic\n      client_secret = tm-basic-secret\n      \
-             audience_parameter = resource\n      allowed_audiences = {CE}, https://fts.example.org\n{idp_options}\n",
+             audience_parameter = resource\n{allow_list}{idp_options}\n",
             idp.issuer()
         ),
     );
@@ -505,6 +512,33 @@ fn an_audience_outside_the_allow_list_is_refused_before_the_idp() {
         ),
         (0, 0)
     );
+}
+
+#[test]
+fn without_an_allow_list_user_tokens_get_no_audience_and_client_tokens_any() {
+    let setup = setup(&[], "      # allowed_audiences unset");
+    setup.delegate("plain");
+    setup.idp.reset_stats();
+    let refused = setup.get_token(Some("plain"), Some(CE), 0);
+    assert_eq!(
+        (refused.status(), refused.body()["code"].clone()),
+        (Some(400), json!("audience_not_allowed")),
+        "{refused:?}"
+    );
+    assert!(
+        refused.body()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("allowed_audiences")),
+        "the refusal names the option: {refused:?}"
+    );
+    assert_eq!(
+        setup.idp.stats().refreshes("id-plain"),
+        0,
+        "the IdP never saw the request"
+    );
+    assert_eq!(setup.get_token(Some("plain"), None, 0).status(), Some(200));
+    assert_eq!(setup.get_token(None, Some(CE), 0).status(), Some(200));
+    assert_one_refresh_and_grant_alive(&setup);
 }
 
 #[test]
