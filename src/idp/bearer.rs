@@ -21,6 +21,12 @@ pub enum BearerError {
     UnknownIssuer,
     #[error("the token's signature, issuer, expiry or audience is not valid: {0}")]
     Invalid(String),
+    /// Without an audience to check, any access token the IdP issued for a user — one this
+    /// service handed to FTS, say — would authenticate as that user here.
+    #[error(
+        "identity provider {0} accepts no bearer tokens: /Resources/IdProviders/{0}/bearer_audience is not set"
+    )]
+    NoAudience(String),
     #[error(transparent)]
     Idp(#[from] IdpError),
 }
@@ -64,6 +70,10 @@ pub fn claimed_issuer(token: &str) -> Result<String, BearerError> {
 impl IdpClient {
     /// Verifies a JWT this IdP issued.
     pub async fn verify_bearer(&self, token: &str) -> Result<BearerIdentity, BearerError> {
+        let options = self.options();
+        let Some(audience) = options.bearer_audience.clone() else {
+            return Err(BearerError::NoAudience(options.name.clone()));
+        };
         let header = decode_header(token).map_err(|e| BearerError::Malformed(e.to_string()))?;
         // Asymmetric algorithms only: an HMAC key would be the IdP's public key used as a secret.
         if !matches!(
@@ -91,15 +101,11 @@ impl IdpClient {
             .find(|k| header.kid.is_none() || k.common.key_id.as_deref() == Some(kid.as_str()))
             .ok_or_else(|| BearerError::Invalid(format!("no key {kid} in the IdP's JWKS")))?;
         let key = DecodingKey::from_jwk(jwk).map_err(|e| BearerError::Invalid(e.to_string()))?;
-        let options = self.options();
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&options.issuer, &format!("{}/", options.issuer)]);
         validation.leeway = options.bearer_leeway.as_secs();
         validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-        match &options.bearer_audience {
-            Some(audience) => validation.set_audience(&[audience]),
-            None => validation.validate_aud = false,
-        }
+        validation.set_audience(&[audience]);
         let claims = decode::<Claims>(token, &key, &validation)
             .map_err(|e| BearerError::Invalid(e.to_string()))?
             .claims;

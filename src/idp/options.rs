@@ -63,7 +63,8 @@ pub struct IdpOptions {
     pub late_reply_wait: Duration,
     pub max_in_flight: usize,
     pub discovery_refresh: Duration,
-    /// The audience a bearer token must carry to identify a caller; None: not checked.
+    /// The audience a bearer token must carry to identify a caller; None: bearer tokens from
+    /// this IdP identify no one.
     pub bearer_audience: Option<String>,
     /// Clock skew tolerated on a bearer token's expiry.
     pub bearer_leeway: Duration,

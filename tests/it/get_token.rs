@@ -652,17 +652,28 @@ fn three_replicas_on_mariadb_share_one_refresh() {
 }
 
 /// An access token (a JWT for `resource`) that the IdP issued to `sub`.
+/// The audience bearer tokens for this service carry (`bearer_audience`).
+const SERVICE_AUDIENCE: &str = "https://tokenmanager.example.org";
+
+/// An access token of the IdP for `sub`, for this service.
 fn jwt_for(idp: &TestIdp, sub: &str) -> String {
+    jwt_for_audience(idp, sub, SERVICE_AUDIENCE)
+}
+
+fn jwt_for_audience(idp: &TestIdp, sub: &str, audience: &str) -> String {
     let grant = idp.grant(sub, SCOPE);
     let refreshed = idp
-        .refresh("tm-basic", &grant.refresh_token, None, Some(CE))
+        .refresh("tm-basic", &grant.refresh_token, None, Some(audience))
         .unwrap();
     refreshed["access_token"].as_str().unwrap().to_owned()
 }
 
 #[test]
 fn a_bearer_token_caller_is_identified_and_bad_ones_are_refused() {
-    let setup = setup(&[], "      bearer_leeway = 0");
+    let setup = setup(
+        &[],
+        &format!("      bearer_leeway = 0\n      bearer_audience = {SERVICE_AUDIENCE}"),
+    );
     let whoami = |token: &str| {
         let request = Request::post("/api/v1/whoami").json("{}").bearer(token);
         Client::anonymous().call(setup.https_ports[0], &request)
@@ -712,6 +723,10 @@ fn a_bearer_token_caller_is_identified_and_bad_ones_are_refused() {
     for (what, token) in [
         ("tampered", tampered),
         ("foreign issuer", jwt_for(&foreign_idp, "id-plain")),
+        (
+            "a token this service handed to a CE",
+            jwt_for_audience(&setup.idp, "id-plain", CE),
+        ),
         ("expired", expired),
         ("not a JWT", "opaque-token".to_owned()),
     ] {
@@ -722,4 +737,26 @@ fn a_bearer_token_caller_is_identified_and_bad_ones_are_refused() {
             "{what}: {reply:?}"
         );
     }
+}
+
+#[test]
+fn without_a_bearer_audience_bearer_tokens_identify_no_one() {
+    let setup = setup(&[], "");
+    let reply = Client::anonymous().call(
+        setup.https_ports[0],
+        &Request::post("/api/v1/whoami")
+            .json("{}")
+            .bearer(&jwt_for(&setup.idp, "id-plain")),
+    );
+    assert_eq!(
+        (reply.status(), reply.body()["code"].clone()),
+        (Some(401), json!("unauthenticated")),
+        "{reply:?}"
+    );
+    assert!(
+        reply.body()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("bearer_audience")),
+        "the refusal names the option: {reply:?}"
+    );
 }
