@@ -298,14 +298,18 @@ fn next_free_id(keyring: &Keyring) -> String {
 /// The keyring a running process uses, re-read from its file on reload (SIGHUP) and whenever a row
 /// names a key it does not know yet, so that a `rotate-key` run elsewhere never makes rows unreadable.
 pub struct SharedKeyring {
-    path: PathBuf,
+    /// The file in force: a reload may name another one.
+    path: RwLock<PathBuf>,
     current: RwLock<Arc<Keyring>>,
 }
 
 impl std::fmt::Debug for SharedKeyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SharedKeyring")
-            .field("path", &self.path)
+            .field(
+                "path",
+                &*self.path.read().unwrap_or_else(|e| e.into_inner()),
+            )
             .finish()
     }
 }
@@ -315,7 +319,7 @@ impl SharedKeyring {
         let path = path.into();
         let keyring = Keyring::load(&path)?;
         Ok(Self {
-            path,
+            path: RwLock::new(path),
             current: RwLock::new(Arc::new(keyring)),
         })
     }
@@ -327,9 +331,17 @@ impl SharedKeyring {
             .clone()
     }
 
-    /// Re-reads the file; on error the keys in force stay as they were.
+    /// Re-reads the file in force; on error the keys in force stay as they were.
     pub fn reload(&self) -> Result<Arc<Keyring>, CryptoError> {
-        let fresh = Arc::new(Keyring::load(&self.path)?);
+        let path = self.path.read().unwrap_or_else(|e| e.into_inner()).clone();
+        self.reload_from(&path)
+    }
+
+    /// Reads `path` (the configuration's `EncryptionKeyFile`, which a reload may change) and
+    /// puts it in force; on error the file and keys in force stay as they were.
+    pub fn reload_from(&self, path: &Path) -> Result<Arc<Keyring>, CryptoError> {
+        let fresh = Arc::new(Keyring::load(path)?);
+        *self.path.write().unwrap_or_else(|e| e.into_inner()) = path.to_owned();
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
         Ok(fresh)
     }

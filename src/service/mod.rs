@@ -301,7 +301,10 @@ impl Service {
             .iter()
             .map(|hook| hook(&loaded.settings))
             .collect::<Result<Vec<_>, _>>()?;
-        let keyring = self.keyring.reload().map_err(|e| e.to_string())?;
+        let keyring = self
+            .keyring
+            .reload_from(&loaded.settings.service.encryption_key_file)
+            .map_err(|e| e.to_string())?;
         for commit in commits {
             commit();
         }

@@ -569,6 +569,21 @@ fn reload_keeps_serving_refuses_a_broken_config_and_swaps_the_host_certificate()
         json!("admin")
     );
 
+    // One whose EncryptionKeyFile names a missing file: refused too, not the old file kept.
+    let keyring = db.dir.path().join("keyring").display().to_string();
+    let missing = db.dir.path().join("moved-keyring").display().to_string();
+    std::fs::write(&config, text.replace(&keyring, &missing)).unwrap();
+    let (status, body) = kept.post("/api/v1/refreshConfiguration", "{}");
+    assert_eq!(
+        (status, body["code"].clone()),
+        (500, json!("config_rejected")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("moved-keyring"),
+        "{body}"
+    );
+
     // A good one with a new user and a new host certificate.
     let newcomer_dn = dn("newcomer");
     let fixed = text
