@@ -291,17 +291,17 @@ struct Listeners {
 impl Listeners {
     fn bind(settings: &Settings) -> Result<Self, AppError> {
         let service = &settings.service;
-        let bind = |port| {
-            let address = SocketAddr::new(service.listen_address, port);
+        let bind = |ip, port| {
+            let address = SocketAddr::new(ip, port);
             transport::listen(address).map_err(|source| AppError::Bind {
                 address: address.to_string(),
                 source,
             })
         };
         Ok(Self {
-            https: bind(service.https_port)?,
-            dips: bind(service.port)?,
-            metrics: bind(service.metrics_port)?,
+            https: bind(service.listen_address, service.https_port)?,
+            dips: bind(service.listen_address, service.port)?,
+            metrics: bind(service.metrics_listen_address, service.metrics_port)?,
         })
     }
 

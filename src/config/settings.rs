@@ -112,6 +112,7 @@ pub const SERVICE_OPTIONS: &[KnownOption] = {
         known("HTTPSPort", O, true, "HTTPS port; 0 picks a free port"),
         known("ListenAddress", O, true, "IP address the listeners and metrics bind to"),
         known("MetricsPort", O, true, "Prometheus metrics port; 0 picks a free port"),
+        known("MetricsListenAddress", O, true, "IP address the metrics listener binds to; default ListenAddress"),
         known("EncryptionKeyFile", O, true, "keyring that encrypts the stored tokens"),
         known("GenerateDemoCredentials", O, true, "generate missing throwaway credentials (the shipped example only)"),
         known("DatabasePoolSize", O, true, "database connections (and DB actor threads) per process"),
@@ -187,6 +188,9 @@ pub struct ServiceSettings {
     pub port: u16,
     pub https_port: u16,
     pub listen_address: IpAddr,
+    /// `ListenAddress` unless set: scrapers and health checks may live on another network than
+    /// DIRAC's clients.
+    pub metrics_listen_address: IpAddr,
     pub metrics_port: u16,
     pub encryption_key_file: PathBuf,
     /// Create a missing keyring (and, later, demo certificates) instead of refusing to start:
@@ -336,6 +340,12 @@ fn resolve_service(
         }
     }
 
+    let listen_address = root
+        .get_parsed(
+            &option("ListenAddress"),
+            "an IP address such as 0.0.0.0 or ::",
+        )?
+        .unwrap_or(DEFAULT_LISTEN_ADDRESS);
     let encryption_key_file = match env_value(env, ENV_ENCRYPTION_KEY_FILE)? {
         Some(found) => PathBuf::from(found.value),
         None => match root.get_with_origin(&option("EncryptionKeyFile")) {
@@ -359,12 +369,13 @@ fn resolve_service(
                 .get_u16(&layout.tornado_port)?
                 .unwrap_or(DEFAULT_HTTPS_PORT),
         },
-        listen_address: root
+        listen_address,
+        metrics_listen_address: root
             .get_parsed(
-                &option("ListenAddress"),
-                "an IP address such as 0.0.0.0 or ::",
+                &option("MetricsListenAddress"),
+                "an IP address such as 127.0.0.1 or ::1",
             )?
-            .unwrap_or(DEFAULT_LISTEN_ADDRESS),
+            .unwrap_or(listen_address),
         metrics_port: root
             .get_u16(&option("MetricsPort"))?
             .unwrap_or(DEFAULT_METRICS_PORT),
@@ -787,6 +798,7 @@ Systems
         assert_eq!(s.service.https_port, 8444, "from the Tornado instance");
         assert_eq!(s.service.metrics_port, 9182);
         assert_eq!(s.service.listen_address, DEFAULT_LISTEN_ADDRESS);
+        assert_eq!(s.service.metrics_listen_address, DEFAULT_LISTEN_ADDRESS);
         assert_eq!(
             s.service.encryption_key_file,
             Path::new("/etc/tm/keys/keyring")
@@ -804,12 +816,13 @@ Systems
     fn service_options() {
         let root = with(
             "Systems\n{\nFramework\n{\nProd\n{\nServices\n{\nTokenManager\n{\n\
-             Port = 0\nHTTPSPort = 9443\nListenAddress = ::1\nMetricsPort = 0\nProtocol = https\n\
+             Port = 0\nHTTPSPort = 9443\nListenAddress = ::1\nMetricsListenAddress = 127.0.0.1\nMetricsPort = 0\nProtocol = https\n\
              Authorization\n{\nDefault = authenticated\ngetUsersTokensInfo = ProxyManagement, group:dteam_admin\n}\n}\n}\n}\n}\n}",
         );
         let s = resolve_ok(&root, &no_env).settings.service;
         assert_eq!((s.port, s.https_port, s.metrics_port), (0, 9443, 0));
         assert_eq!(s.listen_address, "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(s.metrics_listen_address, IpAddr::from([127, 0, 0, 1]));
         assert_eq!(s.protocol.as_deref(), Some("https"));
         assert_eq!(
             s.authorization,
