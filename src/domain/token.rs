@@ -28,6 +28,8 @@ pub enum CredentialState {
 }
 
 impl CredentialState {
+    pub const ALL: [Self; 2] = [Self::Active, Self::NeedsRedelegation];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",

@@ -19,6 +19,7 @@ use tokio::net::TcpStream;
 
 use crate::actors::db::DbOperation;
 use crate::config::ConnectionSettings;
+use crate::domain::CredentialState;
 use crate::protocol::{dirac, json};
 use crate::service::Service;
 use crate::transport::LocalAddress;
@@ -174,6 +175,15 @@ async fn render_metrics(service: web::Data<Arc<Service>>) -> HttpResponse {
     match counts.await {
         Ok(counts) => {
             metrics.stored_credentials.reset();
+            // Every configured IdP has every state's series, at 0 while nothing is stored.
+            for idp in &service.settings().idps {
+                for state in CredentialState::ALL {
+                    metrics
+                        .stored_credentials
+                        .with_label_values(&[idp.name(), state.as_str()])
+                        .set(0);
+                }
+            }
             for (provider, state, count) in counts {
                 metrics
                     .stored_credentials

@@ -122,6 +122,11 @@ async fn metrics_pass_promtool_and_count_requests_and_credentials() {
     };
     assert_eq!(stored(r#"provider="test-idp",state="active""#), Some(2.0));
     assert_eq!(stored(r#"provider="other-idp",state="active""#), Some(1.0));
+    assert_eq!(
+        stored(r#"provider="test-idp",state="needs_redelegation""#),
+        Some(0.0),
+        "a configured IdP has every state's series from the first scrape"
+    );
     assert!(sample(&exposition, "tokenmanager_db_pool_connections").unwrap() >= 1.0);
     assert!(sample(&exposition, "tokenmanager_db_pool_wait_seconds_count").unwrap() >= 1.0);
     assert_eq!(
