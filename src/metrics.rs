@@ -4,7 +4,7 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -28,6 +28,11 @@ pub struct Metrics {
     pub idp_requests: IntCounterVec,
     /// Time of each IdP request, by IdP and grant, whatever the outcome.
     pub idp_request_duration: HistogramVec,
+    /// Calls failed fast, without a request, while an IdP was being backed off from, by IdP.
+    pub idp_backoff_refusals: IntCounterVec,
+    /// The interval callers of an IdP fail fast for now, by IdP: 0 while it answers; grows with
+    /// each failed probe up to 60 s.
+    pub idp_backoff_seconds: GaugeVec,
     /// getToken lookups in the access-token cache, by kind (`user`, `client`) and result (`hit`:
     /// served from the cache; `miss`: sent to the credential's refresh actor).
     pub token_cache_lookups: IntCounterVec,
@@ -214,6 +219,26 @@ impl Metrics {
                         "Requests to identity providers, by IdP, grant and outcome",
                     ),
                     &["idp", "grant", "outcome"],
+                )?,
+            )?,
+            idp_backoff_refusals: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tokenmanager_idp_backoff_refusals_total",
+                        "Calls failed fast, without a request, while backing off from a failing IdP",
+                    ),
+                    &["idp"],
+                )?,
+            )?,
+            idp_backoff_seconds: register(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "tokenmanager_idp_backoff_seconds",
+                        "Interval callers of a failing IdP fail fast for now (0: the IdP answers)",
+                    ),
+                    &["idp"],
                 )?,
             )?,
             idp_request_duration: register(
@@ -408,6 +433,8 @@ impl Metrics {
             }
         }
         for idp in idps {
+            self.idp_backoff_refusals.with_label_values(&[idp]);
+            self.idp_backoff_seconds.with_label_values(&[idp]);
             for grant in IDP_GRANTS {
                 for outcome in IDP_OUTCOMES {
                     self.idp_requests.with_label_values(&[idp, grant, outcome]);

@@ -15,6 +15,7 @@ use openidconnect::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, Semaphore};
 
+use super::backoff::{self, Backoff};
 use super::{Grant, IdpError, IdpOptions};
 use crate::domain::Secret;
 use crate::domain::scopes::ScopeSet;
@@ -87,7 +88,23 @@ pub struct IdpClient {
     pub(super) jwks: RwLock<Option<(jsonwebtoken::jwk::JwkSet, Instant)>>,
     discovering: Mutex<()>,
     in_flight: Semaphore,
+    backoff: std::sync::Mutex<Backoff>,
     metrics: Arc<Metrics>,
+}
+
+/// An admitted request whose outcome is not recorded yet: dropped so (its caller went away),
+/// it gives up its probe.
+struct Attempt<'a> {
+    client: &'a IdpClient,
+    recorded: bool,
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.recorded {
+            self.client.backoff().abandon();
+        }
+    }
 }
 
 impl IdpClient {
@@ -118,6 +135,7 @@ impl IdpClient {
             discovered: RwLock::new(None),
             jwks: RwLock::new(None),
             discovering: Mutex::new(()),
+            backoff: std::sync::Mutex::new(Backoff::default()),
             metrics,
         })
     }
@@ -131,6 +149,49 @@ impl IdpClient {
             idp: self.options.name.clone(),
             reason: reason.into(),
         }
+    }
+
+    fn backoff(&self) -> std::sync::MutexGuard<'_, Backoff> {
+        self.backoff.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `request` unless this IdP is being backed off from (see [`backoff`]): then the
+    /// caller fails fast, and nothing is sent. Records whether the IdP was available.
+    async fn guarded<T>(
+        &self,
+        request: impl Future<Output = Result<T, IdpError>>,
+    ) -> Result<T, IdpError> {
+        let admission = self.backoff().admit(tokio::time::Instant::now());
+        if let backoff::Admission::Refuse { retry_in, failures } = admission {
+            self.metrics
+                .idp_backoff_refusals
+                .with_label_values(&[&self.options.name])
+                .inc();
+            return Err(self.unavailable(format!(
+                "backing off after {failures} failed requests in a row; next attempt in {:.1} s",
+                retry_in.as_secs_f64()
+            )));
+        }
+        let mut attempt = Attempt {
+            client: self,
+            recorded: false,
+        };
+        let result = request.await;
+        let available = !matches!(
+            result,
+            Err(IdpError::Unavailable { .. } | IdpError::ReplyLost { .. })
+        );
+        let interval = {
+            let mut backoff = self.backoff();
+            backoff.record(available, tokio::time::Instant::now());
+            backoff.interval()
+        };
+        attempt.recorded = true;
+        self.metrics
+            .idp_backoff_seconds
+            .with_label_values(&[&self.options.name])
+            .set(interval.as_secs_f64());
+        result
     }
 
     fn cached(&self) -> Option<Discovered> {
@@ -252,24 +313,27 @@ impl IdpClient {
         audience: Option<&str>,
     ) -> Result<IssuedToken, IdpError> {
         self.options.check_audience(audience, Grant::RefreshToken)?;
-        let discovered = self.client().await?;
-        let _permit = self.permit().await?;
-        let token = RefreshToken::new(refresh_token.expose().to_owned());
-        let mut request = discovered
-            .client
-            .exchange_refresh_token(&token)
-            .map_err(|e| self.unavailable(e.to_string()))?
-            .add_scopes(scopes.iter().map(|s| Scope::new(s.to_owned())));
-        if let Some(audience) = audience {
-            request = request
-                .add_extra_param(self.options.audience_parameter.name(), audience.to_owned());
-        }
-        self.grant(
-            "refresh_token",
-            "Invalid refresh token",
-            self.options.refresh_timeout(),
-            request.request_async(&self.refresh_http),
-        )
+        self.guarded(async {
+            let discovered = self.client().await?;
+            let _permit = self.permit().await?;
+            let token = RefreshToken::new(refresh_token.expose().to_owned());
+            let mut request = discovered
+                .client
+                .exchange_refresh_token(&token)
+                .map_err(|e| self.unavailable(e.to_string()))?
+                .add_scopes(scopes.iter().map(|s| Scope::new(s.to_owned())));
+            if let Some(audience) = audience {
+                request = request
+                    .add_extra_param(self.options.audience_parameter.name(), audience.to_owned());
+            }
+            self.grant(
+                "refresh_token",
+                "Invalid refresh token",
+                self.options.refresh_timeout(),
+                request.request_async(&self.refresh_http),
+            )
+            .await
+        })
         .await
     }
 
@@ -281,23 +345,26 @@ impl IdpClient {
     ) -> Result<IssuedToken, IdpError> {
         self.options
             .check_audience(audience, Grant::ClientCredentials)?;
-        let discovered = self.client().await?;
-        let _permit = self.permit().await?;
-        let mut request = discovered
-            .client
-            .exchange_client_credentials()
-            .map_err(|e| self.unavailable(e.to_string()))?
-            .add_scopes(scopes.iter().map(|s| Scope::new(s.to_owned())));
-        if let Some(audience) = audience {
-            request = request
-                .add_extra_param(self.options.audience_parameter.name(), audience.to_owned());
-        }
-        self.grant(
-            "client_credentials",
-            "Cannot fetch access token",
-            self.options.timeout,
-            request.request_async(&self.http),
-        )
+        self.guarded(async {
+            let discovered = self.client().await?;
+            let _permit = self.permit().await?;
+            let mut request = discovered
+                .client
+                .exchange_client_credentials()
+                .map_err(|e| self.unavailable(e.to_string()))?
+                .add_scopes(scopes.iter().map(|s| Scope::new(s.to_owned())));
+            if let Some(audience) = audience {
+                request = request
+                    .add_extra_param(self.options.audience_parameter.name(), audience.to_owned());
+            }
+            self.grant(
+                "client_credentials",
+                "Cannot fetch access token",
+                self.options.timeout,
+                request.request_async(&self.http),
+            )
+            .await
+        })
         .await
     }
 

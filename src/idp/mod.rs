@@ -2,6 +2,7 @@
 //! `/Resources/IdProviders/<name>` section, with its discovery cached, its requests bounded in
 //! time and number, and its errors sorted into what the token path must do about them.
 
+mod backoff;
 mod bearer;
 mod client;
 mod options;

@@ -542,6 +542,50 @@ fn without_an_allow_list_user_tokens_get_no_audience_and_client_tokens_any() {
 }
 
 #[test]
+fn a_failing_idp_gets_a_trickle_of_requests_not_one_per_caller() {
+    let setup = setup(&[], "");
+    setup.delegate("plain");
+    setup.idp.reset_stats();
+    setup.idp.fail_next(1000, 500);
+    let mut failed_fast = 0;
+    for _ in 0..30 {
+        let reply = setup.get_token(Some("plain"), Some(CE), 100_000);
+        assert_eq!(reply.body()["code"], json!("idp_unavailable"), "{reply:?}");
+        if reply.body()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("backing off"))
+        {
+            failed_fast += 1;
+        }
+    }
+    let requests = setup.idp.stats().injected_failures;
+    assert!(
+        requests <= 5,
+        "{requests} requests reached the failing IdP for 30 callers"
+    );
+    assert!(failed_fast >= 25, "{failed_fast} of 30 failed fast");
+
+    // The IdP recovers: once the interval has passed, one probe goes through and ends it.
+    setup.idp.fail_next(0, 500);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = setup.get_token(Some("plain"), Some(CE), 100_000);
+        if reply.status() == Some(200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still failing: {reply:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stats = setup.idp.stats();
+    assert_eq!(
+        stats.refreshes("id-plain"),
+        stats.injected_failures + 1,
+        "the failed requests and the probe that succeeded"
+    );
+    assert!(setup.idp.grant_alive("id-plain"));
+}
+
+#[test]
 fn deleted_or_replaced_credentials_are_not_served_from_the_cache() {
     let setup = setup(&[], "");
     setup.delegate("plain");

@@ -123,6 +123,13 @@ async fn metrics_pass_promtool_and_count_requests_and_credentials() {
     assert_eq!(stored(r#"provider="test-idp",state="active""#), Some(2.0));
     assert_eq!(stored(r#"provider="other-idp",state="active""#), Some(1.0));
     assert_eq!(
+        sample(
+            &exposition,
+            r#"tokenmanager_idp_backoff_seconds{idp="test-idp"}"#
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
         stored(r#"provider="test-idp",state="needs_redelegation""#),
         Some(0.0),
         "a configured IdP has every state's series from the first scrape"
