@@ -114,6 +114,7 @@ pub enum DbOperation {
     MarkNeedsRedelegation,
     TakeLease,
     ReleaseLease,
+    VoidLeases,
     ClientToken,
     TakeClientLease,
     ReleaseClientLease,
@@ -125,7 +126,7 @@ pub enum DbOperation {
 }
 
 impl DbOperation {
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 22] = [
         Self::Migrate,
         Self::Ping,
         Self::UpdateToken,
@@ -139,6 +140,7 @@ impl DbOperation {
         Self::MarkNeedsRedelegation,
         Self::TakeLease,
         Self::ReleaseLease,
+        Self::VoidLeases,
         Self::ClientToken,
         Self::TakeClientLease,
         Self::ReleaseClientLease,
@@ -164,6 +166,7 @@ impl DbOperation {
             Self::MarkNeedsRedelegation => "mark_needs_redelegation",
             Self::TakeLease => "take_lease",
             Self::ReleaseLease => "release_lease",
+            Self::VoidLeases => "void_leases",
             Self::ClientToken => "client_token",
             Self::TakeClientLease => "take_client_lease",
             Self::ReleaseClientLease => "release_client_lease",

@@ -162,6 +162,7 @@ impl Application {
         let ports = listeners.ports();
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let service = Service::new(database, keyring, settings, sources.files, metrics.clone())?;
+        service.void_leases_of_gone_processes().await;
         let mut background = Vec::new();
         if let Some((source, fetched)) = sources.remote {
             service.set_remote(source, fetched);

@@ -4,7 +4,7 @@ use std::time::Duration;
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
-use super::schema::tokens;
+use super::schema::{client_tokens, tokens};
 use super::{DbConn, DbError};
 use crate::crypto::{Keyring, SealContext, SharedKeyring, TokenColumn};
 use crate::domain::{CredentialState, NewToken, Secret};
@@ -420,6 +420,44 @@ impl TokenStore {
             .map_err(DbError::from)
         })?;
         Ok(changed == 1)
+    }
+
+    /// The owners of the refresh leases recorded now, on credentials and client tokens alike.
+    pub fn lease_owners(&self, conn: &mut DbConn) -> Result<Vec<String>, DbError> {
+        let mut owners: Vec<Option<String>> = tokens::table
+            .filter(tokens::lease_owner.is_not_null())
+            .select(tokens::lease_owner)
+            .distinct()
+            .load(conn)?;
+        owners.extend(
+            client_tokens::table
+                .filter(client_tokens::lease_owner.is_not_null())
+                .select(client_tokens::lease_owner)
+                .distinct()
+                .load::<Option<String>>(conn)?,
+        );
+        let mut owners: Vec<String> = owners.into_iter().flatten().collect();
+        owners.sort();
+        owners.dedup();
+        Ok(owners)
+    }
+
+    /// Clears every lease of `owners` (processes that are gone); how many there were.
+    pub fn void_leases(&self, conn: &mut DbConn, owners: &[String]) -> Result<usize, DbError> {
+        let credentials = diesel::update(tokens::table.filter(tokens::lease_owner.eq_any(owners)))
+            .set((
+                tokens::lease_owner.eq(None::<String>),
+                tokens::lease_expires_at.eq(None::<i64>),
+            ))
+            .execute(conn)?;
+        let client =
+            diesel::update(client_tokens::table.filter(client_tokens::lease_owner.eq_any(owners)))
+                .set((
+                    client_tokens::lease_owner.eq(None::<String>),
+                    client_tokens::lease_expires_at.eq(None::<i64>),
+                ))
+                .execute(conn)?;
+        Ok(credentials + client)
     }
 
     /// Gives a lease back (after a failed refresh; a stored one clears it itself).

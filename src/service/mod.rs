@@ -209,6 +209,20 @@ impl Service {
         &self.database
     }
 
+    /// At start: voids the refresh leases of processes that are gone, logging how many.
+    pub async fn void_leases_of_gone_processes(&self) {
+        match self.broker.void_leases_of_gone_processes().await {
+            Ok(0) => {}
+            Ok(voided) => tracing::warn!(
+                voided,
+                "voided the refresh leases of processes that are gone (killed during a refresh?)"
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "cannot void the refresh leases of processes that are gone")
+            }
+        }
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }

@@ -28,8 +28,9 @@ struct Setup {
     /// The HTTPS port of each replica on the database: one application in this process, or
     /// several `serve` processes.
     https_ports: Vec<u16>,
+    config: std::path::PathBuf,
     _app: Option<TestApp>,
-    _processes: Vec<ServeProcess>,
+    processes: Vec<ServeProcess>,
     _db: TestDb,
     full: CertifiedKey,
     manager: CertifiedKey,
@@ -45,6 +46,12 @@ fn setup(extra_users: &[String], idp_options: &str) -> Setup {
 }
 
 fn setup_on(db: TestDb, replicas: usize, extra_users: &[String], idp_options: &str) -> Setup {
+    let processes = if replicas == 1 { 0 } else { replicas };
+    setup_with(db, processes, extra_users, idp_options)
+}
+
+/// [`setup_on`] with `processes` `serve` processes, or the application in this process for 0.
+fn setup_with(db: TestDb, processes: usize, extra_users: &[String], idp_options: &str) -> Setup {
     let idp = TestIdp::spawn();
     let config = configure(&db, "");
     // An allow-list unless the test's options say otherwise (a comment naming the option
@@ -78,10 +85,10 @@ fn setup_on(db: TestDb, replicas: usize, extra_users: &[String], idp_options: &s
         &format!("Users = plain, suspended, victim{members}"),
     );
     std::fs::write(&config, text).unwrap();
-    let (app, processes) = if replicas == 1 {
+    let (app, processes) = if processes == 0 {
         (Some(TestApp::spawn(&config)), Vec::new())
     } else {
-        let processes = (0..replicas).map(|_| ServeProcess::spawn(&config));
+        let processes = (0..processes).map(|_| ServeProcess::spawn(&config));
         (None, processes.collect::<Vec<_>>())
     };
     let https_ports = match &app {
@@ -92,8 +99,9 @@ fn setup_on(db: TestDb, replicas: usize, extra_users: &[String], idp_options: &s
     Setup {
         idp,
         https_ports,
+        config,
         _app: app,
-        _processes: processes,
+        processes,
         _db: db,
         full: pki.proxy(&dn("full"), ProxyKind::Rfc3820, Some("g_full")),
         manager: pki.proxy(&dn("manager"), ProxyKind::Rfc3820, Some("g_manager")),
@@ -101,6 +109,17 @@ fn setup_on(db: TestDb, replicas: usize, extra_users: &[String], idp_options: &s
 }
 
 impl Setup {
+    /// Kills `serve` process `replica` with SIGKILL and starts it again on the same
+    /// configuration.
+    fn kill_and_restart(&mut self, replica: usize) {
+        let killed = &mut self.processes[replica];
+        killed.signal("KILL");
+        killed.wait();
+        let restarted = ServeProcess::spawn(&self.config);
+        self.https_ports[replica] = restarted.https;
+        self.processes[replica] = restarted;
+    }
+
     /// Logs `user` in at the IdP and stores its refresh token through updateToken.
     fn delegate(&self, user: &str) {
         let grant = self.idp.grant(&format!("id-{user}"), SCOPE);
@@ -583,6 +602,49 @@ fn a_failing_idp_gets_a_trickle_of_requests_not_one_per_caller() {
         "the failed requests and the probe that succeeded"
     );
     assert!(setup.idp.grant_alive("id-plain"));
+}
+
+#[test]
+fn a_restart_after_kill_9_during_a_refresh_serves_the_user_at_once() {
+    let mut setup = setup_with(
+        TestDb::new(tokenmanager::config::Backend::Sqlite),
+        1,
+        &[],
+        "",
+    );
+    setup.delegate("plain");
+    setup.idp.hold("id-plain");
+    // A caller whose refresh the IdP holds: the process holds the credential's lease (75 s).
+    let (port, full) = (setup.https_ports[0], setup.full.clone());
+    let body = json!({"username": "plain", "userGroup": "g_user", "scope": ["compute.read"],
+                      "audience": CE, "requiredTimeLeft": 100_000});
+    let caller = std::thread::spawn(move || {
+        Client::with_certificate(&full).post(port, "/api/v1/getToken", &body.to_string())
+    });
+    setup.idp.wait_until_held(1, Duration::from_secs(10));
+    setup.kill_and_restart(0);
+    // The killed process's connection closed: the IdP took the held request back unprocessed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while setup.idp.stats().abandoned_holds == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the held request was never abandoned"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    setup.idp.release("id-plain");
+    let _ = caller.join();
+
+    let started = Instant::now();
+    let reply = setup.get_token(Some("plain"), Some(CE), 100_000);
+    assert_eq!(reply.status(), Some(200), "{reply:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "served after {:?}: the dead process's lease was waited out",
+        started.elapsed()
+    );
+    assert!(setup.idp.grant_alive("id-plain"));
+    setup.processes[0].wait_for_log("voided the refresh leases of processes that are gone");
 }
 
 #[test]

@@ -277,6 +277,11 @@ impl ServeProcess {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Waits for the process to exit.
+    pub fn wait(&mut self) {
+        let _ = self.child.wait();
+    }
+
     pub fn signal(&self, signal: &str) {
         let status = Command::new("kill")
             .args([&format!("-{signal}"), &self.child.id().to_string()])

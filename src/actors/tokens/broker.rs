@@ -8,6 +8,7 @@ use actix::prelude::*;
 
 use super::cache::TokenCache;
 use super::lease::caller_deadline;
+use super::owner::LeaseOwner;
 use super::refresh::{Obtain, RefreshActor};
 use super::{AccessToken, Subject, TokenError, TokenKey};
 use crate::actors::db::{Database, DbOperation};
@@ -28,6 +29,8 @@ pub(crate) struct TokenBroker {
     actors: Mutex<HashMap<ActorKey, Addr<RefreshActor>>>,
     idle_timeout: Duration,
     /// This process, as the owner of refresh leases.
+    owner: LeaseOwner,
+    /// [`LeaseOwner::id`], as the leases record it.
     lease_owner: Arc<str>,
     /// Other replicas may change credentials (PostgreSQL, MariaDB): a cached user token is served
     /// only while its credential's version is still the stored one.
@@ -42,21 +45,37 @@ impl TokenBroker {
         shared_database: bool,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let lease_owner = format!("{}:{}:{started:x}", host.trim(), std::process::id());
+        let owner = LeaseOwner::this_process();
         Self {
             database,
             cache: Arc::default(),
             actors: Mutex::default(),
             idle_timeout,
-            lease_owner: lease_owner.into(),
+            lease_owner: owner.id().into(),
+            owner,
             shared_database,
             metrics,
         }
+    }
+
+    /// Voids the refresh leases of processes that are gone (see [`LeaseOwner::is_gone`]): a
+    /// restart after `kill -9` serves their credentials at once instead of after the expiry.
+    pub(crate) async fn void_leases_of_gone_processes(&self) -> Result<usize, crate::db::DbError> {
+        let owner = self.owner.clone();
+        let sole_server = !self.shared_database;
+        self.database
+            .run(DbOperation::VoidLeases, move |store, conn| {
+                let gone: Vec<String> = store
+                    .lease_owners(conn)?
+                    .into_iter()
+                    .filter(|other| owner.is_gone(other, sole_server))
+                    .collect();
+                if gone.is_empty() {
+                    return Ok(0);
+                }
+                store.void_leases(conn, &gone)
+            })
+            .await
     }
 
     /// A token for `key`: from the cache when one lives long enough, else from the key's actor.

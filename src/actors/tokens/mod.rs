@@ -7,6 +7,7 @@
 mod broker;
 mod cache;
 mod lease;
+mod owner;
 mod refresh;
 mod seams;
 
