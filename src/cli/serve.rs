@@ -47,8 +47,8 @@ async fn reload_on_sighup(app: AppHandle) {
     }
 }
 
-/// actix-web's own signal handling, for all listeners at once: SIGTERM stops gracefully,
-/// SIGINT and SIGQUIT at once.
+/// SIGTERM stops gracefully (calls in progress get their grace period), SIGINT and SIGQUIT at
+/// once; a second signal during a graceful stop ends it at once.
 async fn stop_on_signals(app: AppHandle) {
     let listen = |kind| {
         signal(kind)
@@ -68,5 +68,21 @@ async fn stop_on_signals(app: AppHandle) {
         _ = quit.recv() => false,
     };
     tracing::info!(graceful, "stopping");
-    app.stop(graceful).await;
+    if !graceful {
+        app.stop(false).await;
+        return;
+    }
+    tokio::select! {
+        () = app.stop(true) => {}
+        _ = async {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+                _ = quit.recv() => {}
+            }
+        } => {
+            tracing::warn!("second stop signal: stopping at once");
+            app.stop(false).await;
+        }
+    }
 }

@@ -115,6 +115,11 @@ impl Setup {
         let killed = &mut self.processes[replica];
         killed.signal("KILL");
         killed.wait();
+        self.restart(replica);
+    }
+
+    /// Starts `serve` process `replica`, which has exited, again on the same configuration.
+    fn restart(&mut self, replica: usize) {
         let restarted = ServeProcess::spawn(&self.config);
         self.https_ports[replica] = restarted.https;
         self.processes[replica] = restarted;
@@ -645,6 +650,61 @@ fn a_restart_after_kill_9_during_a_refresh_serves_the_user_at_once() {
     );
     assert!(setup.idp.grant_alive("id-plain"));
     setup.processes[0].wait_for_log("voided the refresh leases of processes that are gone");
+}
+
+/// getToken for plain over the JSON API of `port`, forcing a refresh, on a thread of its own.
+fn get_token_in_background(setup: &Setup, port: u16) -> std::thread::JoinHandle<Reply> {
+    let full = setup.full.clone();
+    let body = json!({"username": "plain", "userGroup": "g_user", "scope": ["compute.read"],
+                      "audience": CE, "requiredTimeLeft": 100_000});
+    std::thread::spawn(move || {
+        Client::with_certificate(&full).post(port, "/api/v1/getToken", &body.to_string())
+    })
+}
+
+#[test]
+fn sigterm_lets_calls_in_flight_finish_and_a_second_signal_stops_at_once() {
+    let mut setup = setup_with(
+        TestDb::new(tokenmanager::config::Backend::Sqlite),
+        1,
+        &[],
+        "",
+    );
+    setup.delegate("plain");
+    setup.idp.latency(3000);
+    let callers: Vec<_> = (0..3)
+        .map(|_| get_token_in_background(&setup, setup.https_ports[0]))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    setup.processes[0].signal("TERM");
+    for caller in callers {
+        let reply = caller.join().unwrap();
+        assert_eq!(reply.status(), Some(200), "{reply:?}");
+    }
+    assert!(
+        setup.processes[0].exits_within(Duration::from_secs(10)),
+        "the stop did not end once the calls were answered"
+    );
+    assert!(setup.idp.grant_alive("id-plain"));
+    setup.idp.latency(0);
+
+    // A call the IdP holds keeps a graceful stop waiting; a second SIGTERM ends it.
+    setup.restart(0);
+    setup.idp.hold("id-plain");
+    let held = get_token_in_background(&setup, setup.https_ports[0]);
+    setup.idp.wait_until_held(1, Duration::from_secs(10));
+    setup.processes[0].signal("TERM");
+    assert!(
+        !setup.processes[0].exits_within(Duration::from_secs(1)),
+        "the graceful stop waits for the call in flight"
+    );
+    setup.processes[0].signal("TERM");
+    assert!(
+        setup.processes[0].exits_within(Duration::from_secs(3)),
+        "a second SIGTERM stops at once"
+    );
+    setup.idp.release("id-plain");
+    let _ = held.join();
 }
 
 #[test]
