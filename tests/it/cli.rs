@@ -326,3 +326,29 @@ async fn rotate_key_reencrypts_every_row_while_serve_runs() {
     assert!(reloaded.contains("k2"), "{reloaded}");
     assert_eq!(http_get(server.metrics, "/readyz").0, 200);
 }
+
+/// Replicas started together migrate a fresh database one at a time: every one succeeds.
+fn replicas_starting_together_take_turns_migrating(backend: Backend) {
+    let db = TestDb::new(backend);
+    keyring_for(&db);
+    let config = write_config(db.dir.path(), "tm.cfg", &sqlite_section(&db), "");
+    let runs: Vec<_> = (0..6)
+        .map(|_| {
+            let config = config.clone();
+            std::thread::spawn(move || run(&["migrate", "--config", config.to_str().unwrap()], &[]))
+        })
+        .collect();
+    for output in runs.into_iter().map(|r| r.join().unwrap()) {
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+}
+
+#[test]
+fn postgres_replicas_starting_together_take_turns_migrating() {
+    replicas_starting_together_take_turns_migrating(Backend::Postgres);
+}
+
+#[test]
+fn mariadb_replicas_starting_together_take_turns_migrating() {
+    replicas_starting_together_take_turns_migrating(Backend::Mysql);
+}
