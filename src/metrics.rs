@@ -63,6 +63,9 @@ pub struct Metrics {
     pub expiring_credentials: IntGaugeVec,
     /// Configuration reloads (SIGHUP, refreshConfiguration) by outcome (`ok`, `rejected`).
     pub config_reloads: IntCounterVec,
+    /// When the service's certificates expire, in seconds since the epoch, by certificate
+    /// (`host`; `ca`: the earliest of the CA directory), read every few minutes.
+    pub certificate_expiry: IntGaugeVec,
     /// Always 1; its labels say what is running.
     pub build_info: IntGaugeVec,
     /// Client connections open now, by listener (`https`, `dips`, `metrics`) and state (`idle`:
@@ -330,6 +333,16 @@ impl Metrics {
                         "Time of database operations, pool wait included, by operation",
                     ),
                     &["operation"],
+                )?,
+            )?,
+            certificate_expiry: register(
+                r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tokenmanager_certificate_expiry_timestamp_seconds",
+                        "When the host certificate and the earliest CA of CALocation expire",
+                    ),
+                    &["certificate"],
                 )?,
             )?,
             stored_credentials: register(

@@ -26,6 +26,7 @@ use crate::transport::{
     self, descriptors,
     tls::{Listener, ReloadableTls},
 };
+use crate::x509::expiry;
 
 /// How long start-up waits for the database before giving up with its error.
 const DATABASE_WAIT: Duration = Duration::from_secs(15);
@@ -163,7 +164,8 @@ impl Application {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let service = Service::new(database, keyring, settings, sources.files, metrics.clone())?;
         service.void_leases_of_gone_processes().await;
-        let mut background = Vec::new();
+        let mut background =
+            vec![actix_rt::spawn(export_certificate_expiry(service.clone())).abort_handle()];
         if let Some((source, fetched)) = sources.remote {
             service.set_remote(source, fetched);
             background
@@ -318,6 +320,39 @@ impl Listeners {
 
 /// Asks the Configuration Server for a newer version every `RefreshTime`; a failure is logged
 /// and the configuration in force kept.
+/// How often the certificate files are read for their expiry: they may be replaced on disk
+/// before a reload puts them in force.
+const CERTIFICATE_EXPIRY_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Publishes when the host certificate and the earliest trusted CA expire, now and every
+/// [`CERTIFICATE_EXPIRY_INTERVAL`].
+async fn export_certificate_expiry(service: Arc<Service>) {
+    let mut ticks = tokio::time::interval(CERTIFICATE_EXPIRY_INTERVAL);
+    loop {
+        ticks.tick().await;
+        let security = service.settings().security.clone();
+        let gauge = |certificate| {
+            service
+                .metrics()
+                .certificate_expiry
+                .with_label_values(&[certificate])
+        };
+        if let Some(path) = &security.cert_file {
+            match expiry::certificate_file_expiry(path) {
+                Ok(at) => gauge("host").set(at),
+                Err(error) => tracing::warn!(%error, "cannot read the host certificate's expiry"),
+            }
+        }
+        if let Some(dir) = &security.ca_location {
+            match expiry::earliest_ca_expiry(dir) {
+                Ok(Some(at)) => gauge("ca").set(at),
+                Ok(None) => tracing::warn!(dir = %dir.display(), "no CA certificate in CALocation"),
+                Err(error) => tracing::warn!(%error, "cannot read the CAs' expiry"),
+            }
+        }
+    }
+}
+
 async fn poll_configuration_server(service: Arc<Service>) {
     let Some(period) = service.remote_refresh_time() else {
         return;

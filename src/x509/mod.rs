@@ -6,6 +6,7 @@
 //! * [`identity`] derives what DIRAC's `X509Chain.getCredentials` derives from a peer chain:
 //!   DN strings in `X509_NAME_oneline` format, proxy detection, limited proxies, the DIRAC group
 //!   extension. Registry lookups belong to the caller.
+//! * [`expiry`] reads when the host certificate and the trusted CAs expire.
 //! * [`tls`] builds the OpenSSL acceptor: proxies allowed, legacy proxies forgiven, every
 //!   refused client certificate logged.
 //!
@@ -13,6 +14,7 @@
 //! ProxyCertInfo extension, i.e. every RFC 3820 proxy.
 
 mod der;
+pub mod expiry;
 pub mod identity;
 pub mod pki;
 mod raw;

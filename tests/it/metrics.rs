@@ -129,6 +129,22 @@ async fn metrics_pass_promtool_and_count_requests_and_credentials() {
         ),
         Some(0.0)
     );
+    let host_expiry = tokenmanager::x509::expiry::not_after(&pki.host.cert).unwrap();
+    assert_eq!(
+        sample(
+            &exposition,
+            r#"tokenmanager_certificate_expiry_timestamp_seconds{certificate="host"}"#
+        ),
+        Some(host_expiry as f64)
+    );
+    let ca_expiry = tokenmanager::x509::expiry::not_after(pki.ca.cert()).unwrap();
+    assert_eq!(
+        sample(
+            &exposition,
+            r#"tokenmanager_certificate_expiry_timestamp_seconds{certificate="ca"}"#
+        ),
+        Some(ca_expiry as f64)
+    );
     assert_eq!(
         stored(r#"provider="test-idp",state="needs_redelegation""#),
         Some(0.0),
