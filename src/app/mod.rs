@@ -247,6 +247,7 @@ impl AppHandle {
     /// Stops the listeners and the background tasks; with `graceful`, calls in progress get
     /// up to 30 s to finish. [`Application::run`] then returns.
     pub async fn stop(&self, graceful: bool) {
+        self.service.begin_stop();
         for task in self.background.iter() {
             task.abort();
         }

@@ -230,16 +230,29 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
+/// How long `/readyz` waits for the database: probes time out after a second or two.
+const READINESS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
 async fn readyz(service: web::Data<Arc<Service>>) -> HttpResponse {
-    match service.database().ping().await {
-        Ok(()) => HttpResponse::Ok()
+    let unavailable = |reason: &'static str| {
+        HttpResponse::ServiceUnavailable()
+            .content_type("text/plain")
+            .body(reason)
+    };
+    if service.is_stopping() {
+        return unavailable("stopping\n");
+    }
+    match tokio::time::timeout(READINESS_DEADLINE, service.database().ping()).await {
+        Ok(Ok(())) => HttpResponse::Ok()
             .content_type("text/plain")
             .body("ready\n"),
-        Err(error) => {
+        Ok(Err(error)) => {
             tracing::warn!(%error, "readiness check failed");
-            HttpResponse::ServiceUnavailable()
-                .content_type("text/plain")
-                .body("database unreachable\n")
+            unavailable("database unreachable\n")
+        }
+        Err(_) => {
+            tracing::warn!("readiness check failed: the database did not answer within 1 s");
+            unavailable("database does not answer\n")
         }
     }
 }

@@ -129,6 +129,8 @@ pub struct Service {
     remote_source: OnceLock<RemoteSource>,
     remote: RwLock<Option<RemoteCfg>>,
     metrics: Arc<Metrics>,
+    /// Set when a stop begins: `/readyz` says 503 from then on.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Service {
@@ -158,6 +160,7 @@ impl Service {
             config_files,
             started: SystemTime::now(),
             reload_hooks: Mutex::new(Vec::new()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             remote_source: OnceLock::new(),
             remote: RwLock::new(None),
             metrics,
@@ -207,6 +210,16 @@ impl Service {
 
     pub fn database(&self) -> &Database {
         &self.database
+    }
+
+    /// A stop has begun: the service is no longer ready for new calls.
+    pub fn begin_stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// At start: voids the refresh leases of processes that are gone, logging how many.

@@ -202,7 +202,8 @@ pub struct Admission {
     known_handshakes: [Arc<Semaphore>; 3],
     gauges: [[IntGauge; 4]; 3],
     metrics: Arc<Metrics>,
-    /// Woken when the last connection closes, and when shutdown starts.
+    /// Woken when the last connection of the HTTPS and DISET listeners closes, and when shutdown
+    /// starts.
     changed: Notify,
     /// Woken when the shed connections still open fall below [`SHED_BACKLOG`].
     shed_closed: Notify,
@@ -214,6 +215,8 @@ struct Inner {
     open: usize,
     /// Tickets shed and not yet dropped.
     shedding: usize,
+    /// Tickets of the HTTPS and DISET listeners: what a graceful stop waits for.
+    serving: usize,
     /// `[listener][state]`: id → (address, slot), ordered by age.
     connections: [[BTreeMap<u64, Member>; 4]; 3],
     per_address: HashMap<IpAddr, usize>,
@@ -309,6 +312,7 @@ impl Admission {
                 next_id: 0,
                 open: 0,
                 shedding: 0,
+                serving: 0,
                 connections: Default::default(),
                 per_address: HashMap::new(),
                 known: KnownAddresses::default(),
@@ -337,7 +341,8 @@ impl Admission {
             self.count_shed(front, reason);
             Err(reason)
         };
-        if inner.closing {
+        // The metrics listener answers health checks (`/readyz`: 503) until the end.
+        if inner.closing && front != Front::Metrics {
             return refused(ShedReason::Shutdown);
         }
         let per_address_cap = self.limits.unidentified_per_address;
@@ -359,6 +364,9 @@ impl Admission {
         let id = inner.next_id;
         inner.next_id += 1;
         inner.open += 1;
+        if front != Front::Metrics {
+            inner.serving += 1;
+        }
         let slot = Arc::new(Slot::default());
         self.enter(&mut inner, front, State::Idle, id, address, slot.clone());
         Ok(Ticket {
@@ -478,8 +486,8 @@ impl Admission {
         }
     }
 
-    /// Stops admitting: new connections are refused, and those that have not finished a
-    /// handshake are shed.
+    /// Stops admitting to the HTTPS and DISET listeners: new connections are refused, and those
+    /// that have not finished a handshake are shed. The metrics listener keeps admitting.
     pub fn close(&self) {
         let mut inner = self.lock();
         inner.closing = true;
@@ -488,12 +496,13 @@ impl Admission {
         self.changed.notify_waiters();
     }
 
-    /// Waits until every connection has closed, at most `grace`; then sheds those left.
+    /// Waits until every connection of the HTTPS and DISET listeners has closed, at most
+    /// `grace`; then sheds those left.
     pub async fn drain(&self, grace: Duration) {
         let all_closed = async {
             loop {
                 let notified = self.changed.notified();
-                if self.lock().open == 0 {
+                if self.lock().serving == 0 {
                     return;
                 }
                 notified.await;
@@ -631,7 +640,11 @@ impl Drop for Ticket {
             admission.leave(&mut inner, self.front, self.state(), self.id);
         }
         inner.open -= 1;
-        let last = inner.open == 0;
+        let mut last = false;
+        if self.front != Front::Metrics {
+            inner.serving -= 1;
+            last = inner.serving == 0;
+        }
         drop(inner);
         if last {
             admission.changed.notify_waiters();

@@ -136,9 +136,16 @@ async fn accept_loop(
     errors: Arc<Mutex<AcceptErrors>>,
 ) {
     loop {
+        // The metrics listener serves health checks until the workers stop.
+        let stopping = async {
+            match front {
+                Front::Metrics => std::future::pending().await,
+                _ => stop.wait_for(|stop| *stop).await.map(|_| ()),
+            }
+        };
         let accepted = tokio::select! {
             biased;
-            _ = stop.wait_for(|stop| *stop) => return,
+            _ = stopping => return,
             accepted = async {
                 admission.room().await;
                 listener.accept().await

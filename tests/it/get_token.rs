@@ -677,6 +677,18 @@ fn sigterm_lets_calls_in_flight_finish_and_a_second_signal_stops_at_once() {
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     setup.processes[0].signal("TERM");
+    // Health checks still connect, and are told at once that the process is not ready.
+    let metrics = setup.processes[0].metrics;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let (status, body) = crate::client::http_get(metrics, "/readyz");
+        if status == 503 {
+            assert_eq!(body, "stopping\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz still {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     for caller in callers {
         let reply = caller.join().unwrap();
         assert_eq!(reply.status(), Some(200), "{reply:?}");

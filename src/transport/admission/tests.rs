@@ -317,3 +317,24 @@ fn known_addresses_are_bounded() {
     assert!(known.contains(newcomer, later));
     assert_eq!(known.last_identified.len(), 1);
 }
+
+#[tokio::test]
+async fn a_stop_waits_for_the_serving_listeners_while_health_checks_still_connect() {
+    let admission = admission(100, 100, 0);
+    let scrape = admission.admit(Front::Metrics, ip(1)).unwrap();
+    scrape.advance(State::Unidentified);
+    admission.close();
+    let probe = admission.admit(Front::Metrics, ip(1));
+    assert!(probe.is_ok(), "/readyz still answers during the drain");
+    assert_eq!(
+        admission.admit(Front::Dips, ip(1)).err(),
+        Some(ShedReason::Shutdown)
+    );
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        admission.drain(Duration::from_secs(30)),
+    )
+    .await
+    .expect("metrics connections do not hold the drain");
+    drop((scrape, probe));
+}
