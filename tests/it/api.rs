@@ -522,6 +522,21 @@ fn token_values_are_shown_only_with_the_option_and_only_to_proxy_management() {
     );
 }
 
+/// refreshConfiguration on `connection` is refused (`config_rejected`) with a message naming
+/// `culprit`.
+fn refresh_is_refused_naming(connection: &mut crate::client::Connection, culprit: &str) {
+    let (status, body) = connection.post("/api/v1/refreshConfiguration", "{}");
+    assert_eq!(
+        (status, body["code"].clone()),
+        (500, json!("config_rejected")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains(culprit),
+        "{body}"
+    );
+}
+
 #[test]
 fn reload_keeps_serving_refuses_a_broken_config_and_swaps_the_host_certificate() {
     let pki = TestPki::shared();
@@ -554,16 +569,7 @@ fn reload_keeps_serving_refuses_a_broken_config_and_swaps_the_host_certificate()
     app.signal("HUP");
     let refused = app.wait_for_log("reload refused");
     assert!(refused.contains("tm.cfg"), "{refused}");
-    let (status, body) = kept.post("/api/v1/refreshConfiguration", "{}");
-    assert_eq!(
-        (status, body["code"].clone()),
-        (500, json!("config_rejected")),
-        "{body}"
-    );
-    assert!(
-        body["message"].as_str().unwrap().contains("tm.cfg"),
-        "{body}"
-    );
+    refresh_is_refused_naming(&mut kept, "tm.cfg");
     assert_eq!(
         kept.post("/api/v1/whoami", "{}").1["value"]["username"],
         json!("admin")
@@ -573,16 +579,7 @@ fn reload_keeps_serving_refuses_a_broken_config_and_swaps_the_host_certificate()
     let keyring = db.dir.path().join("keyring").display().to_string();
     let missing = db.dir.path().join("moved-keyring").display().to_string();
     std::fs::write(&config, text.replace(&keyring, &missing)).unwrap();
-    let (status, body) = kept.post("/api/v1/refreshConfiguration", "{}");
-    assert_eq!(
-        (status, body["code"].clone()),
-        (500, json!("config_rejected")),
-        "{body}"
-    );
-    assert!(
-        body["message"].as_str().unwrap().contains("moved-keyring"),
-        "{body}"
-    );
+    refresh_is_refused_naming(&mut kept, "moved-keyring");
 
     // A good one with a new user and a new host certificate.
     let newcomer_dn = dn("newcomer");

@@ -544,17 +544,7 @@ fn without_an_allow_list_user_tokens_get_no_audience_and_client_tokens_any() {
     setup.delegate("plain");
     setup.idp.reset_stats();
     let refused = setup.get_token(Some("plain"), Some(CE), 0);
-    assert_eq!(
-        (refused.status(), refused.body()["code"].clone()),
-        (Some(400), json!("audience_not_allowed")),
-        "{refused:?}"
-    );
-    assert!(
-        refused.body()["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("allowed_audiences")),
-        "the refusal names the option: {refused:?}"
-    );
+    assert_refusal(&refused, 400, "audience_not_allowed", "allowed_audiences");
     assert_eq!(
         setup.idp.stats().refreshes("id-plain"),
         0,
@@ -926,15 +916,20 @@ fn without_a_bearer_audience_bearer_tokens_identify_no_one() {
             .json("{}")
             .bearer(&jwt_for(&setup.idp, "id-plain")),
     );
+    assert_refusal(&reply, 401, "unauthenticated", "bearer_audience");
+}
+
+/// `reply` is an error `status` with `code`, whose message names the option `option`.
+fn assert_refusal(reply: &Reply, status: u16, code: &str, option: &str) {
     assert_eq!(
         (reply.status(), reply.body()["code"].clone()),
-        (Some(401), json!("unauthenticated")),
+        (Some(status), json!(code)),
         "{reply:?}"
     );
     assert!(
         reply.body()["message"]
             .as_str()
-            .is_some_and(|m| m.contains("bearer_audience")),
-        "the refusal names the option: {reply:?}"
+            .is_some_and(|m| m.contains(option)),
+        "the refusal names {option}: {reply:?}"
     );
 }
