@@ -433,14 +433,7 @@ fn an_idp_error_or_timeout_leaves_the_stored_token_usable() {
     // After late_reply_wait the service gives up on the request, so its connection closes and the
     // IdP takes the held request back unprocessed; releasing before the IdP has seen the close
     // would process it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while setup.idp.stats().abandoned_holds == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the timed-out request's connection was never closed"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    setup.idp.wait_until_abandoned(Duration::from_secs(10));
     setup.idp.release("id-plain");
     let ok = setup.get_token(Some("plain"), Some(CE), 100_000);
     assert_eq!(ok.status(), Some(200), "{ok:?}");
@@ -619,14 +612,7 @@ fn a_restart_after_kill_9_during_a_refresh_serves_the_user_at_once() {
     setup.idp.wait_until_held(1, Duration::from_secs(10));
     setup.kill_and_restart(0);
     // The killed process's connection closed: the IdP took the held request back unprocessed.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while setup.idp.stats().abandoned_holds == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the held request was never abandoned"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    setup.idp.wait_until_abandoned(Duration::from_secs(10));
     setup.idp.release("id-plain");
     let _ = caller.join();
 
@@ -642,13 +628,59 @@ fn a_restart_after_kill_9_during_a_refresh_serves_the_user_at_once() {
     setup.processes[0].wait_for_log("voided the refresh leases of processes that are gone");
 }
 
-/// getToken for plain over the JSON API of `port`, forcing a refresh, on a thread of its own.
-fn get_token_in_background(setup: &Setup, port: u16) -> std::thread::JoinHandle<Reply> {
+/// The service's three front-ends.
+#[derive(Clone, Copy, Debug)]
+enum FrontEnd {
+    Json,
+    DiracHttps,
+    Dips,
+}
+
+/// getToken for plain over `front` of `serve` process 0, forcing a refresh, on a thread of its
+/// own: Ok, or what went wrong.
+fn get_token_in_background(
+    setup: &Setup,
+    front: FrontEnd,
+) -> std::thread::JoinHandle<Result<(), String>> {
     let full = setup.full.clone();
-    let body = json!({"username": "plain", "userGroup": "g_user", "scope": ["compute.read"],
-                      "audience": CE, "requiredTimeLeft": 100_000});
-    std::thread::spawn(move || {
-        Client::with_certificate(&full).post(port, "/api/v1/getToken", &body.to_string())
+    let (https, dips) = (setup.https_ports[0], setup.processes[0].dips);
+    let args = format!(r#"["plain", "g_user", ["compute.read"], "{CE}", null, 100000]"#);
+    std::thread::spawn(move || match front {
+        FrontEnd::Json => {
+            let body = json!({"username": "plain", "userGroup": "g_user", "scope": ["compute.read"],
+                              "audience": CE, "requiredTimeLeft": 100_000});
+            let reply =
+                Client::with_certificate(&full).post(https, "/api/v1/getToken", &body.to_string());
+            (reply.status() == Some(200))
+                .then_some(())
+                .ok_or(format!("{reply:?}"))
+        }
+        FrontEnd::DiracHttps => {
+            let form = crate::client::form_encode(&[
+                ("method", "getToken"),
+                ("args", &args),
+                ("clientVO", "dteam"),
+                ("clientSetup", "None"),
+            ]);
+            let request = Request::post("/Framework/TokenManager").body(crate::client::FORM, form);
+            let reply = Client::https(Some(&full)).call(https, &request);
+            (reply.body()["OK"] == json!(true))
+                .then_some(())
+                .ok_or(format!("{reply:?}"))
+        }
+        FrontEnd::Dips => {
+            let mut diset = crate::dirac::Diset::connect(dips, Some(&full))?;
+            diset.send(crate::dirac::proposal("getToken", r#""""#).as_bytes());
+            let accepted = diset.receive_json();
+            if accepted["OK"] != json!(true) {
+                return Err(format!("proposal: {accepted}"));
+            }
+            diset.send(format!(r#"{{"OK": true, "Value": {args}}}"#).as_bytes());
+            let reply = diset.receive_json();
+            (reply["OK"] == json!(true))
+                .then_some(())
+                .ok_or(format!("{reply}"))
+        }
     })
 }
 
@@ -661,9 +693,12 @@ fn sigterm_lets_calls_in_flight_finish_and_a_second_signal_stops_at_once() {
         "",
     );
     setup.delegate("plain");
-    setup.idp.latency(3000);
-    let callers: Vec<_> = (0..3)
-        .map(|_| get_token_in_background(&setup, setup.https_ports[0]))
+    // Nine callers, three per front-end, whose refresh the IdP answers after 4 s.
+    setup.idp.latency(4000);
+    let callers: Vec<_> = [FrontEnd::Json, FrontEnd::DiracHttps, FrontEnd::Dips]
+        .into_iter()
+        .flat_map(|front| std::iter::repeat_n(front, 3))
+        .map(|front| (front, get_token_in_background(&setup, front)))
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     setup.processes[0].signal("TERM");
@@ -679,9 +714,8 @@ fn sigterm_lets_calls_in_flight_finish_and_a_second_signal_stops_at_once() {
         assert!(Instant::now() < deadline, "/readyz still {status}");
         std::thread::sleep(Duration::from_millis(20));
     }
-    for caller in callers {
-        let reply = caller.join().unwrap();
-        assert_eq!(reply.status(), Some(200), "{reply:?}");
+    for (front, caller) in callers {
+        assert_eq!(caller.join().unwrap(), Ok(()), "{front:?}");
     }
     assert!(
         setup.processes[0].exits_within(Duration::from_secs(10)),
@@ -693,7 +727,7 @@ fn sigterm_lets_calls_in_flight_finish_and_a_second_signal_stops_at_once() {
     // A call the IdP holds keeps a graceful stop waiting; a second SIGTERM ends it.
     setup.restart(0);
     setup.idp.hold("id-plain");
-    let held = get_token_in_background(&setup, setup.https_ports[0]);
+    let held = get_token_in_background(&setup, FrontEnd::Json);
     setup.idp.wait_until_held(1, Duration::from_secs(10));
     setup.processes[0].signal("TERM");
     assert!(
@@ -705,8 +739,23 @@ fn sigterm_lets_calls_in_flight_finish_and_a_second_signal_stops_at_once() {
         setup.processes[0].exits_within(Duration::from_secs(3)),
         "a second SIGTERM stops at once"
     );
+    // Its connection closed: the IdP takes the held request back unprocessed (releasing it
+    // before would process it, and the stored refresh token would be consumed).
+    setup.idp.wait_until_abandoned(Duration::from_secs(10));
     setup.idp.release("id-plain");
     let _ = held.join();
+
+    // The restarted process serves at once: the lease the stopped one held is void.
+    setup.restart(0);
+    let started = Instant::now();
+    let after_restart = get_token_in_background(&setup, FrontEnd::Dips);
+    assert_eq!(after_restart.join().unwrap(), Ok(()));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(setup.idp.grant_alive("id-plain"));
 }
 
 #[test]

@@ -362,6 +362,20 @@ impl TestIdp {
         }
     }
 
+    /// Waits until a held request's client has gone and the IdP took the request back
+    /// unprocessed ([`IdpStats::abandoned_holds`]); panics after `timeout`. Releasing before
+    /// would process it.
+    pub fn wait_until_abandoned(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.stats().abandoned_holds == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no held request was abandoned: its connection was never closed"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The next refresh of `sub` is processed (the token rotates, the old one is consumed) but
     /// the connection is then closed without a reply.
     pub fn drop_reply(&self, sub: &str) {
