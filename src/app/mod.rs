@@ -319,8 +319,6 @@ impl Listeners {
     }
 }
 
-/// Asks the Configuration Server for a newer version every `RefreshTime`; a failure is logged
-/// and the configuration in force kept.
 /// How often the certificate files are read for their expiry: they may be replaced on disk
 /// before a reload puts them in force.
 const CERTIFICATE_EXPIRY_INTERVAL: Duration = Duration::from_secs(300);
@@ -354,6 +352,8 @@ async fn export_certificate_expiry(service: Arc<Service>) {
     }
 }
 
+/// Asks the Configuration Server for a newer version every `RefreshTime`; a failure is logged
+/// and the configuration in force kept.
 async fn poll_configuration_server(service: Arc<Service>) {
     let Some(period) = service.remote_refresh_time() else {
         return;
