@@ -50,6 +50,16 @@ fn setup_on(db: TestDb, replicas: usize, extra_users: &[String], idp_options: &s
     setup_with(db, processes, extra_users, idp_options)
 }
 
+/// [`setup_with`] one `serve` process on SQLite: for tests that signal or kill it.
+fn setup_in_one_process() -> Setup {
+    setup_with(
+        TestDb::new(tokenmanager::config::Backend::Sqlite),
+        1,
+        &[],
+        "",
+    )
+}
+
 /// [`setup_on`] with `processes` `serve` processes, or the application in this process for 0.
 fn setup_with(db: TestDb, processes: usize, extra_users: &[String], idp_options: &str) -> Setup {
     let idp = TestIdp::spawn();
@@ -594,21 +604,11 @@ fn a_failing_idp_gets_a_trickle_of_requests_not_one_per_caller() {
 
 #[test]
 fn a_restart_after_kill_9_during_a_refresh_serves_the_user_at_once() {
-    let mut setup = setup_with(
-        TestDb::new(tokenmanager::config::Backend::Sqlite),
-        1,
-        &[],
-        "",
-    );
+    let mut setup = setup_in_one_process();
     setup.delegate("plain");
     setup.idp.hold("id-plain");
     // A caller whose refresh the IdP holds: the process holds the credential's lease (75 s).
-    let (port, full) = (setup.https_ports[0], setup.full.clone());
-    let body = json!({"username": "plain", "userGroup": "g_user", "scope": ["compute.read"],
-                      "audience": CE, "requiredTimeLeft": 100_000});
-    let caller = std::thread::spawn(move || {
-        Client::with_certificate(&full).post(port, "/api/v1/getToken", &body.to_string())
-    });
+    let caller = get_token_in_background(&setup, FrontEnd::Json);
     setup.idp.wait_until_held(1, Duration::from_secs(10));
     setup.kill_and_restart(0);
     // The killed process's connection closed: the IdP took the held request back unprocessed.
@@ -686,12 +686,7 @@ fn get_token_in_background(
 
 #[test]
 fn sigterm_lets_calls_in_flight_finish_and_a_second_signal_stops_at_once() {
-    let mut setup = setup_with(
-        TestDb::new(tokenmanager::config::Backend::Sqlite),
-        1,
-        &[],
-        "",
-    );
+    let mut setup = setup_in_one_process();
     setup.delegate("plain");
     // Nine callers, three per front-end, whose refresh the IdP answers after 4 s.
     setup.idp.latency(4000);
