@@ -4,8 +4,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets from 100 µs (a cache hit) to 10 s (an IdP timeout).
@@ -50,16 +50,26 @@ pub struct Metrics {
     pub db_pool_idle: IntGauge,
     /// Time a database operation waited for a pooled connection.
     pub db_pool_wait: Histogram,
-    /// Operations the DB actor ran, by operation (a [`DbOperation`]) and outcome (`ok`, `error`).
+    /// Database operations, by operation (a [`DbOperation`]) and outcome (one of
+    /// [`DB_OUTCOMES`]).
     pub db_operations: IntCounterVec,
     /// Time of each database operation, by operation, whatever the outcome: from the DB actor
     /// taking it up, the wait for a pooled connection included, to its result.
     pub db_operation_duration: HistogramVec,
-    /// Stored credentials by provider and state (`active`, `needs_redelegation`), counted at
-    /// scrape.
+    /// Seconds since the database last answered an operation (a background probe asks every
+    /// few seconds, so this stays small while it answers).
+    pub db_last_answer_age: Gauge,
+    /// User-token cache hits served without confirming their credential, while a shared
+    /// database did not answer (within `MaxStaleness` of its last answer).
+    pub token_cache_unconfirmed_hits: IntCounter,
+    /// Stored credentials by provider and state (`active`, `needs_redelegation`), counted in
+    /// the background (see `db_gauges_age`).
     pub stored_credentials: IntGaugeVec,
+    /// Seconds since `stored_credentials` and `expiring_credentials` were last counted: a scrape
+    /// never waits for the database, so a hung one shows here.
+    pub db_gauges_age: Gauge,
     /// Usable stored credentials whose refresh token expires within `window` (`24h`, `7d`), by
-    /// provider, counted at scrape: their users must delegate again soon.
+    /// provider, counted with `stored_credentials`: their users must delegate again soon.
     pub expiring_credentials: IntGaugeVec,
     /// Configuration reloads (SIGHUP, refreshConfiguration) by outcome (`ok`, `rejected`).
     pub config_reloads: IntCounterVec,
@@ -129,6 +139,30 @@ pub enum DbOperation {
 }
 
 impl DbOperation {
+    /// Whether the operation runs to its end even when its caller stops waiting: the writes
+    /// that keep a user's grant (a rotated refresh token, a refresh token that must never be
+    /// presented again), lease releases (else the credential waits for the lease's expiry),
+    /// and the work of start-up and of the command line, which have no caller to answer.
+    pub fn outlives_its_caller(self) -> bool {
+        self.keeps_a_grant()
+            || matches!(
+                self,
+                Self::ReleaseLease
+                    | Self::ReleaseClientLease
+                    | Self::Migrate
+                    | Self::VoidLeases
+                    | Self::ImportToken
+                    | Self::RowsUnderOldKeys
+                    | Self::ReencryptPass
+            )
+    }
+
+    /// Whether losing the operation could cost a user's grant: the write of a rotated refresh
+    /// token, and the mark that a refresh token must not be presented again.
+    pub fn keeps_a_grant(self) -> bool {
+        matches!(self, Self::StoreRefreshed | Self::MarkNeedsRedelegation)
+    }
+
     pub const ALL: [Self; 22] = [
         Self::Migrate,
         Self::Ping,
@@ -181,6 +215,11 @@ impl DbOperation {
         }
     }
 }
+
+/// Outcomes of database operations: answered (`ok`, `error`), given up on by their caller at
+/// the database deadline (`timed_out`), dropped unrun because their caller had already given up
+/// (`expired`).
+pub const DB_OUTCOMES: [&str; 4] = ["ok", "error", "timed_out", "expired"];
 
 /// Error outcomes of requests every installation meets: they exist at 0 from the start.
 const COMMON_REQUEST_ERRORS: [&str; 4] =
@@ -292,6 +331,27 @@ impl Metrics {
                 IntCounter::new(
                     "tokenmanager_refresh_token_persist_failures_total",
                     "Refreshed tokens the IdP issued that could not be stored",
+                )?,
+            )?,
+            db_last_answer_age: register(
+                r,
+                Gauge::new(
+                    "tokenmanager_db_last_answer_age_seconds",
+                    "Seconds since the database last answered an operation",
+                )?,
+            )?,
+            token_cache_unconfirmed_hits: register(
+                r,
+                IntCounter::new(
+                    "tokenmanager_token_cache_unconfirmed_hits_total",
+                    "User-token cache hits served unconfirmed while the shared database did not answer",
+                )?,
+            )?,
+            db_gauges_age: register(
+                r,
+                Gauge::new(
+                    "tokenmanager_db_gauges_age_seconds",
+                    "Seconds since the stored-credential gauges were last counted",
                 )?,
             )?,
             db_pool_connections: register(
@@ -466,7 +526,7 @@ impl Metrics {
             self.refresh_actors.with_label_values(&[kind]);
         }
         for operation in DbOperation::ALL {
-            for outcome in ["ok", "error"] {
+            for outcome in DB_OUTCOMES {
                 self.db_operations
                     .with_label_values(&[operation.name(), outcome]);
             }
@@ -499,13 +559,17 @@ impl Metrics {
         ok: bool,
         started: std::time::Instant,
     ) {
-        let outcome = if ok { "ok" } else { "error" };
-        self.db_operations
-            .with_label_values(&[operation.name(), outcome])
-            .inc();
+        self.count_db_operation(operation, if ok { "ok" } else { "error" });
         self.db_operation_duration
             .with_label_values(&[operation.name()])
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Counts one database operation under `outcome`, one of [`DB_OUTCOMES`].
+    pub fn count_db_operation(&self, operation: DbOperation, outcome: &str) {
+        self.db_operations
+            .with_label_values(&[operation.name(), outcome])
+            .inc();
     }
 
     /// The registry in Prometheus text format.

@@ -2,6 +2,7 @@
 //! the three listeners, the actors behind them and the background tasks — so that one place can
 //! report the bound ports, reload, and stop them all.
 
+mod database_watch;
 mod demo;
 
 use std::net::{SocketAddr, TcpListener};
@@ -153,6 +154,7 @@ impl Application {
         };
         let options = PoolOptions {
             max_size: settings.service.database_pool_size,
+            deadline: settings.service.database_deadline,
             ..Default::default()
         };
         let database = open_database(url, keyring.clone(), options, metrics.clone()).await?;
@@ -164,8 +166,10 @@ impl Application {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let service = Service::new(database, keyring, settings, sources.files, metrics.clone())?;
         service.void_leases_of_gone_processes().await;
-        let mut background =
-            vec![actix_rt::spawn(export_certificate_expiry(service.clone())).abort_handle()];
+        let mut background = vec![
+            actix_rt::spawn(export_certificate_expiry(service.clone())).abort_handle(),
+            actix_rt::spawn(database_watch::watch_database(service.clone())).abort_handle(),
+        ];
         if let Some((source, fetched)) = sources.remote {
             service.set_remote(source, fetched);
             background
@@ -386,8 +390,13 @@ pub async fn open_database(
     metrics: Arc<Metrics>,
 ) -> Result<Database, AppError> {
     let database = Database::open(url, keyring, options, metrics)?;
-    tokio::time::timeout(DATABASE_WAIT, database.ping())
+    // Longer than the pool's connection timeout: a refused login reaches the operator as itself.
+    database
+        .ping_within(DATABASE_WAIT)
         .await
-        .map_err(|_| AppError::DatabaseTimeout(DATABASE_WAIT))??;
+        .map_err(|error| match error {
+            error if error.is_timeout() => AppError::DatabaseTimeout(DATABASE_WAIT),
+            error => error.into(),
+        })?;
     Ok(database)
 }

@@ -15,6 +15,12 @@ use crate::domain::registry::Registry;
 pub const DEFAULT_DISET_PORT: u16 = 9181;
 pub const DEFAULT_HTTPS_PORT: u16 = 8443;
 pub const DEFAULT_DATABASE_POOL_SIZE: u32 = 8;
+/// A healthy database answers in milliseconds; a caller should learn of a hung one well
+/// before a DIRAC client's own timeout (its RPC timeout is 120 s, an HTTP probe's a few seconds).
+pub const DEFAULT_DATABASE_DEADLINE_SECONDS: u64 = 3;
+/// Long enough to ride out a database failover or a stalled network, short enough that a token
+/// revoked through another replica meanwhile is not served for long.
+pub const DEFAULT_MAX_STALENESS_SECONDS: u64 = 30;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_REFRESH_ACTOR_IDLE_SECONDS: u64 = 300;
 pub const DEFAULT_METRICS_PORT: u16 = 9182;
@@ -116,6 +122,8 @@ pub const SERVICE_OPTIONS: &[KnownOption] = {
         known("EncryptionKeyFile", O, true, "keyring that encrypts the stored tokens"),
         known("GenerateDemoCredentials", O, true, "generate missing throwaway credentials (the shipped example only)"),
         known("DatabasePoolSize", O, true, "database connections (and DB actor threads) per process"),
+        known("DatabaseDeadline", O, true, "seconds a call waits for the database"),
+        known("MaxStaleness", O, true, "seconds a cached token is served unconfirmed while a shared database does not answer"),
         known("Authorization", S, true, "<method> = list of rules; Default for the others"),
         known("ExposeTokenValues", O, true, "include token values in token-info replies to ProxyManagement callers"),
         known("MaxBodyBytes", O, true, "largest JSON API request body accepted"),
@@ -197,6 +205,11 @@ pub struct ServiceSettings {
     /// for the shipped example configuration only.
     pub generate_demo_credentials: bool,
     pub database_pool_size: u32,
+    /// How long a call waits for a database operation before it fails.
+    pub database_deadline: std::time::Duration,
+    /// On a shared database, how long after its last answer a cached user token is still served
+    /// without confirming that no other replica changed its credential.
+    pub max_staleness: std::time::Duration,
     /// Token-info replies carry token values only with this set, and only to ProxyManagement.
     pub expose_token_values: bool,
     pub max_body_bytes: u64,
@@ -398,6 +411,15 @@ fn resolve_service(
             Some(size) => size,
             None => DEFAULT_DATABASE_POOL_SIZE,
         },
+        database_deadline: seconds(
+            root,
+            &option("DatabaseDeadline"),
+            DEFAULT_DATABASE_DEADLINE_SECONDS,
+        )?,
+        max_staleness: std::time::Duration::from_secs(
+            root.get_u64(&option("MaxStaleness"))?
+                .unwrap_or(DEFAULT_MAX_STALENESS_SECONDS),
+        ),
         expose_token_values: root.get_bool(&option("ExposeTokenValues")).unwrap_or(false),
         max_body_bytes: root
             .get_u64(&option("MaxBodyBytes"))?

@@ -90,6 +90,8 @@ pub type DbPool = r2d2::Pool<DbManager>;
 pub struct PoolOptions {
     pub max_size: u32,
     pub connection_timeout: Duration,
+    /// How long a caller waits for a database operation (see `actors::db`).
+    pub deadline: Duration,
 }
 
 impl Default for PoolOptions {
@@ -97,6 +99,7 @@ impl Default for PoolOptions {
         Self {
             max_size: 8,
             connection_timeout: Duration::from_secs(5),
+            deadline: Duration::from_secs(5),
         }
     }
 }

@@ -10,7 +10,7 @@ mod sqlite_lock;
 mod store;
 
 pub use client_tokens::{ClientTokenKey, StoredClientToken};
-pub use connection::{DbConn, DbPool, PoolOptions, build_pool};
+pub use connection::{DbConn, DbManager, DbPool, PoolOptions, build_pool};
 pub use migrate::run_migrations;
 pub use sqlite_lock::{LockError, SqliteServeLock};
 pub use store::{
@@ -48,4 +48,13 @@ pub enum DbError {
     BadState(String),
     #[error("the database actor is not running")]
     Unavailable,
+    #[error("the database did not answer {operation} within its deadline")]
+    Timeout { operation: &'static str },
+}
+
+impl DbError {
+    /// The database did not answer within the caller's deadline.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout { .. })
+    }
 }

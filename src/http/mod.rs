@@ -17,9 +17,7 @@ use actix_web::{App, HttpResponse, web};
 use futures_util::future::LocalBoxFuture;
 use tokio::net::TcpStream;
 
-use crate::actors::db::DbOperation;
 use crate::config::ConnectionSettings;
-use crate::domain::CredentialState;
 use crate::protocol::{dirac, json};
 use crate::service::Service;
 use crate::transport::LocalAddress;
@@ -166,65 +164,20 @@ async fn not_found() -> HttpResponse {
     )
 }
 
+/// Never waits for the database: what comes from it is counted in the background.
 async fn render_metrics(service: web::Data<Arc<Service>>) -> HttpResponse {
     let (database, metrics) = (service.database(), service.metrics());
     database.export_pool_state();
-    let counts = database.run(DbOperation::CountCredentials, |store, conn| {
-        store.count_credentials(conn)
-    });
-    match counts.await {
-        Ok(counts) => {
-            metrics.stored_credentials.reset();
-            // Every configured IdP has every state's series, at 0 while nothing is stored.
-            for idp in &service.settings().idps {
-                for state in CredentialState::ALL {
-                    metrics
-                        .stored_credentials
-                        .with_label_values(&[idp.name(), state.as_str()])
-                        .set(0);
-                }
-            }
-            for (provider, state, count) in counts {
-                metrics
-                    .stored_credentials
-                    .with_label_values(&[&provider, &state])
-                    .set(count);
-            }
-        }
-        Err(error) => tracing::warn!(%error, "cannot count stored credentials for /metrics"),
-    }
-    metrics.expiring_credentials.reset();
-    for (window, seconds) in EXPIRY_WINDOWS {
-        // Every configured IdP has the series, at 0 when nothing expires.
-        for idp in &service.settings().idps {
-            metrics
-                .expiring_credentials
-                .with_label_values(&[idp.name(), window])
-                .set(0);
-        }
-        let now = crate::domain::unix_now();
-        let query = database.run(DbOperation::CountExpiring, move |store, conn| {
-            store.count_expiring(conn, now, now + seconds)
-        });
-        match query.await {
-            Ok(counts) => {
-                for (provider, count) in counts {
-                    metrics
-                        .expiring_credentials
-                        .with_label_values(&[&provider, window])
-                        .set(count);
-                }
-            }
-            Err(error) => tracing::warn!(%error, "cannot count expiring credentials for /metrics"),
-        }
-    }
+    metrics
+        .db_last_answer_age
+        .set(database.last_answer_age().as_secs_f64());
+    metrics
+        .db_gauges_age
+        .set(service.database_gauges_age().as_secs_f64());
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(metrics.render())
 }
-
-/// The windows of `tokenmanager_expiring_credentials`.
-const EXPIRY_WINDOWS: [(&str, i64); 2] = [("24h", 86_400), ("7d", 7 * 86_400)];
 
 async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
@@ -242,17 +195,17 @@ async fn readyz(service: web::Data<Arc<Service>>) -> HttpResponse {
     if service.is_stopping() {
         return unavailable("stopping\n");
     }
-    match tokio::time::timeout(READINESS_DEADLINE, service.database().ping()).await {
-        Ok(Ok(())) => HttpResponse::Ok()
+    match service.database().ping_within(READINESS_DEADLINE).await {
+        Ok(()) => HttpResponse::Ok()
             .content_type("text/plain")
             .body("ready\n"),
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "readiness check failed");
-            unavailable("database unreachable\n")
-        }
-        Err(_) => {
+        Err(error) if error.is_timeout() => {
             tracing::warn!("readiness check failed: the database did not answer within 1 s");
             unavailable("database does not answer\n")
+        }
+        Err(error) => {
+            tracing::warn!(%error, "readiness check failed");
+            unavailable("database unreachable\n")
         }
     }
 }

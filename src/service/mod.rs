@@ -2,6 +2,7 @@
 //! which authorizes the caller with the one rule set and runs the method. Protocol front-ends
 //! decode their requests into a [`CallContext`] and arguments, and encode the `Result`.
 
+mod credential_gauges;
 mod get_token;
 mod methods;
 mod system;
@@ -131,6 +132,11 @@ pub struct Service {
     metrics: Arc<Metrics>,
     /// Set when a stop begins: `/readyz` says 503 from then on.
     stopping: std::sync::atomic::AtomicBool,
+    /// Woken by each credential write of this process: the stored-credential gauges are
+    /// counted again.
+    credentials_changed: tokio::sync::Notify,
+    /// When the stored-credential gauges were last counted (in the background).
+    gauges_counted: Mutex<Option<std::time::Instant>>,
 }
 
 impl Service {
@@ -149,6 +155,7 @@ impl Service {
             database.clone(),
             settings.service.refresh_actor_idle_time,
             shared_database,
+            settings.service.max_staleness,
             metrics.clone(),
         );
         Ok(Arc::new(Self {
@@ -161,6 +168,8 @@ impl Service {
             started: SystemTime::now(),
             reload_hooks: Mutex::new(Vec::new()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            credentials_changed: tokio::sync::Notify::new(),
+            gauges_counted: Mutex::new(None),
             remote_source: OnceLock::new(),
             remote: RwLock::new(None),
             metrics,
@@ -220,6 +229,11 @@ impl Service {
 
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Returns at the next credential write of this process.
+    pub async fn credentials_changed(&self) {
+        self.credentials_changed.notified().await;
     }
 
     /// At start: voids the refresh leases of processes that are gone, logging how many.
@@ -427,6 +441,7 @@ impl Service {
                     })
                     .await?;
                 self.broker.forget_user(as_str(&user_id));
+                self.credentials_changed.notify_one();
                 Ok(json!("Token successfully removed"))
             }
             Method::GetTokensByUserId => {
@@ -576,6 +591,7 @@ impl Service {
             })
             .await?;
         self.broker.forget_user(user_id);
+        self.credentials_changed.notify_one();
         // The replaced refresh token is revoked once the new one is stored; a failure is logged.
         if let Some(old) = replaced.filter(|old| old.refresh_token != new_refresh_token)
             && let Some(idp) = self.idps().get(provider).cloned()

@@ -15,7 +15,7 @@ use crate::process::{ServeProcess, configure};
 use crate::support::TestDb;
 
 const SCOPE: &str = "openid offline_access compute.read";
-const CE: &str = "https://ce.example.org";
+pub(crate) const CE: &str = "https://ce.example.org";
 
 fn dn(name: &str) -> String {
     format!("/C=ch/O=DIRAC/OU=Test/CN={name}")
@@ -23,17 +23,17 @@ fn dn(name: &str) -> String {
 
 /// A service on SQLite whose `test-idp` is the fixture, with `extra_users` more users (IDs
 /// `id-<name>`) in group g_user.
-struct Setup {
-    idp: TestIdp,
+pub(crate) struct Setup {
+    pub(crate) idp: TestIdp,
     /// The HTTPS port of each replica on the database: one application in this process, or
     /// several `serve` processes.
-    https_ports: Vec<u16>,
+    pub(crate) https_ports: Vec<u16>,
     config: std::path::PathBuf,
     _app: Option<TestApp>,
-    processes: Vec<ServeProcess>,
+    pub(crate) processes: Vec<ServeProcess>,
     _db: TestDb,
-    full: CertifiedKey,
-    manager: CertifiedKey,
+    pub(crate) full: CertifiedKey,
+    pub(crate) manager: CertifiedKey,
 }
 
 fn setup(extra_users: &[String], idp_options: &str) -> Setup {
@@ -62,8 +62,19 @@ fn setup_in_one_process() -> Setup {
 
 /// [`setup_on`] with `processes` `serve` processes, or the application in this process for 0.
 fn setup_with(db: TestDb, processes: usize, extra_users: &[String], idp_options: &str) -> Setup {
+    setup_with_options(db, processes, extra_users, idp_options, "")
+}
+
+/// [`setup_with`], with `service_options` in the service section.
+pub(crate) fn setup_with_options(
+    db: TestDb,
+    processes: usize,
+    extra_users: &[String],
+    idp_options: &str,
+    service_options: &str,
+) -> Setup {
     let idp = TestIdp::spawn();
-    let config = configure(&db, "");
+    let config = configure(&db, service_options);
     // An allow-list unless the test's options say otherwise (a comment naming the option
     // leaves it unset).
     let allow_list = if idp_options.contains("allowed_audiences") {
@@ -121,7 +132,7 @@ fn setup_with(db: TestDb, processes: usize, extra_users: &[String], idp_options:
 impl Setup {
     /// Kills `serve` process `replica` with SIGKILL and starts it again on the same
     /// configuration.
-    fn kill_and_restart(&mut self, replica: usize) {
+    pub(crate) fn kill_and_restart(&mut self, replica: usize) {
         let killed = &mut self.processes[replica];
         killed.signal("KILL");
         killed.wait();
@@ -129,14 +140,14 @@ impl Setup {
     }
 
     /// Starts `serve` process `replica`, which has exited, again on the same configuration.
-    fn restart(&mut self, replica: usize) {
+    pub(crate) fn restart(&mut self, replica: usize) {
         let restarted = ServeProcess::spawn(&self.config);
         self.https_ports[replica] = restarted.https;
         self.processes[replica] = restarted;
     }
 
     /// Logs `user` in at the IdP and stores its refresh token through updateToken.
-    fn delegate(&self, user: &str) {
+    pub(crate) fn delegate(&self, user: &str) {
         let grant = self.idp.grant(&format!("id-{user}"), SCOPE);
         let body = json!({"token": {"refresh_token": grant.refresh_token, "access_token": grant.access_token,
                                     "expires_in": grant.expires_in},
@@ -145,11 +156,11 @@ impl Setup {
         assert_eq!(reply.status(), Some(200), "{reply:?}");
     }
 
-    fn call(&self, credential: &CertifiedKey, method: &str, body: Value) -> Reply {
+    pub(crate) fn call(&self, credential: &CertifiedKey, method: &str, body: Value) -> Reply {
         self.call_via(0, credential, method, body)
     }
 
-    fn call_via(
+    pub(crate) fn call_via(
         &self,
         replica: usize,
         credential: &CertifiedKey,
@@ -163,7 +174,7 @@ impl Setup {
         )
     }
 
-    fn get_token(
+    pub(crate) fn get_token(
         &self,
         user: Option<&str>,
         audience: Option<&str>,
@@ -172,7 +183,7 @@ impl Setup {
         self.get_token_via(0, user, audience, required_time_left)
     }
 
-    fn get_token_via(
+    pub(crate) fn get_token_via(
         &self,
         replica: usize,
         user: Option<&str>,
@@ -630,7 +641,7 @@ fn a_restart_after_kill_9_during_a_refresh_serves_the_user_at_once() {
 
 /// The service's three front-ends.
 #[derive(Clone, Copy, Debug)]
-enum FrontEnd {
+pub(crate) enum FrontEnd {
     Json,
     DiracHttps,
     Dips,
@@ -638,7 +649,7 @@ enum FrontEnd {
 
 /// getToken for plain over `front` of `serve` process 0, forcing a refresh, on a thread of its
 /// own: Ok, or what went wrong.
-fn get_token_in_background(
+pub(crate) fn get_token_in_background(
     setup: &Setup,
     front: FrontEnd,
 ) -> std::thread::JoinHandle<Result<(), String>> {

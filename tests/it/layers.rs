@@ -40,17 +40,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "protocol",
         &["domain", "metrics", "x509", "service", "transport"],
     ),
-    (
-        "http",
-        &[
-            "domain",
-            "config",
-            "actors",
-            "service",
-            "transport",
-            "protocol",
-        ],
-    ),
+    ("http", &["config", "service", "transport", "protocol"]),
     (
         "app",
         &[

@@ -7,6 +7,7 @@ mod app;
 mod client;
 mod pki;
 mod process;
+mod stall;
 mod support;
 
 mod admission;
@@ -16,6 +17,7 @@ mod configuration_server;
 mod dirac;
 mod dirac_client;
 mod encryption;
+mod faults;
 mod get_token;
 mod idp;
 mod import;

@@ -12,6 +12,7 @@ use super::owner::LeaseOwner;
 use super::refresh::{Obtain, RefreshActor};
 use super::{AccessToken, Subject, TokenError, TokenKey};
 use crate::actors::db::{Database, DbOperation};
+use crate::db::DbError;
 use crate::domain::unix_now;
 use crate::idp::{IdpClient, IdpError};
 use crate::metrics::Metrics;
@@ -35,6 +36,9 @@ pub(crate) struct TokenBroker {
     /// Other replicas may change credentials (PostgreSQL, MariaDB): a cached user token is served
     /// only while its credential's version is still the stored one.
     shared_database: bool,
+    /// How long after the database's last answer a cached user token is served unconfirmed
+    /// (shared database only).
+    max_staleness: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -43,6 +47,7 @@ impl TokenBroker {
         database: Database,
         idle_timeout: Duration,
         shared_database: bool,
+        max_staleness: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         let owner = LeaseOwner::this_process();
@@ -54,6 +59,7 @@ impl TokenBroker {
             lease_owner: owner.id().into(),
             owner,
             shared_database,
+            max_staleness,
             metrics,
         }
     }
@@ -138,7 +144,9 @@ impl TokenBroker {
     }
 
     /// On a shared database, whether a cached user token's credential is unchanged (not
-    /// replaced, deleted or refreshed by another replica).
+    /// replaced, deleted or refreshed by another replica). While the database does not answer,
+    /// the token is served unconfirmed for `max_staleness` after its last answer: a hung database
+    /// commits no change, and what a replica cut off from a working one misses is bounded.
     async fn still_current(&self, key: &TokenKey, token: &AccessToken) -> Result<bool, TokenError> {
         let Subject::User(user_id) = &key.subject else {
             return Ok(true);
@@ -146,14 +154,31 @@ impl TokenBroker {
         if !self.shared_database {
             return Ok(true);
         }
+        if self.database.unanswered_for().is_some() {
+            // Queueing behind operations the database does not answer would only add the
+            // deadline to every hit.
+            return self.serve_unconfirmed();
+        }
         let (user_id, provider) = (user_id.clone(), key.provider.clone());
         let version = self
             .database
             .run(DbOperation::CredentialVersion, move |store, conn| {
                 store.credential_version(conn, &user_id, &provider)
             })
-            .await?;
-        Ok(version == token.credential)
+            .await;
+        match version {
+            Ok(version) => Ok(version == token.credential),
+            Err(DbError::Timeout { .. }) => self.serve_unconfirmed(),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn serve_unconfirmed(&self) -> Result<bool, TokenError> {
+        if self.database.last_answer_age() > self.max_staleness {
+            return Err(TokenError::Storage);
+        }
+        self.metrics.token_cache_unconfirmed_hits.inc();
+        Ok(true)
     }
 
     fn actor_for(&self, idp: &Arc<IdpClient>, key: &TokenKey) -> Addr<RefreshActor> {
