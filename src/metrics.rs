@@ -56,6 +56,11 @@ pub struct Metrics {
     /// Time of each database operation, by operation, whatever the outcome: from the DB actor
     /// taking it up, the wait for a pooled connection included, to its result.
     pub db_operation_duration: HistogramVec,
+    /// 1 while this replica holds its liveness lock (PostgreSQL, MariaDB): without it, other
+    /// replicas take over the refresh leases it holds.
+    pub liveness_lock_held: IntGauge,
+    /// Refresh leases of a replica that was gone (its liveness lock lost) taken over, by kind.
+    pub lease_takeovers: IntCounterVec,
     /// Seconds since the database last answered an operation (a background probe asks every
     /// few seconds, so this stays small while it answers).
     pub db_last_answer_age: Gauge,
@@ -128,6 +133,7 @@ pub enum DbOperation {
     TakeLease,
     ReleaseLease,
     VoidLeases,
+    DeadLeaseHolder,
     ClientToken,
     TakeClientLease,
     ReleaseClientLease,
@@ -163,7 +169,7 @@ impl DbOperation {
         matches!(self, Self::StoreRefreshed | Self::MarkNeedsRedelegation)
     }
 
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 23] = [
         Self::Migrate,
         Self::Ping,
         Self::UpdateToken,
@@ -178,6 +184,7 @@ impl DbOperation {
         Self::TakeLease,
         Self::ReleaseLease,
         Self::VoidLeases,
+        Self::DeadLeaseHolder,
         Self::ClientToken,
         Self::TakeClientLease,
         Self::ReleaseClientLease,
@@ -204,6 +211,7 @@ impl DbOperation {
             Self::TakeLease => "take_lease",
             Self::ReleaseLease => "release_lease",
             Self::VoidLeases => "void_leases",
+            Self::DeadLeaseHolder => "dead_lease_holder",
             Self::ClientToken => "client_token",
             Self::TakeClientLease => "take_client_lease",
             Self::ReleaseClientLease => "release_client_lease",
@@ -331,6 +339,23 @@ impl Metrics {
                 IntCounter::new(
                     "tokenmanager_refresh_token_persist_failures_total",
                     "Refreshed tokens the IdP issued that could not be stored",
+                )?,
+            )?,
+            liveness_lock_held: register(
+                r,
+                IntGauge::new(
+                    "tokenmanager_liveness_lock_held",
+                    "1 while this replica holds its liveness lock in the database",
+                )?,
+            )?,
+            lease_takeovers: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tokenmanager_lease_takeovers_total",
+                        "Refresh leases of replicas that were gone taken over, by kind",
+                    ),
+                    &["kind"],
                 )?,
             )?,
             db_last_answer_age: register(
@@ -523,6 +548,7 @@ impl Metrics {
                 self.token_cache_lookups.with_label_values(&[kind, result]);
             }
             self.coalesced_callers.with_label_values(&[kind]);
+            self.lease_takeovers.with_label_values(&[kind]);
             self.refresh_actors.with_label_values(&[kind]);
         }
         for operation in DbOperation::ALL {

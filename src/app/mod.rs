@@ -13,7 +13,8 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::actors::db::Database;
-use crate::config::{self, ConfigError, DatabaseUrl, Settings};
+use crate::actors::liveness::LivenessLock;
+use crate::config::{self, Backend, ConfigError, DatabaseUrl, Settings};
 use crate::configuration_server::{RemoteCfg, RemoteError, RemoteSource};
 use crate::crypto::{CryptoError, KeyringFile, SharedKeyring};
 use crate::db::{DbError, LockError, PoolOptions, SqliteServeLock};
@@ -112,6 +113,9 @@ pub struct Application {
     handle: AppHandle,
     /// Held for the process's life: a second `serve` on the same SQLite file is refused.
     _sqlite_lock: Option<SqliteServeLock>,
+    /// Held for the process's life on PostgreSQL and MariaDB: while it is, other replicas leave
+    /// this process's refresh leases alone.
+    _liveness_lock: Option<LivenessLock>,
 }
 
 /// What outlives the borrow of an [`Application`]: reload and stop it from elsewhere (signal
@@ -164,7 +168,19 @@ impl Application {
         let listeners = Listeners::bind(&settings)?;
         let ports = listeners.ports();
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let url = url.clone();
         let service = Service::new(database, keyring, settings, sources.files, metrics.clone())?;
+        // Before the first lease: other replicas take over the leases of an owner without it.
+        let liveness_lock = if url.backend() == Backend::Sqlite {
+            None
+        } else {
+            let owner = service.lease_owner().to_owned();
+            let (database, metrics) = (service.database().clone(), metrics.clone());
+            let held = tokio::task::spawn_blocking(move || {
+                LivenessLock::hold(&url, &owner, database, metrics, DATABASE_WAIT)
+            });
+            Some(held.await.map_err(|_| DbError::Unavailable)??)
+        };
         service.void_leases_of_gone_processes().await;
         let mut background = vec![
             actix_rt::spawn(export_certificate_expiry(service.clone())).abort_handle(),
@@ -217,6 +233,7 @@ impl Application {
             ports,
             handle,
             _sqlite_lock: sqlite_lock,
+            _liveness_lock: liveness_lock,
         })
     }
 
@@ -233,6 +250,7 @@ impl Application {
         let Self {
             handle,
             _sqlite_lock,
+            _liveness_lock,
             ..
         } = self;
         handle.workers.stopped().await;

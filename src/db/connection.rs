@@ -22,8 +22,9 @@ impl DbConn {
     }
 }
 
-/// Opens one connection of the backend the URL names.
-fn establish(url: &DatabaseUrl) -> Result<DbConn, DbError> {
+/// Opens one connection of the backend the URL names (the pool's, or one a task keeps for
+/// itself).
+pub fn establish(url: &DatabaseUrl) -> Result<DbConn, DbError> {
     let connect_error = |source: ConnectionError| DbError::Connect {
         url: url.masked(),
         source,

@@ -4,13 +4,15 @@
 mod client_tokens;
 mod connection;
 pub mod dirac_tokendb;
+mod liveness;
 mod migrate;
 mod schema;
 mod sqlite_lock;
 mod store;
 
 pub use client_tokens::{ClientTokenKey, StoredClientToken};
-pub use connection::{DbConn, DbManager, DbPool, PoolOptions, build_pool};
+pub use connection::{DbConn, DbManager, DbPool, PoolOptions, build_pool, establish};
+pub use liveness::{LIVENESS_MARK, LeasedRow, database_now, dead_lease_holder, take_liveness_lock};
 pub use migrate::run_migrations;
 pub use sqlite_lock::{LockError, SqliteServeLock};
 pub use store::{
@@ -48,6 +50,8 @@ pub enum DbError {
     BadState(String),
     #[error("the database actor is not running")]
     Unavailable,
+    #[error("another session holds this process's liveness lock")]
+    LockTaken,
     #[error("the database did not answer {operation} within its deadline")]
     Timeout { operation: &'static str },
 }

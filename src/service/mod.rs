@@ -236,6 +236,11 @@ impl Service {
         self.credentials_changed.notified().await;
     }
 
+    /// This process as the owner of refresh leases.
+    pub fn lease_owner(&self) -> &str {
+        self.broker.lease_owner()
+    }
+
     /// At start: voids the refresh leases of processes that are gone, logging how many.
     pub async fn void_leases_of_gone_processes(&self) {
         match self.broker.void_leases_of_gone_processes().await {

@@ -1,5 +1,5 @@
-//! Faults against the real binary: a database that stops answering (frozen by a stalling
-//! proxy). The test IdP rotates refresh tokens and
+//! Faults against the real binary: a database that stops answering (frozen by a stalling proxy),
+//! and replicas killed in the middle of a refresh. The test IdP rotates refresh tokens and
 //! revokes the grant when a used one is presented again, so a burned grant shows.
 
 use std::time::{Duration, Instant};
@@ -151,4 +151,110 @@ fn a_frozen_postgresql_delays_no_call_past_its_deadline_and_loses_no_rotated_tok
 #[test]
 fn a_frozen_mariadb_delays_no_call_past_its_deadline_and_loses_no_rotated_token() {
     frozen_database(Backend::Mysql);
+}
+
+/// `kill -9` of the replica whose refresh the IdP holds, while the other replica's callers wait
+/// for its lease. `processed`: the IdP processes the dead replica's request anyway (the refresh
+/// token is consumed, the rotated one lost with the process); else it drops it unprocessed.
+fn kill_9_of_the_lease_holder(backend: Backend, processed: bool) {
+    let mut setup = setup_with_options(TestDb::new(backend), 2, &[], "      timeout = 4\n", "");
+    setup.delegate("plain");
+    if processed {
+        setup.idp.hold_processing_abandoned("id-plain");
+    } else {
+        setup.idp.hold("id-plain");
+    }
+    let holder = get_token_in_background(&setup, FrontEnd::Json);
+    setup.idp.wait_until_held(1, Duration::from_secs(10));
+    let survivor = setup.https_ports[1];
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let (full, port) = (setup.full.clone(), survivor);
+            std::thread::spawn(move || {
+                let body = json!({"username": "plain", "userGroup": "g_user", "scope": ["compute.read"],
+                                  "audience": CE, "requiredTimeLeft": 100_000});
+                let reply = crate::client::Client::with_certificate(&full).post(
+                    port,
+                    "/api/v1/getToken",
+                    &body.to_string(),
+                );
+                (reply, Instant::now())
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    setup.processes[0].signal("KILL");
+    setup.processes[0].wait();
+    let killed = Instant::now();
+    if processed {
+        // Processed now, its reply lost with the connection.
+        setup.idp.release("id-plain");
+    } else {
+        setup.idp.wait_until_abandoned(Duration::from_secs(10));
+        setup.idp.release("id-plain");
+    }
+    let _ = holder.join();
+
+    for caller in waiting {
+        let (reply, answered) = caller.join().unwrap();
+        let after_kill = answered.saturating_duration_since(killed);
+        eprintln!("measured: answered {after_kill:?} after the kill");
+        assert!(
+            after_kill < Duration::from_secs(10),
+            "answered {after_kill:?} after the kill"
+        );
+        if processed {
+            assert_eq!(
+                (reply.status(), reply.body()["code"].clone()),
+                (Some(409), json!("needs_redelegation")),
+                "{reply:?}"
+            );
+        } else {
+            assert_eq!(reply.status(), Some(200), "{reply:?}");
+        }
+    }
+    let again = setup.get_token_via(1, Some("plain"), Some(CE), 0);
+    let stats = setup.idp.stats();
+    if processed {
+        assert_eq!(
+            again.body()["code"],
+            json!("needs_redelegation"),
+            "{again:?}"
+        );
+        // The dead replica's request and the survivor's one presentation of the consumed token.
+        assert_eq!(stats.refreshes("id-plain"), 2);
+    } else {
+        assert_eq!(again.status(), Some(200), "{again:?}");
+        assert_eq!(stats.refreshes("id-plain"), 2);
+        assert_eq!(stats.refresh_errors("id-plain"), 0);
+        assert!(setup.idp.grant_alive("id-plain"));
+    }
+    let (_, exposition) = http_get(setup.processes[1].metrics, "/metrics");
+    assert_eq!(
+        sample(
+            &exposition,
+            r#"tokenmanager_lease_takeovers_total{kind="user"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn postgresql_kill_9_of_the_lease_holder_whose_refresh_the_idp_dropped_serves_the_user() {
+    kill_9_of_the_lease_holder(Backend::Postgres, false);
+}
+
+#[test]
+fn postgresql_kill_9_of_the_lease_holder_whose_refresh_the_idp_processed_says_needs_redelegation() {
+    kill_9_of_the_lease_holder(Backend::Postgres, true);
+}
+
+#[test]
+fn mariadb_kill_9_of_the_lease_holder_whose_refresh_the_idp_dropped_serves_the_user() {
+    kill_9_of_the_lease_holder(Backend::Mysql, false);
+}
+
+#[test]
+fn mariadb_kill_9_of_the_lease_holder_whose_refresh_the_idp_processed_says_needs_redelegation() {
+    kill_9_of_the_lease_holder(Backend::Mysql, true);
 }

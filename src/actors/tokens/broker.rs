@@ -50,7 +50,7 @@ impl TokenBroker {
         max_staleness: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let owner = LeaseOwner::this_process();
+        let owner = LeaseOwner::this_process(shared_database);
         Self {
             database,
             cache: Arc::default(),
@@ -62,6 +62,12 @@ impl TokenBroker {
             max_staleness,
             metrics,
         }
+    }
+
+    /// This process as the owner of refresh leases; on a shared database it must hold its
+    /// liveness lock under this name before it takes any.
+    pub(crate) fn lease_owner(&self) -> &str {
+        &self.lease_owner
     }
 
     /// Voids the refresh leases of processes that are gone (see [`LeaseOwner::is_gone`]): a

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::seams::{CredentialStore, TokenIssuer};
 use super::{AccessToken, TokenError, TokenKey};
-use crate::db::{ClientTokenKey, CredentialVersion, StoredToken, TokenUpdate};
+use crate::db::{ClientTokenKey, CredentialVersion, LeasedRow, StoredToken, TokenUpdate};
 use crate::domain::CredentialState;
 use crate::domain::scopes::ScopeSet;
 use crate::idp::{IdpError, IssuedToken};
@@ -28,6 +28,85 @@ pub(super) struct Replica<'a> {
 
 /// How often a replica that meets another's live lease looks at the row again.
 const LEASE_POLL: Duration = Duration::from_millis(50);
+/// How often it asks whether the lease's holder is still alive.
+const HOLDER_CHECK: Duration = Duration::from_millis(500);
+/// How long a holder must have been seen gone before its lease is taken over: a replica whose
+/// session broke (a database restart) takes its liveness lock again within a second.
+const HOLDER_GONE_FOR: Duration = Duration::from_secs(2);
+
+/// Watches the holder of a lease this replica waits for, and takes over the lease of one that
+/// is gone (a replica killed during its refresh): its callers need not wait for the expiry.
+///
+/// The survivor then refreshes with the stored refresh token. Either the IdP never processes the
+/// dead holder's request (most drop a request whose client went away) and the refresh works, or
+/// it does, and the rotated refresh token died with the holder: the grant is then lost to this
+/// service whatever it does, and presenting the consumed token is what finds that out — the IdP
+/// refuses it, the credential is marked as needing a new login, and every caller is told so at
+/// once instead of waiting for the lease's expiry. Waiting longer would save no grant: if the
+/// IdP processes the dead request after the survivor's refresh, reuse detection revokes the
+/// grant either way.
+struct HolderWatch {
+    row: LeasedRow,
+    kind: &'static str,
+    next_check: tokio::time::Instant,
+    gone: Option<(String, tokio::time::Instant)>,
+}
+
+impl HolderWatch {
+    fn new(row: LeasedRow, kind: &'static str) -> Self {
+        Self {
+            row,
+            kind,
+            next_check: tokio::time::Instant::now() + HOLDER_CHECK,
+            gone: None,
+        }
+    }
+
+    /// Whether the lease was voided because its holder is gone: take it at once.
+    async fn took_over(
+        &mut self,
+        store: &impl CredentialStore,
+        replica: &Replica<'_>,
+    ) -> Result<bool, TokenError> {
+        let now = tokio::time::Instant::now();
+        if now < self.next_check {
+            return Ok(false);
+        }
+        self.next_check = now + HOLDER_CHECK;
+        let Some(holder) = store.dead_lease_holder(self.row).await? else {
+            self.gone = None;
+            return Ok(false);
+        };
+        match &self.gone {
+            Some((seen, since)) if *seen == holder => {
+                if now - *since < HOLDER_GONE_FOR {
+                    return Ok(false);
+                }
+            }
+            _ => {
+                self.gone = Some((holder, now));
+                return Ok(false);
+            }
+        }
+        let released = match self.row {
+            LeasedRow::Credential(id) => store.release_lease(id, &holder).await,
+            LeasedRow::ClientToken(id) => store.release_client_lease(id, &holder).await,
+        };
+        released?;
+        self.gone = None;
+        replica
+            .metrics
+            .lease_takeovers
+            .with_label_values(&[self.kind])
+            .inc();
+        tracing::warn!(
+            holder,
+            kind = self.kind,
+            "took over the refresh lease of a replica that is gone"
+        );
+        Ok(true)
+    }
+}
 
 /// Refreshes a stored credential, under the row's lease, and stores the (rotated) refresh token,
 /// compare-and-set on the row's generation, before the access token is handed out. A replica
@@ -46,6 +125,7 @@ pub(super) async fn refresh_user_token(
     let lease_seconds = issuer.refresh_timeout().as_secs() as i64 + 5;
     let give_up = tokio::time::Instant::now() + Duration::from_secs(lease_seconds as u64 * 2);
     let mut first_seen: Option<CredentialVersion> = None;
+    let mut holder: Option<HolderWatch> = None;
     loop {
         let stored = store
             .credential(user_id, &provider)
@@ -78,7 +158,7 @@ pub(super) async fn refresh_user_token(
             return Ok(token);
         }
         first_seen.get_or_insert(stored.version());
-        let now = store.now();
+        let now = store.lease_now();
         if store
             .take_lease(
                 stored.version(),
@@ -105,7 +185,11 @@ pub(super) async fn refresh_user_token(
                 reason: "another replica's refresh of this credential did not finish".into(),
             }));
         }
-        tokio::time::sleep(LEASE_POLL).await;
+        let watch = holder
+            .get_or_insert_with(|| HolderWatch::new(LeasedRow::Credential(stored.id), "user"));
+        if !watch.took_over(store, replica).await? {
+            tokio::time::sleep(LEASE_POLL).await;
+        }
     }
 }
 
@@ -140,6 +224,7 @@ pub(super) async fn shared_client_token(
     let lease_seconds = issuer.timeout().as_secs() as i64 + 5;
     let give_up = tokio::time::Instant::now() + Duration::from_secs(lease_seconds as u64 * 2);
     let mut first_seen: Option<CredentialVersion> = None;
+    let mut holder: Option<HolderWatch> = None;
     loop {
         let row = store.client_token(&row_key, store.now()).await?;
         let peer_obtained = first_seen.is_some_and(|seen| seen != row.version);
@@ -167,7 +252,7 @@ pub(super) async fn shared_client_token(
             });
         }
         first_seen.get_or_insert(row.version);
-        let now = store.now();
+        let now = store.lease_now();
         if store
             .take_client_lease(row.version, replica.lease_owner, now, now + lease_seconds)
             .await?
@@ -200,7 +285,12 @@ pub(super) async fn shared_client_token(
                 reason: "another replica's client-token request did not finish".into(),
             }));
         }
-        tokio::time::sleep(LEASE_POLL).await;
+        let watch = holder.get_or_insert_with(|| {
+            HolderWatch::new(LeasedRow::ClientToken(row.version.id), "client")
+        });
+        if !watch.took_over(store, replica).await? {
+            tokio::time::sleep(LEASE_POLL).await;
+        }
     }
 }
 
@@ -245,7 +335,7 @@ async fn refresh_under_lease(
     let renew = async {
         loop {
             tokio::time::sleep(Duration::from_secs((lease_seconds / 3).max(1) as u64)).await;
-            let now = store.now();
+            let now = store.lease_now();
             let renewed = store
                 .take_lease(
                     stored.version(),

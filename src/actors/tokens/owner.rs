@@ -1,7 +1,11 @@
 //! Who holds a refresh lease: `host:pid:start`, the process that took it. A lease outlives a
 //! process killed during its refresh (`kill -9`, a crash, a power cut) until it expires; at start
 //! a process voids the leases of earlier runs it can tell are gone, so that a restart does not
-//! keep that credential's callers waiting for the expiry.
+//! keep that credential's callers waiting for the expiry. On a shared database the id carries
+//! [`LIVENESS_MARK`]: the process holds a liveness lock while it lives, and other replicas take
+//! over its leases once the lock is gone.
+
+use crate::db::LIVENESS_MARK;
 
 /// This process as the owner of refresh leases.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -11,10 +15,12 @@ pub(super) struct LeaseOwner {
     /// Start time, in nanoseconds since the epoch: tells this run from an earlier one that had
     /// the same pid (a container's pid 1, say).
     started: u128,
+    /// Holds a liveness lock in the database (see `db::liveness`).
+    live: bool,
 }
 
 impl LeaseOwner {
-    pub(super) fn this_process() -> Self {
+    pub(super) fn this_process(live: bool) -> Self {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -24,12 +30,14 @@ impl LeaseOwner {
             host: host.trim().to_owned(),
             pid: std::process::id(),
             started,
+            live,
         }
     }
 
     /// The form a lease records.
     pub(super) fn id(&self) -> String {
-        format!("{}:{}:{:x}", self.host, self.pid, self.started)
+        let mark = if self.live { LIVENESS_MARK } else { "" };
+        format!("{}:{}:{:x}{mark}", self.host, self.pid, self.started)
     }
 
     /// Whether the lease owner `other` is a process that is gone: an earlier run of this one,
@@ -73,6 +81,7 @@ mod tests {
             host: host.into(),
             pid,
             started,
+            live: false,
         }
     }
 
@@ -95,5 +104,11 @@ mod tests {
         assert!(!me.is_gone(&elsewhere.id(), false), "left to its expiry");
         assert!(me.is_gone(&elsewhere.id(), true), "SQLite: one server only");
         assert!(!me.is_gone("not an owner", false));
+        let live_vanished = LeaseOwner {
+            live: true,
+            ..owner("node1", u32::MAX / 2, 1)
+        };
+        assert!(live_vanished.id().ends_with(LIVENESS_MARK));
+        assert!(me.is_gone(&live_vanished.id(), false));
     }
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 use super::AccessToken;
 use crate::actors::db::{Database, DbOperation};
 use crate::db::{
-    ClientTokenKey, CredentialVersion, DbError, StoredClientToken, StoredToken, TokenUpdate,
+    ClientTokenKey, CredentialVersion, DbError, LeasedRow, StoredClientToken, StoredToken,
+    TokenUpdate,
 };
 use crate::domain::scopes::ScopeSet;
 use crate::domain::{Secret, unix_now};
@@ -18,6 +19,14 @@ pub(super) trait CredentialStore {
     fn now(&self) -> i64 {
         unix_now()
     }
+
+    /// The clock leases are taken with and compared with, in Unix seconds.
+    fn lease_now(&self) -> i64 {
+        self.now()
+    }
+
+    /// The owner of the lease on `row`, if that replica is gone.
+    async fn dead_lease_holder(&self, row: LeasedRow) -> Result<Option<String>, DbError>;
 
     /// The credential of one user at one provider, whatever its state and expiry.
     async fn credential(
@@ -107,6 +116,17 @@ pub(super) trait TokenIssuer {
 }
 
 impl CredentialStore for Database {
+    fn lease_now(&self) -> i64 {
+        self.clock_now()
+    }
+
+    async fn dead_lease_holder(&self, row: LeasedRow) -> Result<Option<String>, DbError> {
+        self.run(DbOperation::DeadLeaseHolder, move |_, conn| {
+            crate::db::dead_lease_holder(conn, row)
+        })
+        .await
+    }
+
     async fn credential(
         &self,
         user_id: &str,

@@ -38,6 +38,8 @@ struct Rows {
     failing: Vec<DbOperation>,
     /// `take_lease` calls by this replica (first takes and renewals).
     my_lease_takes: usize,
+    /// Lease owners whose processes are gone (their liveness locks lost).
+    gone: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -130,6 +132,26 @@ fn conflict(expected: CredentialVersion) -> DbError {
 impl CredentialStore for FakeStore {
     fn now(&self) -> i64 {
         EPOCH + self.started.elapsed().as_secs() as i64
+    }
+
+    async fn dead_lease_holder(&self, row: LeasedRow) -> Result<Option<String>, DbError> {
+        self.check(DbOperation::DeadLeaseHolder)?;
+        let rows = self.rows();
+        let lease = match row {
+            LeasedRow::Credential(id) => rows
+                .credential
+                .as_ref()
+                .filter(|r| r.id == id)
+                .and_then(|r| r.lease_owner.clone().zip(r.lease_expires_at)),
+            LeasedRow::ClientToken(id) => rows
+                .client_row
+                .as_ref()
+                .filter(|r| r.version.id == id)
+                .and(rows.client_lease.clone()),
+        };
+        Ok(lease
+            .map(|(owner, _)| owner)
+            .filter(|owner| rows.gone.contains(owner)))
     }
 
     async fn credential(
@@ -796,6 +818,58 @@ async fn a_lapsed_lease_of_another_replica_is_taken_over() {
     assert!(started.elapsed() >= Duration::from_secs(3));
     assert_eq!(issuer.presented(), ["rt-1"]);
     assert_eq!(store.credential_now().refresh_token.expose(), "rt-2");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lease_of_a_replica_that_is_gone_is_taken_over_once_the_idps_timeout_has_passed() {
+    let store = FakeStore::holding(credential_leased_by_peer(USER_LEASE));
+    store.rows().gone.push(PEER.into());
+    let issuer = FakeIssuer::answering(Duration::ZERO, issued("at-new", Some("rt-2")));
+    let metrics = Metrics::unexported();
+    let started = Instant::now();
+    let token = refresh_counted(&issuer, &store, 0, &metrics).await.unwrap();
+    assert_eq!(token.access_token.expose(), "at-new");
+    // Seen gone at the first check (0.5 s), again 2 s later, long before the lease's expiry.
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(2500) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    assert_eq!(issuer.presented(), ["rt-1"]);
+    assert_eq!(store.credential_now().refresh_token.expose(), "rt-2");
+    assert_eq!(
+        metrics.lease_takeovers.with_label_values(&["user"]).get(),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_replica_that_takes_its_liveness_lock_again_keeps_its_lease() {
+    let store = FakeStore::holding(credential_leased_by_peer(USER_LEASE));
+    store.rows().gone.push(PEER.into());
+    let back = store.clone();
+    tokio::spawn(async move {
+        // Its session broke (a database restart, say) and it locked again within a second.
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+        back.rows().gone.clear();
+    });
+    store.written_by_peer(Duration::from_secs(6), "rt-2", "at-peer");
+    let issuer = FakeIssuer::unused();
+    let token = refresh(&issuer, &store, 0).await.unwrap();
+    assert_eq!(token.access_token.expose(), "at-peer");
+    assert!(issuer.presented().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_client_token_lease_of_a_replica_that_is_gone_is_taken_over() {
+    let store = client_row_leased_by_peer(CLIENT_LEASE);
+    store.rows().gone.push(PEER.into());
+    let issuer = FakeIssuer::answering(Duration::ZERO, issued("at-client", None));
+    let started = Instant::now();
+    let token = client_token(&issuer, &store, 0).await.unwrap();
+    assert_eq!(token.access_token.expose(), "at-client");
+    assert!(started.elapsed() < Duration::from_secs(CLIENT_LEASE as u64));
+    assert_eq!(issuer.presented(), ["client_credentials"]);
 }
 
 #[tokio::test(start_paused = true)]

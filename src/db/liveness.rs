@@ -1,0 +1,126 @@
+//! Replica liveness through the database. Each replica on PostgreSQL or MariaDB holds a session
+//! lock named after its lease owner id, on one connection of its own outside the pool; the
+//! server drops the lock with the session when the process dies, however it dies. A replica
+//! waiting for another's refresh lease asks whether its holder still holds its lock.
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Bool, Nullable};
+
+use super::schema::{client_tokens, tokens};
+use super::{DbConn, DbError};
+
+/// The part of a lease owner id that says its process holds a liveness lock while it lives:
+/// without it (SQLite, or a release before liveness locks) a lease is left to its expiry.
+pub const LIVENESS_MARK: &str = "+live";
+
+#[derive(QueryableByName)]
+struct Flag {
+    #[diesel(sql_type = Bool)]
+    flag: bool,
+}
+
+#[derive(QueryableByName)]
+struct Number {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    number: Option<i64>,
+}
+
+/// The PostgreSQL advisory-lock key of `owner`: the first 8 bytes of its SHA-256.
+fn postgres_key(owner: &str) -> i64 {
+    let digest = openssl::sha::sha256(owner.as_bytes());
+    i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
+}
+
+/// The MariaDB lock name of `owner` (names are limited to 64 characters).
+fn mysql_name(owner: &str) -> String {
+    let key = postgres_key(owner);
+    format!("tokenmanager_live_{key:016x}")
+}
+
+/// Takes `owner`'s liveness lock on `conn`, without waiting; false if another session holds it
+/// (one of this process that the server has not closed yet).
+pub fn take_liveness_lock(conn: &mut DbConn, owner: &str) -> Result<bool, DbError> {
+    match conn {
+        DbConn::Postgres(c) => Ok(diesel::sql_query(format!(
+            "SELECT pg_try_advisory_lock({}) AS flag",
+            postgres_key(owner)
+        ))
+        .get_result::<Flag>(c)?
+        .flag),
+        DbConn::Mysql(c) => Ok(diesel::sql_query(format!(
+            "SELECT GET_LOCK('{}', 0) AS number",
+            mysql_name(owner)
+        ))
+        .get_result::<Number>(c)?
+        .number
+            == Some(1)),
+        DbConn::Sqlite(_) => Ok(true),
+    }
+}
+
+/// Whether some session holds `owner`'s liveness lock.
+fn holds_liveness_lock(conn: &mut DbConn, owner: &str) -> Result<bool, DbError> {
+    match conn {
+        DbConn::Postgres(c) => {
+            // A bigint key shows as its high half in classid, its low half in objid.
+            let key = postgres_key(owner) as u64;
+            let (high, low) = (key >> 32, key & 0xffff_ffff);
+            Ok(diesel::sql_query(format!(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND classid::bigint = {high} AND objid::bigint = {low} AND objsubid = 1) AS flag"
+            ))
+            .get_result::<Flag>(c)?
+            .flag)
+        }
+        DbConn::Mysql(c) => Ok(diesel::sql_query(format!(
+            "SELECT CAST(IS_USED_LOCK('{}') AS SIGNED) AS number",
+            mysql_name(owner)
+        ))
+        .get_result::<Number>(c)?
+        .number
+        .is_some()),
+        DbConn::Sqlite(_) => Ok(true),
+    }
+}
+
+/// The database's clock, in Unix seconds: leases are compared with one clock, whatever the
+/// replicas' clocks say.
+pub fn database_now(conn: &mut DbConn) -> Result<i64, DbError> {
+    let query = match conn {
+        DbConn::Postgres(_) => "SELECT CAST(EXTRACT(EPOCH FROM now()) AS BIGINT) AS number",
+        DbConn::Mysql(_) => "SELECT CAST(UNIX_TIMESTAMP() AS SIGNED) AS number",
+        DbConn::Sqlite(_) => "SELECT CAST(strftime('%s', 'now') AS INTEGER) AS number",
+    };
+    diesel::sql_query(query)
+        .get_result::<Number>(conn)?
+        .number
+        .ok_or_else(|| DbError::Query(diesel::result::Error::NotFound))
+}
+
+/// Which lease a replica waits for.
+#[derive(Clone, Copy, Debug)]
+pub enum LeasedRow {
+    Credential(i64),
+    ClientToken(i64),
+}
+
+/// The owner of the lease on `row`, if it is a replica that has lost its liveness lock (its
+/// process is gone).
+pub fn dead_lease_holder(conn: &mut DbConn, row: LeasedRow) -> Result<Option<String>, DbError> {
+    let owner: Option<Option<String>> = match row {
+        LeasedRow::Credential(id) => tokens::table
+            .filter(tokens::id.eq(id))
+            .select(tokens::lease_owner)
+            .first(conn)
+            .optional()?,
+        LeasedRow::ClientToken(id) => client_tokens::table
+            .filter(client_tokens::id.eq(id))
+            .select(client_tokens::lease_owner)
+            .first(conn)
+            .optional()?,
+    };
+    let Some(owner) = owner.flatten().filter(|o| o.ends_with(LIVENESS_MARK)) else {
+        return Ok(None);
+    };
+    Ok((!holds_liveness_lock(conn, &owner)?).then_some(owner))
+}
