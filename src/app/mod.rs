@@ -32,8 +32,6 @@ use crate::x509::expiry;
 
 /// How long start-up waits for the database before giving up with its error.
 const DATABASE_WAIT: Duration = Duration::from_secs(15);
-/// How long a graceful stop lets calls in progress finish (actix-web's default).
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Error)]
 pub enum AppError {
@@ -267,13 +265,14 @@ impl AppHandle {
     }
 
     /// Stops the listeners and the background tasks; with `graceful`, calls in progress get
-    /// up to 30 s to finish. [`Application::run`] then returns.
+    /// `ShutdownGracePeriod` to finish. [`Application::run`] then returns.
     pub async fn stop(&self, graceful: bool) {
         self.service.begin_stop();
         for task in self.background.iter() {
             task.abort();
         }
-        self.workers.stop(graceful.then_some(SHUTDOWN_GRACE)).await;
+        let grace = self.service.settings().service.shutdown_grace;
+        self.workers.stop(graceful.then_some(grace)).await;
     }
 }
 

@@ -21,6 +21,8 @@ pub const DEFAULT_DATABASE_DEADLINE_SECONDS: u64 = 3;
 /// Long enough to ride out a database failover or a stalled network, short enough that a token
 /// revoked through another replica meanwhile is not served for long.
 pub const DEFAULT_MAX_STALENESS_SECONDS: u64 = 30;
+/// actix-web's default: more than any getToken, whose IdP exchange is bounded by its timeout.
+pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 30;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_REFRESH_ACTOR_IDLE_SECONDS: u64 = 300;
 pub const DEFAULT_METRICS_PORT: u16 = 9182;
@@ -124,6 +126,7 @@ pub const SERVICE_OPTIONS: &[KnownOption] = {
         known("DatabasePoolSize", O, true, "database connections (and DB actor threads) per process"),
         known("DatabaseDeadline", O, true, "seconds a call waits for the database"),
         known("MaxStaleness", O, true, "seconds a cached token is served unconfirmed while a shared database does not answer"),
+        known("ShutdownGracePeriod", O, true, "seconds calls in progress get to finish after SIGTERM"),
         known("Authorization", S, true, "<method> = list of rules; Default for the others"),
         known("ExposeTokenValues", O, true, "include token values in token-info replies to ProxyManagement callers"),
         known("MaxBodyBytes", O, true, "largest JSON API request body accepted"),
@@ -210,6 +213,8 @@ pub struct ServiceSettings {
     /// On a shared database, how long after its last answer a cached user token is still served
     /// without confirming that no other replica changed its credential.
     pub max_staleness: std::time::Duration,
+    /// How long a graceful stop lets calls in progress finish.
+    pub shutdown_grace: std::time::Duration,
     /// Token-info replies carry token values only with this set, and only to ProxyManagement.
     pub expose_token_values: bool,
     pub max_body_bytes: u64,
@@ -420,6 +425,11 @@ fn resolve_service(
             root.get_u64(&option("MaxStaleness"))?
                 .unwrap_or(DEFAULT_MAX_STALENESS_SECONDS),
         ),
+        shutdown_grace: seconds(
+            root,
+            &option("ShutdownGracePeriod"),
+            DEFAULT_SHUTDOWN_GRACE_SECONDS,
+        )?,
         expose_token_values: root.get_bool(&option("ExposeTokenValues")).unwrap_or(false),
         max_body_bytes: root
             .get_u64(&option("MaxBodyBytes"))?

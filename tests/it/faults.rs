@@ -258,3 +258,41 @@ fn mariadb_kill_9_of_the_lease_holder_whose_refresh_the_idp_dropped_serves_the_u
 fn mariadb_kill_9_of_the_lease_holder_whose_refresh_the_idp_processed_says_needs_redelegation() {
     kill_9_of_the_lease_holder(Backend::Mysql, true);
 }
+
+#[test]
+fn a_graceful_stop_ends_after_its_grace_period_and_the_refresh_it_cut_keeps_the_grant() {
+    let mut setup = setup_with_options(
+        TestDb::new(Backend::Sqlite),
+        1,
+        &[],
+        "",
+        "ShutdownGracePeriod = 2\n",
+    );
+    setup.delegate("plain");
+    setup.idp.hold("id-plain");
+    let held = get_token_in_background(&setup, FrontEnd::Json);
+    setup.idp.wait_until_held(1, Duration::from_secs(10));
+    let signalled = Instant::now();
+    setup.processes[0].signal("TERM");
+    assert!(
+        !setup.processes[0].exits_within(Duration::from_secs(1)),
+        "the call in flight gets its grace period"
+    );
+    assert!(
+        setup.processes[0].exits_within(Duration::from_secs(3)),
+        "still running {:?} after SIGTERM with a 2 s grace period",
+        signalled.elapsed()
+    );
+    eprintln!("measured: exited {:?} after SIGTERM", signalled.elapsed());
+    // The cut connection took the held request back unprocessed: the stored token still works.
+    setup.idp.wait_until_abandoned(Duration::from_secs(10));
+    setup.idp.release("id-plain");
+    assert!(held.join().unwrap().is_err());
+
+    setup.restart(0);
+    let reply = within(Duration::from_secs(3), "getToken after the restart", || {
+        get_token(&setup, "plain", 100_000)
+    });
+    assert_eq!(reply.status(), Some(200), "{reply:?}");
+    assert!(setup.idp.grant_alive("id-plain"));
+}
