@@ -25,6 +25,7 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         import_generation -> Nullable<BigInt>,
+        grant_scope -> Text,
     }
 }
 

@@ -39,6 +39,7 @@ struct TokenRow {
     lease_expires_at: Option<i64>,
     created_at: i64,
     updated_at: i64,
+    grant_scope: String,
 }
 
 /// The row fields a token write sets; the ciphertexts are made from `NewToken`/`TokenUpdate`.
@@ -65,10 +66,12 @@ struct TokenWrite<'a> {
     lease_owner: Option<&'a str>,
     lease_expires_at: Option<i64>,
     updated_at: i64,
+    grant_scope: &'a str,
 }
 
 impl<'a> TokenWrite<'a> {
-    /// A new login's row (updateToken, an import): generation 1, active, no lease, no audience.
+    /// A new login's row (updateToken, an import): generation 1, active, no lease, no audience,
+    /// and the delegated token's scope as the grant's.
     fn of(token: &'a NewToken, sealed: &'a Sealed, now: i64) -> Self {
         Self {
             user_id: &token.user_id,
@@ -91,6 +94,7 @@ impl<'a> TokenWrite<'a> {
             lease_owner: None,
             lease_expires_at: None,
             updated_at: now,
+            grant_scope: &token.scope,
         }
     }
 }
@@ -128,6 +132,9 @@ pub struct StoredToken {
     pub lease_expires_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The scope the user delegated, space-separated ('' if the delegated token named none):
+    /// `scope` is what the last refresh was granted, and never more than this.
+    pub grant_scope: String,
 }
 
 impl StoredToken {
@@ -335,6 +342,9 @@ impl TokenStore {
     /// The token path's compare-and-set: writes `update` only if the row is still at `expected`,
     /// so a refresh that raced with another writer (or with updateToken) never overwrites the
     /// newer credential. Returns the row as written.
+    ///
+    /// The grant's scope is left as it is: the IdP may grant a refresh less than was delegated,
+    /// and a later request may still ask for the rest.
     pub fn store_refreshed(
         &self,
         conn: &mut DbConn,
@@ -700,6 +710,7 @@ impl TokenStore {
             lease_expires_at: row.lease_expires_at,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            grant_scope: row.grant_scope,
         })
     }
 }

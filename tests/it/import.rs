@@ -233,6 +233,7 @@ async fn import_takes_the_newest_live_row_and_never_overwrites_ours(backend: Bac
             Some("dirac-client")
         )
     );
+    assert_eq!(alice.grant_scope, alice.scope, "DIRAC's token is the grant");
     let bob = credential(&store, "bob", "IAM").await.unwrap();
     assert_eq!(bob.refresh_token.expose(), "rt-bob-1");
     assert_eq!((&bob.token_type, &bob.client_id), (&None, &None));

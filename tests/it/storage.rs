@@ -21,6 +21,8 @@ on_every_backend!(
     purge_goes_by_refresh_token_expiry,
     refresh_writes_are_compare_and_set_on_the_generation,
     needs_redelegation_is_compare_and_set_and_cleared_by_a_new_login,
+    the_grant_scope_is_a_logins_and_refreshes_keep_it,
+    the_migration_takes_each_rows_scope_as_its_grant,
 );
 
 async fn migrations_run_once_from_empty(backend: Backend) {
@@ -223,4 +225,61 @@ async fn needs_redelegation_is_compare_and_set_and_cleared_by_a_new_login(backen
     store_token(db, new_token("sub", "IAM", "rt-new", "at")).await;
     let relogged = credential().await.unwrap().unwrap();
     assert_eq!(relogged.state, CredentialState::Active);
+}
+
+async fn the_grant_scope_is_a_logins_and_refreshes_keep_it(backend: Backend) {
+    let store = TestStore::new(backend).await;
+    let db = &store.database;
+    store_token(db, new_token("sub", "IAM", "rt-1", "at-1")).await;
+    let login = get_credential(db, "sub", "IAM").await.unwrap().unwrap();
+    assert_eq!(login.grant_scope, "openid profile");
+
+    let written =
+        support::store_refreshed(db, login.version(), "sub", "IAM", refreshed("rt-2", "at-2"))
+            .await
+            .unwrap();
+    assert_eq!(written.scope, "compute.read openid");
+    assert_eq!(written.grant_scope, "openid profile", "a refresh keeps it");
+
+    let mut relogin = new_token("sub", "IAM", "rt-login", "at");
+    relogin.scope = "openid storage.read:/".into();
+    store_token(db, relogin).await;
+    let relogged = get_credential(db, "sub", "IAM").await.unwrap().unwrap();
+    assert_eq!(relogged.grant_scope, "openid storage.read:/");
+}
+
+async fn the_migration_takes_each_rows_scope_as_its_grant(backend: Backend) {
+    let store = TestStore::new(backend).await;
+    let db = &store.database;
+    store_token(db, new_token("sub", "IAM", "rt-1", "at-1")).await;
+    let v1 = get_credential(db, "sub", "IAM")
+        .await
+        .unwrap()
+        .unwrap()
+        .version();
+    support::store_refreshed(db, v1, "sub", "IAM", refreshed("rt-2", "at-2"))
+        .await
+        .unwrap();
+    let mut unscoped = new_token("other", "IAM", "rt-other", "at");
+    unscoped.scope = String::new();
+    store_token(db, unscoped).await;
+
+    // A row the previous version refreshed: its login's scope ("openid profile") is lost.
+    store.db.revert_last_migration();
+    let upgraded = TestStore::open_database(&store.db, &store.keyring_file);
+    assert_eq!(upgraded.migrate().await.unwrap().len(), 1);
+    let row = get_credential(&upgraded, "sub", "IAM")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        row.grant_scope, "compute.read openid",
+        "the refresh's scope"
+    );
+    assert_eq!(row.refresh_token.expose(), "rt-2");
+    let other = get_credential(&upgraded, "other", "IAM")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(other.grant_scope, "", "no scope, unknown grant");
 }

@@ -3,6 +3,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, MysqlConnection, PgConnection};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use tempfile::TempDir;
 use tokenmanager::actors::db::{Database, DbOperation};
 use tokenmanager::config::{Backend, DatabaseUrl};
@@ -83,6 +84,27 @@ impl TestDb {
         }
     }
 
+    /// Reverts the newest migration: the database as the previous version left it.
+    pub fn revert_last_migration(&self) {
+        const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+        const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+        const MYSQL: EmbeddedMigrations = embed_migrations!("migrations/mysql");
+        let reverted = match self.backend {
+            Backend::Sqlite => {
+                let path = self.url.trim_start_matches("sqlite://");
+                let mut conn = diesel::SqliteConnection::establish(path).unwrap();
+                conn.revert_last_migration(SQLITE)
+            }
+            Backend::Postgres => PgConnection::establish(&self.url)
+                .unwrap()
+                .revert_last_migration(POSTGRES),
+            Backend::Mysql => MysqlConnection::establish(&self.url)
+                .unwrap()
+                .revert_last_migration(MYSQL),
+        };
+        reverted.unwrap();
+    }
+
     /// The backend's own dump of this database, as an operator would take a backup.
     pub fn dump(&self) -> Vec<u8> {
         let output = match self.backend {
@@ -152,7 +174,7 @@ impl TestStore {
         keyring_file.create().unwrap();
         let database = Self::open_database(&db, &keyring_file);
         let applied = database.migrate().await.unwrap();
-        assert_eq!(applied.len(), 3, "a fresh database gets every migration");
+        assert_eq!(applied.len(), 4, "a fresh database gets every migration");
         Self {
             db,
             keyring_file,

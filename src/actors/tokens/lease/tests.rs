@@ -409,6 +409,7 @@ fn credential() -> StoredToken {
         lease_expires_at: None,
         created_at: EPOCH - 3600,
         updated_at: EPOCH - 3600,
+        grant_scope: "openid offline_access compute.read".into(),
     }
 }
 
