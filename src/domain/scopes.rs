@@ -31,6 +31,11 @@ impl ScopeSet {
         Self(self.0.union(&other.0).cloned().collect())
     }
 
+    /// The scopes of `self` that `other` lacks.
+    pub fn difference(&self, other: &ScopeSet) -> ScopeSet {
+        Self(self.0.difference(&other.0).cloned().collect())
+    }
+
     pub fn contains(&self, scope: &str) -> bool {
         self.0.contains(scope)
     }
@@ -112,6 +117,8 @@ mod tests {
         assert_eq!(a, ScopeSet::parse("permission:2 permission:1"));
         let union = a.union(&ScopeSet::parse("openid"));
         assert_eq!(union.to_string(), "openid permission:1 permission:2");
+        assert_eq!(union.difference(&a).to_string(), "openid");
+        assert!(a.difference(&union).is_empty());
         assert!(ScopeSet::from_items(Vec::<String>::new()).is_empty());
     }
 

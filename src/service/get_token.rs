@@ -69,6 +69,7 @@ fn token_error(error: TokenError) -> MethodError {
             "needs_redelegation"
         }
         TokenError::Idp(IdpError::AudienceNotAllowed { .. }) => "audience_not_allowed",
+        TokenError::ScopeNotGranted { .. } => "scope_not_granted",
         TokenError::Idp(IdpError::Refused { .. }) => "idp_refused",
         TokenError::Idp(_) => "idp_unavailable",
         TokenError::NotStored | TokenError::Storage => "internal",

@@ -146,12 +146,22 @@ impl Setup {
         self.processes[replica] = restarted;
     }
 
-    /// Logs `user` in at the IdP and stores its refresh token through updateToken.
+    /// Logs `user` in at the IdP and stores its refresh token through updateToken, with a token
+    /// dict that names no scope (an unknown grant: the IdP alone decides what it covers).
     pub(crate) fn delegate(&self, user: &str) {
-        let grant = self.idp.grant(&format!("id-{user}"), SCOPE);
-        let body = json!({"token": {"refresh_token": grant.refresh_token, "access_token": grant.access_token,
-                                    "expires_in": grant.expires_in},
-                          "userID": format!("id-{user}"), "provider": "test-idp"});
+        self.delegate_naming(user, SCOPE, None);
+    }
+
+    /// Logs `user` in at the IdP granting `scope`, and stores it with `named` as the token
+    /// dict's scope.
+    fn delegate_naming(&self, user: &str, scope: &str, named: Option<&str>) {
+        let grant = self.idp.grant(&format!("id-{user}"), scope);
+        let mut token = json!({"refresh_token": grant.refresh_token, "access_token": grant.access_token,
+                               "expires_in": grant.expires_in});
+        if let Some(named) = named {
+            token["scope"] = json!(named);
+        }
+        let body = json!({"token": token, "userID": format!("id-{user}"), "provider": "test-idp"});
         let reply = self.call(&self.manager, "updateToken", body);
         assert_eq!(reply.status(), Some(200), "{reply:?}");
     }
@@ -550,6 +560,44 @@ fn an_audience_outside_the_allow_list_is_refused_before_the_idp() {
         ),
         (0, 0)
     );
+}
+
+#[test]
+fn scopes_beyond_the_grant_are_refused_before_the_idp_and_a_narrowed_refresh_keeps_the_grant() {
+    let setup = setup(&[], "");
+    setup.delegate_naming("plain", SCOPE, Some(SCOPE));
+    setup.idp.reset_stats();
+    // Longer than the delegated access token lives: each call asks the IdP unless refused.
+    let get_token = |scope: &[&str]| {
+        let body = json!({"username": "plain", "userGroup": "g_user", "scope": scope,
+                          "requiredTimeLeft": 7200});
+        setup.call(&setup.full, "getToken", body)
+    };
+    let refused = get_token(&["compute.read", "compute.modify"]);
+    assert_refusal(&refused, 400, "scope_not_granted", "compute.modify");
+    assert_eq!(
+        setup.idp.stats().refreshes("id-plain"),
+        0,
+        "the IdP never saw it"
+    );
+
+    // The IdP grants the refresh only what it asks for: the stored token is narrower than the
+    // grant, which still covers compute.read.
+    let narrowed = get_token(&["openid"]);
+    assert_eq!(narrowed.status(), Some(200), "{narrowed:?}");
+    assert_eq!(narrowed.body()["value"]["scope"], json!("openid"));
+    let wider = get_token(&["compute.read"]);
+    assert_eq!(wider.status(), Some(200), "{wider:?}");
+    assert_eq!(wider.body()["value"]["scope"], json!("compute.read"));
+    let stats = setup.idp.stats();
+    assert_eq!(
+        (
+            stats.refreshes("id-plain"),
+            stats.refresh_errors("id-plain")
+        ),
+        (2, 0)
+    );
+    assert!(setup.idp.grant_alive("id-plain"));
 }
 
 #[test]

@@ -157,6 +157,7 @@ pub(super) async fn refresh_user_token(
             }
             return Ok(token);
         }
+        check_grant(&stored, key)?;
         first_seen.get_or_insert(stored.version());
         let now = store.lease_now();
         if store
@@ -319,6 +320,29 @@ fn stored_access_token(
         lifetime: stored.expires_in,
         minted_for: required_time_left,
         credential: Some(stored.version()),
+    })
+}
+
+/// Refuses scopes the user did not delegate, before the IdP sees them: an IdP that rotates
+/// refresh tokens may consume the refresh token and only then refuse the scope, which burns the
+/// grant. Checked against the grant, not the stored access token's scope: a refresh granted
+/// less than was delegated leaves the rest available.
+fn check_grant(stored: &StoredToken, key: &TokenKey) -> Result<(), TokenError> {
+    let grant = ScopeSet::parse(&stored.grant_scope);
+    // The delegated token named no scope (updateToken accepts that, as DIRAC does, and an IdP
+    // omits `scope` when it granted what was asked): what the grant covers is unknown here, and
+    // refusing everything would break those users' tokens, so the IdP decides as before.
+    if grant.is_empty() {
+        return Ok(());
+    }
+    let missing = key.scopes.difference(&grant);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(TokenError::ScopeNotGranted {
+        user_id: stored.user_id.clone(),
+        provider: stored.provider.clone(),
+        scopes: missing,
     })
 }
 

@@ -15,6 +15,7 @@ pub(crate) use broker::TokenBroker;
 pub(crate) use cache::{AccessToken, Subject, TokenKey};
 
 use crate::db::DbError;
+use crate::domain::scopes::ScopeSet;
 use crate::idp::IdpError;
 
 /// Why no token could be had; the message is what callers see.
@@ -26,6 +27,15 @@ pub(crate) enum TokenError {
         "The stored token of {user_id} at {provider} was refused by the IdP; a new login (updateToken) is needed"
     )]
     NeedsRedelegation { user_id: String, provider: String },
+    /// Asked for scopes beyond what the user delegated: refused before the IdP is contacted.
+    #[error(
+        "The grant of {user_id} at {provider} does not include {scopes}: ask without them, or log in again (updateToken) delegating them"
+    )]
+    ScopeNotGranted {
+        user_id: String,
+        provider: String,
+        scopes: ScopeSet,
+    },
     #[error(transparent)]
     Idp(#[from] IdpError),
     #[error(

@@ -506,6 +506,23 @@ async fn refresh_counted(
     refresh_user_token(issuer, store, &replica, "alice", &key, required_time_left).await
 }
 
+/// A refresh for a key that asks for `scopes` instead of the test key's.
+async fn refresh_scopes(
+    issuer: &FakeIssuer,
+    store: &FakeStore,
+    scopes: &str,
+) -> Result<AccessToken, TokenError> {
+    let key = TokenKey {
+        scopes: ScopeSet::parse(scopes),
+        ..TokenKey::for_tests(Subject::User("alice".into()))
+    };
+    let replica = Replica {
+        lease_owner: ME,
+        metrics: &Metrics::unexported(),
+    };
+    refresh_user_token(issuer, store, &replica, "alice", &key, 0).await
+}
+
 async fn client_token(
     issuer: &FakeIssuer,
     store: &FakeStore,
@@ -1010,4 +1027,72 @@ fn a_client_tokens_row_key_is_a_digest_of_everything_that_makes_the_token() {
             "{variant:?}"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn scopes_beyond_the_grant_are_refused_without_the_idp_or_a_lease() {
+    let store = FakeStore::holding(credential());
+    let issuer = FakeIssuer::unused();
+    let result = refresh_scopes(&issuer, &store, "openid compute.read compute.modify wlcg").await;
+    let Err(error @ TokenError::ScopeNotGranted { .. }) = &result else {
+        panic!("{result:?}");
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains("compute.modify wlcg") && !message.contains("compute.read"),
+        "names the scopes not granted, only those: {message}"
+    );
+    assert!(!message.contains("rt-1"), "{message}");
+    assert!(issuer.presented().is_empty());
+    assert_eq!(store.rows().my_lease_takes, 0);
+    assert_intact(&store);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_narrowed_refresh_leaves_the_rest_of_the_grant_to_ask_the_idp_for() {
+    let store = FakeStore::holding(StoredToken {
+        grant_scope: "openid offline_access compute.read compute.modify".into(),
+        ..credential()
+    });
+    let issuer = FakeIssuer::answering(
+        Duration::ZERO,
+        Ok(IssuedToken {
+            scope: Some(ScopeSet::parse("openid compute.read")),
+            ..issued("at-narrow", Some("rt-2")).unwrap()
+        }),
+    );
+    refresh_scopes(&issuer, &store, "openid compute.read compute.modify")
+        .await
+        .unwrap();
+    let row = store.credential_now();
+    assert_eq!(row.scope, "compute.read openid", "what the IdP granted");
+    assert_eq!(
+        row.grant_scope, "openid offline_access compute.read compute.modify",
+        "a refresh never changes the grant"
+    );
+    // Within the grant, not within the narrowed token: the IdP is asked.
+    let reply = issued("at-modify", Some("rt-3"));
+    issuer
+        .replies
+        .lock()
+        .unwrap()
+        .push_back((Duration::ZERO, reply));
+    let token = refresh_scopes(&issuer, &store, "openid compute.modify")
+        .await
+        .unwrap();
+    assert_eq!(token.access_token.expose(), "at-modify");
+    assert_eq!(issuer.presented(), ["rt-1", "rt-2"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_whose_login_named_no_scope_refuses_nothing() {
+    let store = FakeStore::holding(StoredToken {
+        grant_scope: String::new(),
+        ..credential()
+    });
+    let issuer = FakeIssuer::answering(Duration::ZERO, issued("at-new", Some("rt-2")));
+    refresh_scopes(&issuer, &store, "openid storage.modify:/")
+        .await
+        .unwrap();
+    assert_eq!(issuer.presented(), ["rt-1"]);
 }
