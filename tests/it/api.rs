@@ -454,6 +454,15 @@ fn bad_input_gets_the_documented_error_and_changes_nothing() {
             ["schema"]["required"],
         json!(["token", "userID", "provider"])
     );
+    let refusals = &openapi.body()["paths"]["/api/v1/getToken"]["post"]["responses"];
+    let bad_request = refusals["400"]["description"].as_str().unwrap();
+    assert!(bad_request.contains("scope_not_granted"), "{bad_request}");
+    assert!(
+        refusals["409"]["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("needs_redelegation")
+    );
 }
 
 #[test]

@@ -41,6 +41,26 @@ pub fn build() -> Value {
             json!({"description": description,
                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
         };
+        let mut responses = json!({
+            "200": {"description": "the method's value",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Ok"}}}},
+            "400": error("malformed_json, bad_request, bad_argument, invalid_token, unknown_provider"),
+            "401": error("unauthenticated: no client certificate"),
+            "403": error("forbidden: refused by a rule or a method check"),
+            "404": error("unknown_method, unknown_user"),
+            "413": error("body_too_large"),
+            "500": error("internal, config_rejected"),
+        });
+        if method == Method::GetToken {
+            responses["400"] = error(
+                "malformed_json, bad_request, bad_argument, unknown_provider, no_idp; \
+                 audience_not_allowed, scope_not_granted: refused before the IdP is contacted",
+            );
+            responses["404"] = error("unknown_method, unknown_user, no_token");
+            responses["409"] =
+                error("needs_redelegation: the user must log in again (updateToken)");
+            responses["502"] = error("idp_unavailable, idp_refused");
+        }
         paths.insert(
             format!("/api/v1/{}", method.name()),
             json!({"post": {
@@ -49,16 +69,7 @@ pub fn build() -> Value {
                 "requestBody": {"required": false, "content": {"application/json": {"schema": {
                     "type": "object", "properties": properties, "required": required,
                     "additionalProperties": false}}}},
-                "responses": {
-                    "200": {"description": "the method's value",
-                            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Ok"}}}},
-                    "400": error("malformed_json, bad_request, bad_argument, invalid_token, unknown_provider"),
-                    "401": error("unauthenticated: no client certificate"),
-                    "403": error("forbidden: refused by a rule or a method check"),
-                    "404": error("unknown_method, unknown_user"),
-                    "413": error("body_too_large"),
-                    "500": error("internal, config_rejected"),
-                },
+                "responses": responses,
             }}),
         );
     }
