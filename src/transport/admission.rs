@@ -491,7 +491,13 @@ impl Admission {
     pub fn close(&self) {
         let mut inner = self.lock();
         inner.closing = true;
-        self.shed_all(&mut inner, &[State::Idle, State::Handshake]);
+        // Not the metrics listener's: a health check that connected just before the stop
+        // began is answered (`/readyz`: 503), not reset.
+        self.shed_all(
+            &mut inner,
+            &[Front::Https, Front::Dips],
+            &[State::Idle, State::Handshake],
+        );
         drop(inner);
         self.changed.notify_waiters();
     }
@@ -509,13 +515,13 @@ impl Admission {
             }
         };
         if tokio::time::timeout(grace, all_closed).await.is_err() {
-            self.shed_all(&mut self.lock(), &State::ALL);
+            self.shed_all(&mut self.lock(), &Front::ALL, &State::ALL);
         }
     }
 
-    /// Sheds every connection in one of `states`, on every listener, for shutdown.
-    fn shed_all(&self, inner: &mut Inner, states: &[State]) {
-        for front in Front::ALL {
+    /// Sheds every connection of `fronts` in one of `states`, for shutdown.
+    fn shed_all(&self, inner: &mut Inner, fronts: &[Front], states: &[State]) {
+        for &front in fronts {
             for &state in states {
                 let ids: Vec<u64> = inner.connections[front.index()][state.index()]
                     .keys()

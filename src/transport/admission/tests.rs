@@ -222,10 +222,15 @@ async fn closing_sheds_connections_before_their_handshake_and_refuses_new_ones()
     let idle = admission.admit(Front::Https, ip(1)).unwrap();
     let identified = admission.admit(Front::Dips, ip(1)).unwrap();
     identified.advance(State::Identified);
+    let health_check = admission.admit(Front::Metrics, ip(1)).unwrap();
 
     admission.close();
 
     assert!(idle.is_shed() && !identified.is_shed());
+    assert!(
+        !health_check.is_shed(),
+        "a probe connected just before the stop is answered"
+    );
     assert_eq!(
         admission.admit(Front::Https, ip(1)).err(),
         Some(ShedReason::Shutdown)
