@@ -1,6 +1,13 @@
 #!/usr/bin/env bash
-# The whole test suite (the service and the workspace's crates), set-up included: the command README.md gives and CI runs.
+# The whole test suite (the service and the workspace's crates), set-up included: the command
+# README.md gives and CI runs. The fault tests (tests/it/faults.rs: signals, kill -9, a frozen
+# database, a failing IdP against the real binary) run afterwards one at a time, so that their
+# timings measure the service, not the other tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/setup.sh
-cargo test --workspace --all-targets
+cargo test --workspace --all-targets -- --skip faults::
+start=$SECONDS
+echo "=== fault tests (serial)"
+cargo test --test it faults:: -- --test-threads=1
+echo "=== fault tests (serial) took $((SECONDS - start)) s"

@@ -6,7 +6,7 @@ use tokenmanager::x509::pki::{CertifiedKey, ProxyKind, Validity};
 
 use crate::client::{Client, Request};
 use crate::pki::TestPki;
-use crate::process::{ServeProcess, spawn_app, spawn_process, write_config};
+use crate::process::{spawn_app, spawn_process};
 use crate::support::TestDb;
 
 fn dn(name: &str) -> String {
@@ -528,108 +528,6 @@ fn token_values_are_shown_only_with_the_option_and_only_to_proxy_management() {
     assert_eq!(
         (info["client_id"].clone(), info["expires_in"].clone()),
         (json!("None"), json!("60"))
-    );
-}
-
-/// refreshConfiguration on `connection` is refused (`config_rejected`) with a message naming
-/// `culprit`.
-fn refresh_is_refused_naming(connection: &mut crate::client::Connection, culprit: &str) {
-    let (status, body) = connection.post("/api/v1/refreshConfiguration", "{}");
-    assert_eq!(
-        (status, body["code"].clone()),
-        (500, json!("config_rejected")),
-        "{body}"
-    );
-    assert!(
-        body["message"].as_str().unwrap().contains(culprit),
-        "{body}"
-    );
-}
-
-#[test]
-fn reload_keeps_serving_refuses_a_broken_config_and_swaps_the_host_certificate() {
-    let pki = TestPki::shared();
-    let db = TestDb::new(tokenmanager::config::Backend::Sqlite);
-    tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
-        .create()
-        .unwrap();
-    // This test replaces the host certificate: give it its own copy.
-    let (cert, key) = (
-        db.dir.path().join("hostcert.pem"),
-        db.dir.path().join("hostkey.pem"),
-    );
-    pki.host.to_pem_files(&cert, &key).unwrap();
-    let config = write_config(db.dir.path(), "tm.cfg", &format!("URL = {}", db.url), "");
-    let shared = crate::pki::shared_host_files();
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace(&shared.0, &cert.display().to_string())
-        .replace(&shared.1, &key.display().to_string());
-    std::fs::write(&config, &text).unwrap();
-    let mut app = ServeProcess::spawn(&config);
-
-    let admin = pki.proxy(&dn("admin"), ProxyKind::Rfc3820, Some("g_admin"));
-    let mut kept = crate::client::Connection::open(app.https, &admin);
-    let first_serial = kept.server_serial();
-    assert_eq!(kept.post("/api/v1/ping", "{}").0, 200);
-
-    // A broken configuration, by SIGHUP and by refreshConfiguration: refused, service unchanged.
-    std::fs::write(&config, text.replace("Registry\n{", "Registry\n{\n{")).unwrap();
-    app.signal("HUP");
-    let refused = app.wait_for_log("reload refused");
-    assert!(refused.contains("tm.cfg"), "{refused}");
-    refresh_is_refused_naming(&mut kept, "tm.cfg");
-    assert_eq!(
-        kept.post("/api/v1/whoami", "{}").1["value"]["username"],
-        json!("admin")
-    );
-
-    // One whose EncryptionKeyFile names a missing file: refused too, not the old file kept.
-    let keyring = db.dir.path().join("keyring").display().to_string();
-    let missing = db.dir.path().join("moved-keyring").display().to_string();
-    std::fs::write(&config, text.replace(&keyring, &missing)).unwrap();
-    refresh_is_refused_naming(&mut kept, "moved-keyring");
-
-    // A good one with a new user and a new host certificate.
-    let newcomer_dn = dn("newcomer");
-    let fixed = text
-        .replace(
-            "    victim\n",
-            &format!("    newcomer\n    {{\n      DN = {newcomer_dn}\n    }}\n    victim\n"),
-        )
-        .replace(
-            "Users = plain, suspended, victim",
-            "Users = plain, suspended, victim, newcomer",
-        );
-    std::fs::write(&config, fixed).unwrap();
-    let renewed = pki
-        .ca
-        .issue_host(
-            crate::pki::HOST_DN,
-            &["localhost", "127.0.0.1"],
-            Validity::from_now(std::time::Duration::from_secs(86_400)),
-        )
-        .unwrap();
-    renewed.to_pem_files(&cert, &key).unwrap();
-    let (status, body) = kept.post("/api/v1/refreshConfiguration", "{}");
-    assert_eq!(status, 200, "{body}");
-
-    let (status, body) = kept.post("/api/v1/whoami", "{}");
-    assert_eq!(
-        (status, body["value"]["username"].clone()),
-        (200, json!("admin")),
-        "the kept connection lives on"
-    );
-    let fresh = crate::client::Connection::open(app.https, &pki.user(&newcomer_dn));
-    assert_ne!(
-        fresh.server_serial(),
-        first_serial,
-        "new connections get the new host certificate"
-    );
-    let mut fresh = fresh;
-    assert_eq!(
-        fresh.post("/api/v1/whoami", "{}").1["value"]["username"],
-        json!("newcomer")
     );
 }
 

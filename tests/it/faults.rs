@@ -1,15 +1,23 @@
-//! Faults against the real binary: a database that stops answering (frozen by a stalling proxy),
-//! and replicas killed in the middle of a refresh. The test IdP rotates refresh tokens and
-//! revokes the grant when a used one is presented again, so a burned grant shows.
+//! Faults against the real binary, run serially by tests/run-all.sh (a stage of their own in CI):
+//! a database that stops answering (frozen by a stalling proxy), replicas killed in the middle of
+//! a refresh, SIGTERM with refreshes in flight, a failing IdP, arguments a rotating IdP would burn
+//! the grant for, broken reloads. The test IdP rotates refresh tokens and revokes the grant when a
+//! used one is presented again, so a burned grant shows.
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokenmanager::config::Backend;
+use tokenmanager::x509::pki::{ProxyKind, Validity};
 
 use crate::client::{Reply, http_get};
-use crate::get_token::{CE, FrontEnd, Setup, get_token_in_background, setup_with_options};
+use crate::get_token::{
+    CE, FrontEnd, SCOPE, Setup, assert_one_refresh_and_grant_alive, assert_refusal, dn,
+    get_token_in_background, setup_with_options,
+};
 use crate::metrics::sample;
+use crate::pki::TestPki;
+use crate::process::{ServeProcess, write_config};
 use crate::stall::StallingProxy;
 use crate::support::TestDb;
 
@@ -295,4 +303,327 @@ fn a_graceful_stop_ends_after_its_grace_period_and_the_refresh_it_cut_keeps_the_
     });
     assert_eq!(reply.status(), Some(200), "{reply:?}");
     assert!(setup.idp.grant_alive("id-plain"));
+}
+
+/// One `serve` process on SQLite whose `test-idp` has `idp_options`.
+fn in_one_process(idp_options: &str) -> Setup {
+    setup_with_options(TestDb::new(Backend::Sqlite), 1, &[], idp_options, "")
+}
+
+#[test]
+fn an_audience_outside_the_allow_list_is_refused_before_the_idp() {
+    let setup = in_one_process("");
+    setup.delegate("plain");
+    setup.idp.reset_stats();
+    for user in [Some("plain"), None] {
+        let reply = setup.get_token(user, Some("https://elsewhere.example.org"), 0);
+        assert_eq!(
+            (reply.status(), reply.body()["code"].clone()),
+            (Some(400), json!("audience_not_allowed"))
+        );
+    }
+    let stats = setup.idp.stats();
+    assert_eq!(
+        (
+            stats.refreshes("id-plain"),
+            stats.client_credentials_total()
+        ),
+        (0, 0)
+    );
+}
+
+#[test]
+fn scopes_beyond_the_grant_are_refused_before_the_idp_and_a_narrowed_refresh_keeps_the_grant() {
+    let setup = in_one_process("");
+    setup.delegate_naming("plain", SCOPE, Some(SCOPE));
+    setup.idp.reset_stats();
+    // Longer than the delegated access token lives: each call asks the IdP unless refused.
+    let get_token = |scope: &[&str]| {
+        let body = json!({"username": "plain", "userGroup": "g_user", "scope": scope,
+                          "requiredTimeLeft": 7200});
+        setup.call(&setup.full, "getToken", body)
+    };
+    let refused = get_token(&["compute.read", "compute.modify"]);
+    assert_refusal(&refused, 400, "scope_not_granted", "compute.modify");
+    assert_eq!(
+        setup.idp.stats().refreshes("id-plain"),
+        0,
+        "the IdP never saw it"
+    );
+
+    // The IdP grants the refresh only what it asks for: the stored token is narrower than the
+    // grant, which still covers compute.read.
+    let narrowed = get_token(&["openid"]);
+    assert_eq!(narrowed.status(), Some(200), "{narrowed:?}");
+    assert_eq!(narrowed.body()["value"]["scope"], json!("openid"));
+    let wider = get_token(&["compute.read"]);
+    assert_eq!(wider.status(), Some(200), "{wider:?}");
+    assert_eq!(wider.body()["value"]["scope"], json!("compute.read"));
+    let stats = setup.idp.stats();
+    assert_eq!(
+        (
+            stats.refreshes("id-plain"),
+            stats.refresh_errors("id-plain")
+        ),
+        (2, 0)
+    );
+    assert!(setup.idp.grant_alive("id-plain"));
+}
+
+#[test]
+fn without_an_allow_list_user_tokens_get_no_audience_and_client_tokens_any() {
+    let setup = in_one_process("      # allowed_audiences unset");
+    setup.delegate("plain");
+    setup.idp.reset_stats();
+    let refused = setup.get_token(Some("plain"), Some(CE), 0);
+    assert_refusal(&refused, 400, "audience_not_allowed", "allowed_audiences");
+    assert_eq!(
+        setup.idp.stats().refreshes("id-plain"),
+        0,
+        "the IdP never saw the request"
+    );
+    assert_eq!(setup.get_token(Some("plain"), None, 0).status(), Some(200));
+    assert_eq!(setup.get_token(None, Some(CE), 0).status(), Some(200));
+    assert_one_refresh_and_grant_alive(&setup);
+}
+
+#[test]
+fn a_failing_idp_gets_a_trickle_of_requests_not_one_per_caller() {
+    let setup = in_one_process("");
+    setup.delegate("plain");
+    setup.idp.reset_stats();
+    setup.idp.fail_next(1000, 500);
+    let mut failed_fast = 0;
+    for _ in 0..30 {
+        let reply = setup.get_token(Some("plain"), Some(CE), 100_000);
+        assert_eq!(reply.body()["code"], json!("idp_unavailable"), "{reply:?}");
+        if reply.body()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("backing off"))
+        {
+            failed_fast += 1;
+        }
+    }
+    let requests = setup.idp.stats().injected_failures;
+    assert!(
+        requests <= 5,
+        "{requests} requests reached the failing IdP for 30 callers"
+    );
+    assert!(failed_fast >= 25, "{failed_fast} of 30 failed fast");
+
+    // The IdP recovers: once the interval has passed, one probe goes through and ends it.
+    setup.idp.fail_next(0, 500);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = setup.get_token(Some("plain"), Some(CE), 100_000);
+        if reply.status() == Some(200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still failing: {reply:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stats = setup.idp.stats();
+    assert_eq!(
+        stats.refreshes("id-plain"),
+        stats.injected_failures + 1,
+        "the failed requests and the probe that succeeded"
+    );
+    assert!(setup.idp.grant_alive("id-plain"));
+}
+
+#[test]
+fn a_restart_after_kill_9_during_a_refresh_serves_the_user_at_once() {
+    let mut setup = in_one_process("");
+    setup.delegate("plain");
+    setup.idp.hold("id-plain");
+    // A caller whose refresh the IdP holds: the process holds the credential's lease (75 s).
+    let caller = get_token_in_background(&setup, FrontEnd::Json);
+    setup.idp.wait_until_held(1, Duration::from_secs(10));
+    setup.kill_and_restart(0);
+    // The killed process's connection closed: the IdP took the held request back unprocessed.
+    setup.idp.wait_until_abandoned(Duration::from_secs(10));
+    setup.idp.release("id-plain");
+    let _ = caller.join();
+
+    let started = Instant::now();
+    let reply = setup.get_token(Some("plain"), Some(CE), 100_000);
+    assert_eq!(reply.status(), Some(200), "{reply:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "served after {:?}: the dead process's lease was waited out",
+        started.elapsed()
+    );
+    assert!(setup.idp.grant_alive("id-plain"));
+    setup.processes[0].wait_for_log("voided the refresh leases of processes that are gone");
+}
+
+#[test]
+fn sigterm_lets_calls_in_flight_finish_and_a_second_signal_stops_at_once() {
+    let mut setup = in_one_process("");
+    setup.delegate("plain");
+    // Nine callers, three per front-end, whose refresh the IdP answers after 4 s.
+    setup.idp.latency(4000);
+    let callers: Vec<_> = [FrontEnd::Json, FrontEnd::DiracHttps, FrontEnd::Dips]
+        .into_iter()
+        .flat_map(|front| std::iter::repeat_n(front, 3))
+        .map(|front| (front, get_token_in_background(&setup, front)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    setup.processes[0].signal("TERM");
+    // Health checks still connect, and are told at once that the process is not ready.
+    let metrics = setup.processes[0].metrics;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let (status, body) = crate::client::http_get(metrics, "/readyz");
+        if status == 503 {
+            assert_eq!(body, "stopping\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "/readyz still {status}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (front, caller) in callers {
+        assert_eq!(caller.join().unwrap(), Ok(()), "{front:?}");
+    }
+    assert!(
+        setup.processes[0].exits_within(Duration::from_secs(10)),
+        "the stop did not end once the calls were answered"
+    );
+    assert!(setup.idp.grant_alive("id-plain"));
+    setup.idp.latency(0);
+
+    // A call the IdP holds keeps a graceful stop waiting; a second SIGTERM ends it.
+    setup.restart(0);
+    setup.idp.hold("id-plain");
+    let held = get_token_in_background(&setup, FrontEnd::Json);
+    setup.idp.wait_until_held(1, Duration::from_secs(10));
+    setup.processes[0].signal("TERM");
+    assert!(
+        !setup.processes[0].exits_within(Duration::from_secs(1)),
+        "the graceful stop waits for the call in flight"
+    );
+    setup.processes[0].signal("TERM");
+    assert!(
+        setup.processes[0].exits_within(Duration::from_secs(3)),
+        "a second SIGTERM stops at once"
+    );
+    // Its connection closed: the IdP takes the held request back unprocessed (releasing it
+    // before would process it, and the stored refresh token would be consumed).
+    setup.idp.wait_until_abandoned(Duration::from_secs(10));
+    setup.idp.release("id-plain");
+    let _ = held.join();
+
+    // The restarted process serves at once: the lease the stopped one held is void.
+    setup.restart(0);
+    let started = Instant::now();
+    let after_restart = get_token_in_background(&setup, FrontEnd::Dips);
+    assert_eq!(after_restart.join().unwrap(), Ok(()));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(setup.idp.grant_alive("id-plain"));
+}
+
+/// refreshConfiguration on `connection` is refused (`config_rejected`) with a message naming
+/// `culprit`.
+fn refresh_is_refused_naming(connection: &mut crate::client::Connection, culprit: &str) {
+    let (status, body) = connection.post("/api/v1/refreshConfiguration", "{}");
+    assert_eq!(
+        (status, body["code"].clone()),
+        (500, json!("config_rejected")),
+        "{body}"
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains(culprit),
+        "{body}"
+    );
+}
+
+#[test]
+fn reload_keeps_serving_refuses_a_broken_config_and_swaps_the_host_certificate() {
+    let pki = TestPki::shared();
+    let db = TestDb::new(tokenmanager::config::Backend::Sqlite);
+    tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
+        .create()
+        .unwrap();
+    // This test replaces the host certificate: give it its own copy.
+    let (cert, key) = (
+        db.dir.path().join("hostcert.pem"),
+        db.dir.path().join("hostkey.pem"),
+    );
+    pki.host.to_pem_files(&cert, &key).unwrap();
+    let config = write_config(db.dir.path(), "tm.cfg", &format!("URL = {}", db.url), "");
+    let shared = crate::pki::shared_host_files();
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&shared.0, &cert.display().to_string())
+        .replace(&shared.1, &key.display().to_string());
+    std::fs::write(&config, &text).unwrap();
+    let mut app = ServeProcess::spawn(&config);
+
+    let admin = pki.proxy(&dn("admin"), ProxyKind::Rfc3820, Some("g_admin"));
+    let mut kept = crate::client::Connection::open(app.https, &admin);
+    let first_serial = kept.server_serial();
+    assert_eq!(kept.post("/api/v1/ping", "{}").0, 200);
+
+    // A broken configuration, by SIGHUP and by refreshConfiguration: refused, service unchanged.
+    std::fs::write(&config, text.replace("Registry\n{", "Registry\n{\n{")).unwrap();
+    app.signal("HUP");
+    let refused = app.wait_for_log("reload refused");
+    assert!(refused.contains("tm.cfg"), "{refused}");
+    refresh_is_refused_naming(&mut kept, "tm.cfg");
+    assert_eq!(
+        kept.post("/api/v1/whoami", "{}").1["value"]["username"],
+        json!("admin")
+    );
+
+    // One whose EncryptionKeyFile names a missing file: refused too, not the old file kept.
+    let keyring = db.dir.path().join("keyring").display().to_string();
+    let missing = db.dir.path().join("moved-keyring").display().to_string();
+    std::fs::write(&config, text.replace(&keyring, &missing)).unwrap();
+    refresh_is_refused_naming(&mut kept, "moved-keyring");
+
+    // A good one with a new user and a new host certificate.
+    let newcomer_dn = dn("newcomer");
+    let fixed = text
+        .replace(
+            "    victim\n",
+            &format!("    newcomer\n    {{\n      DN = {newcomer_dn}\n    }}\n    victim\n"),
+        )
+        .replace(
+            "Users = plain, suspended, victim",
+            "Users = plain, suspended, victim, newcomer",
+        );
+    std::fs::write(&config, fixed).unwrap();
+    let renewed = pki
+        .ca
+        .issue_host(
+            crate::pki::HOST_DN,
+            &["localhost", "127.0.0.1"],
+            Validity::from_now(std::time::Duration::from_secs(86_400)),
+        )
+        .unwrap();
+    renewed.to_pem_files(&cert, &key).unwrap();
+    let (status, body) = kept.post("/api/v1/refreshConfiguration", "{}");
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = kept.post("/api/v1/whoami", "{}");
+    assert_eq!(
+        (status, body["value"]["username"].clone()),
+        (200, json!("admin")),
+        "the kept connection lives on"
+    );
+    let fresh = crate::client::Connection::open(app.https, &pki.user(&newcomer_dn));
+    assert_ne!(
+        fresh.server_serial(),
+        first_serial,
+        "new connections get the new host certificate"
+    );
+    let mut fresh = fresh;
+    assert_eq!(
+        fresh.post("/api/v1/whoami", "{}").1["value"]["username"],
+        json!("newcomer")
+    );
 }

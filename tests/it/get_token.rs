@@ -14,10 +14,10 @@ use crate::pki::TestPki;
 use crate::process::{ServeProcess, configure};
 use crate::support::TestDb;
 
-const SCOPE: &str = "openid offline_access compute.read";
+pub(crate) const SCOPE: &str = "openid offline_access compute.read";
 pub(crate) const CE: &str = "https://ce.example.org";
 
-fn dn(name: &str) -> String {
+pub(crate) fn dn(name: &str) -> String {
     format!("/C=ch/O=DIRAC/OU=Test/CN={name}")
 }
 
@@ -48,16 +48,6 @@ fn setup(extra_users: &[String], idp_options: &str) -> Setup {
 fn setup_on(db: TestDb, replicas: usize, extra_users: &[String], idp_options: &str) -> Setup {
     let processes = if replicas == 1 { 0 } else { replicas };
     setup_with(db, processes, extra_users, idp_options)
-}
-
-/// [`setup_with`] one `serve` process on SQLite: for tests that signal or kill it.
-fn setup_in_one_process() -> Setup {
-    setup_with(
-        TestDb::new(tokenmanager::config::Backend::Sqlite),
-        1,
-        &[],
-        "",
-    )
 }
 
 /// [`setup_on`] with `processes` `serve` processes, or the application in this process for 0.
@@ -154,7 +144,7 @@ impl Setup {
 
     /// Logs `user` in at the IdP granting `scope`, and stores it with `named` as the token
     /// dict's scope.
-    fn delegate_naming(&self, user: &str, scope: &str, named: Option<&str>) {
+    pub(crate) fn delegate_naming(&self, user: &str, scope: &str, named: Option<&str>) {
         let grant = self.idp.grant(&format!("id-{user}"), scope);
         let mut token = json!({"refresh_token": grant.refresh_token, "access_token": grant.access_token,
                                "expires_in": grant.expires_in});
@@ -502,7 +492,7 @@ fn a_refresh_answered_after_the_timeout_is_stored_not_lost() {
 }
 
 /// Exactly one refresh of `plain` reached the IdP, and its grant was not revoked for reuse.
-fn assert_one_refresh_and_grant_alive(setup: &Setup) {
+pub(crate) fn assert_one_refresh_and_grant_alive(setup: &Setup) {
     let stats = setup.idp.stats();
     assert_eq!(stats.refreshes("id-plain"), 1, "refreshes at the IdP");
     assert!(
@@ -538,153 +528,6 @@ fn lost_reply(backend: tokenmanager::config::Backend) {
         setup.get_token(Some("plain"), Some(CE), 0).status(),
         Some(200)
     );
-}
-
-#[test]
-fn an_audience_outside_the_allow_list_is_refused_before_the_idp() {
-    let setup = setup(&[], "");
-    setup.delegate("plain");
-    setup.idp.reset_stats();
-    for user in [Some("plain"), None] {
-        let reply = setup.get_token(user, Some("https://elsewhere.example.org"), 0);
-        assert_eq!(
-            (reply.status(), reply.body()["code"].clone()),
-            (Some(400), json!("audience_not_allowed"))
-        );
-    }
-    let stats = setup.idp.stats();
-    assert_eq!(
-        (
-            stats.refreshes("id-plain"),
-            stats.client_credentials_total()
-        ),
-        (0, 0)
-    );
-}
-
-#[test]
-fn scopes_beyond_the_grant_are_refused_before_the_idp_and_a_narrowed_refresh_keeps_the_grant() {
-    let setup = setup(&[], "");
-    setup.delegate_naming("plain", SCOPE, Some(SCOPE));
-    setup.idp.reset_stats();
-    // Longer than the delegated access token lives: each call asks the IdP unless refused.
-    let get_token = |scope: &[&str]| {
-        let body = json!({"username": "plain", "userGroup": "g_user", "scope": scope,
-                          "requiredTimeLeft": 7200});
-        setup.call(&setup.full, "getToken", body)
-    };
-    let refused = get_token(&["compute.read", "compute.modify"]);
-    assert_refusal(&refused, 400, "scope_not_granted", "compute.modify");
-    assert_eq!(
-        setup.idp.stats().refreshes("id-plain"),
-        0,
-        "the IdP never saw it"
-    );
-
-    // The IdP grants the refresh only what it asks for: the stored token is narrower than the
-    // grant, which still covers compute.read.
-    let narrowed = get_token(&["openid"]);
-    assert_eq!(narrowed.status(), Some(200), "{narrowed:?}");
-    assert_eq!(narrowed.body()["value"]["scope"], json!("openid"));
-    let wider = get_token(&["compute.read"]);
-    assert_eq!(wider.status(), Some(200), "{wider:?}");
-    assert_eq!(wider.body()["value"]["scope"], json!("compute.read"));
-    let stats = setup.idp.stats();
-    assert_eq!(
-        (
-            stats.refreshes("id-plain"),
-            stats.refresh_errors("id-plain")
-        ),
-        (2, 0)
-    );
-    assert!(setup.idp.grant_alive("id-plain"));
-}
-
-#[test]
-fn without_an_allow_list_user_tokens_get_no_audience_and_client_tokens_any() {
-    let setup = setup(&[], "      # allowed_audiences unset");
-    setup.delegate("plain");
-    setup.idp.reset_stats();
-    let refused = setup.get_token(Some("plain"), Some(CE), 0);
-    assert_refusal(&refused, 400, "audience_not_allowed", "allowed_audiences");
-    assert_eq!(
-        setup.idp.stats().refreshes("id-plain"),
-        0,
-        "the IdP never saw the request"
-    );
-    assert_eq!(setup.get_token(Some("plain"), None, 0).status(), Some(200));
-    assert_eq!(setup.get_token(None, Some(CE), 0).status(), Some(200));
-    assert_one_refresh_and_grant_alive(&setup);
-}
-
-#[test]
-fn a_failing_idp_gets_a_trickle_of_requests_not_one_per_caller() {
-    let setup = setup(&[], "");
-    setup.delegate("plain");
-    setup.idp.reset_stats();
-    setup.idp.fail_next(1000, 500);
-    let mut failed_fast = 0;
-    for _ in 0..30 {
-        let reply = setup.get_token(Some("plain"), Some(CE), 100_000);
-        assert_eq!(reply.body()["code"], json!("idp_unavailable"), "{reply:?}");
-        if reply.body()["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("backing off"))
-        {
-            failed_fast += 1;
-        }
-    }
-    let requests = setup.idp.stats().injected_failures;
-    assert!(
-        requests <= 5,
-        "{requests} requests reached the failing IdP for 30 callers"
-    );
-    assert!(failed_fast >= 25, "{failed_fast} of 30 failed fast");
-
-    // The IdP recovers: once the interval has passed, one probe goes through and ends it.
-    setup.idp.fail_next(0, 500);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let reply = setup.get_token(Some("plain"), Some(CE), 100_000);
-        if reply.status() == Some(200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "still failing: {reply:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let stats = setup.idp.stats();
-    assert_eq!(
-        stats.refreshes("id-plain"),
-        stats.injected_failures + 1,
-        "the failed requests and the probe that succeeded"
-    );
-    assert!(setup.idp.grant_alive("id-plain"));
-}
-
-#[test]
-fn a_restart_after_kill_9_during_a_refresh_serves_the_user_at_once() {
-    let mut setup = setup_in_one_process();
-    setup.delegate("plain");
-    setup.idp.hold("id-plain");
-    // A caller whose refresh the IdP holds: the process holds the credential's lease (75 s).
-    let caller = get_token_in_background(&setup, FrontEnd::Json);
-    setup.idp.wait_until_held(1, Duration::from_secs(10));
-    setup.kill_and_restart(0);
-    // The killed process's connection closed: the IdP took the held request back unprocessed.
-    setup.idp.wait_until_abandoned(Duration::from_secs(10));
-    setup.idp.release("id-plain");
-    let _ = caller.join();
-
-    let started = Instant::now();
-    let reply = setup.get_token(Some("plain"), Some(CE), 100_000);
-    assert_eq!(reply.status(), Some(200), "{reply:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "served after {:?}: the dead process's lease was waited out",
-        started.elapsed()
-    );
-    assert!(setup.idp.grant_alive("id-plain"));
-    setup.processes[0].wait_for_log("voided the refresh leases of processes that are gone");
 }
 
 /// The service's three front-ends.
@@ -741,75 +584,6 @@ pub(crate) fn get_token_in_background(
                 .ok_or(format!("{reply}"))
         }
     })
-}
-
-#[test]
-fn sigterm_lets_calls_in_flight_finish_and_a_second_signal_stops_at_once() {
-    let mut setup = setup_in_one_process();
-    setup.delegate("plain");
-    // Nine callers, three per front-end, whose refresh the IdP answers after 4 s.
-    setup.idp.latency(4000);
-    let callers: Vec<_> = [FrontEnd::Json, FrontEnd::DiracHttps, FrontEnd::Dips]
-        .into_iter()
-        .flat_map(|front| std::iter::repeat_n(front, 3))
-        .map(|front| (front, get_token_in_background(&setup, front)))
-        .collect();
-    std::thread::sleep(Duration::from_millis(500));
-    setup.processes[0].signal("TERM");
-    // Health checks still connect, and are told at once that the process is not ready.
-    let metrics = setup.processes[0].metrics;
-    let deadline = Instant::now() + Duration::from_secs(1);
-    loop {
-        let (status, body) = crate::client::http_get(metrics, "/readyz");
-        if status == 503 {
-            assert_eq!(body, "stopping\n");
-            break;
-        }
-        assert!(Instant::now() < deadline, "/readyz still {status}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for (front, caller) in callers {
-        assert_eq!(caller.join().unwrap(), Ok(()), "{front:?}");
-    }
-    assert!(
-        setup.processes[0].exits_within(Duration::from_secs(10)),
-        "the stop did not end once the calls were answered"
-    );
-    assert!(setup.idp.grant_alive("id-plain"));
-    setup.idp.latency(0);
-
-    // A call the IdP holds keeps a graceful stop waiting; a second SIGTERM ends it.
-    setup.restart(0);
-    setup.idp.hold("id-plain");
-    let held = get_token_in_background(&setup, FrontEnd::Json);
-    setup.idp.wait_until_held(1, Duration::from_secs(10));
-    setup.processes[0].signal("TERM");
-    assert!(
-        !setup.processes[0].exits_within(Duration::from_secs(1)),
-        "the graceful stop waits for the call in flight"
-    );
-    setup.processes[0].signal("TERM");
-    assert!(
-        setup.processes[0].exits_within(Duration::from_secs(3)),
-        "a second SIGTERM stops at once"
-    );
-    // Its connection closed: the IdP takes the held request back unprocessed (releasing it
-    // before would process it, and the stored refresh token would be consumed).
-    setup.idp.wait_until_abandoned(Duration::from_secs(10));
-    setup.idp.release("id-plain");
-    let _ = held.join();
-
-    // The restarted process serves at once: the lease the stopped one held is void.
-    setup.restart(0);
-    let started = Instant::now();
-    let after_restart = get_token_in_background(&setup, FrontEnd::Dips);
-    assert_eq!(after_restart.join().unwrap(), Ok(()));
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
-    assert!(setup.idp.grant_alive("id-plain"));
 }
 
 #[test]
@@ -1023,7 +797,7 @@ fn without_a_bearer_audience_bearer_tokens_identify_no_one() {
 }
 
 /// `reply` is an error `status` with `code`, whose message names the option `option`.
-fn assert_refusal(reply: &Reply, status: u16, code: &str, option: &str) {
+pub(crate) fn assert_refusal(reply: &Reply, status: u16, code: &str, option: &str) {
     assert_eq!(
         (reply.status(), reply.body()["code"].clone()),
         (Some(status), json!(code)),
