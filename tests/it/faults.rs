@@ -120,6 +120,14 @@ fn frozen_database(backend: Backend) {
         get_token(&setup, "plain", 0)
     });
     assert_eq!(stale.status(), Some(500), "{stale:?}");
+    // However long the freeze lasts, every call keeps its bound.
+    while frozen.elapsed() + limit < freeze_time() {
+        let late = within(limit, "a refresh late in the freeze", || {
+            get_token(&setup, "other", 100_000)
+        });
+        assert_eq!(late.status(), Some(500), "{late:?}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
 
     std::thread::sleep(freeze_time().saturating_sub(frozen.elapsed()));
     proxy.thaw();
