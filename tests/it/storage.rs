@@ -283,3 +283,53 @@ async fn the_migration_takes_each_rows_scope_as_its_grant(backend: Backend) {
         .unwrap();
     assert_eq!(other.grant_scope, "", "no scope, unknown grant");
 }
+
+/// The rolling-upgrade rule (README.md, "Rolling upgrades"): the previous release keeps working
+/// on the new schema, so every migration after a backend's first only adds.
+#[test]
+fn migrations_after_the_first_only_add() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let forbidden = [
+        "DROP ",
+        "RENAME",
+        "MODIFY ",
+        "CHANGE ",
+        " TYPE ",
+        "ALTER COLUMN",
+    ];
+    let mut violations = Vec::new();
+    for backend in ["sqlite", "postgres", "mysql"] {
+        let mut migrations: Vec<_> = std::fs::read_dir(root.join(backend))
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        migrations.sort();
+        assert!(migrations.len() > 1, "{backend}: no migrations");
+        for migration in &migrations[1..] {
+            let sql = std::fs::read_to_string(migration.join("up.sql")).unwrap();
+            let statements: Vec<String> = sql
+                .lines()
+                .filter(|line| !line.trim_start().starts_with("--"))
+                .collect::<Vec<_>>()
+                .join(" ")
+                .split(';')
+                .map(|s| s.trim().to_uppercase())
+                .filter(|s| !s.is_empty())
+                .collect();
+            for statement in statements {
+                let drops_or_changes = forbidden.iter().any(|word| statement.contains(word));
+                let not_null_without_default = statement.contains("ADD COLUMN")
+                    && statement.contains("NOT NULL")
+                    && !statement.contains("DEFAULT");
+                if drops_or_changes || not_null_without_default {
+                    violations.push(format!("{}: {statement}", migration.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "migrations the previous release could not run on:\n{}",
+        violations.join("\n")
+    );
+}
