@@ -44,6 +44,7 @@ impl LivenessLock {
                     metrics,
                     conn: None,
                     failing_since: None,
+                    warned: false,
                 };
                 let mut announced = false;
                 while !stopped.load(Ordering::Relaxed) {
@@ -80,20 +81,27 @@ struct Keeper {
     metrics: Arc<Metrics>,
     /// The session that holds the lock.
     conn: Option<DbConn>,
+    /// Since when the lock has not been held (its session broke, or none could be opened).
     failing_since: Option<Instant>,
+    /// Whether that was logged at WARN (a session replaced at once is not).
+    warned: bool,
 }
 
 impl Keeper {
     fn check(&mut self) {
-        let result = match self.conn.as_mut() {
+        let mut result = match self.conn.as_mut() {
             Some(conn) => database_now(conn),
-            None => self
-                .lock()
-                .and_then(|()| database_now(self.conn.as_mut().expect("the lock was just taken"))),
+            None => self.relock(),
         };
+        if result.is_err() && self.conn.take().is_some() {
+            // The session broke: a new one at once, before other replicas count this one gone.
+            self.failing_since.get_or_insert_with(Instant::now);
+            result = self.relock();
+        }
         match result {
             Ok(database_now) => {
                 self.database.set_clock_offset(database_now - unix_now());
+                self.warned = false;
                 if let Some(since) = self.failing_since.take() {
                     tracing::info!(
                         seconds = since.elapsed().as_secs_f64(),
@@ -105,12 +113,19 @@ impl Keeper {
                 // The session (and with it the lock) may be gone: start over on a new one.
                 self.conn = None;
                 self.metrics.liveness_lock_held.set(0);
-                if self.failing_since.is_none() {
-                    self.failing_since = Some(Instant::now());
+                if !self.warned {
+                    self.warned = true;
+                    self.failing_since.get_or_insert_with(Instant::now);
                     tracing::warn!(%error, "the liveness lock is not held; other replicas take over this process's refresh leases if it stays lost");
                 }
             }
         }
+    }
+
+    /// A new session holding the lock, and the database's clock read on it.
+    fn relock(&mut self) -> Result<i64, DbError> {
+        self.lock()?;
+        database_now(self.conn.as_mut().expect("the lock was just taken"))
     }
 
     fn lock(&mut self) -> Result<(), DbError> {

@@ -256,6 +256,40 @@ fn kill_9_of_the_lease_holder(backend: Backend, processed: bool) {
 }
 
 #[test]
+fn a_replica_whose_database_session_is_cut_takes_its_liveness_lock_again_within_a_second() {
+    let db = TestDb::new(Backend::Postgres);
+    let mut setup = setup_with_options(db, 2, &[], "", "");
+    // A database restart or a network cut ends the sessions; here the server ends those holding
+    // advisory locks: each replica's liveness lock.
+    let cut = Instant::now();
+    setup.db().execute_raw(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks \
+         WHERE locktype = 'advisory' AND database = \
+         (SELECT oid FROM pg_database WHERE datname = current_database())",
+    );
+    for process in &mut setup.processes {
+        process.wait_for_log("the liveness lock is held again");
+        let (_, exposition) = http_get(process.metrics, "/metrics");
+        assert_eq!(
+            sample(&exposition, "tokenmanager_liveness_lock_held"),
+            Some(1.0)
+        );
+    }
+    let took = cut.elapsed();
+    eprintln!("measured: both liveness locks held again {took:?} after the cut");
+    assert!(
+        took < HOLDER_GONE_FOR_IN_TESTS,
+        "{took:?}: other replicas would have taken over this one's leases"
+    );
+    setup.delegate("plain");
+    assert_eq!(get_token(&setup, "plain", 0).status(), Some(200));
+}
+
+/// How long other replicas wait before they take over the leases of a replica whose liveness
+/// lock is gone (`HOLDER_GONE_FOR` in src/actors/tokens/lease.rs).
+const HOLDER_GONE_FOR_IN_TESTS: Duration = Duration::from_secs(2);
+
+#[test]
 fn postgresql_kill_9_of_the_lease_holder_whose_refresh_the_idp_dropped_serves_the_user() {
     kill_9_of_the_lease_holder(Backend::Postgres, false);
 }

@@ -31,7 +31,7 @@ pub(crate) struct Setup {
     config: std::path::PathBuf,
     _app: Option<TestApp>,
     pub(crate) processes: Vec<ServeProcess>,
-    _db: TestDb,
+    db: TestDb,
     pub(crate) full: CertifiedKey,
     pub(crate) manager: CertifiedKey,
 }
@@ -113,7 +113,7 @@ pub(crate) fn setup_with_options(
         config,
         _app: app,
         processes,
-        _db: db,
+        db,
         full: pki.proxy(&dn("full"), ProxyKind::Rfc3820, Some("g_full")),
         manager: pki.proxy(&dn("manager"), ProxyKind::Rfc3820, Some("g_manager")),
     }
@@ -127,6 +127,11 @@ impl Setup {
         killed.signal("KILL");
         killed.wait();
         self.restart(replica);
+    }
+
+    /// The replicas' database.
+    pub(crate) fn db(&self) -> &TestDb {
+        &self.db
     }
 
     /// Starts `serve` process `replica`, which has exited, again on the same configuration.
