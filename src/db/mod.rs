@@ -1,6 +1,7 @@
 //! Storage: diesel over SQLite, PostgreSQL and MariaDB/MySQL. Only the DB actor
 //! (`crate::actors::db`) holds the pool; everything here is called from its threads.
 
+mod changes;
 mod client_tokens;
 mod connection;
 pub mod dirac_tokendb;
@@ -10,6 +11,9 @@ mod schema;
 mod sqlite_lock;
 mod store;
 
+pub use changes::{
+    Change, ChangeBatch, ChangeKind, ChangeReader, LOG_RETENTION, READER_APPLICATION_NAME,
+};
 pub use client_tokens::{ClientTokenKey, StoredClientToken};
 pub use connection::{DbConn, DbManager, DbPool, PoolOptions, build_pool, establish};
 pub use liveness::{LIVENESS_MARK, LeasedRow, database_now, dead_lease_holder, take_liveness_lock};

@@ -84,25 +84,34 @@ impl TestDb {
         }
     }
 
-    /// Reverts the newest migration: the database as the previous version left it.
-    pub fn revert_last_migration(&self) {
+    /// Reverts the newest migrations down to and including `version` (its directory name's
+    /// date part, e.g. `2026-11-30-000001`): the database as the release before it left it.
+    pub fn revert_migrations_through(&self, version: &str) {
         const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
         const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
         const MYSQL: EmbeddedMigrations = embed_migrations!("migrations/mysql");
-        let reverted = match self.backend {
-            Backend::Sqlite => {
-                let path = self.url.trim_start_matches("sqlite://");
-                let mut conn = diesel::SqliteConnection::establish(path).unwrap();
-                conn.revert_last_migration(SQLITE)
+        let digits = |v: &str| v.chars().filter(char::is_ascii_digit).collect::<String>();
+        let wanted = digits(version);
+        loop {
+            let reverted = match self.backend {
+                Backend::Sqlite => {
+                    let path = self.url.trim_start_matches("sqlite://");
+                    let mut conn = diesel::SqliteConnection::establish(path).unwrap();
+                    conn.revert_last_migration(SQLITE).map(|v| v.to_string())
+                }
+                Backend::Postgres => PgConnection::establish(&self.url)
+                    .unwrap()
+                    .revert_last_migration(POSTGRES)
+                    .map(|v| v.to_string()),
+                Backend::Mysql => MysqlConnection::establish(&self.url)
+                    .unwrap()
+                    .revert_last_migration(MYSQL)
+                    .map(|v| v.to_string()),
+            };
+            if digits(&reverted.unwrap()) == wanted {
+                return;
             }
-            Backend::Postgres => PgConnection::establish(&self.url)
-                .unwrap()
-                .revert_last_migration(POSTGRES),
-            Backend::Mysql => MysqlConnection::establish(&self.url)
-                .unwrap()
-                .revert_last_migration(MYSQL),
-        };
-        reverted.unwrap();
+        }
     }
 
     /// The backend's own dump of this database, as an operator would take a backup.
@@ -160,6 +169,17 @@ impl Drop for TestDb {
     }
 }
 
+/// How many migrations `backend` has.
+pub fn migrations_of(backend: Backend) -> usize {
+    let dir = match backend {
+        Backend::Sqlite => "sqlite",
+        Backend::Postgres => "postgres",
+        Backend::Mysql => "mysql",
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    std::fs::read_dir(root.join(dir)).unwrap().count()
+}
+
 /// A migrated test database with a keyring and a running DB actor.
 pub struct TestStore {
     pub db: TestDb,
@@ -174,7 +194,11 @@ impl TestStore {
         keyring_file.create().unwrap();
         let database = Self::open_database(&db, &keyring_file);
         let applied = database.migrate().await.unwrap();
-        assert_eq!(applied.len(), 4, "a fresh database gets every migration");
+        assert_eq!(
+            applied.len(),
+            migrations_of(backend),
+            "a fresh database gets every migration"
+        );
         Self {
             db,
             keyring_file,

@@ -1,0 +1,375 @@
+//! The change stream: every change of a credential or of a shared client token, announced by the
+//! database itself (triggers, see `migrations/*/2026-12-03-000001_change_announcements`), read
+//! here on a connection of its own outside the pool.
+//!
+//! - PostgreSQL: the triggers `NOTIFY` channel [`CHANNEL`] when the writing transaction
+//!   commits, in commit order. The reader also notifies a channel of its own now and then: when
+//!   that notification comes back, every change committed before it was sent has been read.
+//! - MariaDB: the triggers append to `token_changes`, read from the last id seen. An id is
+//!   allocated when its row is written, not when its transaction commits, so a later id can
+//!   become visible first: an id skipped over is a gap, looked at again on every read until its
+//!   row appears or is known never to come (no row, and no transaction holding one under a lock,
+//!   for [`GAP_GRACE`]).
+//! - SQLite: the same table; one writer at a time, so ids become visible in order.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Nullable, Text};
+
+use super::{CredentialVersion, DbConn, DbError, establish};
+use crate::config::DatabaseUrl;
+
+/// The PostgreSQL channel the triggers announce changes on.
+pub const CHANNEL: &str = "tokenmanager_changes";
+/// The `application_name` of the reader's PostgreSQL session (what an operator sees in
+/// `pg_stat_activity`).
+pub const READER_APPLICATION_NAME: &str = "tokenmanager-changes";
+/// How long change-log rows are kept: a replica whose reader was away longer may have missed
+/// changes, and treats that as a gap.
+pub const LOG_RETENTION: Duration = Duration::from_secs(600);
+/// How long an id skipped over on MariaDB is looked for when neither its row nor a transaction
+/// writing it is seen: longer than an insert takes between allocating an id and writing its row.
+const GAP_GRACE: Duration = Duration::from_secs(2);
+/// Gaps beyond this many (a burst of rolled-back writes) are given up as a gap in the stream.
+const MAX_GAPS: usize = 10_000;
+/// Rows read per query: a reader that is further behind reads again at once.
+const READ_BATCH: i64 = 5_000;
+
+/// What changed: a credential (`subject` is its user id) or a shared client token (`subject` is
+/// its token key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeKind {
+    Credential,
+    Client,
+}
+
+/// One announced change.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct Change {
+    pub kind: ChangeKind,
+    pub subject: String,
+    pub provider: String,
+    pub row_id: i64,
+    /// The row's generation after the change; `None`: the row is gone.
+    pub generation: Option<i64>,
+}
+
+impl Change {
+    /// The version the row has now; `None` if it is gone.
+    pub fn version(&self) -> Option<CredentialVersion> {
+        self.generation.map(|generation| CredentialVersion {
+            id: self.row_id,
+            generation,
+        })
+    }
+}
+
+/// What one read of the stream found.
+#[derive(Debug, Default)]
+pub struct ChangeBatch {
+    pub changes: Vec<Change>,
+    /// Every change committed before this instant is in this batch or an earlier one.
+    pub complete_as_of: Option<Instant>,
+    /// Changes may have been lost before this batch (a new PostgreSQL session, or a change log
+    /// pruned past the reader's position): what was cached before it must be confirmed again.
+    pub gap: bool,
+}
+
+#[derive(QueryableByName)]
+struct LogRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    kind: String,
+    #[diesel(sql_type = Text)]
+    subject: String,
+    #[diesel(sql_type = Text)]
+    provider: String,
+    #[diesel(sql_type = BigInt)]
+    row_id: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    generation: Option<i64>,
+}
+
+impl LogRow {
+    fn change(self) -> Option<Change> {
+        let kind = match self.kind.as_str() {
+            "credential" => ChangeKind::Credential,
+            "client" => ChangeKind::Client,
+            _ => return None,
+        };
+        Some(Change {
+            kind,
+            subject: self.subject,
+            provider: self.provider,
+            row_id: self.row_id,
+            generation: self.generation,
+        })
+    }
+}
+
+#[derive(QueryableByName)]
+struct MaxId {
+    #[diesel(sql_type = Nullable<BigInt>)]
+    id: Option<i64>,
+}
+
+const LOG_COLUMNS: &str = "id, kind, subject, provider, row_id, generation";
+
+/// Reads the change stream of one database. Its session is opened on the first read and again
+/// after an error.
+pub struct ChangeReader {
+    url: DatabaseUrl,
+    conn: Option<DbConn>,
+    /// PostgreSQL: this reader's own channel, and the number of its last notification.
+    sync_channel: String,
+    syncs_sent: u64,
+    /// MariaDB and SQLite: the highest id read, and the ids below it not seen yet.
+    position: Option<i64>,
+    gaps: BTreeMap<i64, Instant>,
+    /// When the log was last read: a reader away for longer than the retention has a gap.
+    last_read: Option<Instant>,
+}
+
+impl ChangeReader {
+    /// A reader of `url`'s stream from now on; `instance` makes its PostgreSQL channel its own.
+    pub fn new(url: &DatabaseUrl, instance: u64) -> Self {
+        Self {
+            url: url.clone(),
+            conn: None,
+            sync_channel: format!("tokenmanager_sync_{instance:016x}"),
+            syncs_sent: 0,
+            position: None,
+            gaps: BTreeMap::new(),
+            last_read: None,
+        }
+    }
+
+    /// The changes committed since the last read. On PostgreSQL, what has been delivered; with
+    /// `confirm`, up to a notification of its own (a round trip, a commit). An error leaves the
+    /// session closed; the next read opens a new one (on PostgreSQL with `gap` set:
+    /// notifications sent meanwhile are lost).
+    pub fn read(&mut self, confirm: bool) -> Result<ChangeBatch, DbError> {
+        let result = self.read_on_session(confirm);
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    fn read_on_session(&mut self, confirm: bool) -> Result<ChangeBatch, DbError> {
+        let opened = self.conn.is_none();
+        if opened {
+            self.conn = Some(self.open()?);
+        }
+        match self.conn.as_mut().expect("opened above") {
+            DbConn::Postgres(conn) => {
+                let sync =
+                    (confirm || opened).then_some((&*self.sync_channel, &mut self.syncs_sent));
+                let mut batch = read_notifications(conn, sync)?;
+                // A new session listens from now on: what was announced before it is lost.
+                batch.gap = opened;
+                Ok(batch)
+            }
+            DbConn::Mysql(_) | DbConn::Sqlite(_) => self.read_log(),
+        }
+    }
+
+    fn open(&self) -> Result<DbConn, DbError> {
+        let mut conn = establish(&self.url)?;
+        match &mut conn {
+            // Its own notifications are commits that nothing needs on disk.
+            DbConn::Postgres(pg) => pg.batch_execute(&format!(
+                "SET application_name = '{READER_APPLICATION_NAME}'; SET synchronous_commit = off; \
+                 LISTEN {CHANNEL}; LISTEN {}",
+                self.sync_channel
+            ))?,
+            // Each read sees what is committed when it starts, and takes no gap locks.
+            DbConn::Mysql(my) => {
+                my.batch_execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")?
+            }
+            DbConn::Sqlite(_) => {}
+        }
+        Ok(conn)
+    }
+
+    fn read_log(&mut self) -> Result<ChangeBatch, DbError> {
+        let started = Instant::now();
+        let conn = self.conn.as_mut().expect("opened by the caller");
+        let mut batch = ChangeBatch::default();
+        let Some(position) = self.position else {
+            // The first read: the stream starts after what is there.
+            let max: MaxId =
+                diesel::sql_query("SELECT MAX(id) AS id FROM token_changes").get_result(conn)?;
+            self.position = Some(max.id.unwrap_or(0));
+            self.last_read = Some(started);
+            batch.complete_as_of = Some(started);
+            return Ok(batch);
+        };
+        let rows: Vec<LogRow> = diesel::sql_query(format!(
+            "SELECT {LOG_COLUMNS} FROM token_changes WHERE id > ? ORDER BY id LIMIT {READ_BATCH}"
+        ))
+        .bind::<BigInt, _>(position)
+        .load(conn)?;
+        let caught_up = (rows.len() as i64) < READ_BATCH;
+        let is_mysql = matches!(conn, DbConn::Mysql(_));
+        let mut last = position;
+        for row in rows {
+            if is_mysql {
+                for skipped in last + 1..row.id {
+                    self.gaps.insert(skipped, started);
+                }
+            }
+            last = row.id;
+            batch.changes.extend(row.change());
+        }
+        self.position = Some(last);
+        if !self.gaps.is_empty() {
+            self.read_gaps(&mut batch)?;
+        }
+        let away = self
+            .last_read
+            .is_some_and(|at| started - at > LOG_RETENTION / 2);
+        batch.gap = away || self.gaps.len() > MAX_GAPS;
+        if self.gaps.len() > MAX_GAPS {
+            self.gaps.clear();
+        }
+        self.last_read = Some(started);
+        // Everything committed before the read started is in it; a gap still open is a
+        // transaction that had not committed then.
+        batch.complete_as_of = caught_up.then_some(started);
+        Ok(batch)
+    }
+
+    /// Looks at each gap again: its row committed since (read it), a transaction still holds it
+    /// (keep waiting), or neither for [`GAP_GRACE`] (a rolled-back write, or an id never used).
+    fn read_gaps(&mut self, batch: &mut ChangeBatch) -> Result<(), DbError> {
+        let Some(DbConn::Mysql(conn)) = self.conn.as_mut() else {
+            return Ok(());
+        };
+        let now = Instant::now();
+        let ids: Vec<(i64, Instant)> = self.gaps.iter().map(|(id, at)| (*id, *at)).collect();
+        for (id, first_missed) in ids {
+            // NOWAIT: a row still being written is locked by its transaction, which would
+            // otherwise make this wait for its commit.
+            let found: Result<Vec<LogRow>, _> = diesel::sql_query(format!(
+                "SELECT {LOG_COLUMNS} FROM token_changes WHERE id = ? FOR UPDATE NOWAIT"
+            ))
+            .bind::<BigInt, _>(id)
+            .load(conn);
+            match found {
+                Ok(rows) if !rows.is_empty() => {
+                    self.gaps.remove(&id);
+                    batch
+                        .changes
+                        .extend(rows.into_iter().filter_map(LogRow::change));
+                }
+                Ok(_) => {
+                    if now - first_missed >= GAP_GRACE {
+                        self.gaps.remove(&id);
+                    }
+                }
+                Err(error) if is_lock_wait(&error) => {
+                    // Being written: wait for its transaction, however long it takes.
+                    self.gaps.insert(id, now);
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes change-log rows older than [`LOG_RETENTION`] (by the database's clock); how many.
+    pub fn prune(&mut self) -> Result<usize, DbError> {
+        let retention = LOG_RETENTION.as_secs();
+        let statement = match self.conn.as_mut() {
+            Some(DbConn::Mysql(_)) => format!(
+                "DELETE FROM token_changes WHERE created_at < UNIX_TIMESTAMP() - {retention}"
+            ),
+            Some(DbConn::Sqlite(_)) => {
+                format!("DELETE FROM token_changes WHERE created_at < unixepoch() - {retention}")
+            }
+            Some(DbConn::Postgres(_)) | None => return Ok(0),
+        };
+        let conn = self.conn.as_mut().expect("matched above");
+        Ok(diesel::sql_query(statement).execute(conn)?)
+    }
+
+    /// The MariaDB ids this reader is still waiting for (tests and logs).
+    pub fn open_gaps(&self) -> usize {
+        self.gaps.len()
+    }
+}
+
+fn is_lock_wait(error: &diesel::result::Error) -> bool {
+    match error {
+        diesel::result::Error::DatabaseError(_, info) => {
+            let message = info.message();
+            message.contains("Lock wait timeout") || message.contains("NOWAIT")
+        }
+        _ => false,
+    }
+}
+
+/// Takes the notifications delivered so far. With `sync` (this reader's channel and count), it
+/// first sends one of its own and takes everything up to it: the server delivers notifications
+/// in commit order, so when it is back, every change committed before it was sent has been read.
+fn read_notifications(
+    conn: &mut diesel::PgConnection,
+    sync: Option<(&str, &mut u64)>,
+) -> Result<ChangeBatch, DbError> {
+    let mut batch = ChangeBatch::default();
+    let mut expected = None;
+    if let Some((channel, sent_count)) = sync {
+        *sent_count += 1;
+        let sent = Instant::now();
+        conn.batch_execute(&format!("NOTIFY {channel}, '{sent_count}'"))?;
+        expected = Some((channel, sent_count.to_string(), sent));
+    }
+    // Our own notification comes back with the reply to NOTIFY; later ones are read next time.
+    for notification in conn.notifications_iter() {
+        let notification = notification?;
+        if notification.channel.starts_with("tokenmanager_sync_") {
+            if let Some((channel, payload, sent)) = &expected
+                && notification.channel == *channel
+                && notification.payload == *payload
+            {
+                batch.complete_as_of = Some(*sent);
+            }
+            continue;
+        }
+        match serde_json::from_str::<Change>(&notification.payload) {
+            Ok(change) => batch.changes.push(change),
+            Err(error) => {
+                tracing::error!(%error, "an announcement on {CHANNEL} that is not a change; a cache may be stale until its next gap");
+            }
+        }
+    }
+    Ok(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_notification_payload_is_a_change() {
+        let payload = r#"{"kind" : "credential", "subject" : "alice", "provider" : "IAM", "row_id" : 7, "generation" : null}"#;
+        let change: Change = serde_json::from_str(payload).unwrap();
+        assert_eq!(change.kind, ChangeKind::Credential);
+        assert_eq!(change.version(), None);
+        let payload = r#"{"kind" : "client", "subject" : "ab12", "provider" : "IAM", "row_id" : 3, "generation" : 4}"#;
+        let change: Change = serde_json::from_str(payload).unwrap();
+        assert_eq!(
+            change.version(),
+            Some(CredentialVersion {
+                id: 3,
+                generation: 4
+            })
+        );
+    }
+}
