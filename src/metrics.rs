@@ -64,9 +64,22 @@ pub struct Metrics {
     /// Seconds since the database last answered an operation (a background probe asks every
     /// few seconds, so this stays small while it answers).
     pub db_last_answer_age: Gauge,
-    /// User-token cache hits served without confirming their credential, while a shared
-    /// database did not answer (within `MaxStaleness` of its last answer).
+    /// User-token cache hits served without confirming their credential, while the change
+    /// feed was behind and the database did not answer (within `MaxStaleness` of its last
+    /// answer).
     pub token_cache_unconfirmed_hits: IntCounter,
+    /// Changes of credentials and shared client tokens announced by the database and applied to
+    /// this replica's cache, whoever made them, by kind (`user`, `client`).
+    pub changes_applied: IntCounterVec,
+    /// Gaps in the change feed (a new PostgreSQL session, a change log read too late): every
+    /// cached user token is confirmed with the database once before it is trusted again.
+    pub change_feed_gaps: IntCounter,
+    /// Seconds since the last confirmed sync with the change feed: every change committed
+    /// before that has been applied. Set at scrape; -1 before the first.
+    pub change_sync_age: Gauge,
+    /// 1 while the last confirmed sync is older than `MaxStaleness`: cache hits of user tokens
+    /// ask the database for their credential's version (the fallback). Set at scrape.
+    pub change_feed_fallback: IntGauge,
     /// Stored credentials by provider and state (`active`, `needs_redelegation`), counted in
     /// the background (see `db_gauges_age`).
     pub stored_credentials: IntGaugeVec,
@@ -372,6 +385,37 @@ impl Metrics {
                     "User-token cache hits served unconfirmed while the shared database did not answer",
                 )?,
             )?,
+            changes_applied: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tokenmanager_changes_applied_total",
+                        "Announced changes applied to the token cache, by kind",
+                    ),
+                    &["kind"],
+                )?,
+            )?,
+            change_feed_gaps: register(
+                r,
+                IntCounter::new(
+                    "tokenmanager_change_feed_gaps_total",
+                    "Gaps in the change feed, after which cached user tokens are confirmed again",
+                )?,
+            )?,
+            change_sync_age: register(
+                r,
+                Gauge::new(
+                    "tokenmanager_change_sync_age_seconds",
+                    "Seconds since the last confirmed sync with the change feed",
+                )?,
+            )?,
+            change_feed_fallback: register(
+                r,
+                IntGauge::new(
+                    "tokenmanager_change_feed_fallback",
+                    "1 while cache hits ask the database because the change feed is behind",
+                )?,
+            )?,
             db_gauges_age: register(
                 r,
                 Gauge::new(
@@ -548,6 +592,7 @@ impl Metrics {
                 self.token_cache_lookups.with_label_values(&[kind, result]);
             }
             self.coalesced_callers.with_label_values(&[kind]);
+            self.changes_applied.with_label_values(&[kind]);
             self.lease_takeovers.with_label_values(&[kind]);
             self.refresh_actors.with_label_values(&[kind]);
         }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::actors::change_feed::ChangeFeed;
 use crate::actors::db::Database;
 use crate::actors::liveness::LivenessLock;
 use crate::config::{self, Backend, ConfigError, DatabaseUrl, Settings};
@@ -114,6 +115,8 @@ pub struct Application {
     /// Held for the process's life on PostgreSQL and MariaDB: while it is, other replicas leave
     /// this process's refresh leases alone.
     _liveness_lock: Option<LivenessLock>,
+    /// Applies the changes the database announces to the token cache while it lives.
+    _change_feed: ChangeFeed,
 }
 
 /// What outlives the borrow of an [`Application`]: reload and stop it from elsewhere (signal
@@ -180,6 +183,7 @@ impl Application {
             Some(held.await.map_err(|_| DbError::Unavailable)??)
         };
         service.void_leases_of_gone_processes().await;
+        let change_feed = service.follow_changes()?;
         let mut background = vec![
             actix_rt::spawn(export_certificate_expiry(service.clone())).abort_handle(),
             actix_rt::spawn(database_watch::watch_database(service.clone())).abort_handle(),
@@ -232,6 +236,7 @@ impl Application {
             handle,
             _sqlite_lock: sqlite_lock,
             _liveness_lock: liveness_lock,
+            _change_feed: change_feed,
         })
     }
 
@@ -249,6 +254,7 @@ impl Application {
             handle,
             _sqlite_lock,
             _liveness_lock,
+            _change_feed,
             ..
         } = self;
         handle.workers.stopped().await;

@@ -20,7 +20,7 @@ pub const DEFAULT_DATABASE_POOL_SIZE: u32 = 8;
 pub const DEFAULT_DATABASE_DEADLINE_SECONDS: u64 = 3;
 /// Long enough to ride out a database failover or a stalled network, short enough that a token
 /// revoked through another replica meanwhile is not served for long.
-pub const DEFAULT_MAX_STALENESS_SECONDS: u64 = 30;
+pub const DEFAULT_MAX_STALENESS_SECONDS: u64 = 1;
 /// actix-web's default: more than any getToken, whose IdP exchange is bounded by its timeout.
 pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 30;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
@@ -125,7 +125,7 @@ pub const SERVICE_OPTIONS: &[KnownOption] = {
         known("GenerateDemoCredentials", O, true, "generate missing throwaway credentials (the shipped example only)"),
         known("DatabasePoolSize", O, true, "database connections (and DB actor threads) per process"),
         known("DatabaseDeadline", O, true, "seconds a call waits for the database"),
-        known("MaxStaleness", O, true, "seconds a cached token is served unconfirmed while a shared database does not answer"),
+        known("MaxStaleness", O, true, "seconds a replica's token cache may lag the changes the database announces"),
         known("ShutdownGracePeriod", O, true, "seconds calls in progress get to finish after SIGTERM"),
         known("Authorization", S, true, "<method> = list of rules; Default for the others"),
         known("ExposeTokenValues", O, true, "include token values in token-info replies to ProxyManagement callers"),

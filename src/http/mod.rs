@@ -168,6 +168,7 @@ async fn not_found() -> HttpResponse {
 async fn render_metrics(service: web::Data<Arc<Service>>) -> HttpResponse {
     let (database, metrics) = (service.database(), service.metrics());
     database.export_pool_state();
+    service.export_change_feed_state();
     metrics
         .db_last_answer_age
         .set(database.last_answer_age().as_secs_f64());

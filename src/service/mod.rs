@@ -18,6 +18,7 @@ use thiserror::Error;
 
 pub use methods::{Method, Param, ParamKind};
 
+use crate::actors::change_feed::ChangeFeed;
 use crate::actors::db::{Database, DbOperation};
 use crate::actors::tokens::TokenBroker;
 use crate::config::{self, Settings};
@@ -234,6 +235,24 @@ impl Service {
     /// Returns at the next credential write of this process.
     pub async fn credentials_changed(&self) {
         self.credentials_changed.notified().await;
+    }
+
+    /// Starts applying the changes the database announces to the token cache, until the
+    /// returned feed is dropped.
+    pub fn follow_changes(&self) -> Result<ChangeFeed, DbError> {
+        ChangeFeed::start(&self.settings().database, self.broker.cache_sync())
+    }
+
+    /// Publishes the change feed's state (read at scrape).
+    pub fn export_change_feed_state(&self) {
+        let sync = self.broker.cache_sync();
+        let state = sync.state();
+        self.metrics
+            .change_sync_age
+            .set(state.age().map_or(-1.0, |age| age.as_secs_f64()));
+        self.metrics
+            .change_feed_fallback
+            .set(i64::from(!state.in_step()));
     }
 
     /// This process as the owner of refresh leases.

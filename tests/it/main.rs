@@ -25,4 +25,5 @@ mod layers;
 mod loadtest;
 mod metrics;
 mod prometheus;
+mod replicas;
 mod storage;

@@ -10,9 +10,10 @@ use super::cache::TokenCache;
 use super::lease::caller_deadline;
 use super::owner::LeaseOwner;
 use super::refresh::{Obtain, RefreshActor};
+use super::sync::SyncState;
 use super::{AccessToken, Subject, TokenError, TokenKey};
 use crate::actors::db::{Database, DbOperation};
-use crate::db::DbError;
+use crate::db::{ChangeBatch, ChangeKind, DbError};
 use crate::domain::unix_now;
 use crate::idp::{IdpClient, IdpError};
 use crate::metrics::Metrics;
@@ -33,13 +34,47 @@ pub(crate) struct TokenBroker {
     owner: LeaseOwner,
     /// [`LeaseOwner::id`], as the leases record it.
     lease_owner: Arc<str>,
-    /// Other replicas may change credentials (PostgreSQL, MariaDB): a cached user token is served
-    /// only while its credential's version is still the stored one.
+    /// Replicas share the database (PostgreSQL, MariaDB): leases and client tokens go through it.
     shared_database: bool,
-    /// How long after the database's last answer a cached user token is served unconfirmed
-    /// (shared database only).
-    max_staleness: Duration,
     metrics: Arc<Metrics>,
+}
+
+/// The cache's side of the change feed (see `actors::change_feed`): applies what the database
+/// announces.
+#[derive(Clone)]
+pub(crate) struct CacheSync {
+    cache: Arc<TokenCache>,
+    metrics: Arc<Metrics>,
+}
+
+impl CacheSync {
+    /// Applies one read of the change stream: a gap first, then its changes, then how far it
+    /// is complete.
+    pub(crate) fn apply(&self, batch: &ChangeBatch) {
+        let sync = self.cache.sync();
+        if batch.gap {
+            sync.gap();
+            self.metrics.change_feed_gaps.inc();
+        }
+        for change in &batch.changes {
+            self.cache.apply(change);
+            let kind = match change.kind {
+                ChangeKind::Credential => "user",
+                ChangeKind::Client => "client",
+            };
+            self.metrics
+                .changes_applied
+                .with_label_values(&[kind])
+                .inc();
+        }
+        if let Some(as_of) = batch.complete_as_of {
+            sync.confirm(as_of);
+        }
+    }
+
+    pub(crate) fn state(&self) -> &SyncState {
+        self.cache.sync()
+    }
 }
 
 impl TokenBroker {
@@ -53,14 +88,21 @@ impl TokenBroker {
         let owner = LeaseOwner::this_process(shared_database);
         Self {
             database,
-            cache: Arc::default(),
+            cache: Arc::new(TokenCache::new(SyncState::new(max_staleness))),
             actors: Mutex::default(),
             idle_timeout,
             lease_owner: owner.id().into(),
             owner,
             shared_database,
-            max_staleness,
             metrics,
+        }
+    }
+
+    /// The cache's side of the change feed.
+    pub(crate) fn cache_sync(&self) -> CacheSync {
+        CacheSync {
+            cache: self.cache.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -149,15 +191,20 @@ impl TokenBroker {
         self.cache.forget_user(user_id);
     }
 
-    /// On a shared database, whether a cached user token's credential is unchanged (not
-    /// replaced, deleted or refreshed by another replica). While the database does not answer,
-    /// the token is served unconfirmed for `max_staleness` after its last answer: a hung database
+    /// Whether a cached user token's credential is unchanged (not replaced, deleted or refreshed
+    /// by another replica or a command-line writer). Trusted without a database round trip while
+    /// the change feed is in step (see `sync`); else asked of the database, and while that does
+    /// not answer, served unconfirmed for `MaxStaleness` after its last answer: a hung database
     /// commits no change, and what a replica cut off from a working one misses is bounded.
-    async fn still_current(&self, key: &TokenKey, token: &AccessToken) -> Result<bool, TokenError> {
+    async fn still_current(
+        &self,
+        key: &TokenKey,
+        token: &Arc<AccessToken>,
+    ) -> Result<bool, TokenError> {
         let Subject::User(user_id) = &key.subject else {
             return Ok(true);
         };
-        if !self.shared_database {
+        if self.cache.trusts(token) {
             return Ok(true);
         }
         if self.database.unanswered_for().is_some() {
@@ -165,6 +212,7 @@ impl TokenBroker {
             // deadline to every hit.
             return self.serve_unconfirmed();
         }
+        let checked_at = self.cache.sync().stamp();
         let (user_id, provider) = (user_id.clone(), key.provider.clone());
         let version = self
             .database
@@ -173,14 +221,20 @@ impl TokenBroker {
             })
             .await;
         match version {
-            Ok(version) => Ok(version == token.credential),
+            Ok(version) => {
+                let current = version == token.credential;
+                if current {
+                    self.cache.confirmed(key, token, checked_at);
+                }
+                Ok(current)
+            }
             Err(DbError::Timeout { .. }) => self.serve_unconfirmed(),
             Err(error) => Err(error.into()),
         }
     }
 
     fn serve_unconfirmed(&self) -> Result<bool, TokenError> {
-        if self.database.last_answer_age() > self.max_staleness {
+        if self.database.last_answer_age() > self.cache.sync().bound() {
             return Err(TokenError::Storage);
         }
         self.metrics.token_cache_unconfirmed_hits.inc();

@@ -1,10 +1,12 @@
 //! The key types of the token path and the access-token cache.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use crate::db::CredentialVersion;
+use super::sync::{Stamp, SyncState, UNCONFIRMED};
+use crate::db::{Change, ChangeKind, CredentialVersion};
 use crate::domain::Secret;
 use crate::domain::scopes::ScopeSet;
 use crate::idp::IssuedToken;
@@ -27,7 +29,7 @@ pub(crate) struct TokenKey {
 }
 
 /// An access token the service holds.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub(crate) struct AccessToken {
     pub(crate) access_token: Secret,
     pub(crate) token_type: String,
@@ -39,8 +41,11 @@ pub(crate) struct AccessToken {
     pub(super) lifetime: i64,
     /// The `requiredTimeLeft` of the request that had it minted.
     pub(super) minted_for: i64,
-    /// The stored credential it came from (user tokens).
+    /// The stored credential (user tokens) or shared row (client tokens on a shared database)
+    /// it came from.
     pub(super) credential: Option<CredentialVersion>,
+    /// The sync epoch it was last confirmed in (see [`TokenCache::trusts`]).
+    pub(super) confirmed_epoch: AtomicU64,
 }
 
 impl AccessToken {
@@ -59,6 +64,7 @@ impl AccessToken {
             lifetime: issued.expires_in.unwrap_or(0),
             minted_for,
             credential: None,
+            confirmed_epoch: AtomicU64::new(UNCONFIRMED),
         }
     }
 
@@ -78,13 +84,94 @@ impl AccessToken {
     }
 }
 
-/// Access tokens by key. Entries are served only while they live long enough for the request.
+/// Whose cached tokens an announced change concerns.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Owner {
+    Credential {
+        user_id: String,
+        provider: String,
+    },
+    /// A shared client token's row, by its token key.
+    Client(String),
+}
+
+impl Owner {
+    fn of(key: &TokenKey) -> Self {
+        match &key.subject {
+            Subject::User(user_id) => Self::Credential {
+                user_id: user_id.clone(),
+                provider: key.provider.clone(),
+            },
+            Subject::Client => Self::Client(key.client_row_key()),
+        }
+    }
+
+    fn of_change(change: &Change) -> Self {
+        match change.kind {
+            ChangeKind::Credential => Self::Credential {
+                user_id: change.subject.clone(),
+                provider: change.provider.clone(),
+            },
+            ChangeKind::Client => Self::Client(change.subject.clone()),
+        }
+    }
+}
+
+impl TokenKey {
+    /// The key of a client token's shared row: a digest of everything that makes the token.
+    pub(super) fn client_row_key(&self) -> String {
+        let material = format!(
+            "{}\n{}\n{}\n{}",
+            self.provider,
+            self.client_id,
+            self.scopes,
+            self.audience.as_deref().unwrap_or_default()
+        );
+        let digest = openssl::sha::sha256(material.as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 #[derive(Default)]
+struct Entries {
+    tokens: HashMap<TokenKey, Arc<AccessToken>>,
+    /// The keys cached for each credential and client-token row, for announced changes.
+    by_owner: HashMap<Owner, Vec<TokenKey>>,
+}
+
+impl Entries {
+    fn remove(&mut self, key: &TokenKey) -> Option<Arc<AccessToken>> {
+        let removed = self.tokens.remove(key)?;
+        let owner = Owner::of(key);
+        if let Some(keys) = self.by_owner.get_mut(&owner) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                self.by_owner.remove(&owner);
+            }
+        }
+        Some(removed)
+    }
+}
+
+/// Access tokens by key, in step with the database's announced changes (see [`SyncState`]).
+/// Entries are served only while they live long enough for the request.
 pub(super) struct TokenCache {
-    entries: RwLock<HashMap<TokenKey, Arc<AccessToken>>>,
+    entries: RwLock<Entries>,
+    sync: SyncState,
 }
 
 impl TokenCache {
+    pub(super) fn new(sync: SyncState) -> Self {
+        Self {
+            entries: RwLock::default(),
+            sync,
+        }
+    }
+
+    pub(super) fn sync(&self) -> &SyncState {
+        &self.sync
+    }
+
     pub(super) fn get(
         &self,
         key: &TokenKey,
@@ -93,6 +180,7 @@ impl TokenCache {
     ) -> Option<Arc<AccessToken>> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
+            .tokens
             .get(key)
             .filter(|t| t.serves(required_time_left, now))
             .cloned()
@@ -107,6 +195,7 @@ impl TokenCache {
     ) -> Option<Arc<AccessToken>> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
+            .tokens
             .get(key)
             .filter(|t| t.minted >= since && t.seconds_left(now) > 0)
             .cloned()
@@ -119,19 +208,84 @@ impl TokenCache {
             .remove(key);
     }
 
-    pub(super) fn insert(&self, key: TokenKey, token: Arc<AccessToken>) {
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, token);
+    /// Caches `token`, read from the database when the sync state was `read_at`: confirmed in
+    /// that epoch if no change was applied since, else left for its first hit to confirm.
+    pub(super) fn insert(&self, key: TokenKey, token: Arc<AccessToken>, read_at: Stamp) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        // Under the write lock, which every applied change takes too.
+        let epoch = if self.sync.stamp() == read_at {
+            read_at.epoch
+        } else {
+            UNCONFIRMED
+        };
+        token.confirmed_epoch.store(epoch, Ordering::Release);
+        let owner = Owner::of(&key);
+        if entries.tokens.insert(key.clone(), token).is_none() {
+            entries.by_owner.entry(owner).or_default().push(key);
+        }
+    }
+
+    /// Whether `token` is served without asking the database: the cache is in step with the
+    /// announced changes, and the token was confirmed since the feed's last gap.
+    pub(super) fn trusts(&self, token: &AccessToken) -> bool {
+        self.sync.in_step() && token.confirmed_epoch.load(Ordering::Acquire) == self.sync.epoch()
+    }
+
+    /// After the database confirmed `token` for `key` (its check began at `checked_at`): trusted
+    /// from now on, if no gap began since and no change removed it meanwhile.
+    pub(super) fn confirmed(&self, key: &TokenKey, token: &Arc<AccessToken>, checked_at: Stamp) {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let still_cached = entries
+            .tokens
+            .get(key)
+            .is_some_and(|cached| Arc::ptr_eq(cached, token));
+        if still_cached && self.sync.in_step() && self.sync.epoch() == checked_at.epoch {
+            token
+                .confirmed_epoch
+                .store(checked_at.epoch, Ordering::Release);
+        }
+    }
+
+    /// Applies an announced change: the tokens of its credential or client-token row that came
+    /// from another version of it are forgotten. Returns how many.
+    pub(super) fn apply(&self, change: &Change) -> usize {
+        let owner = Owner::of_change(change);
+        let version = change.version();
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        self.sync.applied.fetch_add(1, Ordering::AcqRel);
+        let stale: Vec<TokenKey> = entries
+            .by_owner
+            .get(&owner)
+            .into_iter()
+            .flatten()
+            .filter(|key| {
+                entries
+                    .tokens
+                    .get(*key)
+                    .is_some_and(|token| token.credential != version)
+            })
+            .cloned()
+            .collect();
+        for key in &stale {
+            entries.remove(key);
+        }
+        stale.len()
     }
 
     /// Forgets every token of a user (after updateToken or deleteToken).
     pub(super) fn forget_user(&self, user_id: &str) {
-        self.entries
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|key, _| !matches!(&key.subject, Subject::User(id) if id == user_id));
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let keys: Vec<TokenKey> = entries
+            .by_owner
+            .iter()
+            .filter(|(owner, _)| {
+                matches!(owner, Owner::Credential { user_id: id, .. } if id == user_id)
+            })
+            .flat_map(|(_, keys)| keys.iter().cloned())
+            .collect();
+        for key in &keys {
+            entries.remove(key);
+        }
     }
 }
 
@@ -172,7 +326,12 @@ mod tests {
             lifetime,
             minted_for,
             credential: None,
+            confirmed_epoch: AtomicU64::new(UNCONFIRMED),
         }
+    }
+
+    fn cache() -> TokenCache {
+        TokenCache::new(SyncState::new(Duration::from_secs(1)))
     }
 
     #[test]
@@ -213,10 +372,14 @@ mod tests {
 
     #[test]
     fn the_cache_serves_a_key_only_what_lives_long_enough() {
-        let cache = TokenCache::default();
+        let cache = cache();
         let alice = user_key("alice");
         assert!(cache.get(&alice, 0, NOW).is_none());
-        cache.insert(alice.clone(), Arc::new(token(600, 0, 0)));
+        cache.insert(
+            alice.clone(),
+            Arc::new(token(600, 0, 0)),
+            cache.sync().stamp(),
+        );
         assert!(cache.get(&alice, 600, NOW).is_some());
         assert!(cache.get(&alice, 601, NOW).is_none());
         assert!(cache.get(&user_key("bob"), 0, NOW).is_none());
@@ -226,19 +389,19 @@ mod tests {
 
     #[test]
     fn minted_since_answers_callers_queued_before_the_token_was_minted() {
-        let cache = TokenCache::default();
+        let cache = cache();
         let alice = user_key("alice");
         let queued = Instant::now();
         let mut before = token(60, 0, 0);
         before.minted = queued - Duration::from_millis(1);
-        cache.insert(alice.clone(), Arc::new(before));
+        cache.insert(alice.clone(), Arc::new(before), cache.sync().stamp());
         assert!(
             cache.minted_since(&alice, queued, NOW).is_none(),
             "minted before the caller queued"
         );
 
         let after = token(60, 0, 3600);
-        cache.insert(alice.clone(), Arc::new(after));
+        cache.insert(alice.clone(), Arc::new(after), cache.sync().stamp());
         let served = cache
             .minted_since(&alice, queued, NOW)
             .expect("minted since");
@@ -251,7 +414,7 @@ mod tests {
 
     #[test]
     fn forget_user_forgets_every_token_of_that_user_only() {
-        let cache = TokenCache::default();
+        let cache = cache();
         let mut alice_elsewhere = user_key("alice");
         alice_elsewhere.provider = "CheckIn".into();
         let keys = [
@@ -261,7 +424,11 @@ mod tests {
             TokenKey::for_tests(Subject::Client),
         ];
         for key in &keys {
-            cache.insert(key.clone(), Arc::new(token(600, 0, 0)));
+            cache.insert(
+                key.clone(),
+                Arc::new(token(600, 0, 0)),
+                cache.sync().stamp(),
+            );
         }
         cache.forget_user("alice");
         let kept: Vec<bool> = keys
@@ -269,5 +436,103 @@ mod tests {
             .map(|k| cache.get(k, 0, NOW).is_some())
             .collect();
         assert_eq!(kept, [false, false, true, true]);
+    }
+
+    fn version(id: i64, generation: i64) -> Option<CredentialVersion> {
+        Some(CredentialVersion { id, generation })
+    }
+
+    fn credential_change(user_id: &str, row: Option<CredentialVersion>) -> Change {
+        Change {
+            kind: ChangeKind::Credential,
+            subject: user_id.into(),
+            provider: "IAM".into(),
+            row_id: row.map_or(1, |v| v.id),
+            generation: row.map(|v| v.generation),
+        }
+    }
+
+    fn cached(cache: &TokenCache, key: &TokenKey, credential: Option<CredentialVersion>) {
+        let mut token = token(600, 0, 0);
+        token.credential = credential;
+        cache.insert(key.clone(), Arc::new(token), cache.sync().stamp());
+    }
+
+    #[test]
+    fn an_announced_change_forgets_only_tokens_of_another_version_of_its_credential() {
+        let cache = cache();
+        let (alice, bob) = (user_key("alice"), user_key("bob"));
+        let mut alice_narrow = user_key("alice");
+        alice_narrow.scopes = ScopeSet::parse("openid");
+        cached(&cache, &alice, version(1, 1));
+        cached(&cache, &alice_narrow, version(1, 2));
+        cached(&cache, &bob, version(2, 1));
+
+        // Alice's refresh stored generation 2: the token from generation 1 goes, the one minted
+        // by that refresh stays; Bob's is another credential.
+        assert_eq!(cache.apply(&credential_change("alice", version(1, 2))), 1);
+        assert!(cache.get(&alice, 0, NOW).is_none());
+        assert!(cache.get(&alice_narrow, 0, NOW).is_some());
+        assert!(cache.get(&bob, 0, NOW).is_some());
+
+        // Deleted: everything of Alice's goes.
+        assert_eq!(cache.apply(&credential_change("alice", None)), 1);
+        assert!(cache.get(&alice_narrow, 0, NOW).is_none());
+        assert!(cache.get(&bob, 0, NOW).is_some());
+    }
+
+    #[test]
+    fn a_client_token_change_concerns_its_row_only() {
+        let cache = cache();
+        let client = TokenKey::for_tests(Subject::Client);
+        let mut other = TokenKey::for_tests(Subject::Client);
+        other.audience = Some("https://ce.example.org".into());
+        cached(&cache, &client, version(5, 1));
+        cached(&cache, &other, version(6, 1));
+        let change = Change {
+            kind: ChangeKind::Client,
+            subject: client.client_row_key(),
+            provider: "IAM".into(),
+            row_id: 5,
+            generation: Some(2),
+        };
+        assert_eq!(cache.apply(&change), 1);
+        assert!(cache.get(&client, 0, NOW).is_none());
+        assert!(cache.get(&other, 0, NOW).is_some());
+    }
+
+    #[test]
+    fn a_token_is_trusted_only_in_step_and_confirmed_in_the_current_epoch() {
+        let cache = cache();
+        let alice = user_key("alice");
+        cached(&cache, &alice, version(1, 1));
+        let token = cache.get(&alice, 0, NOW).unwrap();
+        assert!(!cache.trusts(&token), "no sync confirmed yet");
+        cache.sync().confirm(Instant::now());
+        assert!(cache.trusts(&token));
+
+        // A gap: confirmed again by the database, then trusted again.
+        let before_gap = cache.sync().stamp();
+        cache.sync().gap();
+        assert!(!cache.trusts(&token));
+        cache.confirmed(&alice, &token, before_gap);
+        assert!(!cache.trusts(&token), "checked before the gap began");
+        cache.confirmed(&alice, &token, cache.sync().stamp());
+        assert!(cache.trusts(&token));
+    }
+
+    #[test]
+    fn a_token_read_before_a_change_was_applied_is_cached_unconfirmed() {
+        let cache = cache();
+        cache.sync().confirm(Instant::now());
+        let alice = user_key("alice");
+        let read_at = cache.sync().stamp();
+        // Alice's credential is deleted and announced between the read and the caching.
+        cache.apply(&credential_change("alice", None));
+        let mut token = token(600, 0, 0);
+        token.credential = version(1, 1);
+        cache.insert(alice.clone(), Arc::new(token), read_at);
+        let token = cache.get(&alice, 0, NOW).unwrap();
+        assert!(!cache.trusts(&token), "its first hit asks the database");
     }
 }

@@ -3,9 +3,11 @@
 //! token is handed out: IdPs that rotate refresh tokens revoke the whole grant when a used one is
 //! presented again. DIRAC's own client tokens go through a shared row the same way.
 
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use super::seams::{CredentialStore, TokenIssuer};
+use super::sync::UNCONFIRMED;
 use super::{AccessToken, TokenError, TokenKey};
 use crate::db::{ClientTokenKey, CredentialVersion, LeasedRow, StoredToken, TokenUpdate};
 use crate::domain::CredentialState;
@@ -194,18 +196,10 @@ pub(super) async fn refresh_user_token(
     }
 }
 
-/// The key of a client token's shared row: a digest of everything that makes the token.
+/// The key of a client token's shared row.
 fn client_token_key(key: &TokenKey) -> ClientTokenKey {
-    let material = format!(
-        "{}\n{}\n{}\n{}",
-        key.provider,
-        key.client_id,
-        key.scopes,
-        key.audience.as_deref().unwrap_or_default()
-    );
-    let digest = openssl::sha::sha256(material.as_bytes());
     ClientTokenKey {
-        token_key: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        token_key: key.client_row_key(),
         provider: key.provider.clone(),
         scope: key.scopes.to_string(),
         audience: key.audience.clone(),
@@ -249,7 +243,8 @@ pub(super) async fn shared_client_token(
                 minted: Instant::now(),
                 lifetime: row.expires_in,
                 minted_for: required_time_left,
-                credential: None,
+                credential: Some(row.version),
+                confirmed_epoch: AtomicU64::new(UNCONFIRMED),
             });
         }
         first_seen.get_or_insert(row.version);
@@ -272,11 +267,16 @@ pub(super) async fn shared_client_token(
                 }
             };
             let now = store.now();
-            let token = AccessToken::from_issued(&issued, &key.scopes, required_time_left, now);
+            let mut token = AccessToken::from_issued(&issued, &key.scopes, required_time_left, now);
             // A client token can be obtained again: not storing it costs peers a refresh, no more.
-            let share = store.store_client_token(&row_key, row.version, &token, now);
-            if let Err(error) = share.await {
-                tracing::warn!(%error, "could not share a client token with the other replicas");
+            match store
+                .store_client_token(&row_key, row.version, &token, now)
+                .await
+            {
+                Ok(version) => token.credential = Some(version),
+                Err(error) => {
+                    tracing::warn!(%error, "could not share a client token with the other replicas")
+                }
             }
             return Ok(token);
         }
@@ -320,6 +320,7 @@ fn stored_access_token(
         lifetime: stored.expires_in,
         minted_for: required_time_left,
         credential: Some(stored.version()),
+        confirmed_epoch: AtomicU64::new(UNCONFIRMED),
     })
 }
 

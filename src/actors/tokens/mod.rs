@@ -10,8 +10,9 @@ mod lease;
 mod owner;
 mod refresh;
 mod seams;
+mod sync;
 
-pub(crate) use broker::TokenBroker;
+pub(crate) use broker::{CacheSync, TokenBroker};
 pub(crate) use cache::{AccessToken, Subject, TokenKey};
 
 use crate::db::DbError;

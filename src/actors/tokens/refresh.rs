@@ -78,6 +78,8 @@ impl Handler<Obtain> for RefreshActor {
 
     fn handle(&mut self, request: Obtain, _: &mut Context<Self>) -> Self::Result {
         self.last_used = Instant::now();
+        // Before anything is read: a change applied after it may be one the reads missed.
+        let read_at = self.cache.sync().stamp();
         let now = unix_now();
         // Queued behind the refresh that just ran: its result is the answer, even if it lives
         // less than asked (the IdP cannot give more, and a queue must not cause a second refresh).
@@ -143,7 +145,7 @@ impl Handler<Obtain> for RefreshActor {
                     }
                 };
                 let token = Arc::new(token);
-                cache.insert(request.key, token.clone());
+                cache.insert(request.key, token.clone(), read_at);
                 Ok(token)
             }
             .into_actor(self),
