@@ -245,40 +245,69 @@ impl ChangeReader {
         Ok(batch)
     }
 
-    /// Looks at each gap again: its row committed since (read it), a transaction still holds it
-    /// (keep waiting), or neither for [`GAP_GRACE`] (a rolled-back write, or an id never used).
+    /// Looks at the gaps again: a row committed since is read; a gap older than [`GAP_GRACE`]
+    /// whose row no transaction holds (a rolled-back write, an id never used — on a Galera
+    /// cluster, the other nodes' ids) is closed. One or two queries, however many gaps; one per
+    /// old gap only while some transaction holds one.
     fn read_gaps(&mut self, batch: &mut ChangeBatch) -> Result<(), DbError> {
         let Some(DbConn::Mysql(conn)) = self.conn.as_mut() else {
             return Ok(());
         };
+        let ids = |gaps: &mut dyn Iterator<Item = i64>| {
+            gaps.map(|id| id.to_string()).collect::<Vec<_>>().join(",")
+        };
+        let all = ids(&mut self.gaps.keys().copied());
+        let found: Vec<LogRow> = diesel::sql_query(format!(
+            "SELECT {LOG_COLUMNS} FROM token_changes WHERE id IN ({all})"
+        ))
+        .load(conn)?;
+        for row in found {
+            self.gaps.remove(&row.id);
+            batch.changes.extend(row.change());
+        }
         let now = Instant::now();
-        let ids: Vec<(i64, Instant)> = self.gaps.iter().map(|(id, at)| (*id, *at)).collect();
-        for (id, first_missed) in ids {
-            // NOWAIT: a row still being written is locked by its transaction, which would
-            // otherwise make this wait for its commit.
-            let found: Result<Vec<LogRow>, _> = diesel::sql_query(format!(
-                "SELECT {LOG_COLUMNS} FROM token_changes WHERE id = ? FOR UPDATE NOWAIT"
+        let old: Vec<i64> = self
+            .gaps
+            .iter()
+            .filter(|(_, missed)| now - **missed >= GAP_GRACE)
+            .map(|(id, _)| *id)
+            .collect();
+        if old.is_empty() {
+            return Ok(());
+        }
+        // NOWAIT: a row still being written is locked by its transaction, which would otherwise
+        // make this wait for its commit; its gap stays open however long that takes.
+        let locked_read = |conn: &mut diesel::MysqlConnection, ids: &str| {
+            diesel::sql_query(format!(
+                "SELECT {LOG_COLUMNS} FROM token_changes WHERE id IN ({ids}) FOR UPDATE NOWAIT"
             ))
-            .bind::<BigInt, _>(id)
-            .load(conn);
-            match found {
-                Ok(rows) if !rows.is_empty() => {
-                    self.gaps.remove(&id);
-                    batch
-                        .changes
-                        .extend(rows.into_iter().filter_map(LogRow::change));
+            .load::<LogRow>(conn)
+        };
+        match locked_read(conn, &ids(&mut old.iter().copied())) {
+            Ok(rows) => {
+                // Committed between the two reads, or never coming.
+                batch
+                    .changes
+                    .extend(rows.into_iter().filter_map(LogRow::change));
+                for id in &old {
+                    self.gaps.remove(id);
                 }
-                Ok(_) => {
-                    if now - first_missed >= GAP_GRACE {
-                        self.gaps.remove(&id);
+            }
+            Err(error) if is_lock_wait(&error) => {
+                for id in old {
+                    match locked_read(conn, &id.to_string()) {
+                        Ok(rows) => {
+                            self.gaps.remove(&id);
+                            batch
+                                .changes
+                                .extend(rows.into_iter().filter_map(LogRow::change));
+                        }
+                        Err(error) if is_lock_wait(&error) => {}
+                        Err(error) => return Err(error.into()),
                     }
                 }
-                Err(error) if is_lock_wait(&error) => {
-                    // Being written: wait for its transaction, however long it takes.
-                    self.gaps.insert(id, now);
-                }
-                Err(error) => return Err(error.into()),
             }
+            Err(error) => return Err(error.into()),
         }
         Ok(())
     }

@@ -282,3 +282,84 @@ fn sqlite_serve_notices_a_command_line_writer_within_the_bound() {
         reply.body()["code"] == json!("no_token")
     });
 }
+
+/// The staleness measurement of `bench/staleness.sh` (not a CI test: a figure, not a check):
+/// `TOKENMANAGER_STALENESS_SAMPLES` times, a credential is stored and cached by the replica that
+/// measures, deleted by another writer (a second replica; on SQLite, SQL on the file), and
+/// asked for over a kept-alive connection until it is refused. Prints the median and the worst.
+fn measure_staleness(backend: Backend) {
+    let samples: usize = std::env::var("TOKENMANAGER_STALENESS_SAMPLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let sqlite = backend == Backend::Sqlite;
+    let setup = setup_with_options(
+        TestDb::new(backend),
+        if sqlite { 0 } else { 2 },
+        &[],
+        "",
+        "",
+    );
+    let observer = if sqlite { 0 } else { 1 };
+    let mut connection = crate::client::Connection::open(setup.https_ports[observer], &setup.full);
+    let body = json!({"username": "plain", "userGroup": "g_user", "scope": ["compute.read"],
+                      "audience": CE})
+    .to_string();
+    let mut measured = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        setup.delegate("plain");
+        let (status, reply) = connection.post("/api/v1/getToken", &body);
+        assert_eq!(status, 200, "{reply}");
+        // Let the feed confirm the token, as it does within 0.1 s in service.
+        std::thread::sleep(Duration::from_millis(200));
+        let deleted = if sqlite {
+            setup
+                .db()
+                .execute_raw("DELETE FROM tokens WHERE user_id = 'id-plain'");
+            Instant::now()
+        } else {
+            let reply = setup.call_via(
+                0,
+                &setup.manager,
+                "deleteToken",
+                json!({"userDN": "id-plain"}),
+            );
+            assert_eq!(reply.status(), Some(200));
+            Instant::now()
+        };
+        loop {
+            let (_, reply) = connection.post("/api/v1/getToken", &body);
+            if reply["code"] == json!("no_token") {
+                measured.push(deleted.elapsed());
+                break;
+            }
+            assert!(deleted.elapsed() < Duration::from_secs(10), "never refused");
+        }
+    }
+    measured.sort();
+    eprintln!(
+        "measured: staleness on {}: median {:?}, worst {:?}, best {:?} over {samples} deletions",
+        backend.name(),
+        measured[samples / 2],
+        measured[samples - 1],
+        measured[0]
+    );
+}
+
+#[test]
+#[ignore = "a measurement: bench/staleness.sh"]
+fn staleness_on_postgresql() {
+    measure_staleness(Backend::Postgres);
+}
+
+#[test]
+#[ignore = "a measurement: bench/staleness.sh"]
+fn staleness_on_mariadb() {
+    measure_staleness(Backend::Mysql);
+}
+
+#[test]
+#[ignore = "a measurement: bench/staleness.sh"]
+fn staleness_on_sqlite() {
+    measure_staleness(Backend::Sqlite);
+}

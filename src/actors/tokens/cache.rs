@@ -247,10 +247,19 @@ impl TokenCache {
     }
 
     /// Applies an announced change: the tokens of its credential or client-token row that came
-    /// from another version of it are forgotten. Returns how many.
+    /// from an older version are forgotten. Returns how many. A change can arrive after the
+    /// token of a later one was cached (this replica's own refresh, read back from the feed a
+    /// moment later): that token stays.
     pub(super) fn apply(&self, change: &Change) -> usize {
         let owner = Owner::of_change(change);
-        let version = change.version();
+        // A deletion is later than every generation of its row; a row stored again has a
+        // higher id.
+        let announced = (change.row_id, change.generation.unwrap_or(i64::MAX));
+        let older = |token: &AccessToken| {
+            token
+                .credential
+                .is_none_or(|v| (v.id, v.generation) < announced)
+        };
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         self.sync.applied.fetch_add(1, Ordering::AcqRel);
         let stale: Vec<TokenKey> = entries
@@ -258,12 +267,7 @@ impl TokenCache {
             .get(&owner)
             .into_iter()
             .flatten()
-            .filter(|key| {
-                entries
-                    .tokens
-                    .get(*key)
-                    .is_some_and(|token| token.credential != version)
-            })
+            .filter(|key| entries.tokens.get(*key).is_some_and(|token| older(token)))
             .cloned()
             .collect();
         for key in &stale {
@@ -475,10 +479,19 @@ mod tests {
         assert!(cache.get(&alice_narrow, 0, NOW).is_some());
         assert!(cache.get(&bob, 0, NOW).is_some());
 
+        // Generation 1 read back from the feed late: the token of generation 2 stays.
+        assert_eq!(cache.apply(&credential_change("alice", version(1, 1))), 0);
+        assert!(cache.get(&alice_narrow, 0, NOW).is_some());
+
         // Deleted: everything of Alice's goes.
         assert_eq!(cache.apply(&credential_change("alice", None)), 1);
         assert!(cache.get(&alice_narrow, 0, NOW).is_none());
         assert!(cache.get(&bob, 0, NOW).is_some());
+
+        // Stored again (a new row): the old row's deletion, read late, leaves it alone.
+        cached(&cache, &alice, version(3, 1));
+        assert_eq!(cache.apply(&credential_change("alice", None)), 0);
+        assert!(cache.get(&alice, 0, NOW).is_some());
     }
 
     #[test]
