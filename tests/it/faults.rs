@@ -688,3 +688,75 @@ fn reload_keeps_serving_refuses_a_broken_config_and_swaps_the_host_certificate()
         json!("newcomer")
     );
 }
+
+/// The change-log readers stalled (MariaDB; the rest of each replica's sessions answer): past
+/// `MaxStaleness` every replica is in fallback and each user-token hit asks the database — a
+/// deletion through another replica is refused at once, another user is served — and once the
+/// readers are back, hits ask the database nothing again.
+#[test]
+fn mariadb_stalled_change_log_readers_fall_back_to_asking_the_database_and_recover() {
+    use crate::replicas::{STALENESS_BOUND, VERSION_CHECKS, metric};
+    let mut db = TestDb::new(Backend::Mysql);
+    let proxy = behind_proxy(&mut db);
+    let setup = setup_with_options(db, 2, &["other".to_owned()], "", "");
+    setup.delegate("plain");
+    setup.delegate("other");
+    for user in ["plain", "other"] {
+        let reply = setup.get_token_via(1, Some(user), Some(CE), 0);
+        assert_eq!(reply.status(), Some(200), "{reply:?}");
+    }
+    let in_fallback = |setup: &Setup, expected: f64, since: Instant, what: &str| loop {
+        if metric(setup, 1, "tokenmanager_change_feed_fallback") == expected {
+            eprintln!("measured: {what} {:?}", since.elapsed());
+            return;
+        }
+        assert!(
+            since.elapsed() < STALENESS_BOUND + Duration::from_secs(2),
+            "{what}: not yet after {:?}",
+            since.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    proxy.freeze_sessions_that_sent("token_changes");
+    let stalled = Instant::now();
+    in_fallback(
+        &setup,
+        1.0,
+        stalled,
+        "in fallback after the readers stalled",
+    );
+
+    let deleted = setup.call_via(
+        0,
+        &setup.manager,
+        "deleteToken",
+        json!({"userDN": "id-plain"}),
+    );
+    assert_eq!(deleted.status(), Some(200), "{deleted:?}");
+    let reply = setup.get_token_via(1, Some("plain"), Some(CE), 0);
+    assert_eq!(reply.body()["code"], json!("no_token"), "{reply:?}");
+    let checks = metric(&setup, 1, VERSION_CHECKS);
+    for _ in 0..5 {
+        let reply = setup.get_token_via(1, Some("other"), Some(CE), 0);
+        assert_eq!(reply.status(), Some(200), "{reply:?}");
+    }
+    assert_eq!(
+        metric(&setup, 1, VERSION_CHECKS) - checks,
+        5.0,
+        "in fallback every hit asks"
+    );
+
+    proxy.thaw();
+    let thawed = Instant::now();
+    in_fallback(&setup, 0.0, thawed, "out of fallback after the thaw");
+    let checks = metric(&setup, 1, VERSION_CHECKS);
+    for _ in 0..5 {
+        let reply = setup.get_token_via(1, Some("other"), Some(CE), 0);
+        assert_eq!(reply.status(), Some(200), "{reply:?}");
+    }
+    assert_eq!(
+        metric(&setup, 1, VERSION_CHECKS),
+        checks,
+        "back in step, hits ask nothing"
+    );
+}

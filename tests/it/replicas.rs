@@ -47,12 +47,12 @@ pub(crate) fn within_the_bound(
 }
 
 /// Replica `replica`'s sample of `series`.
-fn metric(setup: &Setup, replica: usize, series: &str) -> f64 {
+pub(crate) fn metric(setup: &Setup, replica: usize, series: &str) -> f64 {
     let (_, exposition) = http_get(setup.processes[replica].metrics, "/metrics");
     sample(&exposition, series).unwrap_or_else(|| panic!("no {series}"))
 }
 
-const VERSION_CHECKS: &str =
+pub(crate) const VERSION_CHECKS: &str =
     "tokenmanager_db_operations_total{operation=\"credential_version\",outcome=\"ok\"}";
 
 /// Two replicas, each with `plain`'s token cached.
