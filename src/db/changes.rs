@@ -20,7 +20,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Nullable, Text};
 
 use super::{CredentialVersion, DbConn, DbError, establish};
-use crate::config::DatabaseUrl;
+use crate::config::{Backend, DatabaseUrl};
 
 /// The PostgreSQL channel the triggers announce changes on.
 pub const CHANNEL: &str = "tokenmanager_changes";
@@ -180,7 +180,17 @@ impl ChangeReader {
     }
 
     fn open(&self) -> Result<DbConn, DbError> {
-        let mut conn = establish(&self.url)?;
+        let mut conn = match self.url.backend() {
+            Backend::Postgres => DbConn::Postgres(
+                diesel::PgConnection::establish(&with_tcp_deadlines(self.url.expose())).map_err(
+                    |source| DbError::Connect {
+                        url: self.url.masked(),
+                        source,
+                    },
+                )?,
+            ),
+            _ => establish(&self.url)?,
+        };
         match &mut conn {
             // Its own notifications are commits that nothing needs on disk.
             DbConn::Postgres(pg) => pg.batch_execute(&format!(
@@ -334,6 +344,19 @@ impl ChangeReader {
     }
 }
 
+/// libpq's TCP deadlines for the reader's session, unless the URL sets its own: a server or
+/// network gone silent fails its next read or write within seconds rather than at the system's
+/// TCP timeout (about 15 min), so the feed reconnects as soon as the database is back.
+fn with_tcp_deadlines(url: &str) -> String {
+    if url.contains("keepalives") || url.contains("tcp_user_timeout") {
+        return url.to_owned();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!(
+        "{url}{separator}keepalives=1&keepalives_idle=5&keepalives_interval=1&keepalives_count=3&tcp_user_timeout=5000"
+    )
+}
+
 fn is_lock_wait(error: &diesel::result::Error) -> bool {
     match error {
         diesel::result::Error::DatabaseError(_, info) => {
@@ -384,6 +407,22 @@ fn read_notifications(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readers_postgresql_session_gets_tcp_deadlines_unless_the_url_sets_them() {
+        assert_eq!(
+            with_tcp_deadlines("postgres://h/db"),
+            "postgres://h/db?keepalives=1&keepalives_idle=5&keepalives_interval=1&keepalives_count=3&tcp_user_timeout=5000"
+        );
+        assert!(
+            with_tcp_deadlines("postgres://h/db?sslmode=require")
+                .starts_with("postgres://h/db?sslmode=require&keepalives=1")
+        );
+        assert_eq!(
+            with_tcp_deadlines("postgres://h/db?tcp_user_timeout=1000"),
+            "postgres://h/db?tcp_user_timeout=1000"
+        );
+    }
 
     #[test]
     fn a_notification_payload_is_a_change() {
