@@ -37,6 +37,8 @@ const GAP_GRACE: Duration = Duration::from_secs(2);
 const MAX_GAPS: usize = 10_000;
 /// Rows read per query: a reader that is further behind reads again at once.
 const READ_BATCH: i64 = 5_000;
+/// Rows deleted per pruning transaction.
+const PRUNE_BATCH: usize = 10_000;
 
 /// What changed: a credential (`subject` is its user id) or a shared client token (`subject` is
 /// its token key).
@@ -322,20 +324,31 @@ impl ChangeReader {
         Ok(())
     }
 
-    /// Deletes change-log rows older than [`LOG_RETENTION`] (by the database's clock); how many.
+    /// Deletes change-log rows older than [`LOG_RETENTION`] (by the database's clock), in
+    /// batches: each a short transaction, so that a log grown by a bulk import never holds
+    /// SQLite's write lock (or MariaDB's undo) for long. Returns how many.
     pub fn prune(&mut self) -> Result<usize, DbError> {
         let retention = LOG_RETENTION.as_secs();
         let statement = match self.conn.as_mut() {
             Some(DbConn::Mysql(_)) => format!(
-                "DELETE FROM token_changes WHERE created_at < UNIX_TIMESTAMP() - {retention}"
+                "DELETE FROM token_changes WHERE created_at < UNIX_TIMESTAMP() - {retention} \
+                 LIMIT {PRUNE_BATCH}"
             ),
-            Some(DbConn::Sqlite(_)) => {
-                format!("DELETE FROM token_changes WHERE created_at < unixepoch() - {retention}")
-            }
+            Some(DbConn::Sqlite(_)) => format!(
+                "DELETE FROM token_changes WHERE id IN (SELECT id FROM token_changes \
+                 WHERE created_at < unixepoch() - {retention} LIMIT {PRUNE_BATCH})"
+            ),
             Some(DbConn::Postgres(_)) | None => return Ok(0),
         };
         let conn = self.conn.as_mut().expect("matched above");
-        Ok(diesel::sql_query(statement).execute(conn)?)
+        let mut pruned = 0;
+        loop {
+            let deleted = diesel::sql_query(&statement).execute(conn)?;
+            pruned += deleted;
+            if deleted < PRUNE_BATCH {
+                return Ok(pruned);
+            }
+        }
     }
 
     /// The MariaDB ids this reader is still waiting for (tests and logs).

@@ -363,3 +363,43 @@ fn staleness_on_mariadb() {
 fn staleness_on_sqlite() {
     measure_staleness(Backend::Sqlite);
 }
+
+/// The change log keeps what a late reader may still need and loses the rest in short batches.
+async fn the_change_log_is_pruned_past_its_retention(backend: Backend) {
+    let store = crate::support::TestStore::new(backend).await;
+    let retention = tokenmanager::db::LOG_RETENTION.as_secs() as i64;
+    let now = tokenmanager::domain::unix_now();
+    let rows = |count: usize, created_at: i64| {
+        (0..count)
+            .map(|i| format!("('credential', 'u{i}', 'IAM', {i}, 1, {created_at})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // More than one pruning batch of old rows, and a recent one.
+    for _ in 0..3 {
+        store.db.execute_raw(&format!(
+            "INSERT INTO token_changes (kind, subject, provider, row_id, generation, created_at) \
+             VALUES {}",
+            rows(9_000, now - retention - 60)
+        ));
+    }
+    store.db.execute_raw(&format!(
+        "INSERT INTO token_changes (kind, subject, provider, row_id, generation, created_at) \
+         VALUES {}",
+        rows(1, now - 60)
+    ));
+    let mut reader = tokenmanager::db::ChangeReader::new(&store.db.database_url(), 1);
+    reader.read(true).unwrap();
+    assert_eq!(reader.prune().unwrap(), 27_000);
+    assert_eq!(reader.prune().unwrap(), 0, "the recent row stays");
+}
+
+#[actix_rt::test]
+async fn mariadb_the_change_log_is_pruned_past_its_retention() {
+    the_change_log_is_pruned_past_its_retention(Backend::Mysql).await;
+}
+
+#[actix_rt::test]
+async fn sqlite_the_change_log_is_pruned_past_its_retention() {
+    the_change_log_is_pruned_past_its_retention(Backend::Sqlite).await;
+}
