@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokenmanager::config::DatabaseUrl;
 use tokenmanager::x509::pki::{Ca, CertifiedKey, ProxyKind, Validity};
 
 const DAY: Duration = Duration::from_secs(86_400);
@@ -85,16 +86,21 @@ pub struct Users<'a> {
     pub mass: &'a [String],
 }
 
-/// A DIRAC configuration: one TokenManager on 127.0.0.1 (free ports), SQLite under `dir`, the
-/// fixture as IdP `test-idp` (client `tm-basic`, RFC 8707 `resource` audiences), refresh actors
-/// that stop after `idle_seconds`.
+/// A DIRAC configuration: one TokenManager on 127.0.0.1 (free ports), on `database` (default:
+/// SQLite under `dir`), the fixture as IdP `test-idp` (client `tm-basic`, RFC 8707 `resource`
+/// audiences), refresh actors that stop after `idle_seconds`.
 pub fn write_config(
     dir: &Path,
     pki: &Pki,
     idp_issuer: &str,
     users: &Users,
     idle_seconds: u64,
+    database: Option<&DatabaseUrl>,
 ) -> PathBuf {
+    let database = database.map_or_else(
+        || format!("sqlite://{}", dir.join("tm.sqlite").display()),
+        |url| url.expose().to_owned(),
+    );
     let mut text = String::with_capacity(200 + users.mass.len() * 120);
     text.push_str("DIRAC\n{\n  Setup = Bench\n  Setups\n  {\n    Bench\n    {\n      Framework = Production\n    }\n  }\n");
     text.push_str("  Security\n  {\n");
@@ -104,9 +110,8 @@ pub fn write_config(
         "Systems\n{{\n  Framework\n  {{\n    Production\n    {{\n      Services\n      {{\n        TokenManager\n        {{\n\
          ListenAddress = 127.0.0.1\nPort = 0\nHTTPSPort = 0\nMetricsPort = 0\nEncryptionKeyFile = {}\n\
          RefreshActorIdleTime = {idle_seconds}\n\
-         }}\n      }}\n      Databases\n      {{\n        TokenDB\n        {{\nURL = sqlite://{}\n        }}\n      }}\n    }}\n  }}\n}}\n",
+         }}\n      }}\n      Databases\n      {{\n        TokenDB\n        {{\nURL = {database}\n        }}\n      }}\n    }}\n  }}\n}}\n",
         dir.join("keyring").display(),
-        dir.join("tm.sqlite").display(),
     ));
     text.push_str("Registry\n{\n  DefaultGroup = g_user\n  Users\n  {\n");
     for caller in ["full", "manager"] {
@@ -301,6 +306,8 @@ pub struct Server {
     log: Arc<Mutex<Vec<String>>>,
     problems: Arc<Mutex<Vec<String>>>,
     pub https: u16,
+    /// Its metrics port (plain HTTP: /metrics, /healthz, /readyz).
+    pub metrics: u16,
 }
 
 impl Server {
@@ -341,6 +348,7 @@ impl Server {
             log,
             problems,
             https: 0,
+            metrics: 0,
         };
         let started = Instant::now();
         let line = loop {
@@ -359,12 +367,15 @@ impl Server {
                 server.log()
             );
         };
-        server.https = line
-            .split("https=")
-            .nth(1)
-            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no https port in {line:?}"));
+        let port = |key: &str| -> u16 {
+            line.split(key)
+                .nth(1)
+                .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} port in {line:?}"))
+        };
+        server.https = port("https=");
+        server.metrics = port("metrics=");
         server
     }
 

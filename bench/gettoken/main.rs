@@ -1,14 +1,17 @@
 //! getToken benchmark: `cargo bench --bench gettoken` (see bench/README.md).
 //!
-//! One `tokenmanager serve` (the release binary cargo builds for this bench) on SQLite, with the
-//! fixture IdP (tests/idp), measured from the outside over keep-alive HTTPS with grid-proxy
-//! client certificates. Three parts, numbered as in the report:
-//! 1. throughput and latency of ping, echo and getToken cache hits at several concurrencies,
+//! One `tokenmanager serve` (the release binary cargo builds for this bench) on SQLite (or, for
+//! part 1 only, the database of `BENCH_DATABASE_URL`), with the fixture IdP (tests/idp), measured
+//! from the outside over keep-alive HTTPS with grid-proxy client certificates. Three parts,
+//! numbered as in the report:
+//! 1. throughput and latency of ping, echo and getToken cache hits at several concurrencies, and
+//!    the database calls per getToken hit (the server's per-operation counter),
 //! 2. a burst of concurrent getToken calls for one user whose token is not cached,
 //! 3. memory per idle cached credential; it runs first, on a server that has served nothing else.
 //!
 //! The table goes to stdout, the same numbers as JSON to target/bench/gettoken.json.
 
+mod dbcalls;
 mod fixture;
 mod outcome;
 mod report;
@@ -17,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tokenmanager::config::{Backend, DatabaseUrl};
 use tokenmanager::crypto::KeyringFile;
 
 use fixture::{
@@ -44,6 +48,8 @@ struct Options {
     paced_callers: usize,
     separated_rounds: usize,
     binary: PathBuf,
+    /// `BENCH_DATABASE_URL`; none: a SQLite file in the temporary directory.
+    database: Option<DatabaseUrl>,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -86,7 +92,20 @@ impl Options {
             binary: std::env::var_os("TOKENMANAGER_BIN")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tokenmanager"))),
+            database: std::env::var("BENCH_DATABASE_URL")
+                .ok()
+                .filter(|url| !url.trim().is_empty())
+                .map(|url| {
+                    DatabaseUrl::parse(url.trim())
+                        .unwrap_or_else(|e| panic!("BENCH_DATABASE_URL: {e}"))
+                }),
         }
+    }
+
+    fn backend(&self) -> Backend {
+        self.database
+            .as_ref()
+            .map_or(Backend::Sqlite, DatabaseUrl::backend)
     }
 
     fn runs(&self, phase: &str) -> bool {
@@ -301,8 +320,12 @@ fn main() {
     let started = Instant::now();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("tokenmanager getToken benchmark");
+    let database = match &options.database {
+        Some(url) => url.masked(),
+        None => "SQLite".into(),
+    };
     println!(
-        "  server {} (git {}), SQLite, fixture IdP; {cpus} CPUs shared by server, IdP and client",
+        "  server {} (git {}), {database}, fixture IdP; {cpus} CPUs shared by server, IdP and client",
         options.binary.display(),
         git_revision()
     );
@@ -317,6 +340,15 @@ fn main() {
         options.burst,
         options.idle_seconds
     );
+    if options.database.is_some() {
+        // Only the hit runs are written for a server database: the memory part reads the SQLite
+        // file's size, and none of the others was tried there.
+        let other: Vec<&String> = options.phases.iter().filter(|p| *p != "hits").collect();
+        assert!(
+            other.is_empty(),
+            "BENCH_DATABASE_URL supports BENCH_PHASES=hits only (not {other:?})"
+        );
+    }
     assert!(
         options.binary.is_file(),
         "no server binary at {} (build it with `cargo build --release`)",
@@ -341,14 +373,16 @@ fn main() {
             mass: &mass,
         },
         options.idle_seconds,
+        options.database.as_ref(),
     );
     let mut server = Server::spawn(&options.binary, &config);
     server.log_on_panic();
     let pid = server.pid();
     let load_at_start = fixture::load_average();
     println!(
-        "  serve pid {pid} on https port {}, fixture IdP pid {} on port {}; start-up RSS {}; load average {load_at_start}",
+        "  serve pid {pid} on https port {} (metrics {}), fixture IdP pid {} on port {}; start-up RSS {}; load average {load_at_start}",
         server.https,
+        server.metrics,
         idp.pid(),
         idp.port,
         mib(Memory::of(pid).rss)
@@ -370,7 +404,8 @@ fn main() {
             "cpus": cpus,
             "git": git_revision(),
             "binary": options.binary.display().to_string(),
-            "backend": "sqlite",
+            "backend": options.backend().name(),
+            "database_url": options.database.as_ref().map(DatabaseUrl::masked),
             "bench_seconds": options.seconds,
             "warmup_seconds": options.warmup,
             "client_threads": options.client_threads,
@@ -382,6 +417,7 @@ fn main() {
         options: &options,
         caller,
         admin,
+        metrics: outcome::plain(server.metrics),
         control,
         probed: vec![pid, std::process::id(), idp.pid()],
     };
@@ -471,6 +507,8 @@ struct Bench<'a> {
     caller: Target,
     /// `manager`: ProxyManagement, calls updateToken.
     admin: Target,
+    /// The server's metrics port (plain HTTP): its database-operation counters.
+    metrics: Target,
     control: Control,
     /// Processes whose CPU time is sampled: the server, this client, the IdP.
     probed: Vec<u32>,
@@ -714,6 +752,7 @@ impl Bench<'_> {
                 Duration::from_secs_f64(options.warmup),
                 Duration::from_secs_f64(options.seconds),
                 &self.probed,
+                Some(&self.metrics),
             );
             server.assert_alive();
             print_outcomes(&outcomes);
@@ -746,6 +785,7 @@ impl Bench<'_> {
                 Duration::from_secs_f64(options.warmup),
                 Duration::from_secs_f64(options.seconds),
                 &self.probed,
+                Some(&self.metrics),
             );
             server.assert_alive();
             print_outcomes(&outcomes);
@@ -801,6 +841,25 @@ impl Bench<'_> {
              client_credentials: {hit_cc} (both the warm-up's)\n",
             lengths[0], lengths[1]
         ));
+        text.push_str(&format!(
+            "  database calls per getToken hit ({}): tokenmanager_db_operations_total over each counted run, {} excluded, / good replies\n",
+            options.backend().name(),
+            dbcalls::BACKGROUND.join(", ")
+        ));
+        for outcome in levels.iter().chain(&paced).flatten() {
+            if let (true, Some(calls)) =
+                (outcome.scenario.starts_with("getToken"), &outcome.db_calls)
+            {
+                text.push_str(&format!(
+                    "  {:>7}  {:<22} {:>8.4}  ({} in {} replies)\n",
+                    outcome.concurrency,
+                    outcome.scenario,
+                    calls.per(outcome.ok()),
+                    calls.describe(),
+                    outcome.ok()
+                ));
+            }
+        }
         let json = json!({
             "points": levels.iter().flat_map(|level| {
                 let ping = level.iter().find(|o| o.scenario == "ping");
@@ -863,6 +922,7 @@ impl Bench<'_> {
                     Duration::from_secs_f64(options.warmup),
                     Duration::from_secs_f64(options.seconds),
                     &probed,
+                    None,
                 );
                 server.assert_alive();
                 print_outcomes(&outcomes);
@@ -955,6 +1015,7 @@ impl Bench<'_> {
             Duration::ZERO,
             Duration::ZERO,
             &self.probed,
+            None,
         )
         .pop()
         .unwrap();
@@ -1015,8 +1076,16 @@ fn first_error(outcome: &Outcome) -> String {
 
 fn print_outcomes(outcomes: &[Outcome]) {
     for o in outcomes {
+        let db_calls = match &o.db_calls {
+            Some(calls) if o.scenario.starts_with("getToken") => format!(
+                "  db calls/hit {:.4} ({})",
+                calls.per(o.ok()),
+                calls.describe()
+            ),
+            _ => String::new(),
+        };
         println!(
-            "[hits]   {:<22} {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  server {:.0} µs CPU/req  errors {}{}",
+            "[hits]   {:<22} {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  server {:.0} µs CPU/req  errors {}{}{db_calls}",
             o.scenario,
             o.throughput(),
             o.ms(0.5),

@@ -13,6 +13,7 @@ use tokenmanager_loadtest::connect::{Connector, Identity, TlsOptions, Trust};
 use tokenmanager_loadtest::engine::{self, Expect, Load, Request, Schedule};
 use tokenmanager_loadtest::http::{self, Response};
 
+use crate::dbcalls::{self, DbCalls, DbOperations};
 use crate::fixture::{cpu_seconds, machine_busy_seconds};
 
 /// A server on 127.0.0.1, and how to reach it.
@@ -89,6 +90,8 @@ pub struct Outcome {
     /// CPU seconds each of the probed processes used during the whole scenario, then the busy
     /// CPU seconds of the whole machine.
     pub cpu_seconds: Vec<f64>,
+    /// What the server asked its database over the counted run (when its metrics were scraped).
+    pub db_calls: Option<DbCalls>,
 }
 
 impl Outcome {
@@ -144,7 +147,11 @@ impl Outcome {
 /// Opens `concurrency` connections to `target` (spread over `threads` threads), then runs each
 /// scenario in turn on them: `warmup`, then `measure` counted (a burst: once). Connections stay
 /// open from one scenario to the next (they are re-opened only if the server closes one). The
-/// CPU time of the processes `probed` is sampled at each scenario's start and end.
+/// CPU time of the processes `probed` is sampled at each scenario's start and end. With
+/// `metrics` (the server's metrics port), its database-operation counters are scraped when each
+/// scenario's counted run begins (a thread that waits out the warm-up) and when the scenario
+/// ends (the next boundary: the last reply is in, the next scenario's callers start meanwhile).
+#[allow(clippy::too_many_arguments)]
 pub fn run_level(
     target: &Target,
     concurrency: usize,
@@ -153,6 +160,7 @@ pub fn run_level(
     warmup: Duration,
     measure: Duration,
     probed: &[u32],
+    metrics: Option<&Target>,
 ) -> Vec<Outcome> {
     let load = Load {
         connector: Arc::clone(target),
@@ -180,7 +188,28 @@ pub fn run_level(
         })
         .collect();
     let mut samples: Vec<(Instant, Vec<f64>)> = Vec::new();
+    let mut counted_from: Vec<std::thread::JoinHandle<DbOperations>> = Vec::new();
+    let mut counted_to: Vec<DbOperations> = Vec::new();
     let run = engine::run(&load, runs, || {
+        let now = Instant::now();
+        let boundary = samples.len();
+        if let Some(metrics) = metrics {
+            // The end of the previous scenario, first: the next one's callers are starting.
+            if boundary > 0 {
+                counted_to.push(dbcalls::scrape(metrics));
+            }
+            if let Some(scenario) = scenarios.get(boundary) {
+                let metrics = Arc::clone(metrics);
+                let from = match scenario.schedule {
+                    Schedule::Once => now,
+                    _ => now + warmup,
+                };
+                counted_from.push(std::thread::spawn(move || {
+                    std::thread::sleep(from.saturating_duration_since(Instant::now()));
+                    dbcalls::scrape(&metrics)
+                }));
+            }
+        }
         samples.push((
             Instant::now(),
             probed
@@ -191,6 +220,15 @@ pub fn run_level(
         ))
     })
     .expect("the load generator runs");
+    let mut db_calls: Vec<Option<DbCalls>> = counted_from
+        .into_iter()
+        .zip(&counted_to)
+        .map(|(from, to)| {
+            let from = from.join().expect("the metrics scrape does not panic");
+            Some(DbCalls::between(&from, to))
+        })
+        .collect();
+    db_calls.resize(scenarios.len(), None);
     if run.connect_failures > 0 {
         eprintln!(
             "  {} connections failed (first: {})",
@@ -226,6 +264,7 @@ pub fn run_level(
                     .zip(&samples[i].1)
                     .map(|(end, start)| end - start)
                     .collect(),
+                db_calls: db_calls[i].take(),
             }
         })
         .collect()

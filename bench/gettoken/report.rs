@@ -32,7 +32,7 @@ impl Target {
 }
 
 pub fn outcome_json(outcome: &Outcome, ping: Option<&Outcome>) -> Value {
-    json!({
+    let mut point = json!({
         "scenario": outcome.scenario,
         "concurrency": outcome.concurrency,
         "requests_per_second": round(outcome.throughput(), 1),
@@ -51,7 +51,11 @@ pub fn outcome_json(outcome: &Outcome, ping: Option<&Outcome>) -> Value {
         "client_cores": round(outcome.cores(1), 2),
         "idp_cores": round(outcome.cores(2), 2),
         "other_cores": round(outcome.other_cores(), 2),
-    })
+    });
+    if let Some(calls) = &outcome.db_calls {
+        point["db_calls"] = calls.json(outcome.ok());
+    }
+    point
 }
 
 pub fn round(value: f64, decimals: i32) -> f64 {
