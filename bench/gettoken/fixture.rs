@@ -88,7 +88,8 @@ pub struct Users<'a> {
 
 /// A DIRAC configuration: one TokenManager on 127.0.0.1 (free ports), on `database` (default:
 /// SQLite under `dir`), the fixture as IdP `test-idp` (client `tm-basic`, RFC 8707 `resource`
-/// audiences), refresh actors that stop after `idle_seconds`.
+/// audiences), refresh actors that stop after `idle_seconds`, and the service options of
+/// `BENCH_SERVICE_OPTIONS` (`;`-separated, e.g. `MaxStaleness = 0`).
 pub fn write_config(
     dir: &Path,
     pki: &Pki,
@@ -101,6 +102,9 @@ pub fn write_config(
         || format!("sqlite://{}", dir.join("tm.sqlite").display()),
         |url| url.expose().to_owned(),
     );
+    let extra_options = std::env::var("BENCH_SERVICE_OPTIONS")
+        .unwrap_or_default()
+        .replace(';', "\n");
     let mut text = String::with_capacity(200 + users.mass.len() * 120);
     text.push_str("DIRAC\n{\n  Setup = Bench\n  Setups\n  {\n    Bench\n    {\n      Framework = Production\n    }\n  }\n");
     text.push_str("  Security\n  {\n");
@@ -109,7 +113,7 @@ pub fn write_config(
     text.push_str(&format!(
         "Systems\n{{\n  Framework\n  {{\n    Production\n    {{\n      Services\n      {{\n        TokenManager\n        {{\n\
          ListenAddress = 127.0.0.1\nPort = 0\nHTTPSPort = 0\nMetricsPort = 0\nEncryptionKeyFile = {}\n\
-         RefreshActorIdleTime = {idle_seconds}\n\
+         RefreshActorIdleTime = {idle_seconds}\n{extra_options}\n\
          }}\n      }}\n      Databases\n      {{\n        TokenDB\n        {{\nURL = {database}\n        }}\n      }}\n    }}\n  }}\n}}\n",
         dir.join("keyring").display(),
     ));
