@@ -188,13 +188,19 @@ impl ImportOutcome {
     }
 }
 
-/// The outcome of one re-encryption pass of `rotate-key`.
+/// What one batch of `rotate-key` did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ReencryptPass {
+pub struct ReencryptBatch {
     /// Rows now sealed under the newest key.
     pub rewritten: usize,
-    /// Rows a concurrent token write changed between read and write; left for the next pass.
+    /// Rows a concurrent token write changed between read and write; left for the next sweep.
     pub conflicts: usize,
+    /// The highest id the batch read: where the next batch starts. `None`: no row under an
+    /// older key lies beyond where it started.
+    pub last_id: Option<i64>,
+    /// How long its transaction took, commit included: how long it held the rows' locks (on
+    /// SQLite, the write lock of the whole file).
+    pub transaction: Duration,
 }
 
 /// The token operations, with DIRAC's TokenDB semantics where DIRAC is right (§3.3–3.6 of the
@@ -623,19 +629,30 @@ impl TokenStore {
             .get_result(conn)?)
     }
 
-    /// One pass of `rotate-key`: re-seals up to `limit` rows under the newest key. Each row is
-    /// written only if neither its generation nor its key changed since it was read, so a
-    /// concurrent token write always wins and the row is taken again in a later pass.
-    pub fn reencrypt_pass(&self, conn: &mut DbConn, limit: i64) -> Result<ReencryptPass, DbError> {
+    /// One batch of `rotate-key`: re-seals under the newest key the first `limit` rows under an
+    /// older key whose id is above `after` (keyset pagination: each batch costs the same, wherever
+    /// it is in the table). The rows are read and re-sealed first, then written in one
+    /// transaction, so that a batch costs one commit and holds its locks only for its writes.
+    /// Each row is written only if neither its generation nor its key changed since it was read:
+    /// a concurrent token write always wins, and the row is left for a later sweep. Nothing is
+    /// announced: a re-seal changes no credential.
+    pub fn reencrypt_batch(
+        &self,
+        conn: &mut DbConn,
+        after: i64,
+        limit: i64,
+    ) -> Result<ReencryptBatch, DbError> {
         let keyring = self.keyring.current();
         let newest = keyring.newest_key_id().to_owned();
         let rows: Vec<TokenRow> = tokens::table
+            .filter(tokens::id.gt(after))
             .filter(tokens::key_id.ne(&newest))
             .order(tokens::id.asc())
             .limit(limit)
             .select(TokenRow::as_select())
             .load(conn)?;
-        let mut pass = ReencryptPass::default();
+        let last_id = rows.last().map(|row| row.id);
+        let mut resealed = Vec::with_capacity(rows.len());
         for row in rows {
             let (id, generation, old_key) = (row.id, row.generation, row.key_id.clone());
             let plain = self.decrypt(row)?;
@@ -646,26 +663,33 @@ impl TokenStore {
                 &plain.refresh_token,
                 plain.access_token.as_ref(),
             );
-            let changed = retry_lost_races(|| {
-                diesel::update(tokens::table)
-                    .filter(tokens::id.eq(id))
-                    .filter(tokens::generation.eq(generation))
-                    .filter(tokens::key_id.eq(&old_key))
-                    .set((
-                        tokens::key_id.eq(&sealed.key_id),
-                        tokens::refresh_token.eq(&sealed.refresh_token),
-                        tokens::access_token.eq(sealed.access_token.as_deref()),
-                    ))
-                    .execute(conn)
-                    .map_err(DbError::from)
-            })?;
-            if changed == 0 {
-                pass.conflicts += 1;
-            } else {
-                pass.rewritten += 1;
-            }
+            resealed.push((id, generation, old_key, sealed));
         }
-        Ok(pass)
+        let started = std::time::Instant::now();
+        let rewritten = retry_lost_races(|| {
+            conn.transaction(|conn| {
+                let mut rewritten = 0;
+                for (id, generation, old_key, sealed) in &resealed {
+                    rewritten += diesel::update(tokens::table)
+                        .filter(tokens::id.eq(id))
+                        .filter(tokens::generation.eq(generation))
+                        .filter(tokens::key_id.eq(old_key))
+                        .set((
+                            tokens::key_id.eq(&sealed.key_id),
+                            tokens::refresh_token.eq(&sealed.refresh_token),
+                            tokens::access_token.eq(sealed.access_token.as_deref()),
+                        ))
+                        .execute(conn)?;
+                }
+                Ok::<_, DbError>(rewritten)
+            })
+        })?;
+        Ok(ReencryptBatch {
+            rewritten,
+            conflicts: resealed.len() - rewritten,
+            last_id,
+            transaction: started.elapsed(),
+        })
     }
 
     fn decrypt(&self, row: TokenRow) -> Result<StoredToken, DbError> {

@@ -1,5 +1,6 @@
 //! Encryption at rest, on each backend: dumps hold no token, moved or altered ciphertexts are
-//! refused, and key rotation under concurrent writes loses nothing.
+//! refused, and key rotation under concurrent writes loses nothing, also by the `rotate-key`
+//! command over thousands of rows.
 
 use tokenmanager::actors::db::DbOperation;
 use tokenmanager::config::Backend;
@@ -8,6 +9,7 @@ use tokenmanager::db::{DbError, TokenUpdate};
 use tokenmanager::domain::{Secret, unix_now};
 
 use crate::on_every_backend;
+use crate::process::{run, stderr, write_config};
 use crate::support::{
     TestStore, get_credential, new_token, store_refreshed, store_token, tokens_by_user_id,
 };
@@ -16,6 +18,7 @@ on_every_backend!(
     a_dump_of_the_database_holds_no_token_in_clear,
     ciphertexts_moved_to_another_row_or_column_are_refused,
     rotate_key_under_concurrent_writes_loses_nothing,
+    rotate_key_command_reencrypts_thousands_of_rows_while_a_server_writes,
 );
 
 async fn a_dump_of_the_database_holds_no_token_in_clear(backend: Backend) {
@@ -141,24 +144,32 @@ async fn rotate_key_under_concurrent_writes_loses_nothing(backend: Backend) {
 
     let mut passes = 0;
     let mut conflicts = 0;
+    let mut after = 0;
     loop {
         let still_writing = writers.iter().any(|w| !w.is_finished());
-        let pass = rotator
-            .run(DbOperation::ReencryptPass, |store, conn| {
-                store.reencrypt_pass(conn, 3)
+        let batch = rotator
+            .run(DbOperation::ReencryptPass, move |store, conn| {
+                store.reencrypt_batch(conn, after, 3)
             })
             .await
             .unwrap();
-        conflicts += pass.conflicts;
+        conflicts += batch.conflicts;
         passes += 1;
-        let remaining = rotator
-            .run(DbOperation::RowsUnderOldKeys, |store, conn| {
-                store.rows_under_old_keys(conn)
-            })
-            .await
-            .unwrap();
-        if remaining == 0 && !still_writing {
-            break;
+        match batch.last_id {
+            Some(last_id) => after = last_id,
+            None => {
+                // The end of a sweep: the next one starts over for what was left behind.
+                after = 0;
+                let remaining = rotator
+                    .run(DbOperation::RowsUnderOldKeys, |store, conn| {
+                        store.rows_under_old_keys(conn)
+                    })
+                    .await
+                    .unwrap();
+                if remaining == 0 && !still_writing {
+                    break;
+                }
+            }
         }
         assert!(passes < 10_000, "rotation did not converge");
         actix::clock::sleep(std::time::Duration::from_millis(1)).await;
@@ -185,5 +196,169 @@ async fn rotate_key_under_concurrent_writes_loses_nothing(backend: Backend) {
     assert!(
         passes > 1,
         "the rotation ran while the writers wrote ({passes} passes, {conflicts} conflicts)"
+    );
+}
+
+/// The `rotate-key` binary over 4,000 rows in batches of 500, while this process (a serving
+/// replica whose keyring was loaded before the rotation) keeps rewriting every 80th credential:
+/// every row ends under the new key, and no write of the server is lost or undone.
+async fn rotate_key_command_reencrypts_thousands_of_rows_while_a_server_writes(backend: Backend) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    const ROWS: usize = 4000;
+    const HOT_EVERY: usize = 80;
+    let store = TestStore::new(backend).await;
+    let server = store.database.clone();
+    // One transaction for the fill: rows stored one commit each would make this test slow.
+    server
+        .run_within(DbOperation::UpdateToken, None, |store, conn| {
+            use diesel::Connection;
+            conn.transaction(|conn| {
+                for user in 0..ROWS {
+                    let token = new_token(&format!("user-{user}"), "IAM", "rt-0", "at-0");
+                    store.update_token(conn, &token, unix_now())?;
+                }
+                Ok::<_, DbError>(())
+            })
+        })
+        .await
+        .unwrap();
+    let config = write_config(
+        store.db.dir.path(),
+        "tm.cfg",
+        &format!("URL = {}", store.db.url),
+        "",
+    );
+
+    let rotating = Arc::new(AtomicBool::new(true));
+    let writes_during_rotation = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (server, rotating) = (server.clone(), rotating.clone());
+        let writes = writes_during_rotation.clone();
+        actix::spawn(async move {
+            let mut last = vec![0; ROWS];
+            let mut round = 0;
+            // At least one full round after the rotation, so that writes that follow it count too.
+            let mut rounds_after = 0;
+            while rounds_after < 2 {
+                round += 1;
+                if !rotating.load(Ordering::Relaxed) {
+                    rounds_after += 1;
+                }
+                for user in (0..ROWS).step_by(HOT_EVERY) {
+                    let user_id = format!("user-{user}");
+                    // Read first, as the token path does: a row sealed under the new key makes
+                    // the server re-read its keyring (and seal with the new key from then on).
+                    let current = get_credential(&server, &user_id, "IAM")
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    if round % 2 == 0 {
+                        let token = new_token(&user_id, "IAM", &format!("rt-{round}"), "at");
+                        store_token(&server, token).await;
+                    } else {
+                        let update = TokenUpdate {
+                            refresh_token: Secret::new(format!("rt-{round}")),
+                            rt_expires_at: unix_now() + 3600,
+                            access_token: None,
+                            expires_at: 0,
+                            expires_in: 0,
+                            token_type: None,
+                            scope: String::new(),
+                            audience: None,
+                        };
+                        // Only this task writes these rows, and a re-seal keeps the generation:
+                        // the compare-and-set must succeed.
+                        store_refreshed(&server, current.version(), &user_id, "IAM", update)
+                            .await
+                            .unwrap();
+                    }
+                    last[user] = round;
+                    if rotating.load(Ordering::Relaxed) {
+                        writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            last
+        })
+    };
+
+    let rotation = {
+        let config = config.clone();
+        std::thread::spawn(move || {
+            run(
+                &[
+                    "rotate-key",
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--batch",
+                    "500",
+                ],
+                &[],
+            )
+        })
+    };
+    while !rotation.is_finished() {
+        actix::clock::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    rotating.store(false, Ordering::Relaxed);
+    let output = rotation.join().unwrap();
+    let last = writer.await.unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let rewritten: usize = stdout
+        .split("re-encrypted ")
+        .last()
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {stdout}"));
+    // The rows the server rewrote after it had met the new key are not rotate-key's to re-seal.
+    assert!(rewritten >= ROWS - ROWS / HOT_EVERY, "{stdout}");
+    let during = writes_during_rotation.load(Ordering::Relaxed);
+    assert!(
+        during > 0,
+        "the server wrote nothing while rotate-key ran: {stdout}"
+    );
+
+    let new_key = std::fs::read_to_string(store.keyring_file.path())
+        .unwrap()
+        .lines()
+        .last()
+        .and_then(|line| line.split(' ').next())
+        .unwrap()
+        .to_owned();
+    let reader = TestStore::open_database(&store.db, &store.keyring_file);
+    let stored = reader
+        .run_within(DbOperation::Credential, None, |store, conn| {
+            (0..ROWS)
+                .map(|user| store.credential(conn, &format!("user-{user}"), "IAM"))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await
+        .unwrap();
+    for (user, stored) in stored.into_iter().enumerate() {
+        let stored = stored.unwrap_or_else(|| panic!("user-{user} is gone"));
+        assert_eq!(
+            stored.key_id, new_key,
+            "user-{user} is not under the new key"
+        );
+        assert_eq!(
+            stored.refresh_token.expose(),
+            format!("rt-{}", last[user]),
+            "user-{user}: the server's last write was lost"
+        );
+    }
+    let left = reader
+        .run(DbOperation::RowsUnderOldKeys, |store, conn| {
+            store.rows_under_old_keys(conn)
+        })
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+    eprintln!(
+        "{}: {during} server writes during the rotation; {}",
+        backend.name(),
+        stdout.lines().last().unwrap_or_default()
     );
 }
