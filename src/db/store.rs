@@ -652,7 +652,7 @@ impl TokenStore {
             .select(TokenRow::as_select())
             .load(conn)?;
         let last_id = rows.last().map(|row| row.id);
-        let mut resealed = Vec::with_capacity(rows.len());
+        let mut resealed: Resealed = Vec::with_capacity(rows.len());
         for row in rows {
             let (id, generation, old_key) = (row.id, row.generation, row.key_id.clone());
             let plain = self.decrypt(row)?;
@@ -665,23 +665,65 @@ impl TokenStore {
             );
             resealed.push((id, generation, old_key, sealed));
         }
+        // Binds a batch's rows, then the new key, to a query of [`reseal_statement`] and runs it.
+        macro_rules! run_reseal {
+            ($conn:expr, $backend:ty, $sql:expr, $resealed:expr, $new_key:expr) => {{
+                use diesel::sql_types::{BigInt, Binary, Nullable, Text};
+                let mut query = diesel::sql_query($sql).into_boxed::<$backend>();
+                for (id, generation, old_key, sealed) in $resealed {
+                    query = query
+                        .bind::<BigInt, _>(*id)
+                        .bind::<BigInt, _>(*generation)
+                        .bind::<Text, _>(old_key.as_str())
+                        .bind::<Binary, _>(sealed.refresh_token.as_slice())
+                        .bind::<Nullable<Binary>, _>(sealed.access_token.as_deref());
+                }
+                query.bind::<Text, _>($new_key).execute($conn)
+            }};
+        }
         let started = std::time::Instant::now();
         let rewritten = retry_lost_races(|| {
-            conn.transaction(|conn| {
-                let mut rewritten = 0;
-                for (id, generation, old_key, sealed) in &resealed {
-                    rewritten += diesel::update(tokens::table)
-                        .filter(tokens::id.eq(id))
-                        .filter(tokens::generation.eq(generation))
-                        .filter(tokens::key_id.eq(old_key))
-                        .set((
-                            tokens::key_id.eq(&sealed.key_id),
-                            tokens::refresh_token.eq(&sealed.refresh_token),
-                            tokens::access_token.eq(sealed.access_token.as_deref()),
-                        ))
-                        .execute(conn)?;
+            conn.transaction(|conn| match conn {
+                // One statement for the batch: a round trip per row would bound the rate to a few
+                // thousand rows a second.
+                DbConn::Postgres(conn) if !resealed.is_empty() => {
+                    let sql = reseal_statement(ResealSql::Postgres, resealed.len());
+                    Ok(run_reseal!(
+                        conn,
+                        diesel::pg::Pg,
+                        sql,
+                        &resealed,
+                        newest.as_str()
+                    )?)
                 }
-                Ok::<_, DbError>(rewritten)
+                DbConn::Mysql(conn) if !resealed.is_empty() => {
+                    let sql = reseal_statement(ResealSql::Mysql, resealed.len());
+                    Ok(run_reseal!(
+                        conn,
+                        diesel::mysql::Mysql,
+                        sql,
+                        &resealed,
+                        newest.as_str()
+                    )?)
+                }
+                DbConn::Postgres(_) | DbConn::Mysql(_) => Ok(0),
+                // In-process: a statement per row costs no round trip.
+                DbConn::Sqlite(_) => {
+                    let mut rewritten = 0;
+                    for (id, generation, old_key, sealed) in &resealed {
+                        rewritten += diesel::update(tokens::table)
+                            .filter(tokens::id.eq(id))
+                            .filter(tokens::generation.eq(generation))
+                            .filter(tokens::key_id.eq(old_key))
+                            .set((
+                                tokens::key_id.eq(&sealed.key_id),
+                                tokens::refresh_token.eq(&sealed.refresh_token),
+                                tokens::access_token.eq(sealed.access_token.as_deref()),
+                            ))
+                            .execute(conn)?;
+                    }
+                    Ok(rewritten)
+                }
             })
         })?;
         Ok(ReencryptBatch {
@@ -737,6 +779,58 @@ impl TokenStore {
             grant_scope: row.grant_scope,
         })
     }
+}
+
+/// A batch of re-sealed rows: (id, generation read, key read, new ciphertexts).
+type Resealed = Vec<(i64, i64, String, Sealed)>;
+
+/// The rows of a re-seal batch as one UPDATE joined on (id, generation, key), so that each row is
+/// still written only if it is as it was read.
+fn reseal_statement(backend: ResealSql, rows: usize) -> String {
+    match backend {
+        // Numbered placeholders: the rows' five each, then the new key.
+        ResealSql::Postgres => {
+            let values: Vec<String> = (0..rows)
+                .map(|i| {
+                    let n = 5 * i;
+                    format!(
+                        "(${}::bigint, ${}::bigint, ${}::text, ${}::bytea, ${}::bytea)",
+                        n + 1,
+                        n + 2,
+                        n + 3,
+                        n + 4,
+                        n + 5
+                    )
+                })
+                .collect();
+            format!(
+                "UPDATE tokens AS t SET key_id = ${}, refresh_token = v.refresh_token, \
+                 access_token = v.access_token FROM (VALUES {}) AS v(id, generation, old_key, \
+                 refresh_token, access_token) WHERE t.id = v.id AND t.generation = v.generation \
+                 AND t.key_id = v.old_key",
+                5 * rows + 1,
+                values.join(", ")
+            )
+        }
+        // A derived table (MariaDB's VALUES cannot name its columns); placeholders in text order:
+        // the rows', then the new key.
+        ResealSql::Mysql => {
+            let first = "SELECT ? AS id, ? AS generation, ? AS old_key, ? AS refresh_token, \
+                         ? AS access_token";
+            let rest = " UNION ALL SELECT ?, ?, ?, ?, ?".repeat(rows.saturating_sub(1));
+            format!(
+                "UPDATE tokens AS t JOIN ({first}{rest}) AS v ON t.id = v.id \
+                 AND t.generation = v.generation AND t.key_id = v.old_key SET t.key_id = ?, \
+                 t.refresh_token = v.refresh_token, t.access_token = v.access_token"
+            )
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum ResealSql {
+    Postgres,
+    Mysql,
 }
 
 /// A row's two ciphertexts, both under the key the row records.
