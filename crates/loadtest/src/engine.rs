@@ -522,6 +522,20 @@ pub fn send_all(
     connections: usize,
     requests: Vec<Vec<u8>>,
 ) -> Result<(Vec<Response>, Duration), CallError> {
+    let (replies, elapsed) = send_all_timed(connector, connections, requests)?;
+    Ok((
+        replies.into_iter().map(|(reply, _)| reply).collect(),
+        elapsed,
+    ))
+}
+
+/// [`send_all`], with each reply's latency: from its request's first byte written to the reply's
+/// last byte read, on a connection already open (its opening and TLS handshake are not counted).
+pub fn send_all_timed(
+    connector: &Arc<Connector>,
+    connections: usize,
+    requests: Vec<Vec<u8>>,
+) -> Result<(Vec<(Response, Duration)>, Duration), CallError> {
     const TRIES: usize = 3;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -531,7 +545,7 @@ pub fn send_all(
     let queue = Rc::new(RefCell::new(
         requests.into_iter().enumerate().collect::<VecDeque<_>>(),
     ));
-    let replies: Rc<RefCell<Vec<Option<Response>>>> =
+    let replies: Rc<RefCell<Vec<Option<(Response, Duration)>>>> =
         Rc::new(RefCell::new((0..count).map(|_| None).collect()));
     let started = Instant::now();
     local.block_on(&runtime, async {
@@ -555,6 +569,7 @@ pub fn send_all(
                                 Some(open) => open,
                                 None => Conn::new(connector.connect().await?.0),
                             };
+                            let sent = Instant::now();
                             let result = async {
                                 open.send(&request).await?;
                                 http::read_response(&mut open).await
@@ -562,10 +577,11 @@ pub fn send_all(
                             .await;
                             match result {
                                 Ok(reply) => {
+                                    let took = sent.elapsed();
                                     if reply.keep_alive {
                                         conn = Some(open);
                                     }
-                                    break reply;
+                                    break (reply, took);
                                 }
                                 Err(_) if tries < TRIES => {}
                                 Err(e) => return Err(e),
