@@ -152,7 +152,6 @@ pub enum DbOperation {
     ReleaseClientLease,
     StoreClientToken,
     CountCredentials,
-    CountExpiring,
     RowsUnderOldKeys,
     ReencryptPass,
 }
@@ -182,7 +181,7 @@ impl DbOperation {
         matches!(self, Self::StoreRefreshed | Self::MarkNeedsRedelegation)
     }
 
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 22] = [
         Self::Migrate,
         Self::Ping,
         Self::UpdateToken,
@@ -203,7 +202,6 @@ impl DbOperation {
         Self::ReleaseClientLease,
         Self::StoreClientToken,
         Self::CountCredentials,
-        Self::CountExpiring,
         Self::RowsUnderOldKeys,
         Self::ReencryptPass,
     ];
@@ -230,7 +228,6 @@ impl DbOperation {
             Self::ReleaseClientLease => "release_client_lease",
             Self::StoreClientToken => "store_client_token",
             Self::CountCredentials => "count_credentials",
-            Self::CountExpiring => "count_expiring",
             Self::RowsUnderOldKeys => "rows_under_old_keys",
             Self::ReencryptPass => "reencrypt_pass",
         }

@@ -20,7 +20,8 @@ pub use liveness::{LIVENESS_MARK, LeasedRow, database_now, dead_lease_holder, ta
 pub use migrate::run_migrations;
 pub use sqlite_lock::{LockError, SqliteServeLock};
 pub use store::{
-    CredentialVersion, ImportOutcome, ReencryptBatch, StoredToken, TokenStore, TokenUpdate,
+    CredentialCount, CredentialVersion, ImportOutcome, ReencryptBatch, StoredToken, TokenStore,
+    TokenUpdate,
 };
 
 use thiserror::Error;

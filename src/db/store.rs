@@ -188,6 +188,16 @@ impl ImportOutcome {
     }
 }
 
+/// Stored credentials of one (provider, state), from [`TokenStore::count_credentials`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialCount {
+    pub provider: String,
+    pub state: String,
+    pub stored: i64,
+    /// Of them, the usable ones whose refresh token expires before each of the bounds asked.
+    pub expiring: [i64; 2],
+}
+
 /// What one batch of `rotate-key` did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReencryptBatch {
@@ -590,34 +600,47 @@ impl TokenStore {
         })
     }
 
-    /// Stored credentials by (provider, state).
+    /// Stored credentials by (provider, state), each with how many of them are usable (active,
+    /// refresh token still valid at `now`) and expire before each of `before`. One pass over the
+    /// index on (provider, state, rt_expires_at) answers it all: separate queries for the expiry
+    /// windows read hundreds of thousands of rows each at a million credentials (4 s on MariaDB).
     pub fn count_credentials(
         &self,
         conn: &mut DbConn,
-    ) -> Result<Vec<(String, String, i64)>, DbError> {
-        Ok(tokens::table
-            .group_by((tokens::provider, tokens::state))
-            .select((tokens::provider, tokens::state, diesel::dsl::count_star()))
-            .order((tokens::provider.asc(), tokens::state.asc()))
-            .load(conn)?)
-    }
-
-    /// Usable credentials (active, refresh token still valid) whose refresh token expires
-    /// before `before`, by provider.
-    pub fn count_expiring(
-        &self,
-        conn: &mut DbConn,
         now: i64,
-        before: i64,
-    ) -> Result<Vec<(String, i64)>, DbError> {
-        Ok(tokens::table
-            .filter(tokens::state.eq(CredentialState::Active.as_str()))
-            .filter(tokens::rt_expires_at.gt(now))
-            .filter(tokens::rt_expires_at.le(before))
-            .group_by(tokens::provider)
-            .select((tokens::provider, diesel::dsl::count_star()))
-            .order(tokens::provider.asc())
-            .load(conn)?)
+        before: [i64; 2],
+    ) -> Result<Vec<CredentialCount>, DbError> {
+        use diesel::sql_types::BigInt;
+        let expiring = |before: i64| {
+            diesel::dsl::sql::<BigInt>(&format!(
+                "COUNT(CASE WHEN state = '{}' AND rt_expires_at > ",
+                CredentialState::Active.as_str()
+            ))
+            .bind::<BigInt, _>(now)
+            .sql(" AND rt_expires_at <= ")
+            .bind::<BigInt, _>(before)
+            .sql(" THEN 1 END)")
+        };
+        let rows: Vec<(String, String, i64, i64, i64)> = tokens::table
+            .group_by((tokens::provider, tokens::state))
+            .select((
+                tokens::provider,
+                tokens::state,
+                diesel::dsl::count_star(),
+                expiring(before[0]),
+                expiring(before[1]),
+            ))
+            .order((tokens::provider.asc(), tokens::state.asc()))
+            .load(conn)?;
+        Ok(rows
+            .into_iter()
+            .map(|(provider, state, stored, first, second)| CredentialCount {
+                provider,
+                state,
+                stored,
+                expiring: [first, second],
+            })
+            .collect())
     }
 
     /// How many rows are sealed under a key other than the newest.

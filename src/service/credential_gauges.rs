@@ -15,21 +15,13 @@ impl Service {
     /// configured IdP has every series, at 0 while nothing is stored.
     pub async fn count_credentials(&self) -> Result<(), DbError> {
         let (database, metrics) = (self.database(), self.metrics());
-        let by_state = database
-            .run(DbOperation::CountCredentials, |store, conn| {
-                store.count_credentials(conn)
+        let now = crate::domain::unix_now();
+        let before = EXPIRY_WINDOWS.map(|(_, seconds)| now + seconds);
+        let counts = database
+            .run(DbOperation::CountCredentials, move |store, conn| {
+                store.count_credentials(conn, now, before)
             })
             .await?;
-        let now = crate::domain::unix_now();
-        let mut expiring = Vec::new();
-        for (window, seconds) in EXPIRY_WINDOWS {
-            let counts = database
-                .run(DbOperation::CountExpiring, move |store, conn| {
-                    store.count_expiring(conn, now, now + seconds)
-                })
-                .await?;
-            expiring.push((window, counts));
-        }
         let idps: Vec<String> = self
             .settings()
             .idps
@@ -52,18 +44,19 @@ impl Service {
                     .set(0);
             }
         }
-        for (provider, state, count) in by_state {
+        for count in counts {
             metrics
                 .stored_credentials
-                .with_label_values(&[&provider, &state])
-                .set(count);
-        }
-        for (window, counts) in expiring {
-            for (provider, count) in counts {
-                metrics
-                    .expiring_credentials
-                    .with_label_values(&[&provider, window])
-                    .set(count);
+                .with_label_values(&[&count.provider, &count.state])
+                .set(count.stored);
+            // Only usable credentials expire in a window: the other states count 0 there.
+            if count.state == CredentialState::Active.as_str() {
+                for ((window, _), expiring) in EXPIRY_WINDOWS.iter().zip(count.expiring) {
+                    metrics
+                        .expiring_credentials
+                        .with_label_values(&[count.provider.as_str(), window])
+                        .set(expiring);
+                }
             }
         }
         *self

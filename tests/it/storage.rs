@@ -2,7 +2,7 @@
 
 use tokenmanager::actors::db::DbOperation;
 use tokenmanager::config::Backend;
-use tokenmanager::db::{DbError, TokenUpdate};
+use tokenmanager::db::{CredentialCount, DbError, TokenUpdate};
 use tokenmanager::domain::{CredentialState, Secret, unix_now};
 
 use futures_util::future::join_all;
@@ -23,6 +23,7 @@ on_every_backend!(
     needs_redelegation_is_compare_and_set_and_cleared_by_a_new_login,
     the_grant_scope_is_a_logins_and_refreshes_keep_it,
     the_migration_takes_each_rows_scope_as_its_grant,
+    credentials_are_counted_by_state_with_the_usable_ones_expiring_in_each_window,
 );
 
 async fn migrations_run_once_from_empty(backend: Backend) {
@@ -332,5 +333,58 @@ fn migrations_after_the_first_only_add() {
         violations.is_empty(),
         "migrations the previous release could not run on:\n{}",
         violations.join("\n")
+    );
+}
+
+async fn credentials_are_counted_by_state_with_the_usable_ones_expiring_in_each_window(
+    backend: Backend,
+) {
+    let store = TestStore::new(backend).await;
+    let db = &store.database;
+    let now = unix_now();
+    let stored = [
+        ("in-1h", "IAM", 3600),
+        ("in-2d", "IAM", 2 * 86_400),
+        ("in-10d", "IAM", 10 * 86_400),
+        ("expired", "IAM", -10),
+        ("refused", "IAM", 3600),
+        ("elsewhere", "other-idp", 3600),
+    ];
+    for (user, provider, expires_in) in stored {
+        let mut token = new_token(user, provider, "rt", "at");
+        token.rt_expires_at = now + expires_in;
+        store_token(db, token).await;
+    }
+    let refused = get_credential(db, "refused", "IAM")
+        .await
+        .unwrap()
+        .unwrap()
+        .version();
+    db.run(DbOperation::MarkNeedsRedelegation, move |store, conn| {
+        store.mark_needs_redelegation(conn, refused, now)
+    })
+    .await
+    .unwrap();
+
+    let counts = db
+        .run(DbOperation::CountCredentials, move |store, conn| {
+            store.count_credentials(conn, now, [now + 86_400, now + 7 * 86_400])
+        })
+        .await
+        .unwrap();
+    let count = |provider: &str, state: &str, stored, expiring| CredentialCount {
+        provider: provider.into(),
+        state: state.into(),
+        stored,
+        expiring,
+    };
+    assert_eq!(
+        counts,
+        [
+            // The expired one is stored but usable in no window.
+            count("IAM", "active", 4, [1, 2]),
+            count("IAM", "needs_redelegation", 1, [0, 0]),
+            count("other-idp", "active", 1, [1, 1]),
+        ]
     );
 }
