@@ -33,6 +33,8 @@ struct CountSchedule {
     last: Option<(Instant, Duration)>,
     /// A write of this process since the last count.
     changed: bool,
+    /// The last count failed.
+    last_failed: bool,
 }
 
 impl CountSchedule {
@@ -41,7 +43,7 @@ impl CountSchedule {
             return true;
         };
         let floor = took * COUNT_BUDGET;
-        let wait = if self.changed {
+        let wait = if self.changed && !self.last_failed {
             TICK.max(floor)
         } else {
             COUNT_EVERY.max(floor)
@@ -52,6 +54,15 @@ impl CountSchedule {
     fn counted(&mut self, ended: Instant, took: Duration) {
         self.last = Some((ended, took));
         self.changed = false;
+        self.last_failed = false;
+    }
+
+    /// A count that failed (a database that did not answer within the deadline, or at all) is
+    /// tried again after COUNT_EVERY, writes or not: not at every tick.
+    fn failed(&mut self, ended: Instant) {
+        let took = self.last.map_or(Duration::ZERO, |(_, took)| took);
+        self.last = Some((ended, took));
+        self.last_failed = true;
     }
 }
 
@@ -59,6 +70,7 @@ pub(super) async fn watch_database(service: Arc<Service>) {
     let mut schedule = CountSchedule {
         last: None,
         changed: false,
+        last_failed: false,
     };
     let mut ticks = tokio::time::interval(TICK);
     loop {
@@ -74,7 +86,10 @@ pub(super) async fn watch_database(service: Arc<Service>) {
             let started = Instant::now();
             match service.count_credentials().await {
                 Ok(()) => schedule.counted(Instant::now(), started.elapsed()),
-                Err(error) => tracing::warn!(%error, "cannot count the stored credentials"),
+                Err(error) => {
+                    schedule.failed(Instant::now());
+                    tracing::warn!(%error, "cannot count the stored credentials");
+                }
             }
         }
         let database = service.database();
@@ -99,6 +114,7 @@ mod tests {
         let mut schedule = CountSchedule {
             last: None,
             changed: false,
+            last_failed: false,
         };
         assert!(schedule.due(start), "the first count is due at once");
         schedule.counted(start, Duration::from_millis(5));
@@ -110,11 +126,29 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_count_is_tried_again_after_15_s_even_after_writes() {
+        let start = Instant::now();
+        let mut schedule = CountSchedule {
+            last: None,
+            changed: true,
+            last_failed: false,
+        };
+        schedule.failed(start);
+        schedule.changed = true;
+        assert!(
+            !schedule.due(after(start, 14.9)),
+            "not at every tick: each try may hold a connection up to the deadline"
+        );
+        assert!(schedule.due(after(start, 15.0)));
+    }
+
+    #[test]
     fn a_slow_count_waits_50_times_its_duration_even_after_writes() {
         let start = Instant::now();
         let mut schedule = CountSchedule {
             last: None,
             changed: false,
+            last_failed: false,
         };
         schedule.counted(start, Duration::from_millis(500));
         schedule.changed = true;
