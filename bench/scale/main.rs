@@ -588,8 +588,8 @@ fn config_database_url(config: &Path) -> String {
 }
 
 /// What the service's own store queries that read many rows cost, on a connection of their own
-/// (median of 5): the background count (`count_credentials` and the two `count_expiring`
-/// windows, as src/service/credential_gauges.rs runs them) and start-up's `lease_owners`.
+/// (median of 5): the background count (`count_credentials`, as src/service/credential_gauges.rs
+/// runs it) and start-up's `lease_owners`.
 fn time_store_queries(url: &str, config: &Path) -> Value {
     let keyring = config.with_file_name("keyring");
     let store = tokenmanager::db::TokenStore::new(Arc::new(
@@ -608,21 +608,16 @@ fn time_store_queries(url: &str, config: &Path) -> Value {
         ms[2]
     };
     let now = unix_now();
-    let credentials = median(&mut |conn| {
-        store.count_credentials(conn).unwrap();
-    });
-    let expiring = median(&mut |conn| {
-        for window in [86_400, 7 * 86_400] {
-            store.count_expiring(conn, now, now + window).unwrap();
-        }
+    let count = median(&mut |conn| {
+        store
+            .count_credentials(conn, now, [now + 86_400, now + 7 * 86_400])
+            .unwrap();
     });
     let lease_owners = median(&mut |conn| {
         store.lease_owners(conn).unwrap();
     });
     json!({
-        "count_ms": round(credentials + expiring, 1),
-        "count_credentials_ms": round(credentials, 1),
-        "count_expiring_both_windows_ms": round(expiring, 1),
+        "count_ms": round(count, 1),
         "lease_owners_ms": round(lease_owners, 2),
     })
 }
@@ -1018,7 +1013,10 @@ impl Bench<'_> {
                 percentile(&scrapes, 1.0)
             ),
             format!("{count_ms:.0}"),
-            format!("{:.1}", queries["lease_owners_ms"].as_f64().unwrap_or(f64::NAN)),
+            format!(
+                "{:.1}",
+                queries["lease_owners_ms"].as_f64().unwrap_or(f64::NAN)
+            ),
             format!(
                 "{:.2} / {:.2}",
                 percentile(&hit_ms, 0.5),
