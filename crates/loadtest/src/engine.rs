@@ -529,13 +529,16 @@ pub fn send_all(
     ))
 }
 
+/// A reply and its latency.
+type Timed = (Response, Duration);
+
 /// [`send_all`], with each reply's latency: from its request's first byte written to the reply's
 /// last byte read, on a connection already open (its opening and TLS handshake are not counted).
 pub fn send_all_timed(
     connector: &Arc<Connector>,
     connections: usize,
     requests: Vec<Vec<u8>>,
-) -> Result<(Vec<(Response, Duration)>, Duration), CallError> {
+) -> Result<(Vec<Timed>, Duration), CallError> {
     const TRIES: usize = 3;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -545,7 +548,7 @@ pub fn send_all_timed(
     let queue = Rc::new(RefCell::new(
         requests.into_iter().enumerate().collect::<VecDeque<_>>(),
     ));
-    let replies: Rc<RefCell<Vec<Option<(Response, Duration)>>>> =
+    let replies: Rc<RefCell<Vec<Option<Timed>>>> =
         Rc::new(RefCell::new((0..count).map(|_| None).collect()));
     let started = Instant::now();
     local.block_on(&runtime, async {
