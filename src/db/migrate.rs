@@ -11,6 +11,8 @@ const MYSQL: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 /// The PostgreSQL advisory lock and MariaDB named lock held while migrating ("tokenmg").
 const POSTGRES_LOCK: i64 = 0x0074_6f6b_656e_6d67;
 const MYSQL_LOCK: &str = "tokenmanager_migrations";
+/// How often a replica tries the PostgreSQL lock while another migrates.
+const POSTGRES_LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 /// How long a replica waits for another's migrations before giving up.
 const MYSQL_LOCK_WAIT_SECONDS: u32 = 300;
 
@@ -37,7 +39,19 @@ pub fn run_migrations(conn: &mut DbConn) -> Result<Vec<String>, DbError> {
     match conn {
         DbConn::Sqlite(c) => versions(c.run_pending_migrations(SQLITE)),
         DbConn::Postgres(c) => {
-            diesel::sql_query(format!("SELECT pg_advisory_lock({POSTGRES_LOCK})")).execute(c)?;
+            // Tried, not waited for in one statement: a replica waiting inside a statement
+            // holds a snapshot, which CREATE INDEX CONCURRENTLY (2026-12-03-000002) waits for
+            // while its migrator holds the lock: a deadlock. Between tries it holds none.
+            loop {
+                let locked = diesel::sql_query(format!(
+                    "SELECT CASE WHEN pg_try_advisory_lock({POSTGRES_LOCK}) THEN 1::int8 ELSE 0::int8 END AS result"
+                ))
+                .get_result::<LockResult>(c)?;
+                if locked.result == Some(1) {
+                    break;
+                }
+                std::thread::sleep(POSTGRES_LOCK_RETRY);
+            }
             let applied = versions(c.run_pending_migrations(POSTGRES));
             diesel::sql_query(format!("SELECT pg_advisory_unlock({POSTGRES_LOCK})")).execute(c)?;
             applied

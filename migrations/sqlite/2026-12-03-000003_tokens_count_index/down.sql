@@ -1,2 +1,1 @@
 DROP INDEX tokens_provider_state_rt_expires_at;
-DROP INDEX tokens_lease_owner;

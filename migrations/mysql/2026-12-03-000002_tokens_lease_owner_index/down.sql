@@ -1,0 +1,1 @@
+DROP INDEX tokens_lease_owner ON tokens;
