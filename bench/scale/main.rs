@@ -11,6 +11,9 @@
 //! while a paced getToken load (hits, and refreshes whose rotated tokens must be stored) runs.
 
 #[allow(dead_code)]
+#[path = "../gettoken/dbcalls.rs"]
+mod dbcalls;
+#[allow(dead_code)]
 #[path = "../gettoken/fixture.rs"]
 mod fixture;
 #[allow(dead_code)]
