@@ -1,6 +1,6 @@
 //! The key types of the token path and the access-token cache.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -132,11 +132,37 @@ impl TokenKey {
     }
 }
 
+/// How many applied changes the cache remembers for the tokens being obtained meanwhile: a token
+/// read before more changes than this were applied is cached unconfirmed.
+const RECENT_CHANGES: usize = 4096;
+
+/// A change as the cache remembers it: whose, how late, and its number among those applied.
+struct Applied {
+    number: u64,
+    owner: Owner,
+    announced: (i64, i64),
+}
+
 #[derive(Default)]
 struct Entries {
     tokens: HashMap<TokenKey, Arc<AccessToken>>,
     /// The keys cached for each credential and client-token row, for announced changes.
     by_owner: HashMap<Owner, Vec<TokenKey>>,
+    /// The last [`RECENT_CHANGES`] changes applied, oldest first.
+    recent: VecDeque<Applied>,
+}
+
+/// A change's place in a row's history: a deletion is later than every generation of its row;
+/// a row stored again has a higher id.
+fn announced(change: &Change) -> (i64, i64) {
+    (change.row_id, change.generation.unwrap_or(i64::MAX))
+}
+
+/// Whether `token` came from an earlier version of its row than `announced`.
+fn older(token: &AccessToken, announced: (i64, i64)) -> bool {
+    token
+        .credential
+        .is_none_or(|v| (v.id, v.generation) < announced)
 }
 
 impl Entries {
@@ -209,17 +235,32 @@ impl TokenCache {
     }
 
     /// Caches `token`, read from the database when the sync state was `read_at`: confirmed in
-    /// that epoch if no change was applied since, else left for its first hit to confirm.
+    /// that epoch unless a gap began since, or a later change of its own row was applied since
+    /// (which its read may have missed), or too many changes to tell; else left for its first
+    /// hit to confirm.
     pub(super) fn insert(&self, key: TokenKey, token: Arc<AccessToken>, read_at: Stamp) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        let owner = Owner::of(&key);
         // Under the write lock, which every applied change takes too.
-        let epoch = if self.sync.stamp() == read_at {
+        let now = self.sync.stamp();
+        let remembered = entries
+            .recent
+            .front()
+            .is_none_or(|oldest| oldest.number <= read_at.applied + 1);
+        let overtaken = entries
+            .recent
+            .iter()
+            .rev()
+            .take_while(|change| change.number > read_at.applied)
+            .any(|change| change.owner == owner && older(&token, change.announced));
+        let confirmed = now.epoch == read_at.epoch
+            && (now.applied == read_at.applied || (remembered && !overtaken));
+        let epoch = if confirmed {
             read_at.epoch
         } else {
             UNCONFIRMED
         };
         token.confirmed_epoch.store(epoch, Ordering::Release);
-        let owner = Owner::of(&key);
         if entries.tokens.insert(key.clone(), token).is_none() {
             entries.by_owner.entry(owner).or_default().push(key);
         }
@@ -252,27 +293,33 @@ impl TokenCache {
     /// moment later): that token stays.
     pub(super) fn apply(&self, change: &Change) -> usize {
         let owner = Owner::of_change(change);
-        // A deletion is later than every generation of its row; a row stored again has a
-        // higher id.
-        let announced = (change.row_id, change.generation.unwrap_or(i64::MAX));
-        let older = |token: &AccessToken| {
-            token
-                .credential
-                .is_none_or(|v| (v.id, v.generation) < announced)
-        };
+        let announced = announced(change);
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        self.sync.applied.fetch_add(1, Ordering::AcqRel);
+        let number = self.sync.applied.fetch_add(1, Ordering::AcqRel) + 1;
         let stale: Vec<TokenKey> = entries
             .by_owner
             .get(&owner)
             .into_iter()
             .flatten()
-            .filter(|key| entries.tokens.get(*key).is_some_and(|token| older(token)))
+            .filter(|key| {
+                entries
+                    .tokens
+                    .get(*key)
+                    .is_some_and(|token| older(token, announced))
+            })
             .cloned()
             .collect();
         for key in &stale {
             entries.remove(key);
         }
+        if entries.recent.len() == RECENT_CHANGES {
+            entries.recent.pop_front();
+        }
+        entries.recent.push_back(Applied {
+            number,
+            owner,
+            announced,
+        });
         stale.len()
     }
 
@@ -531,6 +578,23 @@ mod tests {
         cache.confirmed(&alice, &token, before_gap);
         assert!(!cache.trusts(&token), "checked before the gap began");
         cache.confirmed(&alice, &token, cache.sync().stamp());
+        assert!(cache.trusts(&token));
+    }
+
+    #[test]
+    fn a_token_is_cached_confirmed_when_the_changes_applied_meanwhile_are_not_later_ones_of_its_row()
+     {
+        let cache = cache();
+        cache.sync().confirm(Instant::now());
+        let alice = user_key("alice");
+        let read_at = cache.sync().stamp();
+        // Applied while Alice's refresh ran: Bob's login, and the refresh's own write.
+        cache.apply(&credential_change("bob", version(2, 1)));
+        cache.apply(&credential_change("alice", version(1, 2)));
+        let mut token = token(600, 0, 0);
+        token.credential = version(1, 2);
+        cache.insert(alice.clone(), Arc::new(token), read_at);
+        let token = cache.get(&alice, 0, NOW).unwrap();
         assert!(cache.trusts(&token));
     }
 
