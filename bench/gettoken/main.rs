@@ -24,10 +24,9 @@ use tokenmanager::config::{Backend, DatabaseUrl};
 use tokenmanager::crypto::KeyringFile;
 
 use fixture::{
-    AUDIENCE, GRANT_SCOPE, Idp, Memory, PROVIDER, Pki, Server, Users, pin_current_thread_to,
-    user_id,
+    AUDIENCE, GRANT_SCOPE, Idp, Memory, Pki, Server, Users, pin_current_thread_to, user_id,
 };
-use outcome::{Outcome, Scenario, Target, request, run_level, run_list};
+use outcome::{Outcome, Scenario, Target, request, run_level, run_list, update_token_request};
 use report::{mib, round};
 use tokenmanager_loadtest::engine::Schedule;
 use tokenmanager_loadtest::http::Response;
@@ -274,15 +273,7 @@ fn store(
     let requests = users
         .iter()
         .zip(grants)
-        .map(|(user, grant)| {
-            let body = json!({
-                "token": {"refresh_token": grant["refresh_token"], "access_token": grant["access_token"],
-                          "expires_in": grant["expires_in"], "token_type": "Bearer"},
-                "userID": user_id(user),
-                "provider": PROVIDER,
-            });
-            request("POST", "/api/v1/updateToken", Some(body.to_string().as_bytes()))
-        })
+        .map(|(user, grant)| update_token_request(user, grant))
         .collect();
     run_retrying(api, connections, requests, "updateToken", failures).1
 }

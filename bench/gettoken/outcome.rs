@@ -52,6 +52,22 @@ pub fn request(method: &str, path: &str, body: Option<&[u8]>) -> Vec<u8> {
     http::request(method, "127.0.0.1", path, headers, body)
 }
 
+/// updateToken of `user`'s fixture `grant` (as `/test/grant` returned it) for provider
+/// `test-idp`, as the benchmarks store their credentials.
+pub fn update_token_request(user: &str, grant: &serde_json::Value) -> Vec<u8> {
+    let body = serde_json::json!({
+        "token": {"refresh_token": grant["refresh_token"], "access_token": grant["access_token"],
+                  "expires_in": grant["expires_in"], "token_type": "Bearer"},
+        "userID": crate::fixture::user_id(user),
+        "provider": crate::fixture::PROVIDER,
+    });
+    request(
+        "POST",
+        "/api/v1/updateToken",
+        Some(body.to_string().as_bytes()),
+    )
+}
+
 /// Sends each of `requests` over `connections` kept-alive connections, on the calling thread;
 /// the replies in order, and the time it took.
 pub fn run_list(

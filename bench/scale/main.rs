@@ -41,7 +41,7 @@ use tokenmanager::domain::{Secret, unix_now};
 use tokenmanager_loadtest::engine::{self, Expect, Load, Request, Schedule};
 
 use fixture::{AUDIENCE, GRANT_SCOPE, Idp, PROVIDER, Pki, Server, Users, user_id};
-use outcome::{Target, request, run_list};
+use outcome::{Target, request, run_list, update_token_request};
 use report::round;
 
 /// Settings, from the environment (documented in bench/README.md).
@@ -884,14 +884,7 @@ impl Bench<'_> {
             .zip(grants)
             .map(|(user, grant)| {
                 assert_eq!(grant.status, 200, "/test/grant: {}", grant.text());
-                let grant = grant.json();
-                let body = json!({
-                    "token": {"refresh_token": grant["refresh_token"], "access_token": grant["access_token"],
-                              "expires_in": grant["expires_in"], "token_type": "Bearer"},
-                    "userID": user_id(user),
-                    "provider": PROVIDER,
-                });
-                request("POST", "/api/v1/updateToken", Some(body.to_string().as_bytes()))
+                update_token_request(user, &grant.json())
             })
             .collect();
         let (replies, _) = run_list(&admin, 8, requests);
