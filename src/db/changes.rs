@@ -350,11 +350,6 @@ impl ChangeReader {
             }
         }
     }
-
-    /// The MariaDB ids this reader is still waiting for (tests and logs).
-    pub fn open_gaps(&self) -> usize {
-        self.gaps.len()
-    }
 }
 
 /// libpq's TCP deadlines for the reader's session, unless the URL sets its own: a server or

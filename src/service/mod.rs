@@ -245,8 +245,7 @@ impl Service {
 
     /// Publishes the change feed's state (read at scrape).
     pub fn export_change_feed_state(&self) {
-        let sync = self.broker.cache_sync();
-        let state = sync.state();
+        let state = self.broker.sync_state();
         self.metrics
             .change_sync_age
             .set(state.age().map_or(-1.0, |age| age.as_secs_f64()));

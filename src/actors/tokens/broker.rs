@@ -98,6 +98,11 @@ impl TokenBroker {
         }
     }
 
+    /// How far the cache is in step with the database's announced changes.
+    pub(crate) fn sync_state(&self) -> &SyncState {
+        self.cache.sync()
+    }
+
     /// The cache's side of the change feed.
     pub(crate) fn cache_sync(&self) -> CacheSync {
         CacheSync {
