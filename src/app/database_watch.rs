@@ -27,7 +27,7 @@ const COUNT_EVERY: Duration = Duration::from_secs(15);
 const COUNT_BUDGET: u32 = 50;
 
 /// When the next count is due.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct CountSchedule {
     /// When the last count ended, and how long it took.
     last: Option<(Instant, Duration)>,
@@ -67,11 +67,7 @@ impl CountSchedule {
 }
 
 pub(super) async fn watch_database(service: Arc<Service>) {
-    let mut schedule = CountSchedule {
-        last: None,
-        changed: false,
-        last_failed: false,
-    };
+    let mut schedule = CountSchedule::default();
     let mut ticks = tokio::time::interval(TICK);
     loop {
         tokio::select! {
@@ -111,11 +107,7 @@ mod tests {
     #[test]
     fn a_quick_count_follows_writes_within_a_tick_and_runs_every_15_s_otherwise() {
         let start = Instant::now();
-        let mut schedule = CountSchedule {
-            last: None,
-            changed: false,
-            last_failed: false,
-        };
+        let mut schedule = CountSchedule::default();
         assert!(schedule.due(start), "the first count is due at once");
         schedule.counted(start, Duration::from_millis(5));
         assert!(!schedule.due(after(start, 14.9)));
@@ -129,9 +121,8 @@ mod tests {
     fn a_failed_count_is_tried_again_after_15_s_even_after_writes() {
         let start = Instant::now();
         let mut schedule = CountSchedule {
-            last: None,
             changed: true,
-            last_failed: false,
+            ..CountSchedule::default()
         };
         schedule.failed(start);
         schedule.changed = true;
@@ -145,11 +136,7 @@ mod tests {
     #[test]
     fn a_slow_count_waits_50_times_its_duration_even_after_writes() {
         let start = Instant::now();
-        let mut schedule = CountSchedule {
-            last: None,
-            changed: false,
-            last_failed: false,
-        };
+        let mut schedule = CountSchedule::default();
         schedule.counted(start, Duration::from_millis(500));
         schedule.changed = true;
         assert!(!schedule.due(after(start, 24.9)), "writes do not hurry it");

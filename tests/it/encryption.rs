@@ -120,16 +120,7 @@ async fn rotate_key_under_concurrent_writes_loses_nothing(backend: Backend) {
                         .await
                         .unwrap()
                         .unwrap();
-                    let update = TokenUpdate {
-                        refresh_token: Secret::new(format!("rt-{round}")),
-                        rt_expires_at: unix_now() + 3600,
-                        access_token: None,
-                        expires_at: 0,
-                        expires_in: 0,
-                        token_type: None,
-                        scope: String::new(),
-                        audience: None,
-                    };
+                    let update = refreshed_in_round(round);
                     let write =
                         store_refreshed(&server, current.version(), &user_id, "IAM", update);
                     // Only this task writes this user, so the compare-and-set must succeed.
@@ -258,16 +249,7 @@ async fn rotate_key_command_reencrypts_thousands_of_rows_while_a_server_writes(b
                         let token = new_token(&user_id, "IAM", &format!("rt-{round}"), "at");
                         store_token(&server, token).await;
                     } else {
-                        let update = TokenUpdate {
-                            refresh_token: Secret::new(format!("rt-{round}")),
-                            rt_expires_at: unix_now() + 3600,
-                            access_token: None,
-                            expires_at: 0,
-                            expires_in: 0,
-                            token_type: None,
-                            scope: String::new(),
-                            audience: None,
-                        };
+                        let update = refreshed_in_round(round);
                         // Only this task writes these rows, and a re-seal keeps the generation:
                         // the compare-and-set must succeed.
                         store_refreshed(&server, current.version(), &user_id, "IAM", update)
@@ -361,4 +343,19 @@ async fn rotate_key_command_reencrypts_thousands_of_rows_while_a_server_writes(b
         backend.name(),
         stdout.lines().last().unwrap_or_default()
     );
+}
+
+/// A refresh's write as the concurrent writers of these tests make it: refresh token `rt-<round>`,
+/// no access token.
+fn refreshed_in_round(round: usize) -> TokenUpdate {
+    TokenUpdate {
+        refresh_token: Secret::new(format!("rt-{round}")),
+        rt_expires_at: unix_now() + 3600,
+        access_token: None,
+        expires_at: 0,
+        expires_in: 0,
+        token_type: None,
+        scope: String::new(),
+        audience: None,
+    }
 }
