@@ -94,7 +94,7 @@ pub fn write_config(
     dir: &Path,
     pki: &Pki,
     idp_issuer: &str,
-    users: &Users,
+    users: &Users<'_>,
     idle_seconds: u64,
     database: Option<&DatabaseUrl>,
 ) -> PathBuf {
@@ -172,7 +172,7 @@ pub fn pin_current_thread_to(cpus: &[usize]) -> std::io::Result<()> {
         for &cpu in cpus {
             libc::CPU_SET(cpu, &mut set);
         }
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
             return Err(std::io::Error::last_os_error());
         }
     }

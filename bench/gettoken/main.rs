@@ -11,6 +11,11 @@
 //!
 //! The table goes to stdout, the same numbers as JSON to target/bench/gettoken.json.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a benchmark whose set-up fails stops there, with its location"
+)]
+
 mod dbcalls;
 mod fixture;
 mod outcome;

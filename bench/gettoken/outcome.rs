@@ -167,7 +167,10 @@ impl Outcome {
 /// `metrics` (the server's metrics port), its database-operation counters are scraped when each
 /// scenario's counted run begins (a thread that waits out the warm-up) and when the scenario
 /// ends (the next boundary: the last reply is in, the next scenario's callers start meanwhile).
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one scenario's parameters, spelled out at the call sites"
+)]
 pub fn run_level(
     target: &Target,
     concurrency: usize,

@@ -10,16 +10,33 @@
 //! refresh at the IdP each) and hits, getUsersTokensInfo for every real user, then `rotate-key`
 //! while a paced getToken load (hits, and refreshes whose rotated tokens must be stored) runs.
 
-#[allow(dead_code)]
+#![expect(
+    clippy::unwrap_used,
+    reason = "a benchmark whose set-up fails stops there, with its location"
+)]
+
+#[expect(
+    dead_code,
+    reason = "shared with the gettoken bench; this bench uses part of it"
+)]
 #[path = "../gettoken/dbcalls.rs"]
 mod dbcalls;
-#[allow(dead_code)]
+#[expect(
+    dead_code,
+    reason = "shared with the gettoken bench; this bench uses part of it"
+)]
 #[path = "../gettoken/fixture.rs"]
 mod fixture;
-#[allow(dead_code)]
+#[expect(
+    dead_code,
+    reason = "shared with the gettoken bench; this bench uses part of it"
+)]
 #[path = "../gettoken/outcome.rs"]
 mod outcome;
-#[allow(dead_code)]
+#[expect(
+    dead_code,
+    reason = "shared with the gettoken bench; this bench uses part of it"
+)]
 #[path = "../gettoken/report.rs"]
 mod report;
 
@@ -898,7 +915,10 @@ impl Bench<'_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one scenario's parameters, spelled out at the call sites"
+    )]
     fn measure(
         &self,
         backend: Backend,

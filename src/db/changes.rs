@@ -184,7 +184,7 @@ impl ChangeReader {
     fn open(&self) -> Result<DbConn, DbError> {
         let mut conn = match self.url.backend() {
             Backend::Postgres => DbConn::Postgres(
-                diesel::PgConnection::establish(&with_tcp_deadlines(self.url.expose())).map_err(
+                PgConnection::establish(&with_tcp_deadlines(self.url.expose())).map_err(
                     |source| DbError::Connect {
                         url: self.url.masked(),
                         source,
@@ -289,7 +289,7 @@ impl ChangeReader {
         }
         // NOWAIT: a row still being written is locked by its transaction, which would otherwise
         // make this wait for its commit; its gap stays open however long that takes.
-        let locked_read = |conn: &mut diesel::MysqlConnection, ids: &str| {
+        let locked_read = |conn: &mut MysqlConnection, ids: &str| {
             diesel::sql_query(format!(
                 "SELECT {LOG_COLUMNS} FROM token_changes WHERE id IN ({ids}) FOR UPDATE NOWAIT"
             ))
@@ -379,7 +379,7 @@ fn is_lock_wait(error: &diesel::result::Error) -> bool {
 /// first sends one of its own and takes everything up to it: the server delivers notifications
 /// in commit order, so when it is back, every change committed before it was sent has been read.
 fn read_notifications(
-    conn: &mut diesel::PgConnection,
+    conn: &mut PgConnection,
     sync: Option<(&str, &mut u64)>,
 ) -> Result<ChangeBatch, DbError> {
     let mut batch = ChangeBatch::default();

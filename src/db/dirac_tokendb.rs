@@ -107,7 +107,7 @@ pub enum SourceError {
     Connect {
         url: String,
         #[source]
-        source: diesel::ConnectionError,
+        source: ConnectionError,
     },
     #[error("cannot read DIRAC's Token table at {url}: {source}")]
     Query {

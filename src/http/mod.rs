@@ -185,7 +185,7 @@ async fn healthz() -> HttpResponse {
 }
 
 /// How long `/readyz` waits for the database: probes time out after a second or two.
-const READINESS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+const READINESS_DEADLINE: Duration = Duration::from_secs(1);
 
 async fn readyz(service: web::Data<Arc<Service>>) -> HttpResponse {
     let unavailable = |reason: &'static str| {

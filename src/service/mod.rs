@@ -151,7 +151,7 @@ impl Service {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, IdpError> {
         let idps = IdpRegistry::from_settings(&settings, &metrics)?;
-        let shared_database = settings.database.backend() != crate::config::Backend::Sqlite;
+        let shared_database = settings.database.backend() != config::Backend::Sqlite;
         let broker = TokenBroker::new(
             database.clone(),
             settings.service.refresh_actor_idle_time,
@@ -582,7 +582,10 @@ impl Service {
             .map_err(|_| MethodError::refused("forbidden", "You aren't allowed!"))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "updateToken's arguments as DIRAC passes them"
+    )]
     async fn update_token(
         &self,
         settings: &Settings,

@@ -702,7 +702,7 @@ impl Admitted<TcpStream> {
     /// A handshake slot of this connection's listener, waited for until `deadline`.
     pub async fn handshake_slot(
         &self,
-        deadline: tokio::time::Instant,
+        deadline: Instant,
     ) -> Result<OwnedSemaphorePermit, ShedReason> {
         let admission = &self.ticket.admission;
         match tokio::time::timeout_at(deadline, admission.handshake_slot(&self.ticket)).await {

@@ -29,7 +29,7 @@ fn read_tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         (usize::from(first), rest)
     } else {
         let n = usize::from(first & 0x7f);
-        if n == 0 || n > std::mem::size_of::<usize>() || rest.len() < n {
+        if n == 0 || n > size_of::<usize>() || rest.len() < n {
             return None;
         }
         let len = rest[..n]

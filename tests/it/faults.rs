@@ -535,7 +535,7 @@ fn sigterm_lets_calls_in_flight_finish_and_a_second_signal_stops_at_once() {
     let metrics = setup.processes[0].metrics;
     let deadline = Instant::now() + Duration::from_secs(1);
     loop {
-        let (status, body) = crate::client::http_get(metrics, "/readyz");
+        let (status, body) = http_get(metrics, "/readyz");
         if status == 503 {
             assert_eq!(body, "stopping\n");
             break;
@@ -605,7 +605,7 @@ fn refresh_is_refused_naming(connection: &mut crate::client::Connection, culprit
 #[test]
 fn reload_keeps_serving_refuses_a_broken_config_and_swaps_the_host_certificate() {
     let pki = TestPki::shared();
-    let db = TestDb::new(tokenmanager::config::Backend::Sqlite);
+    let db = TestDb::new(Backend::Sqlite);
     tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
         .create()
         .unwrap();
@@ -663,7 +663,7 @@ fn reload_keeps_serving_refuses_a_broken_config_and_swaps_the_host_certificate()
         .issue_host(
             crate::pki::HOST_DN,
             &["localhost", "127.0.0.1"],
-            Validity::from_now(std::time::Duration::from_secs(86_400)),
+            Validity::from_now(Duration::from_secs(86_400)),
         )
         .unwrap();
     renewed.to_pem_files(&cert, &key).unwrap();

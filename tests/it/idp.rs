@@ -4,7 +4,10 @@
 //! control endpoints under `/test/`. Needs `npm ci --prefix tests/idp` once.
 
 // Not every helper is used by this module's own tests.
-#![allow(dead_code)]
+#![expect(
+    dead_code,
+    reason = "not every helper is used by this module's own tests"
+)]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -3,6 +3,11 @@
 //! TOKENMANAGER_TEST_POSTGRES_URL / TOKENMANAGER_TEST_MYSQL_URL). None is ever skipped: an
 //! unreachable server fails the test.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a failed unwrap is a failed test, with its location"
+)]
+
 mod app;
 mod client;
 mod pki;

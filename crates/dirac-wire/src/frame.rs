@@ -149,7 +149,7 @@ mod tests {
     use super::super::mixed::decode_message;
     use super::*;
 
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    fn block_on<F: Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime")

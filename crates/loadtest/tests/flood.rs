@@ -1,6 +1,11 @@
 //! The `tokenmanager-flood` binary: its attack process against local listeners that close what
 //! they accept (the attack must reopen it, from the source address range), and its refusals.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "a failed unwrap is a failed test, with its location"
+)]
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::process::{Child, Command, Stdio};

@@ -119,7 +119,7 @@ impl TokenBroker {
 
     /// Voids the refresh leases of processes that are gone (see [`LeaseOwner::is_gone`]): a
     /// restart after `kill -9` serves their credentials at once instead of after the expiry.
-    pub(crate) async fn void_leases_of_gone_processes(&self) -> Result<usize, crate::db::DbError> {
+    pub(crate) async fn void_leases_of_gone_processes(&self) -> Result<usize, DbError> {
         let owner = self.owner.clone();
         let sole_server = !self.shared_database;
         self.database

@@ -72,7 +72,10 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
             }
         }
     }
-    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
+    #[cfg_attr(
+        target_pointer_width = "64",
+        expect(clippy::unnecessary_cast, reason = "rlim_t is not u64 on every target")
+    )]
     Ok(limit.rlim_cur as u64)
 }
 
