@@ -1,4 +1,5 @@
-//! The DIRAC Configuration Server as a source (§7.1): when the local files name servers in
+//! The DIRAC Configuration Server as a source
+//! (docs/DIRAC.md#where-diracs-configuration-comes-from): when the local files name servers in
 //! `/DIRAC/Configuration/Servers`, the CS is fetched with `getCompressedDataIfNewer` over DISET
 //! (host certificate, `extraCredentials = "hosts"`) and merged *under* the local files, which win;
 //! it is polled every `/DIRAC/Configuration/RefreshTime` seconds (DIRAC's default 300).

@@ -323,7 +323,7 @@ fn fill(backend: Backend, url: &str, keyring_path: &Path, range: std::ops::Range
     started.elapsed().as_secs_f64()
 }
 
-/// DIRAC's `Token` table (reference §3.1), as tests/it/import.rs creates it.
+/// DIRAC's `Token` table (docs/DIRAC.md#the-token-table), as tests/it/import.rs creates it.
 const DIRAC_TOKEN_DDL: &str = "CREATE TABLE `Token` (
   id INTEGER NOT NULL AUTO_INCREMENT, kid VARCHAR(255), user_id VARCHAR(255),
   provider VARCHAR(255), expires_at INTEGER NOT NULL, access_token TEXT NOT NULL,

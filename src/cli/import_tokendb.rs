@@ -1,6 +1,6 @@
-//! `import-dirac-tokendb`: copies a running DIRAC's `Token` table (plaintext, §3.1 of the
-//! reference) into our encrypted store, through the DB actor, so that encryption and the row's
-//! generation are those of every other token write.
+//! `import-dirac-tokendb`: copies a running DIRAC's `Token` table (plaintext,
+//! docs/DIRAC.md#the-token-table) into our encrypted store, through the DB actor, so that
+//! encryption and the row's generation are those of every other token write.
 //!
 //! Each DIRAC row is first judged on its own: refused if DIRAC's `updateToken` would refuse it
 //! (no user ID, no provider, no refresh token, a token over 32 KiB), skipped if its refresh token

@@ -1,6 +1,6 @@
-//! DIRAC's own TokenDB (§3.1 of the reference): a MySQL `Token` table of plaintext tokens, with
-//! no key on (user_id, provider). `import-dirac-tokendb` reads it once, here; nothing writes to it.
-//! The connection is the command's own (it is not the service's database).
+//! DIRAC's own TokenDB (docs/DIRAC.md#the-token-table): a MySQL `Token` table of plaintext tokens,
+//! with no key on (user_id, provider). `import-dirac-tokendb` reads it once, here; nothing writes
+//! to it. The connection is the command's own (it is not the service's database).
 
 use std::path::Path;
 
@@ -13,9 +13,10 @@ use super::connection::mysql_scheme;
 use crate::config::{Backend, DatabaseUrl, UrlError};
 use crate::domain::Secret;
 
-/// Every column of §3.1 but `kid` (never set by DIRAC), integers widened to BIGINT. Every column is
-/// read as nullable: a NULL where DIRAC's DDL says NOT NULL (a hand-made row, an older SQLAlchemy)
-/// reads as DIRAC's client-side default (0 or empty) instead of failing the whole import.
+/// Every column of docs/DIRAC.md#the-token-table but `kid` (never set by DIRAC), integers widened
+/// to BIGINT. Every column is read as nullable: a NULL where DIRAC's DDL says NOT NULL (a hand-made
+/// row, an older SQLAlchemy) reads as DIRAC's client-side default (0 or empty) instead of failing
+/// the whole import.
 const SELECT_TOKENS: &str = "SELECT CAST(id AS SIGNED) AS id, user_id, provider, \
      CAST(expires_at AS SIGNED) AS expires_at, access_token, refresh_token, \
      CAST(rt_expires_at AS SIGNED) AS rt_expires_at, client_id, token_type, scope, \

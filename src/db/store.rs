@@ -213,8 +213,9 @@ pub struct ReencryptBatch {
     pub transaction: Duration,
 }
 
-/// The token operations, with DIRAC's TokenDB semantics where DIRAC is right (§3.3–3.6 of the
-/// reference) and every token value sealed before it reaches the database.
+/// The token operations, with DIRAC's TokenDB semantics where DIRAC is right (see
+/// docs/DIRAC.md#reading-and-writing-tokens) and every token value sealed before it reaches the
+/// database.
 #[derive(Clone, Debug)]
 pub struct TokenStore {
     pub(super) keyring: Arc<SharedKeyring>,

@@ -1,5 +1,5 @@
-//! DIRAC's authorization (`AuthManager.authQuery`, §6.4 of the reference), one rule set for every
-//! protocol. Differences from DIRAC, on purpose: with no rule anywhere a method needs
+//! DIRAC's authorization (`AuthManager.authQuery`, docs/DIRAC.md#authorization), one rule set for
+//! every protocol. Differences from DIRAC, on purpose: with no rule anywhere a method needs
 //! `authenticated` (DIRAC: anyone), banned IPs are refused for every method, and a limited proxy
 //! is accepted only by methods open to all (DIRAC leaves that to each method).
 
@@ -213,7 +213,8 @@ pub fn authorize(
     }
 }
 
-/// What a caller may receive from getToken (DIRAC's `__checkProperties`, §2.3).
+/// What a caller may receive from getToken (DIRAC's `__checkProperties`,
+/// docs/DIRAC.md#the-delegation-check).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Delegation {
     /// FullDelegation: any user's tokens.

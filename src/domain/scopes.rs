@@ -1,4 +1,5 @@
-//! OAuth2 scopes as normalised sets, and the scopes a DIRAC group implies (§5.3).
+//! OAuth2 scopes as normalised sets, and the scopes a DIRAC group implies
+//! (docs/DIRAC.md#group-scopes).
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -85,9 +85,9 @@ pub struct NewToken {
 }
 
 impl NewToken {
-    /// DIRAC's `TokenDB.updateToken` rules (§3.4 of the reference), minus its bugs: a present but
-    /// falsy `rt_expires_at` counts as absent (DIRAC then stores 0 or raises), and values that
-    /// DIRAC stringified (`"3600"`, `"None"`) are read back as what they were.
+    /// DIRAC's `TokenDB.updateToken` rules (docs/DIRAC.md#storing-a-token), minus its bugs: a
+    /// present but falsy `rt_expires_at` counts as absent (DIRAC then stores 0 or raises), and
+    /// values that DIRAC stringified (`"3600"`, `"None"`) are read back as what they were.
     pub fn from_dirac_dict(
         dict: &Map<String, Value>,
         user_id: &str,

@@ -1,5 +1,6 @@
-//! Bearer tokens on HTTPS (§6.3.2): an IdP-issued JWT, checked against that IdP's JWKS (cached,
-//! fetched again for an unknown key id), its issuer, expiry and, if configured, audience.
+//! Bearer tokens on HTTPS (docs/DIRAC.md#callers-with-a-bearer-token): an IdP-issued JWT, checked
+//! against that IdP's JWKS (cached, fetched again for an unknown key id), its issuer, expiry and,
+//! if configured, audience.
 
 use std::time::{Duration, Instant};
 

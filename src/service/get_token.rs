@@ -1,5 +1,5 @@
-//! getToken (§2.4): authorize, resolve the IdP and the scopes, check delegation, then the cache
-//! and, on a miss, the key's refresh actor. DIRAC's messages where DIRAC has them.
+//! getToken (docs/DIRAC.md#gettoken): authorize, resolve the IdP and the scopes, check delegation,
+//! then the cache and, on a miss, the key's refresh actor. DIRAC's messages where DIRAC has them.
 
 use serde_json::{Map, Value, json};
 

@@ -274,9 +274,10 @@ impl Method {
         }
     }
 
-    /// DIRAC's positional argument check (§6.2.5 step 9): types of the arguments given, then
-    /// their number; extra arguments are allowed. Lenient where DIRAC's own lists are buggy:
-    /// `updateToken` takes 3 or 4 arguments and `getUserTokensInfo` ignores a stray list.
+    /// DIRAC's positional argument check (docs/DIRAC.md#disets-argument-check): types of the
+    /// arguments given, then their number; extra arguments are allowed. Lenient where DIRAC's own
+    /// lists are buggy: `updateToken` takes 3 or 4 arguments and `getUserTokensInfo` ignores a
+    /// stray list.
     pub fn positional_args(self, mut args: Vec<Value>) -> Result<Vec<Value>, String> {
         let params = self.params();
         for (index, (param, arg)) in params.iter().zip(&args).enumerate() {

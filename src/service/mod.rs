@@ -34,7 +34,8 @@ use crate::x509::identity::ChainIdentity;
 /// One call as a protocol front-end decoded it.
 #[derive(Clone, Debug, Default)]
 pub struct CallContext {
-    /// What the transport read from the caller's verified certificate chain (§6.3.1).
+    /// What the transport read from the caller's verified certificate chain
+    /// (docs/DIRAC.md#callers-with-a-certificate).
     /// Shared with the connection, which analysed the chain once for all its requests.
     pub certificate: Option<Arc<ChainIdentity>>,
     /// A verified IdP-issued bearer token (HTTPS only); it identifies the caller when present.
@@ -51,7 +52,8 @@ pub struct Access {
     settings: Arc<Settings>,
 }
 
-/// A caller identified by a bearer token (§6.3.2): DN `/O=DIRAC/CN=<sub>`, groups from its scopes.
+/// A caller identified by a bearer token (docs/DIRAC.md#callers-with-a-bearer-token): DN
+/// `/O=DIRAC/CN=<sub>`, groups from its scopes.
 #[derive(Clone, Debug)]
 pub struct BearerCaller {
     pub id: String,
@@ -664,7 +666,7 @@ fn user_ids<'s>(settings: &'s Settings, username: &str) -> Result<Vec<&'s str>, 
     }
 }
 
-/// DIRAC's whoami (§6.3.4): the credentials dictionary without the chain object.
+/// DIRAC's whoami (docs/DIRAC.md#whoami): the credentials dictionary without the chain object.
 fn whoami(context: &CallContext, caller: &Authorized, settings: &Settings) -> Value {
     let mut dict = Map::new();
     if let Some(bearer) = &context.bearer {

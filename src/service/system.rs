@@ -1,4 +1,5 @@
-//! What `ping` reports about the process and the host (§2.10), read from /proc.
+//! What `ping` reports about the process and the host (docs/DIRAC.md#ping-and-echo),
+//! read from /proc.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -1,5 +1,6 @@
-//! DIRAC's tokenInfo dictionaries (§3.6): every column as a string except `expires_at`, which
-//! DIRAC's OAuth2Token turns into an int. Token values only when the caller may see them.
+//! DIRAC's tokenInfo dictionaries (docs/DIRAC.md#token-info-dictionaries): every column as a string
+//! except `expires_at`, which DIRAC's OAuth2Token turns into an int. Token values only when the
+//! caller may see them.
 
 use serde_json::{Map, Value, json};
 

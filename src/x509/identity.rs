@@ -1,5 +1,5 @@
 //! What DIRAC derives from a peer's certificate chain (`X509Chain.__checkProxyness` and
-//! `getCredentials(withRegistryInfo=False)`), §6.3.1 of the TokenManager reference.
+//! `getCredentials(withRegistryInfo=False)`), docs/DIRAC.md#callers-with-a-certificate.
 //!
 //! The chain is the one the peer sent, leaf first, not the chain OpenSSL built: DIRAC works on
 //! the sent one, and `secondsLeft` must not see the trust anchor unless the peer sent it. Only
@@ -47,9 +47,9 @@ fn dn(name: &X509NameRef) -> Result<String, IdentityError> {
     raw::name_oneline(name).ok_or(IdentityError::UnprintableName)
 }
 
-/// The raw chain facts of DIRAC's credentials dictionary (§6.3.4 key in brackets). Registry
-/// facts (`username`, `group` fallback to the default group, `VO`, `properties`, `validDN`,
-/// `validGroup`) are added by the caller.
+/// The raw chain facts of DIRAC's credentials dictionary (docs/DIRAC.md#whoami; its key in
+/// brackets). Registry facts (`username`, `group` fallback to the default group, `VO`,
+/// `properties`, `validDN`, `validGroup`) are added by the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainIdentity {
     /// Leaf subject (`subject`).

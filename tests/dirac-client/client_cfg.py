@@ -13,7 +13,7 @@ The client reads very little configuration when it is given URLs directly:
   ``TokenManagerClient.getTokenWithCache``.
 * ``/DiracX/DisabledVOs``: keeps v9 clients from trying DiracX.
 * ``/Systems/Framework/URLs/TokenManager``: TokenManagerClient's default URL (the tests always
-  call ``setServer(url)`` anyway; docs D.1 #8).
+  call ``setServer(url)`` anyway; docs/DIRAC.md#tokenmanagerclient-ignores-url).
 
 Nothing here has to match the server's configuration except the VO name, the IdP name and the group
 names. Usable as a script: ``python client_cfg.py FIXTURE.json > dirac.cfg``.

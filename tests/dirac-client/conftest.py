@@ -64,7 +64,8 @@ if FIXTURE_PATH:
 
 # --- process environment, before DIRAC is imported ----------------------------------------------
 # requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override the CA directory DIRAC passes as `verify`
-# (docs D.1 #3): with them set, every https call fails with CERTIFICATE_VERIFY_FAILED.
+# (docs/DIRAC.md#requests_ca_bundle-breaks-diracs-https-client): with them set, every https call
+# fails with CERTIFICATE_VERIFY_FAILED.
 for _v in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "X509_USER_PROXY", "GRID_PROXY_FILE", "BEARER_TOKEN",
            "BEARER_TOKEN_FILE", "DIRAC_USE_ACCESS_TOKEN", "DIRACSYSCONFIG", "DIRAC_X509_HOST_CERT",
            "DIRAC_X509_HOST_KEY"):
@@ -92,7 +93,7 @@ if FX is not None:
     # LocalConfiguration parses sys.argv: hide pytest's own arguments from it.
     _argv, sys.argv = sys.argv, sys.argv[:1]
     try:
-        DIRAC.initialize(require_auth=False)  # no Configuration Server here (docs D.1 #4)
+        DIRAC.initialize(require_auth=False)  # docs/DIRAC.md#no-configuration-server
     finally:
         sys.argv = _argv
     DIRAC_READY = True
@@ -159,7 +160,8 @@ class Transport:
         return WithProxyEnv(RPCClient(self.url, **self.kwargs(caller, host)), caller)
 
     def tm(self, caller=None, host=False):
-        """``TokenManagerClient``; it ignores ``url=`` (docs D.1 #8), hence ``setServer``."""
+        """``TokenManagerClient``; it ignores ``url=``
+        (docs/DIRAC.md#tokenmanagerclient-ignores-url), hence ``setServer``."""
         from DIRAC.FrameworkSystem.Client.TokenManagerClient import TokenManagerClient
 
         tm = TokenManagerClient(**self.kwargs(caller, host))

@@ -12,9 +12,10 @@
 #   --relock                               ignore the lock file, resolve again and rewrite it
 #
 # Why not a plain `pip install DIRAC==9.1.22`: DIRAC requires gfal2-python unconditionally and
-# gfal2-python does not build against Debian 12's libgfal2 (docs: Appendix D.1). gfal2 is only used
-# by DataManagement storage plugins, so DIRAC is installed with --no-deps and then its requirement
-# list minus gfal2-python. With a lock file (pip freeze of a venv that worked) the install is
+# gfal2-python does not build against Debian 12's libgfal2
+# (docs/DIRAC.md#gfal2-python-does-not-build-on-debian-12). gfal2 is only used by DataManagement
+# storage plugins, so DIRAC is installed with --no-deps and then its requirement list minus
+# gfal2-python. With a lock file (pip freeze of a venv that worked) the install is
 # `pip install --no-deps -r <lock>`: exactly those versions, no resolution.
 #
 # Prints the path of the venv on the last line of stdout.
@@ -58,7 +59,8 @@ step() { # step <description>: prints the time the previous step took, then name
   return 0
 }
 
-# Runtime environment for DIRAC's client on this machine (docs D.1 #3): requests would let these
+# Runtime environment for DIRAC's client on this machine
+# (docs/DIRAC.md#requests_ca_bundle-breaks-diracs-https-client): requests would let these
 # override the CA directory DIRAC passes as `verify`.
 unset REQUESTS_CA_BUNDLE CURL_CA_BUNDLE
 

@@ -2,7 +2,8 @@
 
 Every test takes the ``transport`` fixture: ``https`` (TornadoClient), ``dips-json`` and ``dips-dencode``
 (RPCClient; DIRAC_USE_JSON_ENCODE=yes/no, checked on the wire by a spy). Fixture schema: conftest.py and
-README.md. Expected values follow DIRAC's behaviour (docs/dirac-tokenmanager.md §2, §3.6, §6.3.4, D.2.3).
+README.md. Expected values follow DIRAC's behaviour (docs/DIRAC.md#the-methods, docs/DIRAC.md#token-info-dictionaries,
+docs/DIRAC.md#whoami, docs/DIRAC.md#https-replies-and-status-codes).
 """
 import datetime
 import time
@@ -191,7 +192,7 @@ def test_stored_token_lifecycle(transport, admin, plain):
     assert len(by_id) == 1
     check_token_info(by_id[0], second, uid, provider)
 
-    mine = ok(tm.getUserTokensInfo())  # 0 args (DIRAC's DISET handler wrongly wants 1; docs D.1 #9)
+    mine = ok(tm.getUserTokensInfo())  # 0 args (DIRAC's DISET handler wrongly wants 1; docs/DIRAC.md#diracs-diset-type-lists)
     assert mine == by_id
 
     users = ok(tm.getUsersTokensInfo([admin["username"]]))
@@ -251,7 +252,7 @@ def check_access_token(v, client):
 def test_get_token_user(transport, admin, token_user, kind):
     if kind == "tm":
         r = transport.tm(admin).getToken(username=token_user["username"], userGroup=token_user["group"], useCache=False)
-    else:  # the 6 positional arguments TokenManagerClient sends (docs D.2.2)
+    else:  # the 6 positional arguments TokenManagerClient sends (docs/DIRAC.md#gettoken)
         r = transport.client(admin).getToken(token_user["username"], token_user["group"], None, None,
                                              FX["idp"]["name"], 0)
     check_access_token(ok(r), client=False)
@@ -275,7 +276,8 @@ def _cached_round(transport, admin, **kw):
     server; the second is answered from the client's DictCache, proven by pointing it at a closed port."""
     aud = FX["idp"].get("audience")
     if not aud:
-        pytest.skip("fixture idp has no audience: the client cache needs JWT access tokens (docs D.5)")
+        pytest.skip("fixture idp has no audience: the client cache needs JWT access tokens"
+                    " (docs/DIRAC.md#the-clients-token-cache-wants-jwts)")
     tm = transport.tm(admin)
     first = ok(tm.getToken(audience=aud, **kw))
     tm.setServer(dead_url(transport))

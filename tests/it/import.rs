@@ -1,5 +1,6 @@
-//! `import-dirac-tokendb`: the binary copies a DIRAC `Token` table (the DDL of the reference,
-//! §3.1, on MariaDB) into our store on each backend, and a re-import never overwrites ours.
+//! `import-dirac-tokendb`: the binary copies a DIRAC `Token` table (as DIRAC creates it,
+//! docs/DIRAC.md#the-token-table, on MariaDB) into our store on each backend, and a re-import never
+//! overwrites ours.
 
 use tokenmanager::actors::db::DbOperation;
 use tokenmanager::config::Backend;
@@ -10,7 +11,7 @@ use crate::on_every_backend;
 use crate::process::{configure, run, stderr, write_config};
 use crate::support::{TestDb, TestStore, get_credential, new_token, store_refreshed, store_token};
 
-/// DIRAC's `Token` table as SQLAlchemy 2.0 creates it (reference §3.1), verbatim.
+/// DIRAC's `Token` table as SQLAlchemy 2.0 creates it (docs/DIRAC.md#the-token-table), verbatim.
 const DIRAC_TOKEN_DDL: &str = "CREATE TABLE `Token` (
   id INTEGER NOT NULL AUTO_INCREMENT,
   kid VARCHAR(255),

@@ -1,5 +1,5 @@
 //! The one integration-test binary. Database tests run on SQLite, PostgreSQL and MariaDB, each
-//! in a fresh database; the servers are those of DEVELOPERS.md (override with
+//! in a fresh database; the servers are those of CONTRIBUTING.md, "The databases" (override with
 //! TOKENMANAGER_TEST_POSTGRES_URL / TOKENMANAGER_TEST_MYSQL_URL). None is ever skipped: an
 //! unreachable server fails the test.
 

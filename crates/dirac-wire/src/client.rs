@@ -1,6 +1,6 @@
-//! The DISET client side (§6.2.4): one TLS connection per call, proposal, arguments, result.
-//! [`DisetClient`] calls other DIRAC services (the Configuration Server) with a host
-//! certificate; [`RpcCall`] is the conversation on a connection opened elsewhere (the load
+//! The DISET client side (docs/DIRAC.md#a-diset-call): one TLS connection per call, proposal,
+//! arguments, result. [`DisetClient`] calls other DIRAC services (the Configuration Server) with a
+//! host certificate; [`RpcCall`] is the conversation on a connection opened elsewhere (the load
 //! generator's).
 
 use std::path::Path;
@@ -191,8 +191,9 @@ pub enum RpcError {
     Refused(String),
 }
 
-/// One RPC's two client messages (§6.2.4: the proposal, then the arguments), encoded in JSON as
-/// DIRAC 9 does and framed once, so that a load generator can replay them on many connections.
+/// One RPC's two client messages (docs/DIRAC.md#a-diset-call: the proposal, then the arguments),
+/// encoded in JSON as DIRAC 9 does and framed once, so that a load generator can replay them on
+/// many connections.
 pub struct RpcCall {
     proposal: Vec<u8>,
     arguments: Vec<u8>,
@@ -372,7 +373,8 @@ mod tests {
                 r#"{"OK": true, "Value": {"id": "abc0", "kaping": false}}"#,
             ),
         ]);
-        // Same length arithmetic as the capture in Appendix D.2.5 (99 bytes for "dirac"/"9.1.22").
+        // Same length arithmetic as DIRAC 9.1.22's proposal in docs/DIRAC.md#a-diset-call (99 bytes
+        // for "dirac"/"9.1.22").
         assert!(expected.starts_with(b"103:{"));
         for step in [1, 2, 4, 30, 1000] {
             let (result, written) = run(&replies, step);

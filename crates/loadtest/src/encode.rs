@@ -48,7 +48,7 @@ mod tests {
 
     #[test]
     fn matches_python_quote_plus() {
-        // Appendix D.2.2 of the protocol notes: a captured DIRAC request body.
+        // A captured DIRAC request body (docs/DIRAC.md#https-requests).
         let args = python_json(&json!([{"a": [1, 2.5, "x"], "b": null, "c": true}]));
         let mut out = Vec::new();
         form_encode_into(&mut out, &args);

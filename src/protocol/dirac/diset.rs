@@ -1,6 +1,7 @@
-//! DIRAC's DISET protocol (`dips://`, §6.2): TLS with a mandatory client certificate, one call
-//! per connection: proposal → authorization → `S_OK()` → arguments → result → close. Messages
-//! are length-prefixed frames in DEncode or JSON; each reply uses the encoding the client used.
+//! DIRAC's DISET protocol (`dips://`, docs/DIRAC.md#diset-dips): TLS with a mandatory client
+//! certificate, one call per connection: proposal → authorization → `S_OK()` → arguments → result →
+//! close. Messages are length-prefixed frames in DEncode or JSON; each reply uses the encoding the
+//! client used.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

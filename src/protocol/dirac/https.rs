@@ -1,7 +1,8 @@
-//! DIRAC's HTTPS protocol (§6.1, D.2): `POST /<System>/<Service>` with form fields `method`,
-//! `args` (a JEncoded list), `extraCredentials`; every method result, errors included, is HTTP
-//! 200 with a JEncoded S_OK/S_ERROR. Framework failures use the status codes DIRAC's client keys
-//! on (D.2.4): 400 no method, 401 no credentials or refused, 405 not POST, 501 unknown method.
+//! DIRAC's HTTPS protocol (docs/DIRAC.md#https-tornado): `POST /<System>/<Service>` with form
+//! fields `method`, `args` (a JEncoded list), `extraCredentials`; every method result, errors
+//! included, is HTTP 200 with a JEncoded S_OK/S_ERROR. Framework failures use the status codes
+//! DIRAC's client keys on (docs/DIRAC.md#https-replies-and-status-codes): 400 no method, 401 no
+//! credentials or refused, 405 not POST, 501 unknown method.
 
 use std::sync::Arc;
 
@@ -214,8 +215,9 @@ fn last<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, value)| value.trim())
 }
 
-/// DIRAC tries the TLS client certificate first, then a bearer token (§6.1.5); neither → 401.
-/// `extraCredentials` only counts with a certificate.
+/// DIRAC tries the TLS client certificate first, then a bearer token
+/// (docs/DIRAC.md#who-an-https-caller-is); neither → 401. `extraCredentials` only counts with a
+/// certificate.
 async fn caller(
     request: &HttpRequest,
     service: &Service,

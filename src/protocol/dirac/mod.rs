@@ -1,6 +1,6 @@
-//! DIRAC's two wire protocols, HTTPS ("Tornado", §6.1) and DISET (`dips://`, §6.2), over the one
-//! method table. What they share lives here: method names, `extraCredentials`, and the
-//! S_OK/S_ERROR reply of a call.
+//! DIRAC's two wire protocols, HTTPS ("Tornado", docs/DIRAC.md#https-tornado) and DISET
+//! (`dips://`, docs/DIRAC.md#diset-dips), over the one method table. What they share lives here:
+//! method names, `extraCredentials`, and the S_OK/S_ERROR reply of a call.
 
 pub mod diset;
 pub mod https;
@@ -17,8 +17,8 @@ use crate::service::{Access, CallContext, Method, MethodError, Service};
 /// DIRAC's errno for a refused query (`DErrno.ENOAUTH`).
 pub const ENOAUTH: i64 = 1111;
 
-/// DIRAC's `extraCredentials` (§6.4 steps 5-6): `"hosts"`, `[DN, group]` (a list, or a tuple
-/// from DEncode), or any other string, which DIRAC takes as a group.
+/// DIRAC's `extraCredentials` (docs/DIRAC.md#extra-credentials): `"hosts"`, `[DN, group]` (a list,
+/// or a tuple from DEncode), or any other string, which DIRAC takes as a group.
 pub fn extra_credentials(value: &Value) -> ExtraCredentials {
     match value {
         Value::None => ExtraCredentials::None,

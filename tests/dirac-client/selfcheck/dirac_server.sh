@@ -13,7 +13,8 @@
 #
 # Needs: setup.sh --server (server venv) and setup.sh (client venv). Known differences of DIRAC
 # 9.1.22 from what we assert (so expected failures here): updateToken was removed in 9.1.20 (501 /
-# "Unknown method"), DISET's getUserTokensInfo/getUsersTokensInfo type bugs (docs D.1 #9), no IdP is
+# "Unknown method"), DISET's getUserTokensInfo/getUsersTokensInfo type bugs
+# (docs/DIRAC.md#diracs-diset-type-lists), no IdP is
 # running (getToken fails at the IdP).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
