@@ -1,7 +1,7 @@
 //! tokenmanager: DIRAC's TokenManager service, re-implemented.
 //!
 //! Layers, lowest first; a module uses only modules below it (tests/it/layers.rs enforces the
-//! exact graph, README.md draws it):
+//! exact graph, docs/ARCHITECTURE.md draws it):
 //!
 //! - `domain` (tokens, scopes, DIRAC's registry and authorization policy), `metrics` (every
 //!   metric, declared once) and `x509` (grid certificates and proxies): they use nothing else;

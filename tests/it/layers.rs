@@ -1,7 +1,7 @@
 //! The service's layers, enforced: every `crate::<module>` path in `src/` (in `use` lines and
 //! inline, test code included; comments and string literals excluded), and every `super::` path
-//! that climbs out of its top-level module, must follow an edge of [`LAYERS`]. README.md's
-//! layout section draws the same graph.
+//! that climbs out of its top-level module, must follow an edge of [`LAYERS`].
+//! docs/ARCHITECTURE.md draws the same graph.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -116,7 +116,7 @@ fn every_module_uses_only_the_layers_below_it() {
         placed, seen_modules,
         "LAYERS must name exactly the modules of src/"
     );
-    // The graph is exact, so that README.md's drawing of it says what the code does.
+    // The graph is exact, so that docs/ARCHITECTURE.md's drawing of it says what the code does.
     let unused: Vec<String> = LAYERS
         .iter()
         .flat_map(|(module, uses)| uses.iter().map(move |used| (*module, *used)))
@@ -130,14 +130,15 @@ fn every_module_uses_only_the_layers_below_it() {
     );
 }
 
-/// README.md's layout section shows LAYERS as a table, row for row.
+/// docs/ARCHITECTURE.md shows LAYERS as a table, row for row.
 #[test]
-fn readme_draws_the_same_graph() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let table = readme
+fn the_architecture_document_draws_the_same_graph() {
+    let document =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ARCHITECTURE.md"))
+            .unwrap();
+    let table = document
         .split_once("| module | uses |\n|---|---|\n")
-        .expect("README.md's layout section has the table of layers")
+        .expect("docs/ARCHITECTURE.md has the table of layers")
         .1;
     let drawn: Vec<&str> = table.lines().take_while(|l| l.starts_with('|')).collect();
     let expected: Vec<String> = LAYERS
@@ -156,7 +157,7 @@ fn readme_draws_the_same_graph() {
         .collect();
     assert_eq!(
         drawn, expected,
-        "README.md's table of layers differs from LAYERS"
+        "docs/ARCHITECTURE.md's table of layers differs from LAYERS"
     );
 }
 
