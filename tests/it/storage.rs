@@ -286,8 +286,8 @@ async fn the_migration_takes_each_rows_scope_as_its_grant(backend: Backend) {
     assert_eq!(other.grant_scope, "", "no scope, unknown grant");
 }
 
-/// The rolling-upgrade rule (README.md, "Rolling upgrades"): the previous release keeps working
-/// on the new schema, so every migration after a backend's first only adds.
+/// The rolling-upgrade rule (docs/OPERATIONS.md#rolling-upgrades): the previous release keeps
+/// working on the new schema, so every migration after a backend's first only adds.
 #[test]
 fn migrations_after_the_first_only_add() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
