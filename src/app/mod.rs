@@ -22,7 +22,7 @@ use crate::db::{DbError, LockError, PoolOptions, SqliteServeLock};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::protocol::dirac::diset;
-use crate::service::Service;
+use crate::service::{ReloadError, Service};
 use crate::transport::admission::{Admission, Front, Limits};
 use crate::transport::serve::{Workers, WorkersHandle};
 use crate::transport::{
@@ -266,7 +266,7 @@ impl Application {
 impl AppHandle {
     /// Re-reads the configuration files, the keyring and the TLS files; a broken new
     /// configuration is refused and the one in force kept.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), ReloadError> {
         self.service.reload()
     }
 

@@ -21,15 +21,16 @@ pub use methods::{Method, Param, ParamKind};
 use crate::actors::change_feed::ChangeFeed;
 use crate::actors::db::{Database, DbOperation};
 use crate::actors::tokens::TokenBroker;
-use crate::config::{self, Settings};
-use crate::configuration_server::{RemoteCfg, RemoteSource};
-use crate::crypto::SharedKeyring;
+use crate::config::{self, ConfigError, Settings};
+use crate::configuration_server::{RemoteCfg, RemoteError, RemoteSource};
+use crate::crypto::{CryptoError, SharedKeyring};
 use crate::db::{DbError, StoredToken};
 use crate::domain::policy::{self, Authorized, CallerKind, Denied, ExtraCredentials, Peer};
 use crate::domain::{NewToken, TokenDictError, unix_now};
 use crate::idp::{IdpError, IdpRegistry};
 use crate::metrics::Metrics;
 use crate::x509::identity::ChainIdentity;
+use crate::x509::tls::TlsError;
 
 /// One call as a protocol front-end decoded it.
 #[derive(Clone, Debug, Default)]
@@ -115,10 +116,27 @@ impl From<TokenDictError> for MethodError {
     }
 }
 
-/// Called after a configuration reload was validated, to apply it elsewhere (TLS contexts).
-/// Returning an error refuses the whole reload.
+/// Called after a configuration reload was validated, to apply it elsewhere (TLS contexts): it
+/// prepares what the new settings need and returns what puts it in force. Returning an error
+/// refuses the whole reload.
 pub type ReloadHook =
-    Box<dyn Fn(&Settings) -> Result<Box<dyn FnOnce() + Send>, String> + Send + Sync>;
+    Box<dyn Fn(&Settings) -> Result<Box<dyn FnOnce() + Send>, TlsError> + Send + Sync>;
+
+/// Why a reload was refused; the configuration in force stays. Each message is its cause's, so
+/// that it names the file or option at fault.
+#[derive(Debug, Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Idp(#[from] IdpError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Keyring(#[from] CryptoError),
+    #[error(transparent)]
+    ConfigurationServer(#[from] RemoteError),
+}
 
 pub struct Service {
     database: Database,
@@ -289,7 +307,7 @@ impl Service {
     /// Re-reads the configuration files and the keyring. A configuration that does not load, or
     /// that a hook refuses (a certificate that does not read), is refused whole: the settings in
     /// force stay.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), ReloadError> {
         let result = self.try_reload();
         let outcome = if result.is_ok() { "ok" } else { "rejected" };
         self.metrics
@@ -313,7 +331,7 @@ impl Service {
     /// Asks the Configuration Server for a newer version (its master first with `from_master`)
     /// and applies it; true when a new version is in force. A version whose configuration does
     /// not load is refused whole, as a broken local file is, and asked for again next time.
-    pub async fn refresh_remote(&self, from_master: bool) -> Result<bool, String> {
+    pub async fn refresh_remote(&self, from_master: bool) -> Result<bool, ReloadError> {
         let Some(source) = self.remote_source.get() else {
             return Ok(false);
         };
@@ -329,8 +347,7 @@ impl Service {
         };
         let fetched = source
             .fetch_if_newer(known.as_deref(), master.as_deref())
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         let Some(fetched) = fetched else {
             return Ok(false);
         };
@@ -346,7 +363,7 @@ impl Service {
         Ok(true)
     }
 
-    fn try_reload(&self) -> Result<(), String> {
+    fn try_reload(&self) -> Result<(), ReloadError> {
         let remote = self
             .remote
             .read()
@@ -355,13 +372,12 @@ impl Service {
         self.try_reload_over(remote.as_ref().map(|r| &r.section))
     }
 
-    fn try_reload_over(&self, remote: Option<&config::Section>) -> Result<(), String> {
-        let loaded = config::load_over(&self.config_files, remote).map_err(|e| e.to_string())?;
+    fn try_reload_over(&self, remote: Option<&config::Section>) -> Result<(), ReloadError> {
+        let loaded = config::load_over(&self.config_files, remote)?;
         for warning in &loaded.warnings {
             tracing::warn!("{warning}");
         }
-        let idps = IdpRegistry::from_settings(&loaded.settings, &self.metrics)
-            .map_err(|e| e.to_string())?;
+        let idps = IdpRegistry::from_settings(&loaded.settings, &self.metrics)?;
         let hooks = self.reload_hooks.lock().unwrap_or_else(|e| e.into_inner());
         let commits = hooks
             .iter()
@@ -369,8 +385,7 @@ impl Service {
             .collect::<Result<Vec<_>, _>>()?;
         let keyring = self
             .keyring
-            .reload_from(&loaded.settings.service.encryption_key_file)
-            .map_err(|e| e.to_string())?;
+            .reload_from(&loaded.settings.service.encryption_key_file)?;
         for commit in commits {
             commit();
         }
@@ -511,13 +526,13 @@ impl Service {
                 let from_master = next().as_bool().unwrap_or(false);
                 // A new CS version is applied by the refresh itself; otherwise the local files
                 // are read again.
-                let refreshed = self
-                    .refresh_remote(from_master)
-                    .await
-                    .map_err(|e| MethodError::refused("config_rejected", e))?;
+                let rejected = |error: ReloadError| {
+                    tracing::warn!(%error, "refreshConfiguration: the new configuration is refused");
+                    MethodError::refused("config_rejected", error.to_string())
+                };
+                let refreshed = self.refresh_remote(from_master).await.map_err(rejected)?;
                 if !refreshed {
-                    self.reload()
-                        .map_err(|e| MethodError::refused("config_rejected", e))?;
+                    self.reload().map_err(rejected)?;
                 }
                 Ok(Value::Null)
             }

@@ -54,10 +54,9 @@ impl ReloadableTls {
 
     /// Builds the context of `settings`; the returned closure puts it in force. A certificate
     /// or CA directory that does not load refuses the reload.
-    pub fn prepare(&self, settings: &Settings) -> Result<Box<dyn FnOnce() + Send>, String> {
+    pub fn prepare(&self, settings: &Settings) -> Result<Box<dyn FnOnce() + Send>, TlsError> {
         let context = tls_settings(settings, self.listener)
-            .and_then(|s| tls::acceptor(&s))
-            .map_err(|e| e.to_string())?
+            .and_then(|s| tls::acceptor(&s))?
             .into_context();
         let current = self.current.clone();
         Ok(Box::new(move || {
