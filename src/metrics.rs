@@ -239,17 +239,15 @@ impl DbOperation {
 /// (`expired`).
 pub const DB_OUTCOMES: [&str; 4] = ["ok", "error", "timed_out", "expired"];
 
-/// Error outcomes of requests every installation meets: they exist at 0 from the start.
-const COMMON_REQUEST_ERRORS: [&str; 4] =
-    ["unauthenticated", "forbidden", "bad_argument", "internal"];
-
 impl Metrics {
     /// Registers every metric in `registry`, with the process family, and creates the label sets
-    /// known at start (`methods`: the method names; `idps`: the configured IdPs), so that
-    /// counters exist at 0 before their first event. Fails if `registry` already holds them.
+    /// known at start (`methods`: the method names; `common_errors`: the error outcomes of
+    /// requests every installation meets; `idps`: the configured IdPs), so that counters exist at
+    /// 0 before their first event. Fails if `registry` already holds them.
     pub fn register(
         registry: Registry,
         methods: &[&str],
+        common_errors: &[&str],
         idps: &[&str],
     ) -> Result<Self, prometheus::Error> {
         let r = &registry;
@@ -545,17 +543,17 @@ impl Metrics {
         metrics.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        metrics.create_known_series(methods, idps);
+        metrics.create_known_series(methods, common_errors, idps);
         Ok(metrics)
     }
 
     /// Metrics that nothing scrapes, for the commands that open the database outside `serve`.
     pub fn unexported() -> Self {
-        Self::register(Registry::new(), &[], &[])
+        Self::register(Registry::new(), &[], &[], &[])
             .expect("a new registry holds none of the service's metrics")
     }
 
-    fn create_known_series(&self, methods: &[&str], idps: &[&str]) {
+    fn create_known_series(&self, methods: &[&str], common_errors: &[&str], idps: &[&str]) {
         self.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
@@ -564,7 +562,7 @@ impl Metrics {
         }
         for method in methods {
             for protocol in PROTOCOLS {
-                for outcome in std::iter::once("ok").chain(COMMON_REQUEST_ERRORS) {
+                for outcome in std::iter::once("ok").chain(common_errors.iter().copied()) {
                     self.requests
                         .with_label_values(&[method, protocol, outcome]);
                 }

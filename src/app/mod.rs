@@ -22,7 +22,7 @@ use crate::db::{DbError, LockError, PoolOptions, SqliteServeLock};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::protocol::dirac::diset;
-use crate::service::{ReloadError, Service};
+use crate::service::{ErrorCode, ReloadError, Service};
 use crate::transport::admission::{Admission, Front, Limits};
 use crate::transport::serve::{Workers, WorkersHandle};
 use crate::transport::{
@@ -138,8 +138,14 @@ impl Application {
         registry: prometheus::Registry,
     ) -> Result<Self, AppError> {
         let method_names = crate::service::Method::ALL.map(|m| m.name());
+        let common_errors = ErrorCode::COMMON.map(ErrorCode::as_str);
         let idp_names: Vec<&str> = settings.idps.iter().map(|idp| idp.name()).collect();
-        let metrics = Arc::new(Metrics::register(registry, &method_names, &idp_names)?);
+        let metrics = Arc::new(Metrics::register(
+            registry,
+            &method_names,
+            &common_errors,
+            &idp_names,
+        )?);
         let keyring = open_keyring(&settings)?;
         if settings.service.generate_demo_credentials {
             demo::generate_pki(&settings)?;

@@ -19,7 +19,7 @@ use tokio::net::TcpStream;
 
 use crate::config::ConnectionSettings;
 use crate::protocol::{dirac, json};
-use crate::service::Service;
+use crate::service::{ErrorCode, Service};
 use crate::transport::LocalAddress;
 use crate::transport::admission::{Admitted, State};
 use crate::transport::serve::ConnectionHandler;
@@ -157,11 +157,7 @@ fn record_peer(connection: &TlsConnection, data: &mut Extensions) {
 }
 
 async fn not_found() -> HttpResponse {
-    json::error_reply(
-        actix_web::http::StatusCode::NOT_FOUND,
-        "not_found",
-        "no such path",
-    )
+    json::error_reply(ErrorCode::NotFound, "no such path")
 }
 
 /// Never waits for the database: what comes from it is counted in the background.

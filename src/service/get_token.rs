@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::MethodError;
+use super::{ErrorCode, MethodError};
 use crate::actors::tokens::{AccessToken, Subject, TokenBroker, TokenError, TokenKey};
 use crate::config::Settings;
 use crate::domain::policy::{self, Authorized};
@@ -55,26 +55,19 @@ impl Request {
     }
 }
 
-fn refused(code: &'static str, message: impl Into<String>) -> MethodError {
-    MethodError::Refused {
-        code,
-        message: message.into(),
-    }
-}
-
 fn token_error(error: TokenError) -> MethodError {
     let code = match &error {
-        TokenError::NoCredential(_) => "no_token",
+        TokenError::NoCredential(_) => ErrorCode::NoToken,
         TokenError::NeedsRedelegation { .. } | TokenError::Idp(IdpError::InvalidGrant(_)) => {
-            "needs_redelegation"
+            ErrorCode::NeedsRedelegation
         }
-        TokenError::Idp(IdpError::AudienceNotAllowed { .. }) => "audience_not_allowed",
-        TokenError::ScopeNotGranted { .. } => "scope_not_granted",
-        TokenError::Idp(IdpError::Refused { .. }) => "idp_refused",
-        TokenError::Idp(_) => "idp_unavailable",
-        TokenError::NotStored | TokenError::Storage => "internal",
+        TokenError::Idp(IdpError::AudienceNotAllowed { .. }) => ErrorCode::AudienceNotAllowed,
+        TokenError::ScopeNotGranted { .. } => ErrorCode::ScopeNotGranted,
+        TokenError::Idp(IdpError::Refused { .. }) => ErrorCode::IdpRefused,
+        TokenError::Idp(_) => ErrorCode::IdpUnavailable,
+        TokenError::NotStored | TokenError::Storage => ErrorCode::Internal,
     };
-    refused(code, error.to_string())
+    MethodError::new(code, error.to_string())
 }
 
 pub async fn get_token(
@@ -93,8 +86,8 @@ pub async fn get_token(
     }) {
         Some(provider) => provider,
         None => {
-            return Err(refused(
-                "no_idp",
+            return Err(MethodError::new(
+                ErrorCode::NoIdp,
                 format!(
                     "The {} group belongs to the VO that is not tied to any Identity Provider.",
                     group.unwrap_or("None")
@@ -103,8 +96,8 @@ pub async fn get_token(
         }
     };
     let idp = idps.get(&provider).ok_or_else(|| {
-        refused(
-            "unknown_provider",
+        MethodError::new(
+            ErrorCode::UnknownProvider,
             format!("Path /Resources/IdProviders/{provider} does not exist or it's not a section"),
         )
     })?;
@@ -136,7 +129,8 @@ pub async fn get_token(
 
     let Some(username) = request.username.as_deref() else {
         // A client token, for DIRAC itself.
-        policy::delegation(caller, "", "", registry).map_err(|m| refused("forbidden", m))?;
+        policy::delegation(caller, "", "", registry)
+            .map_err(|m| MethodError::new(ErrorCode::Forbidden, m))?;
         let token = broker
             .obtain(idp, key(Subject::Client), request.required_time_left)
             .await
@@ -152,16 +146,16 @@ pub async fn get_token(
     if let Some(group) = group
         && !registry.is_member(group, username)
     {
-        return Err(refused(
-            "forbidden",
+        return Err(MethodError::new(
+            ErrorCode::Forbidden,
             format!("User {username} is not a member of group {group}"),
         ));
     }
     policy::delegation(caller, username, group.unwrap_or_default(), registry)
-        .map_err(|m| refused("forbidden", m))?;
+        .map_err(|m| MethodError::new(ErrorCode::Forbidden, m))?;
     if ids.is_empty() {
-        return Err(refused(
-            "no_token",
+        return Err(MethodError::new(
+            ErrorCode::NoToken,
             format!("No user ID found for {username}"),
         ));
     }
@@ -180,13 +174,13 @@ pub async fn get_token(
         }
     }
     // DIRAC joins the failures of every ID; the code is the first one's.
-    let code = errors.first().map_or("no_token", MethodError::code);
+    let code = errors.first().map_or(ErrorCode::NoToken, MethodError::code);
     let message = errors
         .iter()
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("; ");
-    Err(refused(code, message))
+    Err(MethodError::new(code, message))
 }
 
 /// DIRAC's reply keys, without refresh or id token: those never leave the service.

@@ -3,6 +3,7 @@
 //! decode their requests into a [`CallContext`] and arguments, and encode the `Result`.
 
 mod credential_gauges;
+mod error;
 mod get_token;
 mod methods;
 mod system;
@@ -16,6 +17,7 @@ use std::time::SystemTime;
 use serde_json::{Map, Value, json};
 use thiserror::Error;
 
+pub use error::{ErrorCode, MethodError, markdown_table};
 pub use methods::{Method, Param, ParamKind};
 
 use crate::actors::change_feed::ChangeFeed;
@@ -25,8 +27,8 @@ use crate::config::{self, ConfigError, Settings};
 use crate::configuration_server::{RemoteCfg, RemoteError, RemoteSource};
 use crate::crypto::{CryptoError, SharedKeyring};
 use crate::db::{DbError, StoredToken};
-use crate::domain::policy::{self, Authorized, CallerKind, Denied, ExtraCredentials, Peer};
-use crate::domain::{NewToken, TokenDictError, unix_now};
+use crate::domain::policy::{self, Authorized, CallerKind, ExtraCredentials, Peer};
+use crate::domain::{NewToken, unix_now};
 use crate::idp::{IdpError, IdpRegistry};
 use crate::metrics::Metrics;
 use crate::x509::identity::ChainIdentity;
@@ -60,60 +62,6 @@ pub struct BearerCaller {
     pub id: String,
     pub dn: String,
     pub groups: Vec<String>,
-}
-
-/// How a method call failed. Each kind has a stable code for the JSON API; the message is what
-/// DIRAC's S_ERROR carries.
-#[derive(Debug, Error)]
-pub enum MethodError {
-    #[error("Unauthorized query")]
-    NoCredentials,
-    #[error("Unauthorized query")]
-    Unauthorized(Denied),
-    #[error("{0}")]
-    BadArguments(String),
-    #[error("{message}")]
-    Refused { code: &'static str, message: String },
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl MethodError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            Self::NoCredentials => "unauthenticated",
-            Self::Unauthorized(_) => "forbidden",
-            Self::BadArguments(_) => "bad_argument",
-            Self::Refused { code, .. } => code,
-            Self::Internal(_) => "internal",
-        }
-    }
-
-    fn refused(code: &'static str, message: impl Into<String>) -> Self {
-        Self::Refused {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<DbError> for MethodError {
-    fn from(error: DbError) -> Self {
-        match error {
-            DbError::Refused(refusal) => MethodError::from(refusal),
-            other => {
-                // The cause is logged here; callers only learn that storage failed.
-                tracing::error!(error = %other, "storage error");
-                MethodError::Internal("Token storage is unavailable".into())
-            }
-        }
-    }
-}
-
-impl From<TokenDictError> for MethodError {
-    fn from(error: TokenDictError) -> Self {
-        MethodError::refused("invalid_token", error.to_string())
-    }
 }
 
 /// Called after a configuration reload was validated, to apply it elsewhere (TLS contexts): it
@@ -202,7 +150,7 @@ impl Service {
     pub async fn bearer_caller(&self, token: &str) -> Result<BearerCaller, MethodError> {
         let identity = self.idps().verify_bearer(token).await.map_err(|error| {
             tracing::info!(%error, "bearer token refused");
-            MethodError::refused("invalid_bearer_token", error.to_string())
+            MethodError::new(ErrorCode::InvalidBearerToken, error.to_string())
         })?;
         let settings = self.settings();
         let registry = &settings.registry;
@@ -443,10 +391,13 @@ impl Service {
             settings,
         } = access;
         if allowed != Some(method) {
-            return Err(MethodError::Internal(format!(
-                "access was checked for another method than {}",
-                method.name()
-            )));
+            return Err(MethodError::new(
+                ErrorCode::Internal,
+                format!(
+                    "access was checked for another method than {}",
+                    method.name()
+                ),
+            ));
         }
         let mut args = args.into_iter();
         let mut next = || args.next().unwrap_or(Value::Null);
@@ -528,7 +479,7 @@ impl Service {
                 // are read again.
                 let rejected = |error: ReloadError| {
                     tracing::warn!(%error, "refreshConfiguration: the new configuration is refused");
-                    MethodError::refused("config_rejected", error.to_string())
+                    MethodError::new(ErrorCode::ConfigRejected, error.to_string())
                 };
                 let refreshed = self.refresh_remote(from_master).await.map_err(rejected)?;
                 if !refreshed {
@@ -566,10 +517,7 @@ impl Service {
         };
         policy::authorize(&rules, &peer, &settings.registry).map_err(|denied| {
             tracing::info!(method = rule_name, dn = ?peer.dn, reason = ?denied, "refused");
-            match denied {
-                Denied::NoCredentials => MethodError::NoCredentials,
-                other => MethodError::Unauthorized(other),
-            }
+            MethodError::Unauthorized(denied)
         })
     }
 
@@ -596,7 +544,7 @@ impl Service {
             .expect("only methods with a user ID argument");
         self.authorize(settings, context, rule, Some(&["ProxyManagement"]))
             .map(|_| ())
-            .map_err(|_| MethodError::refused("forbidden", "You aren't allowed!"))
+            .map_err(|_| MethodError::new(ErrorCode::Forbidden, "You aren't allowed!"))
     }
 
     #[expect(
@@ -615,8 +563,8 @@ impl Service {
     ) -> Result<Value, MethodError> {
         self.check_own_or_allowed(settings, context, caller, Method::UpdateToken, user_id)?;
         if settings.idp(provider).is_none() {
-            return Err(MethodError::refused(
-                "unknown_provider",
+            return Err(MethodError::new(
+                ErrorCode::UnknownProvider,
                 format!(
                     "Path /Resources/IdProviders/{provider} does not exist or it's not a section"
                 ),
@@ -674,8 +622,8 @@ fn expose(settings: &Settings, caller: &Authorized) -> bool {
 fn user_ids<'s>(settings: &'s Settings, username: &str) -> Result<Vec<&'s str>, MethodError> {
     match settings.registry.user(username) {
         Some(user) if !user.dns.is_empty() => Ok(settings.registry.id_dns_for_user(username)),
-        _ => Err(MethodError::refused(
-            "unknown_user",
+        _ => Err(MethodError::new(
+            ErrorCode::UnknownUser,
             format!("No DN found for user {username}"),
         )),
     }

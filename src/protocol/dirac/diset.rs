@@ -17,8 +17,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use super::{ENOAUTH, answer, dirac_message, extra_credentials};
-use crate::service::{CallContext, MethodError, Service};
+use super::{answer, extra_credentials, s_error};
+use crate::service::{CallContext, Service};
 use crate::transport::admission::{Admitted, ShedReason};
 use crate::transport::serve::ConnectionHandler;
 use crate::transport::tls::{self, ReloadableTls, TlsConnection};
@@ -29,6 +29,12 @@ const MAX_PROPOSAL_BYTES: usize = frame::PROPOSAL_LIMIT;
 const ACTION_TYPES: [&str; 4] = ["RPC", "FileTransfer", "Message", "Connection"];
 /// DISET's own service name, whatever the section is called.
 const DISET_SERVICE_NAME: &str = "Framework/TokenManager";
+/// Request outcomes only DISET has, in the metrics: no free `MaxThreads` slot in time, and an
+/// action other than RPC. No JSON API reply carries them, so they are not [`ErrorCode`]s.
+///
+/// [`ErrorCode`]: crate::service::ErrorCode
+const OUTCOME_BUSY: &str = "busy";
+const OUTCOME_UNSUPPORTED_ACTION: &str = "unsupported_action";
 /// Keep-alive frames a peer may send while it owes us a message: DIRAC's RPC client sends none,
 /// and a peer that only pings must not hold its slot.
 const MAX_KEEP_ALIVES_PER_MESSAGE: usize = 4;
@@ -111,7 +117,7 @@ async fn refuse_busy(
     service: &Service,
     waited: Duration,
 ) -> Result<(), ConnectionError> {
-    record_refusal(service, "unknown", "busy");
+    record_refusal(service, "unknown", OUTCOME_BUSY);
     let packet_timeout = service.settings().service.diset.packet_timeout;
     connection.ticket().count_refusal(ShedReason::QueueTimeout);
     let mut peer = Peer {
@@ -213,7 +219,7 @@ async fn call(
             "{}/{} actions are not served by {DISET_SERVICE_NAME}",
             proposal.action_type, proposal.action_name
         );
-        record_refusal(service, "unknown", "unsupported_action");
+        record_refusal(service, "unknown", OUTCOME_UNSUPPORTED_ACTION);
         return peer.finish(&Value::s_error(0, &message), encoding).await;
     }
 
@@ -228,14 +234,8 @@ async fn call(
         Err(error) => {
             let method = crate::service::Method::from_name(&proposal.action_name)
                 .map_or("unknown", |m| m.name());
-            record_refusal(service, method, error.code());
-            let reply = match error {
-                MethodError::NoCredentials | MethodError::Unauthorized(_) => {
-                    Value::s_error(ENOAUTH, dirac_message(ENOAUTH, "Unauthorized query"))
-                }
-                other => Value::s_error(0, other.to_string()),
-            };
-            return peer.finish(&reply, encoding).await;
+            record_refusal(service, method, error.code().as_str());
+            return peer.finish(&s_error(&error), encoding).await;
         }
     };
     peer.send(&Value::s_ok(Value::None), encoding).await?;

@@ -14,7 +14,7 @@ use dirac_wire::{Value, form, jencode};
 use super::{answer, extra_credentials};
 use crate::domain::policy::ExtraCredentials;
 use crate::metrics::Metrics;
-use crate::service::{CallContext, Method, MethodError, Service};
+use crate::service::{CallContext, ErrorCode, Method, MethodError, Service};
 use crate::transport::{self, BodyError, BodyLimits, LocalAddress};
 use crate::x509::identity::ChainIdentity;
 
@@ -129,11 +129,11 @@ async fn handle(
         .await
         .map_err(|error| match error {
             BodyError::TooLarge(_) => {
-                record_refusal(service.metrics(), "unknown", "body_too_large");
+                record_refusal(service.metrics(), "unknown", ErrorCode::BodyTooLarge);
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             BodyError::Timeout(_) => {
-                record_refusal(service.metrics(), "unknown", "request_timeout");
+                record_refusal(service.metrics(), "unknown", ErrorCode::RequestTimeout);
                 StatusCode::REQUEST_TIMEOUT
             }
             BodyError::Read(_) => StatusCode::BAD_REQUEST,
@@ -160,7 +160,7 @@ async fn handle(
         .or_else(|| last(&query_fields, "method"))
         .ok_or(StatusCode::BAD_REQUEST)?;
     if Method::from_name(method).is_none() {
-        record_refusal(service.metrics(), "unknown", "unknown_method");
+        record_refusal(service.metrics(), "unknown", ErrorCode::UnknownMethod);
         return Err(StatusCode::NOT_IMPLEMENTED);
     }
 
@@ -244,7 +244,7 @@ async fn caller(
         });
     }
     let token = bearer_token(request).ok_or_else(|| {
-        record_refusal(service.metrics(), "unknown", "unauthenticated");
+        record_refusal(service.metrics(), "unknown", ErrorCode::Unauthenticated);
         StatusCode::UNAUTHORIZED
     })?;
     let bearer = service
@@ -274,6 +274,6 @@ fn bearer_token(request: &HttpRequest) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && words.next().is_none()).then_some(token)
 }
 
-fn record_refusal(metrics: &Metrics, method: &str, outcome: &str) {
-    super::record_refusal(metrics, method, PROTOCOL, outcome);
+fn record_refusal(metrics: &Metrics, method: &str, code: ErrorCode) {
+    super::record_refusal(metrics, method, PROTOCOL, code.as_str());
 }

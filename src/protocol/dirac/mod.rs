@@ -12,7 +12,7 @@ use serde_json::Value as Json;
 
 use crate::domain::policy::ExtraCredentials;
 use crate::metrics::Metrics;
-use crate::service::{Access, CallContext, Method, MethodError, Service};
+use crate::service::{Access, CallContext, ErrorCode, Method, MethodError, Service};
 
 /// DIRAC's errno for a refused query (`DErrno.ENOAUTH`).
 pub const ENOAUTH: i64 = 1111;
@@ -53,15 +53,18 @@ pub async fn answer(
 ) -> Value {
     let started = Instant::now();
     let Some(method) = Method::from_name(name) else {
-        service
-            .metrics()
-            .observe_request("unknown", protocol, "unknown_method", started);
+        service.metrics().observe_request(
+            "unknown",
+            protocol,
+            ErrorCode::UnknownMethod.as_str(),
+            started,
+        );
         return Value::s_error(0, format!("Unknown method {name}"));
     };
     let args: Vec<Json> = args.iter().map(Value::to_json).collect();
     let outcome = match method.positional_args(args) {
         Ok(args) => service.call_with(access, context, method, args).await,
-        Err(message) => Err(MethodError::BadArguments(message)),
+        Err(message) => Err(MethodError::new(ErrorCode::BadArgument, message)),
     };
     match outcome {
         Ok(value) => {
@@ -71,16 +74,25 @@ pub async fn answer(
             Value::s_ok(to_dirac(method, value, url))
         }
         Err(error) => {
-            service
-                .metrics()
-                .observe_request(method.name(), protocol, error.code(), started);
-            let errno = match error {
-                MethodError::NoCredentials | MethodError::Unauthorized(_) => ENOAUTH,
-                _ => 0,
-            };
-            Value::s_error(errno, dirac_message(errno, &error.to_string()))
+            service.metrics().observe_request(
+                method.name(),
+                protocol,
+                error.code().as_str(),
+                started,
+            );
+            s_error(&error)
         }
     }
+}
+
+/// DIRAC's S_ERROR for a failed call: a refused access check is DIRAC's `Unauthorized query`
+/// with errno ENOAUTH; any other failure carries its message with errno 0.
+pub fn s_error(error: &MethodError) -> Value {
+    let errno = match error {
+        MethodError::Unauthorized(_) => ENOAUTH,
+        MethodError::Refused { .. } => 0,
+    };
+    Value::s_error(errno, dirac_message(errno, &error.to_string()))
 }
 
 /// Counts a call refused before it ran (no credentials, a rule, a framework error): no latency
@@ -206,6 +218,22 @@ mod tests {
                 Value::Str("dips://h:1/F/T".into())
             )
         );
+    }
+
+    #[test]
+    fn a_refused_access_check_is_diracs_unauthorized_query_and_other_failures_their_message() {
+        let refused = s_error(&MethodError::Unauthorized(
+            crate::domain::policy::Denied::InvalidUser,
+        ));
+        assert_eq!(
+            refused,
+            Value::s_error(ENOAUTH, "Unauthorized query ( 1111 : Unauthorized query)")
+        );
+        let method_check = s_error(&MethodError::new(
+            ErrorCode::Forbidden,
+            "You aren't allowed!",
+        ));
+        assert_eq!(method_check, Value::s_error(0, "You aren't allowed!"));
     }
 
     #[test]

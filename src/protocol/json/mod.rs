@@ -6,14 +6,13 @@ mod openapi;
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::http::StatusCode;
 use actix_web::http::header::ContentType;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Map, Value, json};
 
 use crate::domain::policy::ExtraCredentials;
 use crate::metrics::Metrics;
-use crate::service::{CallContext, Method, MethodError, Service};
+use crate::service::{CallContext, ErrorCode, Method, MethodError, Service};
 use crate::transport::{self, BodyError, BodyLimits};
 use crate::x509::identity::ChainIdentity;
 
@@ -41,40 +40,25 @@ pub fn routes(config: &mut web::ServiceConfig) {
         .route("/api/v1/{method}", web::to(method_not_allowed));
 }
 
-/// A reply of the JSON API with its HTTP status.
-pub fn error_reply(status: StatusCode, code: &str, message: &str) -> HttpResponse {
-    HttpResponse::build(status).json(json!({"ok": false, "code": code, "message": message}))
+/// An error reply of the JSON API, with its code's HTTP status.
+pub fn error_reply(code: ErrorCode, message: &str) -> HttpResponse {
+    HttpResponse::build(code.http_status())
+        .json(json!({"ok": false, "code": code.as_str(), "message": message}))
 }
 
 async fn method_not_allowed() -> HttpResponse {
-    error_reply(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "use POST",
-    )
+    error_reply(ErrorCode::MethodNotAllowed, "use POST")
 }
 
-/// The status of each stable error code.
-fn status_of(code: &str) -> StatusCode {
-    match code {
-        "unauthenticated" => StatusCode::UNAUTHORIZED,
-        "forbidden" => StatusCode::FORBIDDEN,
-        "unknown_method" | "unknown_user" | "no_token" => StatusCode::NOT_FOUND,
-        "needs_redelegation" => StatusCode::CONFLICT,
-        "idp_unavailable" | "idp_refused" => StatusCode::BAD_GATEWAY,
-        "body_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-        "request_timeout" => StatusCode::REQUEST_TIMEOUT,
-        "internal" | "config_rejected" => StatusCode::INTERNAL_SERVER_ERROR,
-        _ => StatusCode::BAD_REQUEST,
-    }
-}
+/// How a call failed: its code and message.
+type Failure = (ErrorCode, String);
 
 async fn unknown_method(
     method: web::Path<String>,
     service: web::Data<Arc<Service>>,
 ) -> HttpResponse {
     let message = format!("Unknown method {method}");
-    let outcome = Err(("unknown_method", message));
+    let outcome = Err((ErrorCode::UnknownMethod, message));
     record(service.metrics(), "unknown", Instant::now(), outcome)
 }
 
@@ -85,7 +69,9 @@ async fn call(
     service: web::Data<Arc<Service>>,
 ) -> HttpResponse {
     let started = Instant::now();
-    let outcome = answer(&request, method, payload, &service).await;
+    let outcome = answer(&request, method, payload, &service)
+        .await
+        .map_err(|(code, message)| (code.on_json_api(), message));
     record(service.metrics(), method.name(), started, outcome)
 }
 
@@ -94,9 +80,12 @@ fn record(
     metrics: &Metrics,
     method: &str,
     started: Instant,
-    outcome: Result<Value, (&'static str, String)>,
+    outcome: Result<Value, Failure>,
 ) -> HttpResponse {
-    let code = outcome.as_ref().err().map_or("ok", |(code, _)| code);
+    let code = outcome
+        .as_ref()
+        .err()
+        .map_or("ok", |(code, _)| code.as_str());
     metrics.observe_request(method, PROTOCOL, code, started);
     match outcome {
         Ok(value) => {
@@ -118,13 +107,12 @@ fn record(
                     .content_type(ContentType::json())
                     .body(body),
                 Err(error) => error_reply(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
+                    ErrorCode::Internal,
                     &format!("cannot encode the reply: {error}"),
                 ),
             }
         }
-        Err((code, message)) => error_reply(status_of(code), code, &message),
+        Err((code, message)) => error_reply(code, &message),
     }
 }
 
@@ -133,7 +121,7 @@ async fn answer(
     method: Method,
     payload: web::Payload,
     service: &Service,
-) -> Result<Value, (&'static str, String)> {
+) -> Result<Value, Failure> {
     let certificate = request
         .conn_data::<Option<Arc<ChainIdentity>>>()
         .cloned()
@@ -143,13 +131,13 @@ async fn answer(
             service
                 .bearer_caller(token)
                 .await
-                .map_err(|e| ("unauthenticated", e.to_string()))?,
+                .map_err(|e| (e.code(), e.to_string()))?,
         ),
         None => None,
     };
     if certificate.is_none() && bearer.is_none() {
         return Err((
-            "unauthenticated",
+            ErrorCode::Unauthenticated,
             "a client certificate or a bearer token is required".into(),
         ));
     }
@@ -157,14 +145,14 @@ async fn answer(
     let body = transport::read_body(request, payload, BodyLimits::for_caller(&settings, true))
         .await
         .map_err(|error| match error {
-            BodyError::TooLarge(_) => ("body_too_large", error.to_string()),
-            BodyError::Timeout(_) => ("request_timeout", error.to_string()),
-            BodyError::Read(_) => ("bad_request", error.to_string()),
+            BodyError::TooLarge(_) => (ErrorCode::BodyTooLarge, error.to_string()),
+            BodyError::Timeout(_) => (ErrorCode::RequestTimeout, error.to_string()),
+            BodyError::Read(_) => (ErrorCode::BadRequest, error.to_string()),
         })?;
     let named = parse_arguments(&body)?;
     let args = method
         .named_args(named)
-        .map_err(|message| ("bad_argument", message))?;
+        .map_err(|message| (ErrorCode::BadArgument, message))?;
 
     // On the JSON API a host certificate identifies a host without DIRAC's extraCredentials.
     let is_host = certificate
@@ -201,16 +189,19 @@ fn bearer_token(request: &HttpRequest) -> Option<&str> {
 }
 
 /// An empty body means no arguments; anything else must be a JSON object.
-fn parse_arguments(body: &[u8]) -> Result<Map<String, Value>, (&'static str, String)> {
+fn parse_arguments(body: &[u8]) -> Result<Map<String, Value>, Failure> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(named)) => Ok(named),
         Ok(_) => Err((
-            "bad_request",
+            ErrorCode::BadRequest,
             "the body must be a JSON object of named arguments".into(),
         )),
-        Err(e) => Err(("malformed_json", format!("the body is not valid JSON: {e}"))),
+        Err(e) => Err((
+            ErrorCode::MalformedJson,
+            format!("the body is not valid JSON: {e}"),
+        )),
     }
 }
