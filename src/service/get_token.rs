@@ -3,57 +3,13 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{ErrorCode, MethodError};
+use super::{ErrorCode, GetTokenArgs, MethodError};
 use crate::actors::tokens::{AccessToken, Subject, TokenBroker, TokenError, TokenKey};
 use crate::config::Settings;
 use crate::domain::policy::{self, Authorized};
-use crate::domain::scopes::{ScopeSet, group_scopes};
+use crate::domain::scopes::group_scopes;
 use crate::domain::unix_now;
 use crate::idp::{Grant, IdpError, IdpRegistry};
-
-pub struct Request {
-    pub username: Option<String>,
-    pub group: Option<String>,
-    pub scopes: ScopeSet,
-    pub audience: Option<String>,
-    pub provider: Option<String>,
-    pub required_time_left: i64,
-}
-
-impl Request {
-    /// From the method's arguments in positional order (already type-checked).
-    pub fn from_args(args: Vec<Value>) -> Self {
-        let mut args = args.into_iter();
-        let mut text = || match args.next() {
-            Some(Value::String(s)) if !s.is_empty() => Some(s),
-            _ => None,
-        };
-        let username = text();
-        let group = text();
-        let scopes = match args.next() {
-            Some(Value::String(scopes)) => ScopeSet::parse(&scopes),
-            Some(Value::Array(items)) => {
-                ScopeSet::from_items(items.iter().filter_map(Value::as_str))
-            }
-            _ => ScopeSet::default(),
-        };
-        let mut text = || match args.next() {
-            Some(Value::String(s)) if !s.is_empty() => Some(s),
-            _ => None,
-        };
-        let audience = text();
-        let provider = text();
-        let required_time_left = args.next().and_then(|v| v.as_i64()).unwrap_or(0).max(0);
-        Self {
-            username,
-            group,
-            scopes,
-            audience,
-            provider,
-            required_time_left,
-        }
-    }
-}
 
 fn token_error(error: TokenError) -> MethodError {
     let code = match &error {
@@ -75,7 +31,7 @@ pub async fn get_token(
     idps: &IdpRegistry,
     broker: &TokenBroker,
     caller: &Authorized,
-    request: Request,
+    request: GetTokenArgs,
 ) -> Result<Value, MethodError> {
     let registry = &settings.registry;
     let group = request.group.as_deref();

@@ -3,6 +3,8 @@
 
 use serde_json::{Map, Value};
 
+use super::args::{Arguments, DEFAULT_REFRESH_LIFETIME, DEFAULT_REQUIRED_TIME_LEFT};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Method {
     GetToken,
@@ -120,7 +122,7 @@ const GET_TOKEN: &[Param] = &[
     Param {
         name: "requiredTimeLeft",
         kind: ParamKind::Int,
-        default: Some(default_zero),
+        default: Some(default_required_time_left),
         description: "seconds the returned access token must still live",
     },
 ];
@@ -172,13 +174,12 @@ fn default_null() -> Value {
     Value::Null
 }
 
-fn default_zero() -> Value {
-    Value::from(0)
+fn default_required_time_left() -> Value {
+    Value::from(DEFAULT_REQUIRED_TIME_LEFT)
 }
 
-/// DIRAC's `rt_expired_in` default: one day.
 fn default_refresh_lifetime() -> Value {
-    Value::from(86_400)
+    Value::from(DEFAULT_REFRESH_LIFETIME)
 }
 
 fn default_false() -> Value {
@@ -230,17 +231,6 @@ impl Method {
         }
     }
 
-    /// The methods that act on a user ID given as an argument, and the Authorization option
-    /// that says who may do so for another user's ID (default: ProxyManagement).
-    pub fn other_users_rule(self) -> Option<&'static str> {
-        match self {
-            Self::UpdateToken => Some("updateTokenForOtherUsers"),
-            Self::DeleteToken => Some("deleteTokenForOtherUsers"),
-            Self::GetTokensByUserId => Some("getTokensByUserIDForOtherUsers"),
-            _ => None,
-        }
-    }
-
     pub fn summary(self) -> &'static str {
         match self {
             Self::GetToken => {
@@ -274,11 +264,24 @@ impl Method {
         }
     }
 
+    /// DIRAC's positional arguments (DIRAC's HTTPS and DISET protocols), decoded; the error is
+    /// DIRAC's message for arguments it would refuse.
+    pub fn positional(self, args: Vec<Value>) -> Result<Arguments, String> {
+        let values = self.positional_args(args)?;
+        Ok(Arguments::from_checked(self, values))
+    }
+
+    /// Named arguments (JSON API), decoded; unknown names are refused.
+    pub fn named(self, named: Map<String, Value>) -> Result<Arguments, String> {
+        let values = self.named_args(named)?;
+        Ok(Arguments::from_checked(self, values))
+    }
+
     /// DIRAC's positional argument check (docs/DIRAC.md#disets-argument-check): types of the
     /// arguments given, then their number; extra arguments are allowed. Lenient where DIRAC's own
     /// lists are buggy: `updateToken` takes 3 or 4 arguments and `getUserTokensInfo` ignores a
     /// stray list.
-    pub fn positional_args(self, mut args: Vec<Value>) -> Result<Vec<Value>, String> {
+    fn positional_args(self, mut args: Vec<Value>) -> Result<Vec<Value>, String> {
         let params = self.params();
         for (index, (param, arg)) in params.iter().zip(&args).enumerate() {
             if !param.kind.accepts(arg) {
@@ -307,8 +310,8 @@ impl Method {
         Ok(args)
     }
 
-    /// Named arguments (JSON API) in positional order; unknown names are refused.
-    pub fn named_args(self, mut named: Map<String, Value>) -> Result<Vec<Value>, String> {
+    /// Named arguments in positional order; unknown names are refused.
+    fn named_args(self, mut named: Map<String, Value>) -> Result<Vec<Value>, String> {
         let params = self.params();
         if let Some(unknown) = named
             .keys()
@@ -403,6 +406,62 @@ mod tests {
             .positional_args(vec![])
             .unwrap();
         assert_eq!(args, [json!(false)]);
+    }
+
+    #[test]
+    fn the_three_protocols_decode_into_the_same_struct() {
+        let positional = Method::GetToken
+            .positional(vec![json!("alice"), json!(""), json!("a b")])
+            .unwrap();
+        let named = Method::GetToken
+            .named(
+                json!({"username": "alice", "scope": ["a", "b"]})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            )
+            .unwrap();
+        for decoded in [positional, named] {
+            let Arguments::GetToken(args) = decoded else {
+                panic!("getToken's arguments")
+            };
+            assert_eq!(args.username.as_deref(), Some("alice"));
+            assert_eq!(args.group, None, "an empty group is no group, as in DIRAC");
+            assert_eq!(args.scopes.to_string(), "a b");
+            assert_eq!(args.required_time_left, 0, "DIRAC's default");
+        }
+        let Arguments::UpdateToken(args) = Method::UpdateToken
+            .positional(vec![
+                json!({"refresh_token": "r"}),
+                json!("u"),
+                json!("IAM"),
+            ])
+            .unwrap()
+        else {
+            panic!("updateToken's arguments")
+        };
+        assert_eq!(
+            (
+                args.user_id.as_str(),
+                args.provider.as_str(),
+                args.refresh_lifetime
+            ),
+            ("u", "IAM", 86_400)
+        );
+        let Arguments::GetToken(args) = Method::GetToken
+            .positional(vec![
+                json!(null),
+                json!(null),
+                json!(null),
+                json!(null),
+                json!(null),
+                json!(-5),
+            ])
+            .unwrap()
+        else {
+            panic!("getToken's arguments")
+        };
+        assert_eq!(args.required_time_left, 0, "never negative");
     }
 
     #[test]

@@ -1,7 +1,11 @@
-//! The protocol-free service: every TokenManager method behind one entry point, [`Service::call`],
-//! which authorizes the caller with the one rule set and runs the method. Protocol front-ends
-//! decode their requests into a [`CallContext`] and arguments, and encode the `Result`.
+//! The protocol-free service: every TokenManager method, authorized with the one rule set and
+//! run with its arguments decoded into one typed struct ([`Arguments`]). Protocol front-ends
+//! decode their requests into a [`CallContext`] and arguments, and encode the `Result`: the JSON
+//! API through [`Service::call`], DIRAC's protocols (which authorize before reading arguments)
+//! through [`Service::check_access`], [`Access::positional`] and [`Service::run`]. Failures carry
+//! an [`ErrorCode`].
 
+mod args;
 mod credential_gauges;
 mod error;
 mod get_token;
@@ -17,6 +21,10 @@ use std::time::SystemTime;
 use serde_json::{Map, Value, json};
 use thiserror::Error;
 
+pub use args::{
+    Arguments, DeleteTokenArgs, EchoArgs, GetTokenArgs, GetTokensByUserIdArgs,
+    GetUsersTokensInfoArgs, RefreshConfigurationArgs, UpdateTokenArgs,
+};
 pub use error::{ErrorCode, MethodError, markdown_table};
 pub use methods::{Method, Param, ParamKind};
 
@@ -47,12 +55,40 @@ pub struct CallContext {
     pub ip: Option<IpAddr>,
 }
 
-/// A call [`Service::check_access`] allowed: the caller as authorized and the settings that
-/// judged it, so that running the call does not authorize it again.
+/// A call [`Service::check_access`] allowed, before its arguments are read: the method it was
+/// checked for, the caller as authorized and the settings that judged it. Outside this module
+/// only [`Access::positional`] turns it into a [`Call`], decoding the arguments of that same
+/// method, so a call cannot run with an access checked for another method.
 pub struct Access {
     method: Option<Method>,
     caller: Authorized,
     settings: Arc<Settings>,
+}
+
+impl Access {
+    /// The method the access was checked for; None for a name the service does not have.
+    pub fn method(&self) -> Option<Method> {
+        self.method
+    }
+
+    /// The call with DIRAC's positional arguments decoded for the checked method; the error is
+    /// DIRAC's message for arguments (or a method) it would refuse.
+    pub fn positional(self, args: Vec<Value>) -> Result<Call, MethodError> {
+        let Some(method) = self.method else {
+            return Err(MethodError::new(ErrorCode::UnknownMethod, "Unknown method"));
+        };
+        let args = method
+            .positional(args)
+            .map_err(|message| MethodError::new(ErrorCode::BadArgument, message))?;
+        Ok(Call { access: self, args })
+    }
+}
+
+/// An allowed call with its decoded arguments, ready for [`Service::run`]: the arguments are of
+/// the method the access was checked for.
+pub struct Call {
+    access: Access,
+    args: Arguments,
 }
 
 /// A caller identified by a bearer token (docs/DIRAC.md#callers-with-a-bearer-token): DN
@@ -365,83 +401,60 @@ impl Service {
         })
     }
 
-    /// Authorizes and runs one call. `args` are in positional order, already type-checked by
-    /// the front-end with [`Method::positional_args`] or [`Method::named_args`].
-    pub async fn call(
-        &self,
-        context: &CallContext,
-        method: Method,
-        args: Vec<Value>,
-    ) -> Result<Value, MethodError> {
-        let access = self.check_access(context, method.name())?;
-        self.call_with(access, context, method, args).await
+    /// Authorizes and runs one call whose arguments were decoded first (the JSON API).
+    pub async fn call(&self, context: &CallContext, args: Arguments) -> Result<Value, MethodError> {
+        let access = self.check_access(context, args.method().name())?;
+        self.run(context, Call { access, args }).await
     }
 
     /// Runs a call [`Service::check_access`] allowed, with the rules and settings it judged by.
-    pub async fn call_with(
-        &self,
-        access: Access,
-        context: &CallContext,
-        method: Method,
-        args: Vec<Value>,
-    ) -> Result<Value, MethodError> {
-        let Access {
-            method: allowed,
-            caller,
-            settings,
-        } = access;
-        if allowed != Some(method) {
-            return Err(MethodError::new(
-                ErrorCode::Internal,
-                format!(
-                    "access was checked for another method than {}",
-                    method.name()
-                ),
-            ));
-        }
-        let mut args = args.into_iter();
-        let mut next = || args.next().unwrap_or(Value::Null);
-        match method {
-            Method::GetToken => {
-                let request = get_token::Request::from_args(args.collect());
-                get_token::get_token(&settings, &self.idps(), &self.broker, &caller, request).await
+    pub async fn run(&self, context: &CallContext, call: Call) -> Result<Value, MethodError> {
+        let Call {
+            access: Access {
+                caller, settings, ..
+            },
+            args,
+        } = call;
+        match args {
+            Arguments::GetToken(args) => {
+                get_token::get_token(&settings, &self.idps(), &self.broker, &caller, args).await
             }
-            Method::Ping => Ok(system::ping(self.started, &settings.service.name)),
-            Method::Echo => Ok(next()),
-            Method::Whoami => Ok(whoami(context, &caller, &settings)),
-            Method::UpdateToken => {
-                let (token, user_id, provider, lifetime) = (next(), next(), next(), next());
-                self.update_token(
+            Arguments::Ping => Ok(system::ping(self.started, &settings.service.name)),
+            Arguments::Echo(EchoArgs { data }) => Ok(data),
+            Arguments::Whoami => Ok(whoami(context, &caller, &settings)),
+            Arguments::UpdateToken(args) => {
+                self.update_token(&settings, context, &caller, args).await
+            }
+            Arguments::DeleteToken(DeleteTokenArgs { user_id }) => {
+                self.check_own_or_allowed(
                     &settings,
                     context,
                     &caller,
-                    token,
-                    as_str(&user_id),
-                    as_str(&provider),
-                    lifetime,
-                )
-                .await
-            }
-            Method::DeleteToken => {
-                let user_id = next();
-                self.check_own_or_allowed(&settings, context, &caller, method, as_str(&user_id))?;
-                let id = as_str(&user_id).to_owned();
+                    DeleteTokenArgs::OTHER_USERS_RULE,
+                    &user_id,
+                )?;
+                let id = user_id.clone();
                 self.database
                     .run(DbOperation::RemoveTokens, move |store, conn| {
                         store.remove_tokens(conn, &id)
                     })
                     .await?;
-                self.broker.forget_user(as_str(&user_id));
+                self.broker.forget_user(&user_id);
                 self.credentials_changed.notify_one();
                 Ok(json!("Token successfully removed"))
             }
-            Method::GetTokensByUserId => {
-                let user_id = next();
-                self.check_own_or_allowed(&settings, context, &caller, method, as_str(&user_id))?;
-                let tokens = self.tokens_of(as_str(&user_id)).await?;
+            Arguments::GetTokensByUserId(GetTokensByUserIdArgs { user_id }) => {
+                self.check_own_or_allowed(
+                    &settings,
+                    context,
+                    &caller,
+                    GetTokensByUserIdArgs::OTHER_USERS_RULE,
+                    &user_id,
+                )?;
+                let tokens = self.tokens_of(&user_id).await?;
                 Ok(token_info::list(&tokens, None, expose(&settings, &caller)))
             }
-            Method::GetUserTokensInfo => {
+            Arguments::GetUserTokensInfo => {
                 let ids = user_ids(&settings, &caller.username)?;
                 let mut infos = Vec::new();
                 for id in ids {
@@ -450,16 +463,10 @@ impl Service {
                 }
                 Ok(Value::Array(infos))
             }
-            Method::GetUsersTokensInfo => {
-                let users = next();
+            Arguments::GetUsersTokensInfo(GetUsersTokensInfoArgs { users }) => {
                 let mut infos = Vec::new();
                 let mut seen = std::collections::HashSet::new();
-                for user in users
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                {
+                for user in &users {
                     for id in user_ids(&settings, user)? {
                         let tokens = self.tokens_of(id).await?;
                         let fresh: Vec<StoredToken> =
@@ -473,14 +480,13 @@ impl Service {
                 }
                 Ok(Value::Array(infos))
             }
-            Method::RefreshConfiguration => {
-                let from_master = next().as_bool().unwrap_or(false);
-                // A new CS version is applied by the refresh itself; otherwise the local files
-                // are read again.
+            Arguments::RefreshConfiguration(RefreshConfigurationArgs { from_master }) => {
                 let rejected = |error: ReloadError| {
                     tracing::warn!(%error, "refreshConfiguration: the new configuration is refused");
                     MethodError::new(ErrorCode::ConfigRejected, error.to_string())
                 };
+                // A new CS version is applied by the refresh itself; otherwise the local files
+                // are read again.
                 let refreshed = self.refresh_remote(from_master).await.map_err(rejected)?;
                 if !refreshed {
                     self.reload().map_err(rejected)?;
@@ -528,7 +534,7 @@ impl Service {
         settings: &Settings,
         context: &CallContext,
         caller: &Authorized,
-        method: Method,
+        other_users_rule: &str,
         user_id: &str,
     ) -> Result<(), MethodError> {
         let own = caller.kind == CallerKind::User
@@ -539,29 +545,37 @@ impl Service {
         if own {
             return Ok(());
         }
-        let rule = method
-            .other_users_rule()
-            .expect("only methods with a user ID argument");
-        self.authorize(settings, context, rule, Some(&["ProxyManagement"]))
-            .map(|_| ())
-            .map_err(|_| MethodError::new(ErrorCode::Forbidden, "You aren't allowed!"))
+        self.authorize(
+            settings,
+            context,
+            other_users_rule,
+            Some(&["ProxyManagement"]),
+        )
+        .map(|_| ())
+        .map_err(|_| MethodError::new(ErrorCode::Forbidden, "You aren't allowed!"))
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "updateToken's arguments as DIRAC passes them"
-    )]
     async fn update_token(
         &self,
         settings: &Settings,
         context: &CallContext,
         caller: &Authorized,
-        token: Value,
-        user_id: &str,
-        provider: &str,
-        lifetime: Value,
+        args: UpdateTokenArgs,
     ) -> Result<Value, MethodError> {
-        self.check_own_or_allowed(settings, context, caller, Method::UpdateToken, user_id)?;
+        let UpdateTokenArgs {
+            token: dict,
+            user_id,
+            provider,
+            refresh_lifetime,
+        } = args;
+        let (user_id, provider) = (user_id.as_str(), provider.as_str());
+        self.check_own_or_allowed(
+            settings,
+            context,
+            caller,
+            UpdateTokenArgs::OTHER_USERS_RULE,
+            user_id,
+        )?;
         if settings.idp(provider).is_none() {
             return Err(MethodError::new(
                 ErrorCode::UnknownProvider,
@@ -570,10 +584,8 @@ impl Service {
                 ),
             ));
         }
-        let lifetime = lifetime.as_i64().unwrap_or(86_400);
-        let dict = token.as_object().cloned().unwrap_or_default();
         let now = unix_now();
-        let token = NewToken::from_dirac_dict(&dict, user_id, provider, lifetime, now)?;
+        let token = NewToken::from_dirac_dict(&dict, user_id, provider, refresh_lifetime, now)?;
         let new_refresh_token = token.refresh_token.clone();
         let replaced = self
             .database
@@ -607,10 +619,6 @@ impl Service {
             })
             .await?)
     }
-}
-
-fn as_str(value: &Value) -> &str {
-    value.as_str().unwrap_or_default()
 }
 
 fn expose(settings: &Settings, caller: &Authorized) -> bool {

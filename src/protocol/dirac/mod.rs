@@ -52,7 +52,7 @@ pub async fn answer(
     url: &dyn Fn() -> String,
 ) -> Value {
     let started = Instant::now();
-    let Some(method) = Method::from_name(name) else {
+    let Some(method) = access.method() else {
         service.metrics().observe_request(
             "unknown",
             protocol,
@@ -62,9 +62,9 @@ pub async fn answer(
         return Value::s_error(0, format!("Unknown method {name}"));
     };
     let args: Vec<Json> = args.iter().map(Value::to_json).collect();
-    let outcome = match method.positional_args(args) {
-        Ok(args) => service.call_with(access, context, method, args).await,
-        Err(message) => Err(MethodError::new(ErrorCode::BadArgument, message)),
+    let outcome = match access.positional(args) {
+        Ok(call) => service.run(context, call).await,
+        Err(error) => Err(error),
     };
     match outcome {
         Ok(value) => {

@@ -151,7 +151,7 @@ async fn answer(
         })?;
     let named = parse_arguments(&body)?;
     let args = method
-        .named_args(named)
+        .named(named)
         .map_err(|message| (ErrorCode::BadArgument, message))?;
 
     // On the JSON API a host certificate identifies a host without DIRAC's extraCredentials.
@@ -169,7 +169,7 @@ async fn answer(
         ip: request.peer_addr().map(|a| a.ip()),
     };
     service
-        .call(&context, method, args)
+        .call(&context, args)
         .await
         .map_err(|error: MethodError| (error.code(), error.to_string()))
 }
