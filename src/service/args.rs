@@ -39,7 +39,6 @@ pub struct EchoArgs {
     pub data: Value,
 }
 
-#[derive(Debug)]
 pub struct UpdateTokenArgs {
     pub token: Map<String, Value>,
     pub user_id: String,
@@ -67,6 +66,18 @@ pub struct GetUsersTokensInfoArgs {
 #[derive(Debug)]
 pub struct RefreshConfigurationArgs {
     pub from_master: bool,
+}
+
+/// The token dictionary holds a refresh token: its debug output names the fields only.
+impl std::fmt::Debug for UpdateTokenArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpdateTokenArgs")
+            .field("token_fields", &self.token.keys().collect::<Vec<_>>())
+            .field("user_id", &self.user_id)
+            .field("provider", &self.provider)
+            .field("refresh_lifetime", &self.refresh_lifetime)
+            .finish()
+    }
 }
 
 /// The Authorization options that say who may act on another user's ID (default:
@@ -209,5 +220,34 @@ impl Checked {
             Value::Array(items) => ScopeSet::from_items(items.iter().filter_map(Value::as_str)),
             _ => ScopeSet::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn update_token_arguments_debug_without_the_token_values() {
+        let args = Arguments::from_checked(
+            Method::UpdateToken,
+            vec![
+                json!({"access_token": "at-secret", "refresh_token": "rt-secret"}),
+                json!("alice"),
+                json!("test-idp"),
+                json!(3600),
+            ],
+        );
+        let shown = format!("{args:?}");
+        assert!(
+            shown.contains("refresh_token") && shown.contains("alice"),
+            "{shown}"
+        );
+        assert!(
+            !shown.contains("rt-secret") && !shown.contains("at-secret"),
+            "{shown}"
+        );
     }
 }
