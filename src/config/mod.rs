@@ -21,8 +21,10 @@
 pub mod cfg;
 mod database_url;
 mod idp;
+mod options;
 mod registry;
 mod secrets;
+mod service;
 mod settings;
 
 use std::path::PathBuf;
@@ -30,11 +32,8 @@ use std::path::PathBuf;
 pub use cfg::{CfgError, Origin, Section};
 pub use database_url::{Backend, DatabaseUrl, UrlError};
 pub use idp::{IdProvider, client_secret_var};
-pub use settings::{
-    ConnectionSettings, DEFAULT_DISET_PORT, DEFAULT_HTTPS_PORT, DEFAULT_LISTEN_ADDRESS,
-    DEFAULT_METRICS_PORT, DEFAULT_MYSQL_PORT, KnownOption, OptionKind, SERVICE_OPTIONS,
-    SecuritySettings, ServiceSettings, Settings, resolve_security,
-};
+pub use service::{ConnectionSettings, SERVICE_OPTIONS, ServiceSettings, service_options_doc};
+pub use settings::{SecuritySettings, Settings, resolve_security};
 
 pub const ENV_DB_URL: &str = "TOKENMANAGER_DB_URL";
 pub const ENV_DB_PASSWORD: &str = "TOKENMANAGER_DB_PASSWORD";

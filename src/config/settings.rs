@@ -1,7 +1,5 @@
 //! Typed settings resolved from the merged CS.
 
-use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use super::DatabaseUrl;
@@ -9,161 +7,12 @@ use super::cfg::{CfgError, Entry, Section};
 use super::idp::{self, IdProvider};
 use super::registry::registry_from_cfg;
 use super::secrets::env_value;
-use super::{ConfigError, ENV_DB_PASSWORD, ENV_DB_URL, ENV_ENCRYPTION_KEY_FILE, Loaded};
+use super::service::{ServiceSettings, resolve_service};
+use super::{ConfigError, ENV_DB_PASSWORD, ENV_DB_URL, Loaded};
 use crate::domain::registry::Registry;
 
-pub const DEFAULT_DISET_PORT: u16 = 9181;
-pub const DEFAULT_HTTPS_PORT: u16 = 8443;
-pub const DEFAULT_DATABASE_POOL_SIZE: u32 = 8;
-/// A healthy database answers in milliseconds; a caller should learn of a hung one well
-/// before a DIRAC client's own timeout (its RPC timeout is 120 s, an HTTP probe's a few seconds).
-pub const DEFAULT_DATABASE_DEADLINE_SECONDS: u64 = 3;
-/// Long enough to ride out a database failover or a stalled network, short enough that a token
-/// revoked through another replica meanwhile is not served for long.
-pub const DEFAULT_MAX_STALENESS_SECONDS: u64 = 1;
-/// actix-web's default: more than any getToken, whose IdP exchange is bounded by its timeout.
-pub const DEFAULT_SHUTDOWN_GRACE_SECONDS: u64 = 30;
-pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
-pub const DEFAULT_REFRESH_ACTOR_IDLE_SECONDS: u64 = 300;
-pub const DEFAULT_METRICS_PORT: u16 = 9182;
-pub const DEFAULT_LISTEN_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-pub const DEFAULT_MYSQL_PORT: u16 = 3306;
-/// DIRAC's routes of the service on its HTTPS port: the section names a DIRAC client may use.
-pub const DEFAULT_HTTPS_PATHS: [&str; 2] =
-    ["/Framework/TokenManager", "/Framework/TornadoTokenManager"];
-/// DISET connections served at once. DIRAC's default is 15 threads; ours are tasks, so the
-/// limit only bounds memory and file descriptors.
-pub const DEFAULT_DISET_MAX_CONNECTIONS: u32 = 1024;
-pub const DEFAULT_HANDSHAKE_TIMEOUT_SECONDS: u64 = 10;
-pub const DEFAULT_PACKET_TIMEOUT_SECONDS: u64 = 60;
-pub const DEFAULT_QUEUE_TIMEOUT_SECONDS: u64 = 10;
-/// A real client sends its ClientHello (or request) within a round trip of connecting.
-pub const DEFAULT_FIRST_BYTE_TIMEOUT_SECONDS: u64 = 3;
-/// Handshakes are CPU work: more at once than a few per core only adds memory and latency.
-pub const DEFAULT_MAX_HANDSHAKES: u32 = 64;
-pub const DEFAULT_MAX_UNIDENTIFIED_CONNECTIONS: u32 = 4096;
-pub const DEFAULT_MAX_UNIDENTIFIED_PER_ADDRESS: u32 = 256;
-/// Descriptors kept back from clients for the database pool, the IdP client, the
-/// Configuration Server, log files and CA reloads.
-pub const DEFAULT_DESCRIPTOR_RESERVE: u32 = 512;
-pub const DEFAULT_KEEP_ALIVE_SECONDS: u64 = 5;
-pub const DEFAULT_REQUEST_HEAD_TIMEOUT_SECONDS: u64 = 5;
-pub const DEFAULT_BODY_TIMEOUT_SECONDS: u64 = 30;
-/// Enough for every call ping or whoami is, in either HTTPS protocol.
-pub const DEFAULT_ANONYMOUS_MAX_BODY_BYTES: u64 = 4096;
-pub const DEFAULT_ANONYMOUS_BODY_TIMEOUT_SECONDS: u64 = 2;
-
-/// Service section names, in order of preference.
-const SERVICE_NAMES: [&str; 2] = ["TokenManager", "TornadoTokenManager"];
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OptionKind {
-    Option,
-    Section,
-}
-
-impl OptionKind {
-    fn of(entry: &Entry) -> Self {
-        match entry {
-            Entry::Option { .. } => Self::Option,
-            Entry::Section(..) => Self::Section,
-        }
-    }
-
-    fn noun(self) -> &'static str {
-        match self {
-            Self::Option => "option",
-            Self::Section => "section",
-        }
-    }
-
-    fn with_article(self) -> &'static str {
-        match self {
-            Self::Option => "an option",
-            Self::Section => "a section",
-        }
-    }
-}
-
-/// An entry the service section may contain without a warning.
-#[derive(Clone, Copy, Debug)]
-pub struct KnownOption {
-    pub name: &'static str,
-    pub kind: OptionKind,
-    /// Read by this service; the others are DIRAC's and accepted so that an existing service
-    /// section can be reused unchanged.
-    pub used: bool,
-    pub description: &'static str,
-}
-
-const fn known(
-    name: &'static str,
-    kind: OptionKind,
-    used: bool,
-    description: &'static str,
-) -> KnownOption {
-    KnownOption {
-        name,
-        kind,
-        used,
-        description,
-    }
-}
-
-/// Every entry accepted in the service section. Add new options here: anything else draws a
-/// warning, and `config/README.md` is checked against this table by a test.
-#[rustfmt::skip]
-pub const SERVICE_OPTIONS: &[KnownOption] = {
-    use OptionKind::{Option as O, Section as S};
-    &[
-        known("Port", O, true, "DISET (dips://) port; 0 picks a free port"),
-        known("HTTPSPort", O, true, "HTTPS port; 0 picks a free port"),
-        known("ListenAddress", O, true, "IP address the listeners and metrics bind to"),
-        known("MetricsPort", O, true, "Prometheus metrics port; 0 picks a free port"),
-        known("MetricsListenAddress", O, true, "IP address the metrics listener binds to; default ListenAddress"),
-        known("EncryptionKeyFile", O, true, "keyring that encrypts the stored tokens"),
-        known("GenerateDemoCredentials", O, true, "generate missing throwaway credentials (the shipped example only)"),
-        known("DatabasePoolSize", O, true, "database connections (and DB actor threads) per process"),
-        known("DatabaseDeadline", O, true, "seconds a call waits for the database"),
-        known("MaxStaleness", O, true, "seconds a replica's token cache may lag the changes the database announces"),
-        known("ShutdownGracePeriod", O, true, "seconds calls in progress get to finish after SIGTERM"),
-        known("Authorization", S, true, "<method> = list of rules; Default for the others"),
-        known("ExposeTokenValues", O, true, "include token values in token-info replies to ProxyManagement callers"),
-        known("MaxBodyBytes", O, true, "largest JSON API request body accepted"),
-        known("RefreshActorIdleTime", O, true, "seconds an idle refresh actor lives"),
-        known("Protocol", O, true, "DIRAC's protocol of the service (dips or https)"),
-        known("Module", O, false, "DIRAC: module implementing the service"),
-        known("HandlerPath", O, false, "DIRAC: path of the Python handler"),
-        known("URL", O, false, "DIRAC: URL the service announces"),
-        known("MaxThreads", O, true, "DISET connections served at once (others wait in the accept queue)"),
-        known("HTTPSPaths", O, true, "URL paths of DIRAC's HTTPS protocol on HTTPSPort"),
-        known("HandshakeTimeout", O, true, "seconds from accept to a finished TLS handshake (HTTPS and DISET)"),
-        known("PacketTimeout", O, true, "seconds a DISET peer has to send each message, or to take a reply"),
-        known("QueueTimeout", O, true, "seconds a DISET call waits for a MaxThreads slot before it is refused"),
-        known("FirstByteTimeout", O, true, "seconds a new connection has to send its first byte"),
-        known("MaxConcurrentHandshakes", O, true, "TLS handshakes running at once per listener"),
-        known("MaxUnidentifiedConnections", O, true, "connections past their first byte without a verified certificate, per listener"),
-        known("MaxUnidentifiedPerAddress", O, true, "connections without a verified certificate from one address"),
-        known("DescriptorReserve", O, true, "file descriptors kept back from client connections"),
-        known("KeepAliveTimeout", O, true, "seconds an idle HTTP keep-alive connection is kept"),
-        known("RequestHeadTimeout", O, true, "seconds an HTTP client has to send a request head"),
-        known("BodyTimeout", O, true, "seconds an identified HTTP caller has to send a request body"),
-        known("AnonymousMaxBodyBytes", O, true, "largest request body without a certificate or bearer token"),
-        known("AnonymousBodyTimeout", O, true, "seconds a caller without certificate or bearer token has to send a body"),
-        known("MinThreads", O, false, "DIRAC: minimum number of threads"),
-        known("MaxWaitingPetitions", O, false, "DIRAC: queued requests before refusing"),
-        known("MaxMessagingConnections", O, false, "DIRAC: DISET messaging connections"),
-        known("CloneProcesses", O, false, "DIRAC: number of forked service processes"),
-        known("ContextLifeTime", O, false, "DIRAC: TLS context lifetime"),
-        known("ThreadLimit", S, true, "RPC/<method> = DISET calls of that method served at once"),
-        known("LogLevel", O, false, "DIRAC: log level of the Python service"),
-        known("LogBackends", O, false, "DIRAC: log backends of the Python service"),
-        known("MaskRequestParams", O, false, "DIRAC: hide RPC arguments in logs"),
-        known("EnableSecurityLogging", O, false, "DIRAC: security log"),
-        known("EnableActivityMonitoring", O, false, "DIRAC: activity monitoring"),
-        known("RegisterAlsoAs", O, false, "DIRAC: extra service names"),
-    ]
-};
+/// DIRAC's default port of a MySQL database.
+const DEFAULT_MYSQL_PORT: u16 = 3306;
 
 /// Options whose values are opaque, so ` #` inside them is not suspicious.
 const OPAQUE_OPTIONS: [&str; 2] = ["Password", "client_secret"];
@@ -188,74 +37,6 @@ impl Settings {
     pub fn idp(&self, name: &str) -> Option<&IdProvider> {
         self.idps.iter().find(|idp| idp.name() == name)
     }
-}
-
-#[derive(Clone, Debug)]
-pub struct ServiceSettings {
-    /// `Framework/TokenManager` or `Framework/TornadoTokenManager`.
-    pub name: String,
-    /// The service section, e.g. `/Systems/Framework/Production/Services/TokenManager`.
-    pub path: String,
-    pub port: u16,
-    pub https_port: u16,
-    pub listen_address: IpAddr,
-    /// `ListenAddress` unless set: scrapers and health checks may live on another network than
-    /// DIRAC's clients.
-    pub metrics_listen_address: IpAddr,
-    pub metrics_port: u16,
-    pub encryption_key_file: PathBuf,
-    /// Create a missing keyring (and, later, demo certificates) instead of refusing to start:
-    /// for the shipped example configuration only.
-    pub generate_demo_credentials: bool,
-    pub database_pool_size: u32,
-    /// How long a call waits for a database operation before it fails.
-    pub database_deadline: std::time::Duration,
-    /// On a shared database, how long after its last answer a cached user token is still served
-    /// without confirming that no other replica changed its credential.
-    pub max_staleness: std::time::Duration,
-    /// How long a graceful stop lets calls in progress finish.
-    pub shutdown_grace: std::time::Duration,
-    /// Token-info replies carry token values only with this set, and only to ProxyManagement.
-    pub expose_token_values: bool,
-    pub max_body_bytes: u64,
-    pub refresh_actor_idle_time: std::time::Duration,
-    pub protocol: Option<String>,
-    /// `Authorization/<method>` → rules (list semantics); `Default` is an ordinary key.
-    pub authorization: BTreeMap<String, Vec<String>>,
-    /// Routes of DIRAC's HTTPS protocol, each `/<System>/<Service>`.
-    pub https_paths: Vec<String>,
-    pub diset: DisetSettings,
-    pub connections: ConnectionSettings,
-}
-
-/// Admission and read deadlines of the listeners (see `transport::admission`). The connection
-/// bounds are read at start; the body limits at each request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConnectionSettings {
-    pub first_byte_timeout: std::time::Duration,
-    /// From accept to a finished TLS handshake, the wait for a handshake slot included.
-    pub handshake_timeout: std::time::Duration,
-    pub max_handshakes: u32,
-    pub max_unidentified: u32,
-    /// 0: no cap.
-    pub max_unidentified_per_address: u32,
-    pub descriptor_reserve: u32,
-    pub keep_alive: std::time::Duration,
-    pub request_head_timeout: std::time::Duration,
-    pub body_timeout: std::time::Duration,
-    pub anonymous_max_body_bytes: u64,
-    pub anonymous_body_timeout: std::time::Duration,
-}
-
-/// Limits of the DISET listener, under DIRAC's option names where DIRAC has one.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DisetSettings {
-    pub max_connections: u32,
-    /// `ThreadLimit/RPC/<method>`: calls of one method served at once.
-    pub method_limits: BTreeMap<String, u32>,
-    pub packet_timeout: std::time::Duration,
-    /// How long a call waits for one of the `max_connections` slots.
-    pub queue_timeout: std::time::Duration,
 }
 
 /// `/DIRAC/Security`; relative paths resolved against the file that set them.
@@ -303,286 +84,6 @@ fn resolve_layout(root: &Section) -> Result<Layout, ConfigError> {
             "/DIRAC/Setups/{setup}/Framework is not set and /Systems/Framework/Services does not exist"
         ),
     }))
-}
-
-fn resolve_service(
-    root: &Section,
-    layout: &Layout,
-    env: &dyn Fn(&str) -> Option<String>,
-    warnings: &mut Vec<String>,
-) -> Result<ServiceSettings, ConfigError> {
-    let services = format!("{}/Services", layout.framework_root);
-    let Some((short_name, section, origin)) = SERVICE_NAMES.iter().find_map(|name| {
-        root.section_with_origin(&format!("{services}/{name}"))
-            .map(|(section, origin)| (*name, section, origin))
-    }) else {
-        return Err(ConfigError::MissingSection {
-            path: format!("{services}/{}", SERVICE_NAMES[0]),
-            hint: format!("nor {services}/{}", SERVICE_NAMES[1]),
-        });
-    };
-    let path = format!("{services}/{short_name}");
-    let option = |name: &str| format!("{path}/{name}");
-
-    for (name, entry) in section.entries() {
-        let kind = OptionKind::of(entry);
-        let origin = entry.origin();
-        match SERVICE_OPTIONS.iter().find(|known| known.name == name) {
-            None => warnings.push(format!(
-                "{origin}: unknown {} {} in the service section (ignored)",
-                kind.noun(),
-                option(name)
-            )),
-            Some(known) if known.kind != kind => warnings.push(format!(
-                "{origin}: {} must be {}, not {} (ignored)",
-                option(name),
-                known.kind.with_article(),
-                kind.with_article()
-            )),
-            Some(_) => {}
-        }
-    }
-
-    let mut authorization = BTreeMap::new();
-    if let Some(auth) = section.section("Authorization") {
-        for (method, value, _) in auth.options() {
-            authorization.insert(method.to_owned(), super::cfg::split_list(value));
-        }
-        for (name, entry) in auth.entries() {
-            if let Entry::Section(_, origin) = entry {
-                warnings.push(format!(
-                    "{origin}: unexpected section {} (ignored)",
-                    option(&format!("Authorization/{name}"))
-                ));
-            }
-        }
-    }
-
-    let listen_address = root
-        .get_parsed(
-            &option("ListenAddress"),
-            "an IP address such as 0.0.0.0 or ::",
-        )?
-        .unwrap_or(DEFAULT_LISTEN_ADDRESS);
-    let encryption_key_file = match env_value(env, ENV_ENCRYPTION_KEY_FILE)? {
-        Some(found) => PathBuf::from(found.value),
-        None => match root.get_with_origin(&option("EncryptionKeyFile")) {
-            Some((value, origin)) if !value.is_empty() => origin.resolve(value),
-            _ => {
-                return Err(ConfigError::MissingOption {
-                    section: origin.clone(),
-                    path: option("EncryptionKeyFile"),
-                    hint: format!(" (nor {ENV_ENCRYPTION_KEY_FILE})"),
-                });
-            }
-        },
-    };
-
-    Ok(ServiceSettings {
-        name: format!("Framework/{short_name}"),
-        port: root.get_u16(&option("Port"))?.unwrap_or(DEFAULT_DISET_PORT),
-        https_port: match root.get_u16(&option("HTTPSPort"))? {
-            Some(port) => port,
-            None => root
-                .get_u16(&layout.tornado_port)?
-                .unwrap_or(DEFAULT_HTTPS_PORT),
-        },
-        listen_address,
-        metrics_listen_address: root
-            .get_parsed(
-                &option("MetricsListenAddress"),
-                "an IP address such as 127.0.0.1 or ::1",
-            )?
-            .unwrap_or(listen_address),
-        metrics_port: root
-            .get_u16(&option("MetricsPort"))?
-            .unwrap_or(DEFAULT_METRICS_PORT),
-        encryption_key_file,
-        generate_demo_credentials: root
-            .get_bool(&option("GenerateDemoCredentials"))
-            .unwrap_or(false),
-        database_pool_size: match root.get_u32(&option("DatabasePoolSize"))? {
-            Some(0) => {
-                let (_, origin) = root
-                    .get_with_origin(&option("DatabasePoolSize"))
-                    .expect("the option was just read");
-                return Err(CfgError::BadValue {
-                    origin: origin.clone(),
-                    path: option("DatabasePoolSize"),
-                    reason: "must be at least 1".into(),
-                }
-                .into());
-            }
-            Some(size) => size,
-            None => DEFAULT_DATABASE_POOL_SIZE,
-        },
-        database_deadline: seconds(
-            root,
-            &option("DatabaseDeadline"),
-            DEFAULT_DATABASE_DEADLINE_SECONDS,
-        )?,
-        max_staleness: std::time::Duration::from_secs(
-            root.get_u64(&option("MaxStaleness"))?
-                .unwrap_or(DEFAULT_MAX_STALENESS_SECONDS),
-        ),
-        shutdown_grace: seconds(
-            root,
-            &option("ShutdownGracePeriod"),
-            DEFAULT_SHUTDOWN_GRACE_SECONDS,
-        )?,
-        expose_token_values: root.get_bool(&option("ExposeTokenValues")).unwrap_or(false),
-        max_body_bytes: root
-            .get_u64(&option("MaxBodyBytes"))?
-            .unwrap_or(DEFAULT_MAX_BODY_BYTES),
-        refresh_actor_idle_time: std::time::Duration::from_secs(
-            root.get_u64(&option("RefreshActorIdleTime"))?
-                .unwrap_or(DEFAULT_REFRESH_ACTOR_IDLE_SECONDS),
-        ),
-        protocol: non_empty(section.get("Protocol")).map(str::to_owned),
-        authorization,
-        https_paths: https_paths(root, &option("HTTPSPaths"))?,
-        diset: DisetSettings {
-            max_connections: match root.get_u32(&option("MaxThreads"))? {
-                Some(0) | None => DEFAULT_DISET_MAX_CONNECTIONS,
-                Some(limit) => limit,
-            },
-            method_limits: method_limits(root, &option("ThreadLimit/RPC"))?,
-            packet_timeout: seconds(
-                root,
-                &option("PacketTimeout"),
-                DEFAULT_PACKET_TIMEOUT_SECONDS,
-            )?,
-            queue_timeout: seconds(root, &option("QueueTimeout"), DEFAULT_QUEUE_TIMEOUT_SECONDS)?,
-        },
-        connections: ConnectionSettings {
-            first_byte_timeout: seconds(
-                root,
-                &option("FirstByteTimeout"),
-                DEFAULT_FIRST_BYTE_TIMEOUT_SECONDS,
-            )?,
-            handshake_timeout: seconds(
-                root,
-                &option("HandshakeTimeout"),
-                DEFAULT_HANDSHAKE_TIMEOUT_SECONDS,
-            )?,
-            max_handshakes: at_least_one(
-                root,
-                &option("MaxConcurrentHandshakes"),
-                DEFAULT_MAX_HANDSHAKES,
-            )?,
-            max_unidentified: at_least_one(
-                root,
-                &option("MaxUnidentifiedConnections"),
-                DEFAULT_MAX_UNIDENTIFIED_CONNECTIONS,
-            )?,
-            max_unidentified_per_address: root
-                .get_u32(&option("MaxUnidentifiedPerAddress"))?
-                .unwrap_or(DEFAULT_MAX_UNIDENTIFIED_PER_ADDRESS),
-            descriptor_reserve: root
-                .get_u32(&option("DescriptorReserve"))?
-                .unwrap_or(DEFAULT_DESCRIPTOR_RESERVE),
-            keep_alive: seconds(
-                root,
-                &option("KeepAliveTimeout"),
-                DEFAULT_KEEP_ALIVE_SECONDS,
-            )?,
-            request_head_timeout: seconds(
-                root,
-                &option("RequestHeadTimeout"),
-                DEFAULT_REQUEST_HEAD_TIMEOUT_SECONDS,
-            )?,
-            body_timeout: seconds(root, &option("BodyTimeout"), DEFAULT_BODY_TIMEOUT_SECONDS)?,
-            anonymous_max_body_bytes: root
-                .get_u64(&option("AnonymousMaxBodyBytes"))?
-                .unwrap_or(DEFAULT_ANONYMOUS_MAX_BODY_BYTES),
-            anonymous_body_timeout: seconds(
-                root,
-                &option("AnonymousBodyTimeout"),
-                DEFAULT_ANONYMOUS_BODY_TIMEOUT_SECONDS,
-            )?,
-        },
-        path,
-    })
-}
-
-/// Each path must look like `/<System>/<Service>`.
-fn https_paths(root: &Section, path: &str) -> Result<Vec<String>, ConfigError> {
-    let Some((value, origin)) = root.get_with_origin(path) else {
-        return Ok(DEFAULT_HTTPS_PATHS.map(str::to_owned).to_vec());
-    };
-    let paths = super::cfg::split_list(value);
-    let valid = |p: &String| {
-        let mut parts = p.strip_prefix('/').unwrap_or("").split('/');
-        let part_ok = |part: Option<&str>| {
-            part.is_some_and(|s| {
-                !s.is_empty()
-                    && s.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            })
-        };
-        part_ok(parts.next()) && part_ok(parts.next()) && parts.next().is_none()
-    };
-    match paths.iter().find(|p| !valid(p)) {
-        None if !paths.is_empty() => Ok(paths),
-        found => Err(CfgError::BadValue {
-            origin: origin.clone(),
-            path: path.to_owned(),
-            reason: match found {
-                Some(bad) => format!("'{bad}' is not of the form /<System>/<Service>"),
-                None => "must list at least one path".into(),
-            },
-        }
-        .into()),
-    }
-}
-
-/// A positive count, or the default.
-fn at_least_one(root: &Section, path: &str, default: u32) -> Result<u32, ConfigError> {
-    match root.get_u32(path)? {
-        Some(0) => {
-            let (_, origin) = root
-                .get_with_origin(path)
-                .expect("the option was just read");
-            Err(CfgError::BadValue {
-                origin: origin.clone(),
-                path: path.to_owned(),
-                reason: "must be at least 1".into(),
-            }
-            .into())
-        }
-        found => Ok(found.unwrap_or(default)),
-    }
-}
-
-/// A positive number of seconds, or the default.
-fn seconds(root: &Section, path: &str, default: u64) -> Result<std::time::Duration, ConfigError> {
-    let Some((_, origin)) = root.get_with_origin(path) else {
-        return Ok(std::time::Duration::from_secs(default));
-    };
-    match root.get_u64(path)? {
-        Some(0) => Err(CfgError::BadValue {
-            origin: origin.clone(),
-            path: path.to_owned(),
-            reason: "must be at least 1".into(),
-        }
-        .into()),
-        found => Ok(std::time::Duration::from_secs(found.unwrap_or(default))),
-    }
-}
-
-fn method_limits(root: &Section, path: &str) -> Result<BTreeMap<String, u32>, ConfigError> {
-    let mut limits = BTreeMap::new();
-    if let Some(section) = root.section(path) {
-        for (method, _, _) in section.options() {
-            if let Some(limit) = root
-                .get_u32(&format!("{path}/{method}"))?
-                .filter(|l| *l > 0)
-            {
-                limits.insert(method.to_owned(), limit);
-            }
-        }
-    }
-    Ok(limits)
 }
 
 fn env_error(var: &str, error: impl ToString) -> ConfigError {
@@ -708,7 +209,13 @@ pub(super) fn resolve(
 ) -> Result<Loaded, ConfigError> {
     let mut warnings = Vec::new();
     let layout = resolve_layout(root)?;
-    let service = resolve_service(root, &layout, env, &mut warnings)?;
+    let service = resolve_service(
+        root,
+        &layout.framework_root,
+        &layout.tornado_port,
+        env,
+        &mut warnings,
+    )?;
     let database = resolve_database(root, &layout.framework_root, env)?;
     let idps = idp::from_cfg(root, env)?;
     for path in [
@@ -739,10 +246,12 @@ pub(super) fn resolve(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{load, load_with_env};
+    use super::super::{ENV_ENCRYPTION_KEY_FILE, load, load_with_env};
     use super::*;
     use crate::config::Backend as DbBackend;
     use crate::domain::Secret;
+    use std::collections::BTreeMap;
+    use std::net::IpAddr;
     use std::path::Path;
 
     const BASE: &str = "\
@@ -829,8 +338,9 @@ Systems
         assert_eq!(s.service.port, 9181);
         assert_eq!(s.service.https_port, 8444, "from the Tornado instance");
         assert_eq!(s.service.metrics_port, 9182);
-        assert_eq!(s.service.listen_address, DEFAULT_LISTEN_ADDRESS);
-        assert_eq!(s.service.metrics_listen_address, DEFAULT_LISTEN_ADDRESS);
+        let any = IpAddr::from([0, 0, 0, 0]);
+        assert_eq!(s.service.listen_address, any);
+        assert_eq!(s.service.metrics_listen_address, any);
         assert_eq!(
             s.service.encryption_key_file,
             Path::new("/etc/tm/keys/keyring")
@@ -1228,7 +738,7 @@ Systems
         );
         assert_eq!(
             (s.service.port, s.service.https_port, s.service.metrics_port),
-            (DEFAULT_DISET_PORT, DEFAULT_HTTPS_PORT, DEFAULT_METRICS_PORT)
+            (9181, 8443, 9182)
         );
         assert_eq!(
             s.service.encryption_key_file,
@@ -1255,16 +765,24 @@ Systems
     }
 
     #[test]
-    fn readme_documents_every_service_option() {
+    fn readme_tables_match_the_declarations() {
         let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/README.md");
         let readme = std::fs::read_to_string(readme).unwrap();
-        for known in SERVICE_OPTIONS {
-            assert!(
-                readme.contains(&format!("`{}`", known.name)),
-                "{} missing",
-                known.name
-            );
-        }
+        let (begin, end) = (
+            "<!-- service-options:begin -->\n",
+            "<!-- service-options:end -->",
+        );
+        let documented = readme
+            .split_once(begin)
+            .and_then(|(_, rest)| rest.split_once(end))
+            .map(|(section, _)| section.trim_matches('\n'))
+            .expect("config/README.md has the service-options markers");
+        let expected = super::super::service::service_options_doc();
+        assert!(
+            documented == expected.trim_matches('\n'),
+            "config/README.md's service options differ from the declarations in \
+             src/config/service.rs; between the markers it should read:\n{expected}"
+        );
         for var in [ENV_DB_URL, ENV_DB_PASSWORD, ENV_ENCRYPTION_KEY_FILE] {
             assert!(readme.contains(var), "{var} missing");
         }
