@@ -2,13 +2,88 @@
 
 use std::collections::HashMap;
 
+use self::options::{CLIENT_ID, CLIENT_SECRET, ISSUER, PROVIDER_TYPE, SCOPE};
 use super::ConfigError;
 use super::cfg::{Entry, Origin, Section};
+use super::options::{Kind, Optional, Setting};
 use super::secrets::env_value;
 use crate::domain::Secret;
 
 const IDPS: &str = "/Resources/IdProviders";
-const CLIENT_SECRET: &str = "client_secret";
+
+/// The options of an IdP section that this service reads, each declared once. The section may
+/// hold others (DIRAC's are kept whole) without a warning.
+pub mod options {
+    use crate::config::options::{
+        List, Optional, PositiveCount, PositiveSeconds, Setting, Text, WholeSeconds,
+        declare_options, render_table,
+    };
+
+    declare_options! {
+        /// config/README.md's table of IdP options is checked against these by a test.
+        pub static IDP_OPTIONS;
+
+        /// `OAuth2`, `IAM` or `CheckIn`
+        pub const PROVIDER_TYPE: Setting<Text> = "ProviderType", Text("string"), "OAuth2";
+        /// OIDC issuer; discovery at `<issuer>/.well-known/openid-configuration`
+        pub const ISSUER: Optional<Text> = "issuer", Text("URL"), "unset";
+        /// our client at the IdP
+        pub const CLIENT_ID: Optional<Text> = "client_id", Text("string"), "unset";
+        /// its secret (or `TOKENMANAGER_IDP_<NAME>_CLIENT_SECRET`)
+        pub const CLIENT_SECRET: Optional<Text> = "client_secret", Text("secret"), "unset";
+        /// default scope (space-separated); not used by getToken, as in DIRAC
+        pub const SCOPE: Optional<Text> = "scope", Text("string"), "unset";
+        /// `client_secret_basic` (secret in the Authorization header) or `client_secret_post`
+        /// (in the body); anything else refuses start-up
+        pub const TOKEN_ENDPOINT_AUTH_METHOD: Setting<Text> =
+            "token_endpoint_auth_method", Text("string"), "client_secret_basic";
+        /// DIRAC's discovery override
+        pub const SERVER_METADATA_URL: Optional<Text> =
+            "server_metadata_url", Text("URL"), "`<issuer>/.well-known/openid-configuration`";
+        /// how getToken's audience is sent: `audience=` (INDIGO IAM, DIRAC) or RFC 8707
+        /// `resource=`
+        pub const AUDIENCE_PARAMETER: Setting<Text> =
+            "audience_parameter", Text("`audience` or `resource`"), "audience";
+        /// the audiences getToken may ask for, user and client tokens alike; others are refused
+        /// (`audience_not_allowed`) *before* the IdP is contacted: some IdPs rotate the refresh
+        /// token and only then refuse an audience the grant does not cover, which burns the
+        /// user's grant. Unset, a user token with an audience is refused (what each user
+        /// delegated is not known here) and a client token (`client_credentials`, which
+        /// consumes nothing) may ask for any; list the audiences your components use, e.g. the
+        /// FTS and CE endpoints
+        pub const ALLOWED_AUDIENCES: Optional<List> = "allowed_audiences", List,
+            "unset: no audience for user tokens, any for client tokens";
+        /// total time of one IdP request (discovery, token, revocation); getToken's callers get
+        /// `idp_unavailable` "timed out" after `timeout` + 1 s
+        pub const TIMEOUT: Setting<PositiveSeconds> = "timeout", PositiveSeconds, 10;
+        /// how much longer a `refresh_token` request whose callers timed out keeps its
+        /// connection open for the IdP's reply, which is then stored (see below)
+        pub const LATE_REPLY_WAIT: Setting<PositiveSeconds> =
+            "late_reply_wait", PositiveSeconds, 60;
+        /// time to connect to the IdP
+        pub const CONNECT_TIMEOUT: Setting<PositiveSeconds> =
+            "connect_timeout", PositiveSeconds, 3;
+        /// IdP requests in flight at once from one process; more wait
+        pub const MAX_IN_FLIGHT: Setting<PositiveCount> = "max_in_flight", PositiveCount, 32;
+        /// the audience an IdP-issued bearer token (HTTPS `Authorization: Bearer`) must carry to
+        /// identify a caller, e.g. this service's URL; unset: bearer tokens from this IdP
+        /// identify no one (401 naming the option), since any access token the IdP issued for a
+        /// user — one this service handed to FTS, say — would otherwise authenticate as that
+        /// user here
+        pub const BEARER_AUDIENCE: Optional<Text> = "bearer_audience", Text("string"), "unset";
+        /// clock skew tolerated on a bearer token's expiry
+        pub const BEARER_LEEWAY: Setting<WholeSeconds> = "bearer_leeway", WholeSeconds, 60;
+        /// age at which the cached discovery document is fetched again (also after a transport
+        /// error; never per call)
+        pub const DISCOVERY_REFRESH: Setting<PositiveSeconds> =
+            "discovery_refresh", PositiveSeconds, 3600;
+    }
+
+    /// The part of config/README.md between its `idp-options` markers.
+    pub fn idp_options_doc() -> String {
+        render_table(IDP_OPTIONS)
+    }
+}
 
 /// One `/Resources/IdProviders/<name>` section. Like DIRAC's `getOptionsDict`, only its options
 /// count (all strings) and subsections are ignored.
@@ -46,17 +121,39 @@ impl IdProvider {
             .filter(|v| !v.is_empty())
     }
 
+    /// A declared option's value, else its default. `Err` is the problem, naming the option
+    /// and its text.
+    pub fn get<K: Kind>(&self, setting: &Setting<K>) -> Result<K::Value, String> {
+        Ok(match self.read(setting.name, &setting.kind)? {
+            Some(value) => value,
+            None => setting.kind.value_of(&setting.default),
+        })
+    }
+
+    pub fn optional<K: Kind>(&self, option: &Optional<K>) -> Result<Option<K::Value>, String> {
+        self.read(option.name, &option.kind)
+    }
+
+    fn read<K: Kind>(&self, name: &str, kind: &K) -> Result<Option<K::Value>, String> {
+        let Some(text) = self.option(name) else {
+            return Ok(None);
+        };
+        kind.parse(text, &self.origin)
+            .map_err(|reason| format!("{name} = {text} {reason}"))
+    }
+
     /// `OAuth2` (DIRAC's default), `IAM`, `CheckIn` or an extension type.
     pub fn provider_type(&self) -> &str {
-        self.option("ProviderType").unwrap_or("OAuth2")
+        self.option(PROVIDER_TYPE.name)
+            .unwrap_or(PROVIDER_TYPE.default)
     }
 
     pub fn issuer(&self) -> Option<&str> {
-        self.option("issuer")
+        self.option(ISSUER.name)
     }
 
     pub fn client_id(&self) -> Option<&str> {
-        self.option("client_id")
+        self.option(CLIENT_ID.name)
     }
 
     /// From `TOKENMANAGER_IDP_<NAME>_CLIENT_SECRET[_FILE]` if set, else from the CS.
@@ -66,11 +163,7 @@ impl IdProvider {
 
     /// The raw `scope` option; DIRAC splits scopes on whitespace only.
     pub fn scope(&self) -> Option<&str> {
-        self.option("scope")
-    }
-
-    pub fn token_endpoint_auth_method(&self) -> Option<&str> {
-        self.option("token_endpoint_auth_method")
+        self.option(SCOPE.name)
     }
 }
 
@@ -124,7 +217,7 @@ pub(super) fn from_cfg(
         let client_secret = match from_env {
             Some(found) => Some(Secret::new(found.value)),
             None => idp
-                .get(CLIENT_SECRET)
+                .get(CLIENT_SECRET.name)
                 .filter(|v| !v.is_empty())
                 .map(Secret::new),
         };
@@ -133,7 +226,7 @@ pub(super) fn from_cfg(
             origin: origin.clone(),
             options: idp
                 .options()
-                .filter(|(k, _, _)| *k != CLIENT_SECRET)
+                .filter(|(k, _, _)| *k != CLIENT_SECRET.name)
                 .map(|(k, v, _)| (k.to_owned(), v.to_owned()))
                 .collect(),
             client_secret,
@@ -194,7 +287,10 @@ Resources
         assert_eq!(iam.client_id(), Some("1234-abcd"));
         assert_eq!(iam.client_secret().map(Secret::expose), Some("s3cr3t"));
         assert_eq!(iam.scope(), Some("openid profile offline_access"));
-        assert_eq!(iam.token_endpoint_auth_method(), Some("client_secret_post"));
+        assert_eq!(
+            iam.option("token_endpoint_auth_method"),
+            Some("client_secret_post")
+        );
         assert_eq!(iam.option("jwks"), None);
         assert_eq!(iam.origin().line, 7);
         assert_eq!(
@@ -249,5 +345,45 @@ Resources
         let err = idps(cs, &env).unwrap_err().to_string();
         assert!(err.contains("A-b, A_b"), "{err}");
         assert!(!err.contains(": x"), "{err}");
+    }
+
+    #[test]
+    fn declared_options_are_read_with_their_defaults_and_problems() {
+        let cs = "Resources\n{\nIdProviders\n{\ni\n{\ntimeout = 2.5\nmax_in_flight =\n\
+                  bearer_leeway = soon\n}\n}\n}";
+        let list = idps(cs, &|_| None).unwrap();
+        let i = &list[0];
+        assert_eq!(
+            i.get(&options::TIMEOUT),
+            Ok(std::time::Duration::from_millis(2500))
+        );
+        assert_eq!(i.get(&options::MAX_IN_FLIGHT), Ok(32), "empty is unset");
+        assert_eq!(
+            i.get(&options::BEARER_LEEWAY),
+            Err("bearer_leeway = soon is not a number of seconds".to_owned())
+        );
+        assert_eq!(
+            i.get(&options::AUDIENCE_PARAMETER).as_deref(),
+            Ok("audience")
+        );
+        assert_eq!(i.optional(&options::BEARER_AUDIENCE), Ok(None));
+        assert_eq!(i.provider_type(), "OAuth2");
+    }
+
+    #[test]
+    fn readme_table_matches_the_declarations() {
+        let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/README.md");
+        let readme = std::fs::read_to_string(readme).unwrap();
+        let documented = readme
+            .split_once("<!-- idp-options:begin -->\n")
+            .and_then(|(_, rest)| rest.split_once("<!-- idp-options:end -->"))
+            .map(|(section, _)| section)
+            .expect("config/README.md has the idp-options markers");
+        let expected = options::idp_options_doc();
+        assert!(
+            documented == expected,
+            "config/README.md's IdP options differ from the declarations in \
+             src/config/idp.rs; between the markers it should read:\n{expected}"
+        );
     }
 }

@@ -31,6 +31,7 @@ use std::path::PathBuf;
 
 pub use cfg::{CfgError, Origin, Section};
 pub use database_url::{Backend, DatabaseUrl, UrlError};
+pub use idp::options as idp_options;
 pub use idp::{IdProvider, client_secret_var};
 pub use service::{ConnectionSettings, SERVICE_OPTIONS, ServiceSettings, service_options_doc};
 pub use settings::{SecuritySettings, Settings, resolve_security};

@@ -437,14 +437,14 @@ impl Kind for FilePath {
     }
 }
 
-/// Free text; empty is unset.
-pub struct Text;
+/// Free text; empty is unset. The label names what the text is: `Text("URL")`.
+pub struct Text(pub &'static str);
 
 impl Kind for Text {
     type Value = String;
     type Default = &'static str;
     fn label(&self) -> &'static str {
-        "string"
+        self.0
     }
     fn parse(&self, text: &str, _: &Origin) -> Result<Option<String>, String> {
         Ok((!text.is_empty()).then(|| text.to_owned()))
@@ -454,6 +454,26 @@ impl Kind for Text {
     }
     fn show(&self, default: &&'static str) -> String {
         format!("`{default}`")
+    }
+}
+
+/// DIRAC's lists: comma-separated, items trimmed, empty items dropped.
+pub struct List;
+
+impl Kind for List {
+    type Value = Vec<String>;
+    type Default = Infallible;
+    fn label(&self) -> &'static str {
+        "list"
+    }
+    fn parse(&self, text: &str, _: &Origin) -> Result<Option<Vec<String>>, String> {
+        Ok(Some(split_list(text)))
+    }
+    fn value_of(&self, default: &Infallible) -> Vec<String> {
+        match *default {}
+    }
+    fn show(&self, default: &Infallible) -> String {
+        match *default {}
     }
 }
 
@@ -493,6 +513,82 @@ impl Kind for ServicePaths {
     }
 }
 
+// The kinds of identity providers' options. Their reasons complete `<name> = <text> `, the
+// problem an `IdpError::Config` reports.
+
+/// A positive number of seconds, fractions allowed.
+pub struct PositiveSeconds;
+
+impl Kind for PositiveSeconds {
+    type Value = Duration;
+    type Default = u64;
+    fn label(&self) -> &'static str {
+        "seconds"
+    }
+    fn parse(&self, text: &str, _: &Origin) -> Result<Option<Duration>, String> {
+        text.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|s| s.is_finite() && *s > 0.0)
+            .map(|s| Some(Duration::from_secs_f64(s)))
+            .ok_or_else(|| "is not a positive number of seconds".into())
+    }
+    fn value_of(&self, default: &u64) -> Duration {
+        Duration::from_secs(*default)
+    }
+    fn show(&self, default: &u64) -> String {
+        default.to_string()
+    }
+}
+
+/// Whole seconds, 0 allowed.
+pub struct WholeSeconds;
+
+impl Kind for WholeSeconds {
+    type Value = Duration;
+    type Default = u64;
+    fn label(&self) -> &'static str {
+        "seconds"
+    }
+    fn parse(&self, text: &str, _: &Origin) -> Result<Option<Duration>, String> {
+        text.trim()
+            .parse::<u64>()
+            .map(|s| Some(Duration::from_secs(s)))
+            .map_err(|_| "is not a number of seconds".into())
+    }
+    fn value_of(&self, default: &u64) -> Duration {
+        Duration::from_secs(*default)
+    }
+    fn show(&self, default: &u64) -> String {
+        default.to_string()
+    }
+}
+
+/// A positive number of things.
+pub struct PositiveCount;
+
+impl Kind for PositiveCount {
+    type Value = usize;
+    type Default = usize;
+    fn label(&self) -> &'static str {
+        "integer"
+    }
+    fn parse(&self, text: &str, _: &Origin) -> Result<Option<usize>, String> {
+        text.trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .map(Some)
+            .ok_or_else(|| "is not a positive integer".into())
+    }
+    fn value_of(&self, default: &usize) -> usize {
+        *default
+    }
+    fn show(&self, default: &usize) -> String {
+        default.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -514,7 +610,7 @@ mod tests {
         /// a wait
         const WAIT: Setting<Seconds> = "Wait", Seconds(Zero::Refused), 2;
         /// a name
-        const NAME: Optional<Text> = "Name", Text, "unset";
+        const NAME: Optional<Text> = "Name", Text("string"), "unset";
         /// rules
         const RULES: SubSection = "Rules", "none";
     }

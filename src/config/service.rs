@@ -96,7 +96,7 @@ declare_options! {
     /// API and DIRAC's HTTPS protocol) and of DISET arguments; larger ones get HTTP 413
     pub const MAX_BODY_BYTES: Setting<Bytes> = "MaxBodyBytes", Bytes, 1024 * 1024;
     /// DIRAC's protocol of the service (`dips` or `https`)
-    pub const PROTOCOL: Optional<Text> = "Protocol", Text, "unset";
+    pub const PROTOCOL: Optional<Text> = "Protocol", Text("string"), "unset";
     // DIRAC's routes of the service on its HTTPS port: the section names a DIRAC client may use.
     /// URL paths on `HTTPSPort` that speak DIRAC's HTTPS protocol (`POST /<System>/<Service>`);
     /// each must be `/<System>/<Service>`; read at start

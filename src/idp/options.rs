@@ -2,15 +2,13 @@ use std::time::Duration;
 
 use super::IdpError;
 use crate::config::IdProvider;
+use crate::config::idp_options::{
+    ALLOWED_AUDIENCES, AUDIENCE_PARAMETER, BEARER_AUDIENCE, BEARER_LEEWAY, CONNECT_TIMEOUT,
+    DISCOVERY_REFRESH, LATE_REPLY_WAIT, MAX_IN_FLIGHT, SERVER_METADATA_URL, TIMEOUT,
+    TOKEN_ENDPOINT_AUTH_METHOD,
+};
 use crate::domain::Secret;
 use crate::domain::scopes::ProviderType;
-
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-pub const DEFAULT_LATE_REPLY_WAIT: Duration = Duration::from_secs(60);
-pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
-pub const DEFAULT_DISCOVERY_REFRESH: Duration = Duration::from_secs(3600);
-pub const DEFAULT_BEARER_LEEWAY: Duration = Duration::from_secs(60);
 
 /// The grant a token is obtained with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,63 +92,35 @@ impl IdpOptions {
             .filter(|c| !c.is_empty())
             .ok_or_else(|| problem("client_id is not set".into()))?
             .to_owned();
-        let secret_in_body = match idp.token_endpoint_auth_method() {
-            None | Some("client_secret_basic") => false,
-            Some("client_secret_post") => true,
-            Some(other) => {
+        let secret_in_body = match idp
+            .get(&TOKEN_ENDPOINT_AUTH_METHOD)
+            .map_err(&problem)?
+            .as_str()
+        {
+            "client_secret_basic" => false,
+            "client_secret_post" => true,
+            other => {
                 return Err(problem(format!(
                     "token_endpoint_auth_method {other} is not client_secret_basic or client_secret_post"
                 )));
             }
         };
-        let audience_parameter = match idp.option("audience_parameter") {
-            None | Some("audience") => AudienceParameter::Audience,
-            Some("resource") => AudienceParameter::Resource,
-            Some(other) => {
+        let audience_parameter = match idp.get(&AUDIENCE_PARAMETER).map_err(&problem)?.as_str() {
+            "audience" => AudienceParameter::Audience,
+            "resource" => AudienceParameter::Resource,
+            other => {
                 return Err(problem(format!(
                     "audience_parameter {other} is not audience or resource"
                 )));
             }
         };
-        let allowed_audiences = idp.option("allowed_audiences").map(|list| {
-            list.split(',')
-                .map(str::trim)
-                .filter(|a| !a.is_empty())
-                .map(str::to_owned)
-                .collect()
-        });
-        let seconds = |option: &str, default: Duration| -> Result<Duration, IdpError> {
-            match idp.option(option) {
-                None => Ok(default),
-                Some(text) => text
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|s| s.is_finite() && *s > 0.0)
-                    .map(Duration::from_secs_f64)
-                    .ok_or_else(|| {
-                        problem(format!(
-                            "{option} = {text} is not a positive number of seconds"
-                        ))
-                    }),
-            }
-        };
-        let max_in_flight = match idp.option("max_in_flight") {
-            None => DEFAULT_MAX_IN_FLIGHT,
-            Some(text) => text
-                .trim()
-                .parse::<usize>()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| {
-                    problem(format!("max_in_flight = {text} is not a positive integer"))
-                })?,
-        };
+        let allowed_audiences = idp.optional(&ALLOWED_AUDIENCES).map_err(&problem)?;
+        let max_in_flight = idp.get(&MAX_IN_FLIGHT).map_err(&problem)?;
         Ok(Self {
             name: name.clone(),
             discovery_url: idp
-                .option("server_metadata_url")
-                .map(str::to_owned)
+                .optional(&SERVER_METADATA_URL)
+                .map_err(&problem)?
                 .unwrap_or_else(|| format!("{issuer}/.well-known/openid-configuration")),
             provider_type,
             issuer,
@@ -159,25 +129,13 @@ impl IdpOptions {
             secret_in_body,
             audience_parameter,
             allowed_audiences,
-            timeout: seconds("timeout", DEFAULT_TIMEOUT)?,
-            connect_timeout: seconds("connect_timeout", DEFAULT_CONNECT_TIMEOUT)?,
-            late_reply_wait: seconds("late_reply_wait", DEFAULT_LATE_REPLY_WAIT)?,
+            timeout: idp.get(&TIMEOUT).map_err(&problem)?,
+            connect_timeout: idp.get(&CONNECT_TIMEOUT).map_err(&problem)?,
+            late_reply_wait: idp.get(&LATE_REPLY_WAIT).map_err(&problem)?,
             max_in_flight,
-            discovery_refresh: seconds("discovery_refresh", DEFAULT_DISCOVERY_REFRESH)?,
-            bearer_audience: idp
-                .option("bearer_audience")
-                .filter(|a| !a.is_empty())
-                .map(str::to_owned),
-            bearer_leeway: match idp.option("bearer_leeway") {
-                None => DEFAULT_BEARER_LEEWAY,
-                Some(text) => text
-                    .trim()
-                    .parse::<u64>()
-                    .map(Duration::from_secs)
-                    .map_err(|_| {
-                        problem(format!("bearer_leeway = {text} is not a number of seconds"))
-                    })?,
-            },
+            discovery_refresh: idp.get(&DISCOVERY_REFRESH).map_err(&problem)?,
+            bearer_audience: idp.optional(&BEARER_AUDIENCE).map_err(&problem)?,
+            bearer_leeway: idp.get(&BEARER_LEEWAY).map_err(&problem)?,
         })
     }
 
@@ -209,5 +167,123 @@ impl IdpOptions {
                 listed: self.allowed_audiences.is_some(),
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Section, resolve};
+    use std::path::Path;
+
+    /// The options of IdP `i` (issuer and client ID set) plus `extra`.
+    fn options_with(extra: &str) -> Result<IdpOptions, IdpError> {
+        let text = format!(
+            "Systems\n{{\nFramework\n{{\nServices\n{{\nTokenManager\n{{\nEncryptionKeyFile = k\n}}\n}}\n\
+             Databases\n{{\nTokenDB\n{{\nURL = sqlite://x\n}}\n}}\n}}\n}}\n\
+             Resources\n{{\nIdProviders\n{{\ni\n{{\nissuer = https://idp.example.org/\n\
+             client_id = c\n{extra}\n}}\n}}\n}}\n"
+        );
+        let root = Section::parse(&text, Path::new("/etc/tm/i.cfg")).unwrap();
+        let settings = resolve(&root, &|_| None).unwrap().settings;
+        IdpOptions::from_config(settings.idp("i").unwrap())
+    }
+
+    fn problem_of(extra: &str) -> String {
+        match options_with(extra) {
+            Err(IdpError::Config { idp, problem }) if idp == "i" => problem,
+            other => panic!("{extra}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_ones_of_before_the_declarations() {
+        let o = options_with("").unwrap();
+        assert_eq!(o.issuer, "https://idp.example.org");
+        assert_eq!(
+            o.discovery_url,
+            "https://idp.example.org/.well-known/openid-configuration"
+        );
+        assert_eq!(o.provider_type, ProviderType::OAuth2);
+        assert!(!o.secret_in_body);
+        assert_eq!(o.audience_parameter, AudienceParameter::Audience);
+        assert_eq!(o.allowed_audiences, None);
+        let secs = Duration::from_secs;
+        assert_eq!(
+            (o.timeout, o.connect_timeout, o.late_reply_wait),
+            (secs(10), secs(3), secs(60))
+        );
+        assert_eq!(o.max_in_flight, 32);
+        assert_eq!(o.discovery_refresh, secs(3600));
+        assert_eq!(o.bearer_audience, None);
+        assert_eq!(o.bearer_leeway, secs(60));
+    }
+
+    #[test]
+    fn set_options_are_read() {
+        let o = options_with(
+            "token_endpoint_auth_method = client_secret_post\naudience_parameter = resource\n\
+             allowed_audiences = a, ,b\nserver_metadata_url = https://m\ntimeout = 0.5\n\
+             connect_timeout = 2\nlate_reply_wait = 7\nmax_in_flight = 4\n\
+             discovery_refresh = 9\nbearer_audience = https://tm\nbearer_leeway = 0",
+        )
+        .unwrap();
+        assert!(o.secret_in_body);
+        assert_eq!(o.audience_parameter, AudienceParameter::Resource);
+        assert_eq!(o.allowed_audiences, Some(vec!["a".into(), "b".into()]));
+        assert_eq!(o.discovery_url, "https://m");
+        let secs = Duration::from_secs;
+        assert_eq!(
+            (o.timeout, o.connect_timeout, o.late_reply_wait),
+            (Duration::from_millis(500), secs(2), secs(7))
+        );
+        assert_eq!((o.max_in_flight, o.discovery_refresh), (4, secs(9)));
+        assert_eq!(o.bearer_audience.as_deref(), Some("https://tm"));
+        assert_eq!(o.bearer_leeway, Duration::ZERO);
+    }
+
+    #[test]
+    fn bad_values_keep_their_messages() {
+        for (extra, problem) in [
+            (
+                "ProviderType = X",
+                "ProviderType X is not OAuth2, IAM or CheckIn",
+            ),
+            (
+                "token_endpoint_auth_method = none",
+                "token_endpoint_auth_method none is not client_secret_basic or client_secret_post",
+            ),
+            (
+                "audience_parameter = aud",
+                "audience_parameter aud is not audience or resource",
+            ),
+            (
+                "timeout = 0",
+                "timeout = 0 is not a positive number of seconds",
+            ),
+            (
+                "connect_timeout = inf",
+                "connect_timeout = inf is not a positive number of seconds",
+            ),
+            (
+                "late_reply_wait = -1",
+                "late_reply_wait = -1 is not a positive number of seconds",
+            ),
+            (
+                "discovery_refresh = x",
+                "discovery_refresh = x is not a positive number of seconds",
+            ),
+            (
+                "max_in_flight = 0",
+                "max_in_flight = 0 is not a positive integer",
+            ),
+            (
+                "bearer_leeway = 1.5",
+                "bearer_leeway = 1.5 is not a number of seconds",
+            ),
+        ] {
+            assert_eq!(problem_of(extra), problem, "{extra}");
+        }
+        assert_eq!(problem_of("issuer =\nclient_id = c"), "issuer is not set");
     }
 }
