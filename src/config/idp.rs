@@ -124,10 +124,7 @@ impl IdProvider {
     /// A declared option's value, else its default. `Err` is the problem, naming the option
     /// and its text.
     pub fn get<K: Kind>(&self, setting: &Setting<K>) -> Result<K::Value, String> {
-        Ok(match self.read(setting.name, &setting.kind)? {
-            Some(value) => value,
-            None => setting.kind.value_of(&setting.default),
-        })
+        Ok(setting.or_default(self.read(setting.name, &setting.kind)?))
     }
 
     pub fn optional<K: Kind>(&self, option: &Optional<K>) -> Result<Option<K::Value>, String> {

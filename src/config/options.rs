@@ -93,6 +93,11 @@ pub struct Setting<K: Kind> {
 }
 
 impl<K: Kind> Setting<K> {
+    /// The value found, else the default.
+    pub fn or_default(&self, found: Option<K::Value>) -> K::Value {
+        found.unwrap_or_else(|| self.kind.value_of(&self.default))
+    }
+
     pub const fn declare(
         name: &'static str,
         kind: K,
@@ -250,10 +255,7 @@ impl Reader<'_> {
 
     /// The option's value, else its default.
     pub fn get<K: Kind>(&self, setting: &Setting<K>) -> Result<K::Value, ConfigError> {
-        Ok(match self.read(setting.name, &setting.kind)? {
-            Some(value) => value,
-            None => setting.kind.value_of(&setting.default),
-        })
+        Ok(setting.or_default(self.read(setting.name, &setting.kind)?))
     }
 
     pub fn optional<K: Kind>(&self, option: &Optional<K>) -> Result<Option<K::Value>, ConfigError> {
