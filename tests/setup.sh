@@ -13,7 +13,7 @@ scripts/install-packages.sh sqlite3 postgresql-client mariadb-client prometheus
 npm ci --prefix tests/idp --no-audit --no-fund --loglevel=error
 
 # DIRAC's own Python client (PyPI DIRAC 9.1.22) for tests/it/dirac_client.rs, in a venv outside
-# the repository ($DIRAC_CLIENT_VENV, default /work/.cache/dirac-client-9.1.22): ~70 s the first
+# the repository (in $TOKENMANAGER_TEST_CACHE, see tests/dirac-client/setup.sh): ~70 s the first
 # time, ~1 s when it is up to date.
 tests/dirac-client/setup.sh
 # DIRAC 8.0's client, whose DISET calls send DEncode (tests/it/dirac_client.rs), time-boxed.

@@ -2,7 +2,7 @@
 
 Run (after tests/dirac-client/setup.sh, with our server running and the fixture written):
 
-    TM_DIRAC_FIXTURE=/path/fixture.json /work/.cache/dirac-client-9.1.22/bin/pytest tests/dirac-client -q
+    TM_DIRAC_FIXTURE=/path/fixture.json $venv/bin/pytest tests/dirac-client -q
 
 Without TM_DIRAC_FIXTURE every test is skipped (pytest still exits 0 with "N skipped").
 

@@ -3,13 +3,17 @@
 # DIRAC-client compatibility tests in this folder. Idempotent and non-interactive.
 #
 #   tests/dirac-client/setup.sh            DIRAC 9.1.22 into $DIRAC_CLIENT_VENV
-#                                          (default /work/.cache/dirac-client-9.1.22)
+#                                          (default $cache/dirac-client-9.1.22)
 #   tests/dirac-client/setup.sh --server   same plus DIRAC's [server] extra (Tornado, MySQLdb...) into
-#                                          $DIRAC_SERVER_VENV (default /work/.cache/dirac-server-9.1.22);
+#                                          $DIRAC_SERVER_VENV (default $cache/dirac-server-9.1.22);
 #                                          only for running DIRAC's own TokenManager (selfcheck/dirac_server.sh)
 #   tests/dirac-client/setup.sh --dirac8   DIRAC 8.0.x into $DIRAC8_CLIENT_VENV
-#                                          (default /work/.cache/dirac-client-8.0)
+#                                          (default $cache/dirac-client-8.0)
 #   --relock                               ignore the lock file, resolve again and rewrite it
+#
+# $cache is $TOKENMANAGER_TEST_CACHE, default ${XDG_CACHE_HOME:-$HOME/.cache}/tokenmanager: the
+# test caches of this user, shared by every checkout (tests/it/dirac_client.rs and
+# tests/dirac-cs/*.sh compute the same default).
 #
 # Why not a plain `pip install DIRAC==9.1.22`: DIRAC requires gfal2-python unconditionally and
 # gfal2-python does not build against Debian 12's libgfal2
@@ -28,23 +32,24 @@ for a in "$@"; do
     --dirac8) flavour=8 ;;
     --server) extra_server=1 ;;
     --relock) relock=1 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "unknown argument: $a" >&2; exit 2 ;;
   esac
 done
 
+cache=${TOKENMANAGER_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenmanager}
 if [[ $flavour == 9 ]]; then
   version=9.1.22
-  venv=${DIRAC_CLIENT_VENV:-/work/.cache/dirac-client-$version}
+  venv=${DIRAC_CLIENT_VENV:-$cache/dirac-client-$version}
   lock=$here/requirements-dirac9.lock
   if [[ $extra_server == 1 ]]; then
-    venv=${DIRAC_SERVER_VENV:-/work/.cache/dirac-server-$version}
+    venv=${DIRAC_SERVER_VENV:-$cache/dirac-server-$version}
     lock=$here/requirements-dirac9-server.lock
   fi
 else
   # Latest 8.0 release on PyPI when this was written (`pip index versions DIRAC`).
   version=${DIRAC8_VERSION:-8.0.86}
-  venv=${DIRAC8_CLIENT_VENV:-/work/.cache/dirac-client-8.0}
+  venv=${DIRAC8_CLIENT_VENV:-$cache/dirac-client-8.0}
   lock=$here/requirements-dirac8.lock
 fi
 python=${DIRAC_CLIENT_PYTHON:-python3.11}

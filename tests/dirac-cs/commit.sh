@@ -16,7 +16,8 @@ fi
 abs() { realpath -m -- "$1"; }
 work=$(abs "$1") content=$(abs "$2") port=$3 cert=$(abs "$4") key=$(abs "$5") cadir=$(abs "$6")
 for f in "$content" "$cert" "$key"; do [[ -r $f ]] || { echo "dirac-cs: cannot read $f" >&2; exit 2; }; done
-venv=${DIRAC_SERVER_VENV:-/work/.cache/dirac-server-9.1.22}
+# The default of ../dirac-client/setup.sh --server (TOKENMANAGER_TEST_CACHE: the test cache root).
+venv=${DIRAC_SERVER_VENV:-${TOKENMANAGER_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenmanager}/dirac-server-9.1.22}
 [[ -x $venv/bin/python ]] || venv=$("$here/../dirac-client/setup.sh" --server | tail -1)
 unset REQUESTS_CA_BUNDLE CURL_CA_BUNDLE X509_USER_PROXY DIRACSYSCONFIG DIRAC_X509_HOST_CERT DIRAC_X509_HOST_KEY
 exec "$venv/bin/python" "$here/cs.py" commit "$work" "$content" "$port" "$cert" "$key" "$cadir"

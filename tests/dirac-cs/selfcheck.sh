@@ -4,7 +4,7 @@
 #   tests/dirac-cs/selfcheck.sh [WORKDIR]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-t=${1:-$(mktemp -d /tmp/dirac-cs-selfcheck.XXXXXX)}
+t=${1:-$(mktemp -d -t dirac-cs-selfcheck.XXXXXX)}
 client_venv=${DIRAC_CLIENT_VENV:-$("$here/../dirac-client/setup.sh" | tail -1)}
 unset REQUESTS_CA_BUNDLE CURL_CA_BUNDLE X509_USER_PROXY
 mkdir -p "$t"

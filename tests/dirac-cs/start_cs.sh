@@ -9,8 +9,7 @@
 # data (a background checker in the same process group prints it; it exits right after). Server log:
 # WORKDIR/logs/server.log. If the server is not ready within $DIRAC_CS_READY_TIMEOUT s (default 90), or
 # dies, the checker prints the log tail on stderr and SIGTERMs the server (exit status non-zero).
-# Venv: $DIRAC_SERVER_VENV, else /work/.cache/dirac-server-9.1.22 (made by ../dirac-client/setup.sh --server
-# if missing).
+# Venv: $DIRAC_SERVER_VENV, else ../dirac-client/setup.sh --server's default (made by it if missing).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 if [[ $# -ne 6 ]]; then
@@ -22,7 +21,8 @@ work=$(abs "$1") content=$(abs "$2") port=$3 cert=$(abs "$4") key=$(abs "$5") ca
 for f in "$content" "$cert" "$key"; do [[ -r $f ]] || { echo "dirac-cs: cannot read $f" >&2; exit 2; }; done
 [[ -d $cadir ]] || { echo "dirac-cs: no CA directory $cadir" >&2; exit 2; }
 
-venv=${DIRAC_SERVER_VENV:-/work/.cache/dirac-server-9.1.22}
+# The default of ../dirac-client/setup.sh --server (TOKENMANAGER_TEST_CACHE: the test cache root).
+venv=${DIRAC_SERVER_VENV:-${TOKENMANAGER_TEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tokenmanager}/dirac-server-9.1.22}
 if [[ ! -f $venv/.tokenmanager-setup-stamp || ! -x $venv/bin/dirac-service ]]; then
   venv=$("$here/../dirac-client/setup.sh" --server | tail -1)
 fi

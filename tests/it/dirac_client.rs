@@ -21,12 +21,20 @@ fn dn(name: &str) -> String {
     format!("/C=ch/O=DIRAC/OU=Test/CN={name}")
 }
 
-/// A venv tests/dirac-client/setup.sh made (tests/setup.sh runs it): `variable` overrides the
-/// default path.
-fn venv(variable: &str, default: &str) -> PathBuf {
-    std::env::var_os(variable)
+/// A venv tests/dirac-client/setup.sh made (tests/setup.sh runs it): `variable` overrides its
+/// path, else it is `name` in the test cache, `$TOKENMANAGER_TEST_CACHE`, default
+/// `${XDG_CACHE_HOME:-$HOME/.cache}/tokenmanager` (setup.sh's default too).
+fn venv(variable: &str, name: &str) -> PathBuf {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(path) = var(variable) {
+        return PathBuf::from(path);
+    }
+    let cache = var("TOKENMANAGER_TEST_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(default))
+        .or_else(|| var("XDG_CACHE_HOME").map(|c| PathBuf::from(c).join("tokenmanager")))
+        .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache/tokenmanager")))
+        .expect("HOME, XDG_CACHE_HOME or TOKENMANAGER_TEST_CACHE names the test cache");
+    cache.join(name)
 }
 
 fn config(db: &TestDb, idp: &TestIdp) -> String {
@@ -62,14 +70,14 @@ fn config(db: &TestDb, idp: &TestIdp) -> String {
 
 #[test]
 fn diracs_own_client_works_over_https_and_dips() {
-    let venv = venv("DIRAC_CLIENT_VENV", "/work/.cache/dirac-client-9.1.22");
+    let venv = venv("DIRAC_CLIENT_VENV", "dirac-client-9.1.22");
     run_suite(&venv, None);
 }
 
 /// DIRAC 8 clients send DEncode on DISET by default; its HTTPS client is DIRAC 9's too.
 #[test]
 fn dirac_8_client_works_over_dips() {
-    let venv = venv("DIRAC8_CLIENT_VENV", "/work/.cache/dirac-client-8.0");
+    let venv = venv("DIRAC8_CLIENT_VENV", "dirac-client-8.0");
     run_suite(&venv, Some("dips"));
 }
 

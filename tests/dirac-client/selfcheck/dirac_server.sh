@@ -18,7 +18,7 @@
 # running (getToken fails at the IdP).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-work=${1:-$(mktemp -d /tmp/tm-dirac-server.XXXXXX)}
+work=${1:-$(mktemp -d -t tm-dirac-server.XXXXXX)}
 shift || true
 server_venv=${DIRAC_SERVER_VENV:-$("$here/../setup.sh" --server | tail -1)}
 client_venv=${DIRAC_CLIENT_VENV:-$("$here/../setup.sh" | tail -1)}

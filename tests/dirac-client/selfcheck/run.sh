@@ -11,7 +11,7 @@
 # Usage: tests/dirac-client/selfcheck/run.sh [WORKDIR]   (venv from setup.sh / $DIRAC_CLIENT_VENV)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-work=${1:-$(mktemp -d /tmp/tm-dirac-selfcheck.XXXXXX)}
+work=${1:-$(mktemp -d -t tm-dirac-selfcheck.XXXXXX)}
 venv=${DIRAC_CLIENT_VENV:-$("$here/../setup.sh" | tail -1)}
 py=$venv/bin/python
 mkdir -p "$work"
