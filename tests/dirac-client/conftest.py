@@ -75,7 +75,10 @@ DIRAC_READY = False
 if FX is not None:
     import client_cfg
 
-    _root = tempfile.mkdtemp(prefix="tm-dirac-client-")
+    # DIRAC's root (its etc/dirac.cfg) beside the fixture, in the directory of whoever wrote it
+    # (tests/it/dirac_client.rs: the test's own temp dir): if this process dies before atexit,
+    # nothing is left in the system's temp dir.
+    _root = tempfile.mkdtemp(prefix="tm-dirac-client-", dir=os.path.dirname(os.path.abspath(FIXTURE_PATH)))
     atexit.register(shutil.rmtree, _root, ignore_errors=True)
     os.makedirs(f"{_root}/etc")
     if FX.get("dirac_cfg"):

@@ -21,7 +21,8 @@ url = f"dips://localhost:{port}/Configuration/Server"
 
 for v in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "X509_USER_PROXY", "DIRACSYSCONFIG"):
     os.environ.pop(v, None)
-root = tempfile.mkdtemp(prefix="dirac-cs-check-")
+# Inside the selfcheck's work directory, with the rest of its files, not in the system's temp dir.
+root = tempfile.mkdtemp(prefix="dirac-cs-check-", dir=work)
 os.makedirs(f"{root}/etc")
 with open(f"{root}/etc/dirac.cfg", "w") as f:
     f.write(f"""DIRAC
