@@ -94,7 +94,11 @@ fn diset_echo(app: &TestApp) -> serde_json::Value {
 #[test]
 fn a_socket_that_sends_nothing_is_closed_after_first_byte_timeout_on_every_listener() {
     let db = TestDb::new(Backend::Sqlite);
-    let app = process::spawn_app(&db, "FirstByteTimeout = 1\nHandshakeTimeout = 30");
+    let app = process::spawn_app(&db, |c| {
+        c.service()
+            .set("FirstByteTimeout", 1)
+            .set("HandshakeTimeout", 30);
+    });
     for (listener, port) in [
         ("https", app.https),
         ("dips", app.dips),
@@ -114,10 +118,12 @@ fn a_socket_that_sends_nothing_is_closed_after_first_byte_timeout_on_every_liste
 #[test]
 fn idle_sockets_do_not_hold_the_diset_slots_of_callers_with_certificates() {
     let db = TestDb::new(Backend::Sqlite);
-    let app = process::spawn_app(
-        &db,
-        "MaxThreads = 1\nFirstByteTimeout = 60\nHandshakeTimeout = 60",
-    );
+    let app = process::spawn_app(&db, |c| {
+        c.service()
+            .set("MaxThreads", 1)
+            .set("FirstByteTimeout", 60)
+            .set("HandshakeTimeout", 60);
+    });
     // Before, each of these took a MaxThreads slot before its handshake and kept it for
     // HandshakeTimeout.
     let _idle: Vec<TcpStream> = (0..20).map(|_| idle_socket(app.dips, 2)).collect();
@@ -133,7 +139,12 @@ fn idle_sockets_do_not_hold_the_diset_slots_of_callers_with_certificates() {
 #[test]
 fn a_diset_call_that_finds_no_free_slot_in_queue_timeout_is_answered_busy() {
     let db = TestDb::new(Backend::Sqlite);
-    let app = process::spawn_app(&db, "MaxThreads = 1\nQueueTimeout = 1\nPacketTimeout = 30");
+    let app = process::spawn_app(&db, |c| {
+        c.service()
+            .set("MaxThreads", 1)
+            .set("QueueTimeout", 1)
+            .set("PacketTimeout", 30);
+    });
     let who = proxy("full", "g_full");
     // Handshaken and silent: it holds the only slot for PacketTimeout.
     let _holder = Diset::connect(app.dips, Some(&who)).unwrap();
@@ -155,7 +166,9 @@ fn a_diset_call_that_finds_no_free_slot_in_queue_timeout_is_answered_busy() {
 #[test]
 fn keep_alive_frames_cannot_stand_in_for_the_proposal() {
     let db = TestDb::new(Backend::Sqlite);
-    let app = process::spawn_app(&db, "PacketTimeout = 30");
+    let app = process::spawn_app(&db, |c| {
+        c.service().set("PacketTimeout", 30);
+    });
     let who = proxy("full", "g_full");
     let mut diset = Diset::connect(app.dips, Some(&who)).unwrap();
     let ping = br#"{"OK": true, "Value": {"id": "abc0", "kaping": true}}"#;
@@ -183,13 +196,13 @@ fn anonymous_tls(port: u16, source: u8) -> Result<openssl::ssl::SslStream<TcpStr
 #[test]
 fn a_full_listener_sheds_its_oldest_unidentified_connection_for_a_newcomer() {
     let db = TestDb::new(Backend::Sqlite);
-    let app = process::spawn_app(
-        &db,
-        "MaxUnidentifiedConnections = 5
-MaxUnidentifiedPerAddress = 0
-FirstByteTimeout = 60
-RequestHeadTimeout = 60",
-    );
+    let app = process::spawn_app(&db, |c| {
+        c.service()
+            .set("MaxUnidentifiedConnections", 5)
+            .set("MaxUnidentifiedPerAddress", 0)
+            .set("FirstByteTimeout", 60)
+            .set("RequestHeadTimeout", 60);
+    });
     let mut anonymous: Vec<_> = (0..5)
         .map(|_| anonymous_tls(app.https, 3).unwrap())
         .collect();
@@ -218,12 +231,12 @@ RequestHeadTimeout = 60",
 #[test]
 fn one_address_cannot_hold_more_than_its_share_of_connections_without_certificates() {
     let db = TestDb::new(Backend::Sqlite);
-    let app = process::spawn_app(
-        &db,
-        "MaxUnidentifiedPerAddress = 3
-FirstByteTimeout = 60
-RequestHeadTimeout = 60",
-    );
+    let app = process::spawn_app(&db, |c| {
+        c.service()
+            .set("MaxUnidentifiedPerAddress", 3)
+            .set("FirstByteTimeout", 60)
+            .set("RequestHeadTimeout", 60);
+    });
     let _held: Vec<_> = (0..3)
         .map(|_| anonymous_tls(app.https, 4).unwrap())
         .collect();
@@ -279,10 +292,12 @@ fn anonymous_post(app: &TestApp, content_length: usize, body: &[u8]) -> (u16, Du
 #[test]
 fn callers_without_credentials_get_a_small_body_and_a_short_deadline() {
     let db = TestDb::new(Backend::Sqlite);
-    let app = process::spawn_app(
-        &db,
-        "AnonymousMaxBodyBytes = 1000\nAnonymousBodyTimeout = 1\nMaxBodyBytes = 100000",
-    );
+    let app = process::spawn_app(&db, |c| {
+        c.service()
+            .set("AnonymousMaxBodyBytes", 1000)
+            .set("AnonymousBodyTimeout", 1)
+            .set("MaxBodyBytes", 100_000);
+    });
     let (status, _) = anonymous_post(&app, 100_000, b"method=ping");
     assert_eq!(status, 413, "a large announced body is refused");
 
@@ -306,10 +321,12 @@ fn callers_without_credentials_get_a_small_body_and_a_short_deadline() {
 fn a_spent_descriptor_budget_sheds_the_oldest_idle_connection_for_a_newcomer() {
     let db = TestDb::new(Backend::Sqlite);
     // A reserve above any limit leaves clients the minimum budget, 64 connections.
-    let app = process::spawn_app(
-        &db,
-        "DescriptorReserve = 4000000000\nMaxUnidentifiedPerAddress = 0\nFirstByteTimeout = 60",
-    );
+    let app = process::spawn_app(&db, |c| {
+        c.service()
+            .set("DescriptorReserve", 4_000_000_000u64)
+            .set("MaxUnidentifiedPerAddress", 0)
+            .set("FirstByteTimeout", 60);
+    });
     let (_, exposition) = http_get(app.metrics, "/metrics");
     assert_eq!(
         sample(&exposition, "tokenmanager_connection_budget"),
@@ -334,10 +351,12 @@ fn a_spent_descriptor_budget_sheds_the_oldest_idle_connection_for_a_newcomer() {
 fn out_of_descriptors_the_accept_loops_back_off_log_once_and_recover() {
     let db = TestDb::new(Backend::Sqlite);
     // No reserve: admission lets clients take every descriptor, so accept itself fails.
-    let config = process::configure(
-        &db,
-        "DescriptorReserve = 0\nMaxUnidentifiedPerAddress = 0\nFirstByteTimeout = 60",
-    );
+    let config = process::configure(&db, |c| {
+        c.service()
+            .set("DescriptorReserve", 0)
+            .set("MaxUnidentifiedPerAddress", 0)
+            .set("FirstByteTimeout", 60);
+    });
     let mut server = process::ServeProcess::spawn_with(&config, |command| {
         process::with_open_file_limit(command, 160, 160)
     });

@@ -183,7 +183,7 @@ const MATRIX: &[(&str, [u16; 12])] = &[
 fn authorization_matrix_over_real_tls() {
     let pki = TestPki::shared();
     let db = TestDb::new(tokenmanager::config::Backend::Sqlite);
-    let app = spawn_app(&db, "");
+    let app = spawn_app(&db, |_| {});
     let columns = columns();
     let callers = callers(pki);
     assert_eq!(callers.len(), MATRIX.len());
@@ -232,7 +232,7 @@ fn authorization_matrix_over_real_tls() {
 fn whoami_describes_proxy_plain_certificate_and_host_callers() {
     let pki = TestPki::shared();
     let db = TestDb::new(tokenmanager::config::Backend::Sqlite);
-    let app = spawn_app(&db, "");
+    let app = spawn_app(&db, |_| {});
     let whoami = |credential: &CertifiedKey| {
         let reply = Client::with_certificate(credential).post(app.https, "/api/v1/whoami", "");
         assert_eq!(reply.status(), Some(200), "{:?}", reply);
@@ -321,7 +321,9 @@ fn whoami_describes_proxy_plain_certificate_and_host_callers() {
 fn bad_input_gets_the_documented_error_and_changes_nothing() {
     let pki = TestPki::shared();
     let db = TestDb::new(tokenmanager::config::Backend::Sqlite);
-    let app = spawn_app(&db, "MaxBodyBytes = 4096");
+    let app = spawn_app(&db, |c| {
+        c.service().set("MaxBodyBytes", 4096);
+    });
     let manager = pki.proxy(&dn("manager"), ProxyKind::Rfc3820, Some("g_manager"));
     let client = Client::with_certificate(&manager);
     let post =
@@ -469,7 +471,9 @@ fn bad_input_gets_the_documented_error_and_changes_nothing() {
 fn token_values_are_shown_only_with_the_option_and_only_to_proxy_management() {
     let pki = TestPki::shared();
     let db = TestDb::new(tokenmanager::config::Backend::Sqlite);
-    let app = spawn_app(&db, "ExposeTokenValues = yes");
+    let app = spawn_app(&db, |c| {
+        c.service().set("ExposeTokenValues", "yes");
+    });
     let manager = pki.proxy(&dn("manager"), ProxyKind::Rfc3820, Some("g_manager"));
     let plain = pki.proxy(&dn("plain"), ProxyKind::Rfc3820, None);
     let token = json!({"refresh_token": "rt-plain", "access_token": "at-plain", "expires_in": 60});
@@ -537,7 +541,7 @@ fn token_values_are_shown_only_with_the_option_and_only_to_proxy_management() {
 fn refused_certificates_are_logged_with_subject_and_reason() {
     let pki = TestPki::shared();
     let db = TestDb::new(tokenmanager::config::Backend::Sqlite);
-    let mut app = spawn_process(&db, "");
+    let mut app = spawn_process(&db, |_| {});
     let late = pki
         .ca
         .issue_user(&dn("late user"), Validity::expired())

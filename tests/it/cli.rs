@@ -8,12 +8,9 @@ use tokenmanager::config::Backend;
 use tokenmanager::crypto::KeyringFile;
 
 use crate::client::http_get;
-use crate::process::{ServeProcess, run, stderr, write_config};
+use crate::process::{ServeProcess, run, stderr};
 use crate::support::{TestDb, TestStore, get_credential, new_token, store_token};
-
-fn sqlite_section(db: &TestDb) -> String {
-    format!("URL = {}", db.url)
-}
+use crate::test_config::TestConfig;
 
 fn keyring_for(db: &TestDb) -> KeyringFile {
     let file = KeyringFile::new(db.dir.path().join("keyring"));
@@ -25,7 +22,7 @@ fn keyring_for(db: &TestDb) -> KeyringFile {
 fn serve_binds_free_ports_and_answers_health_checks() {
     let db = TestDb::new(Backend::Sqlite);
     keyring_for(&db);
-    let config = write_config(db.dir.path(), "tm.cfg", &sqlite_section(&db), "");
+    let config = TestConfig::on(&db).write("tm.cfg");
     let server = ServeProcess::spawn(&config);
     let ports = [server.https, server.dips, server.metrics];
     assert!(ports.iter().all(|&p| p != 0), "{ports:?}");
@@ -73,7 +70,7 @@ fn serve_raises_a_lowered_open_file_limit_to_the_hard_one() {
     };
     let db = TestDb::new(Backend::Sqlite);
     keyring_for(&db);
-    let config = write_config(db.dir.path(), "tm.cfg", &sqlite_section(&db), "");
+    let config = TestConfig::on(&db).write("tm.cfg");
     let mut server = ServeProcess::spawn_with(&config, |command| {
         crate::process::with_open_file_limit(command, LOWERED, hard)
     });
@@ -99,7 +96,7 @@ fn serve_raises_a_lowered_open_file_limit_to_the_hard_one() {
 fn serve_runs_a_jemalloc_background_thread() {
     let db = TestDb::new(Backend::Sqlite);
     keyring_for(&db);
-    let config = write_config(db.dir.path(), "tm.cfg", &sqlite_section(&db), "");
+    let config = TestConfig::on(&db).write("tm.cfg");
     let server = ServeProcess::spawn(&config);
     let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
         .unwrap()
@@ -116,7 +113,7 @@ fn serve_runs_a_jemalloc_background_thread() {
 fn a_second_serve_on_the_same_sqlite_file_is_refused() {
     let db = TestDb::new(Backend::Sqlite);
     keyring_for(&db);
-    let config = write_config(db.dir.path(), "tm.cfg", &sqlite_section(&db), "");
+    let config = TestConfig::on(&db).write("tm.cfg");
     let first = ServeProcess::spawn(&config);
     let second = run(&["serve", "--config", config.to_str().unwrap()], &[]);
     assert!(!second.status.success());
@@ -140,12 +137,11 @@ fn a_second_serve_on_the_same_sqlite_file_is_refused() {
 fn configuration_errors_name_the_file_the_line_and_the_option() {
     let db = TestDb::new(Backend::Sqlite);
     keyring_for(&db);
-    let config = write_config(
-        db.dir.path(),
-        "bad.cfg",
-        &sqlite_section(&db),
-        "MetricsPort = 99999",
-    );
+    let config = {
+        let mut c = TestConfig::on(&db);
+        c.service().set("MetricsPort", 99999);
+        c.write("bad.cfg")
+    };
     let output = run(&["migrate", "--config", config.to_str().unwrap()], &[]);
     assert!(!output.status.success());
     let message = stderr(&output);
@@ -186,12 +182,11 @@ fn configuration_errors_name_the_file_the_line_and_the_option() {
 fn an_unknown_option_in_our_section_is_a_warning() {
     let db = TestDb::new(Backend::Sqlite);
     keyring_for(&db);
-    let config = write_config(
-        db.dir.path(),
-        "tm.cfg",
-        &sqlite_section(&db),
-        "Colour = blue",
-    );
+    let config = {
+        let mut c = TestConfig::on(&db);
+        c.service().set("Colour", "blue");
+        c.write("tm.cfg")
+    };
     let output = run(&["migrate", "--config", config.to_str().unwrap()], &[]);
     assert!(output.status.success(), "{}", stderr(&output));
     let message = stderr(&output);
@@ -206,8 +201,12 @@ fn an_unknown_option_in_our_section_is_a_warning() {
 fn later_configuration_files_win() {
     let db = TestDb::new(Backend::Sqlite);
     keyring_for(&db);
-    let broken = write_config(db.dir.path(), "a.cfg", "URL = oracle://nowhere/db", "");
-    let fixed = write_config(db.dir.path(), "b.cfg", &sqlite_section(&db), "");
+    let broken = {
+        let mut c = TestConfig::new(db.dir.path());
+        c.database().set("URL", "oracle://nowhere/db");
+        c.write("a.cfg")
+    };
+    let fixed = TestConfig::on(&db).write("b.cfg");
     let [a, b] = [broken.to_str().unwrap(), fixed.to_str().unwrap()];
     let output = run(&["migrate", "--config", a, "--config", b], &[]);
     assert!(output.status.success(), "{}", stderr(&output));
@@ -219,7 +218,7 @@ fn later_configuration_files_win() {
 #[test]
 fn a_missing_keyring_stops_start_up() {
     let db = TestDb::new(Backend::Sqlite);
-    let config = write_config(db.dir.path(), "tm.cfg", &sqlite_section(&db), "");
+    let config = TestConfig::on(&db).write("tm.cfg");
     let output = run(&["serve", "--config", config.to_str().unwrap()], &[]);
     assert!(!output.status.success());
     let message = stderr(&output);
@@ -240,7 +239,7 @@ fn migrate_takes_the_database_url_and_password_from_the_environment() {
         let db = TestDb::new(backend);
         keyring_for(&db);
         // No TokenDB section at all: the URL comes from TOKENMANAGER_DB_URL.
-        let config = write_config(db.dir.path(), "tm.cfg", "", "");
+        let config = TestConfig::new(db.dir.path()).write("tm.cfg");
         let password_file = db.dir.path().join("db-password");
         std::fs::write(&password_file, "unused-by-trust-auth\n").unwrap();
         let env = [
@@ -278,12 +277,7 @@ fn migrate_takes_the_database_url_and_password_from_the_environment() {
 #[actix::test]
 async fn rotate_key_reencrypts_every_row_while_serve_runs() {
     let store = TestStore::new(Backend::Sqlite).await;
-    let config = write_config(
-        store.db.dir.path(),
-        "tm.cfg",
-        &sqlite_section(&store.db),
-        "",
-    );
+    let config = TestConfig::on(&store.db).write("tm.cfg");
     let mut server = ServeProcess::spawn(&config);
     for user in ["u1", "u2", "u3"] {
         let token = new_token(user, "IAM", &format!("rt-{user}"), &format!("at-{user}"));
@@ -331,7 +325,7 @@ async fn rotate_key_reencrypts_every_row_while_serve_runs() {
 fn replicas_starting_together_take_turns_migrating(backend: Backend) {
     let db = TestDb::new(backend);
     keyring_for(&db);
-    let config = write_config(db.dir.path(), "tm.cfg", &sqlite_section(&db), "");
+    let config = TestConfig::on(&db).write("tm.cfg");
     let runs: Vec<_> = (0..6)
         .map(|_| {
             let config = config.clone();

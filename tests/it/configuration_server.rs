@@ -15,12 +15,9 @@ use tokenmanager::x509::pki::ProxyKind;
 use crate::app::TestApp;
 use crate::client::Client;
 use crate::pki::TestPki;
-use crate::process::{REGISTRY, run, stderr};
+use crate::process::{run, stderr};
 use crate::support::TestDb;
-
-fn dn(name: &str) -> String {
-    format!("/C=ch/O=DIRAC/OU=Test/CN={name}")
-}
+use crate::test_config::{TestConfig, dn};
 
 fn script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -37,26 +34,17 @@ fn free_port() -> u16 {
 }
 
 /// The CS's content: the tests' Registry (its host may also commit: CSAdministrator), the
-/// test IdP section, and `extra` users in g_user.
-fn content(extra_users: &[&str]) -> String {
-    let mut registry = REGISTRY.replace(
-        "      Properties = TrustedHost\n",
-        "      Properties = TrustedHost, CSAdministrator\n",
-    );
+/// test IdP section, and `extra` users in g_user; paths (none are used) in `dir`.
+fn content(dir: &Path, extra_users: &[&str]) -> String {
+    let mut config = TestConfig::new(dir);
+    config
+        .section("Registry/Hosts/localhost")
+        .set("Properties", "TrustedHost, CSAdministrator");
     for user in extra_users {
-        registry = registry.replace(
-            "    victim\n",
-            &format!(
-                "    {user}\n    {{\n      DN = {}\n    }}\n    victim\n",
-                dn(user)
-            ),
-        );
-        registry = registry.replace(
-            "Users = plain, suspended, victim",
-            &format!("Users = plain, suspended, victim, {user}"),
-        );
+        config.user(user, "g_user");
     }
-    registry
+    config.remove("DIRAC").remove("Systems");
+    config.text()
 }
 
 /// DIRAC's CS in its own process group, killed with it.
@@ -76,7 +64,7 @@ impl DiracCs {
             .arg(&work)
             .arg(&content_file)
             .arg(port.to_string())
-            .args(Self::pki_args())
+            .args(Self::pki_args(dir))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
@@ -98,13 +86,10 @@ impl DiracCs {
         cs
     }
 
-    fn pki_args() -> Vec<PathBuf> {
-        let security = TestPki::shared().security_options();
-        // CertFile, KeyFile, CALocation, in that order.
-        security
-            .lines()
-            .map(|line| PathBuf::from(line.split_once(" = ").unwrap().1))
-            .collect()
+    /// The host certificate, its key and the CA directory, written into `dir`.
+    fn pki_args(dir: &Path) -> [PathBuf; 3] {
+        let files = TestPki::shared().write_files(dir);
+        [files.cert, files.key, files.ca_dir]
     }
 
     fn url(&self) -> String {
@@ -118,7 +103,7 @@ impl DiracCs {
             .arg(&self.work)
             .arg(&file)
             .arg(self.port.to_string())
-            .args(Self::pki_args())
+            .args(Self::pki_args(dir))
             .output()
             .unwrap();
         assert!(
@@ -145,20 +130,16 @@ fn local_config(db: &TestDb, servers: &str, refresh_seconds: u64) -> PathBuf {
     tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
         .create()
         .unwrap();
-    let text = format!(
-        "DIRAC\n{{\n  Setup = Test\n  Setups\n  {{\n    Test\n    {{\n      Framework = Production\n    }}\n  }}\n\
-         Security\n  {{\n{security}\n  }}\n  Configuration\n  {{\n    Servers = {servers}\n    RefreshTime = {refresh_seconds}\n  }}\n}}\n\
-         Systems\n{{\n  Framework\n  {{\n    Production\n    {{\n      Services\n      {{\n        TokenManager\n        {{\n\
-         ListenAddress = 127.0.0.1\nPort = 0\nHTTPSPort = 0\nMetricsPort = 0\nEncryptionKeyFile = {keyring}\n\
-         }}\n      }}\n      Databases\n      {{\n        TokenDB\n        {{\nURL = {url}\n        }}\n      }}\n    }}\n  }}\n}}\n\
-         Registry\n{{\n  Groups\n  {{\n    g_full\n    {{\n      Properties = NormalUser, FullDelegation, ProxyManagement\n    }}\n  }}\n}}\n",
-        security = TestPki::shared().security_options(),
-        keyring = db.dir.path().join("keyring").display(),
-        url = db.url,
-    );
-    let path = db.dir.path().join("local.cfg");
-    std::fs::write(&path, text).unwrap();
-    path
+    let mut config = TestConfig::on(db);
+    config
+        .section("DIRAC/Configuration")
+        .set("Servers", servers)
+        .set("RefreshTime", refresh_seconds);
+    config.remove("Registry").remove("Resources");
+    config
+        .section("Registry/Groups/g_full")
+        .set("Properties", "NormalUser, FullDelegation, ProxyManagement");
+    config.write("local.cfg")
 }
 
 fn whoami(app: &TestApp, user: &str, group: &str) -> (Option<u16>, serde_json::Value) {
@@ -179,7 +160,7 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
 #[test]
 fn the_configuration_server_is_fetched_merged_under_local_files_and_followed() {
     let cs_dir = tempfile::tempdir().unwrap();
-    let cs = DiracCs::start(cs_dir.path(), &content(&[]));
+    let cs = DiracCs::start(cs_dir.path(), &content(cs_dir.path(), &[]));
 
     // Polling every second.
     let db = TestDb::new(Backend::Sqlite);
@@ -200,7 +181,7 @@ fn the_configuration_server_is_fetched_merged_under_local_files_and_followed() {
     let db_manual = TestDb::new(Backend::Sqlite);
     let manual = TestApp::spawn(&local_config(&db_manual, &cs.url(), 3600));
 
-    cs.commit(cs_dir.path(), &content(&["newcomer"]));
+    cs.commit(cs_dir.path(), &content(cs_dir.path(), &["newcomer"]));
     eventually("the polling service learns the new user", || known(&app));
     assert!(
         !known(&manual),

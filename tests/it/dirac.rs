@@ -24,10 +24,11 @@ pub fn proxy(user: &str, group: &str) -> CertifiedKey {
 }
 
 fn spawn_app(db: &TestDb) -> TestApp {
-    process::spawn_app(
-        db,
-        "Authorization\n{\n getUsersTokensInfo = ProxyManagement\n}",
-    )
+    process::spawn_app(db, |c| {
+        c.service()
+            .section("Authorization")
+            .set("getUsersTokensInfo", "ProxyManagement");
+    })
 }
 
 /// `method=<m>&args=<urlencoded JSON>` as DIRAC 9's TornadoClient sends it.
@@ -472,10 +473,12 @@ fn diset_hosts_use_extra_credentials() {
 #[test]
 fn diset_limits_connections_and_drops_silent_peers() {
     let db = TestDb::new(Backend::Sqlite);
-    let app = process::spawn_app(
-        &db,
-        "MaxThreads = 1\nHandshakeTimeout = 1\nPacketTimeout = 2",
-    );
+    let app = process::spawn_app(&db, |c| {
+        c.service()
+            .set("MaxThreads", 1)
+            .set("HandshakeTimeout", 1)
+            .set("PacketTimeout", 2);
+    });
     let full = proxy("full", "g_full");
 
     // A client that never handshakes is dropped after HandshakeTimeout.

@@ -11,15 +11,12 @@ use tokenmanager::config::Backend;
 use tokenmanager::x509::pki::ProxyKind;
 
 use crate::idp::TestIdp;
-use crate::pki::{HOST_DN, TestPki};
-use crate::process::ServeProcess;
+use crate::pki::{HOST_DN, PkiFiles, TestPki};
+use crate::process::spawn_process;
 use crate::support::TestDb;
+use crate::test_config::{IDP, TestConfig, dn};
 
 const AUDIENCE: &str = "https://ce.example.org";
-
-fn dn(name: &str) -> String {
-    format!("/C=ch/O=DIRAC/OU=Test/CN={name}")
-}
 
 /// A venv tests/dirac-client/setup.sh made (tests/setup.sh runs it): `variable` overrides its
 /// path, else it is `name` in the test cache, `$TOKENMANAGER_TEST_CACHE`, default
@@ -37,35 +34,65 @@ fn venv(variable: &str, name: &str) -> PathBuf {
     cache.join(name)
 }
 
-fn config(db: &TestDb, idp: &TestIdp) -> String {
-    let keyring = db.dir.path().join("keyring");
-    format!(
-        "DIRAC\n{{\n  Setup = Test\n  Setups\n  {{\n    Test\n    {{\n      Framework = Production\n    }}\n  }}\n\
-         Security\n  {{\n{security}\n  }}\n}}\n\
-         Systems\n{{\n  Framework\n  {{\n    Production\n    {{\n      Services\n      {{\n        TokenManager\n        {{\n\
-         ListenAddress = 127.0.0.1\nPort = 0\nHTTPSPort = 0\nMetricsPort = 0\nEncryptionKeyFile = {keyring}\n\
-         ExposeTokenValues = yes\nAuthorization\n{{\n  Default = authenticated\n  getUsersTokensInfo = ProxyManagement\n}}\n\
-         }}\n      }}\n      Databases\n      {{\n        TokenDB\n        {{\nURL = {url}\n        }}\n      }}\n    }}\n  }}\n}}\n\
-         Registry\n{{\n  DefaultGroup = dirac_user\n  Users\n  {{\n\
-         tmadmin\n    {{\n      DN = {admin}\n      DN += /O=DIRAC/CN=tmadmin-sub\n    }}\n\
-         tmplain\n    {{\n      DN = {plain}\n    }}\n\
-         tokuser\n    {{\n      DN = {tokuser}\n      DN += /O=DIRAC/CN=tokuser-sub\n    }}\n  }}\n\
-         Groups\n  {{\n\
-         dirac_admin\n    {{\n      Users = tmadmin\n      Properties = FullDelegation, ProxyManagement, NormalUser\n      VO = dirac\n    }}\n\
-         dirac_user\n    {{\n      Users = tmplain, tokuser, tmadmin\n      Properties = NormalUser\n      VO = dirac\n      IdPRole = compute.read\n    }}\n\
-         dirac_pilot\n    {{\n      Users = tmadmin\n      Properties = GenericPilot\n      VO = dirac\n      IdPRole = compute.read\n    }}\n  }}\n\
-         Hosts\n  {{\n    localhost\n    {{\n      DN = {HOST_DN}\n      Properties = FullDelegation, TrustedHost\n    }}\n  }}\n\
-         VO\n  {{\n    dirac\n    {{\n      IdProvider = test-idp\n    }}\n  }}\n}}\n\
-         Resources\n{{\n  IdProviders\n  {{\n    test-idp\n    {{\n      issuer = {issuer}\n      client_id = tm-basic\n      \
-         client_secret = tm-basic-secret\n      audience_parameter = resource\n      allowed_audiences = {AUDIENCE}\n    }}\n  }}\n}}\n",
-        security = TestPki::shared().security_options(),
-        keyring = keyring.display(),
-        url = db.url,
-        admin = dn("tmadmin"),
-        plain = dn("tmplain"),
-        tokuser = dn("tokuser"),
-        issuer = idp.issuer(),
-    )
+/// The tests' usual service configuration with DIRAC's view of a VO `dirac` instead of the
+/// authorization matrix's registry: an admin, a plain user and a token user (whose ID is the
+/// test IdP's `sub`), a pilot group, and the host with FullDelegation.
+fn configure(c: &mut TestConfig, idp: &TestIdp) {
+    c.service()
+        .set("ExposeTokenValues", "yes")
+        .section("Authorization")
+        .set("Default", "authenticated")
+        .set("getUsersTokensInfo", "ProxyManagement");
+    c.remove("Registry");
+    let registry = c.section("Registry");
+    registry.set("DefaultGroup", "dirac_user");
+    for (user, id) in [
+        ("tmadmin", Some("tmadmin-sub")),
+        ("tmplain", None),
+        ("tokuser", Some("tokuser-sub")),
+    ] {
+        let section = registry.section("Users").section(user);
+        section.set("DN", dn(user));
+        if let Some(id) = id {
+            section.add("DN", format!("/O=DIRAC/CN={id}"));
+        }
+    }
+    let groups = [
+        (
+            "dirac_admin",
+            "tmadmin",
+            "FullDelegation, ProxyManagement, NormalUser",
+            None,
+        ),
+        (
+            "dirac_user",
+            "tmplain, tokuser, tmadmin",
+            "NormalUser",
+            Some("compute.read"),
+        ),
+        (
+            "dirac_pilot",
+            "tmadmin",
+            "GenericPilot",
+            Some("compute.read"),
+        ),
+    ];
+    for (group, users, properties, role) in groups {
+        let section = registry.section("Groups").section(group);
+        section
+            .set("Users", users)
+            .set("Properties", properties)
+            .set("VO", "dirac");
+        if let Some(role) = role {
+            section.set("IdPRole", role);
+        }
+    }
+    registry
+        .section("Hosts/localhost")
+        .set("DN", HOST_DN)
+        .set("Properties", "FullDelegation, TrustedHost");
+    registry.section("VO/dirac").set("IdProvider", IDP);
+    c.test_idp(&idp.issuer(), AUDIENCE);
 }
 
 #[test]
@@ -89,13 +116,8 @@ fn run_suite(venv: &std::path::Path, filter: Option<&str>) {
         venv.display()
     );
     let db = TestDb::new(Backend::Sqlite);
-    tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
-        .create()
-        .unwrap();
     let idp = TestIdp::spawn();
-    let config_path = db.dir.path().join("tm.cfg");
-    std::fs::write(&config_path, config(&db, &idp)).unwrap();
-    let app = ServeProcess::spawn(&config_path);
+    let app = spawn_process(&db, |c| configure(c, &idp));
 
     let pki = TestPki::shared();
     let dir = db.dir.path();
@@ -106,9 +128,8 @@ fn run_suite(venv: &std::path::Path, filter: Option<&str>) {
             .unwrap();
         path.display().to_string()
     };
-    let host_cert = dir.join("hostcert.pem");
-    let host_key = dir.join("hostkey.pem");
-    pki.host.to_pem_files(&host_cert, &host_key).unwrap();
+    // The host's certificate and key as the service's configuration names them.
+    let files = PkiFiles::in_dir(dir);
     let grant = idp.grant_with_resources(
         "tokuser-sub",
         "openid offline_access compute.read",
@@ -117,7 +138,7 @@ fn run_suite(venv: &std::path::Path, filter: Option<&str>) {
     let fixture = json!({
         "https_url": format!("https://localhost:{}/Framework/TokenManager", app.https),
         "dips_url": format!("dips://localhost:{}/Framework/TokenManager", app.dips),
-        "ca_dir": pki.ca_dir(),
+        "ca_dir": files.ca_dir,
         "vo": "dirac",
         "callers": {
             "admin": {"proxy": proxy_file("tmadmin", "dirac_admin"), "dn": dn("tmadmin"), "username": "tmadmin",
@@ -126,7 +147,7 @@ fn run_suite(venv: &std::path::Path, filter: Option<&str>) {
             "plain": {"proxy": proxy_file("tmplain", "dirac_user"), "dn": dn("tmplain"), "username": "tmplain",
                       "group": "dirac_user", "properties": ["NormalUser"]},
         },
-        "host": {"cert": host_cert, "key": host_key, "dn": HOST_DN, "hostname": "localhost",
+        "host": {"cert": files.cert, "key": files.key, "dn": HOST_DN, "hostname": "localhost",
                  "properties": ["FullDelegation", "TrustedHost"]},
         "idp": {"name": "test-idp", "issuer": idp.issuer(), "client_id": "tm-basic", "audience": AUDIENCE},
         "token_user": {"username": "tokuser", "group": "dirac_user", "user_id": "tokuser-sub",

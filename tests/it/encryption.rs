@@ -9,10 +9,11 @@ use tokenmanager::db::{DbError, TokenUpdate};
 use tokenmanager::domain::{Secret, unix_now};
 
 use crate::on_every_backend;
-use crate::process::{run, stderr, write_config};
+use crate::process::{run, stderr};
 use crate::support::{
     TestStore, get_credential, new_token, store_refreshed, store_token, tokens_by_user_id,
 };
+use crate::test_config::TestConfig;
 
 on_every_backend!(
     a_dump_of_the_database_holds_no_token_in_clear,
@@ -215,12 +216,7 @@ async fn rotate_key_command_reencrypts_thousands_of_rows_while_a_server_writes(b
         })
         .await
         .unwrap();
-    let config = write_config(
-        store.db.dir.path(),
-        "tm.cfg",
-        &format!("URL = {}", store.db.url),
-        "",
-    );
+    let config = TestConfig::on(&store.db).write("tm.cfg");
 
     let rotating = Arc::new(AtomicBool::new(true));
     let writes_during_rotation = Arc::new(AtomicUsize::new(0));

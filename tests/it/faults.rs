@@ -13,13 +13,14 @@ use tokenmanager::x509::pki::{ProxyKind, Validity};
 use crate::client::{Reply, http_get};
 use crate::get_token::{
     CE, FrontEnd, SCOPE, Setup, assert_one_refresh_and_grant_alive, assert_refusal, dn,
-    get_token_in_background, setup_with_options,
+    get_token_in_background, setup_with,
 };
 use crate::metrics::sample;
-use crate::pki::TestPki;
-use crate::process::{ServeProcess, write_config};
+use crate::pki::{PkiFiles, TestPki};
+use crate::process::ServeProcess;
 use crate::stall::StallingProxy;
 use crate::support::TestDb;
+use crate::test_config::{IDP, TestConfig};
 
 /// `db`'s server, reached through a [`StallingProxy`]: `db` then names the proxy.
 fn behind_proxy(db: &mut TestDb) -> StallingProxy {
@@ -60,18 +61,12 @@ fn get_token(setup: &Setup, user: &str, required_time_left: i64) -> Reply {
 fn frozen_database(backend: Backend) {
     let mut db = TestDb::new(backend);
     let proxy = behind_proxy(&mut db);
-    let service_options = format!(
-        "DatabaseDeadline = {}\nMaxStaleness = {}\n",
-        DEADLINE.as_secs(),
-        MAX_STALENESS.as_secs()
-    );
-    let setup = setup_with_options(
-        db,
-        1,
-        &["other".to_owned()],
-        "      timeout = 4\n",
-        &service_options,
-    );
+    let setup = setup_with(db, 1, &["other".to_owned()], |c| {
+        c.idp(IDP).set("timeout", 4);
+        c.service()
+            .set("DatabaseDeadline", DEADLINE.as_secs())
+            .set("MaxStaleness", MAX_STALENESS.as_secs());
+    });
     setup.delegate("plain");
     setup.delegate("other");
     assert_eq!(get_token(&setup, "plain", 0).status(), Some(200));
@@ -192,7 +187,9 @@ fn a_frozen_mariadb_delays_no_call_past_its_deadline_and_loses_no_rotated_token(
 /// for its lease. `processed`: the IdP processes the dead replica's request anyway (the refresh
 /// token is consumed, the rotated one lost with the process); else it drops it unprocessed.
 fn kill_9_of_the_lease_holder(backend: Backend, processed: bool) {
-    let mut setup = setup_with_options(TestDb::new(backend), 2, &[], "      timeout = 4\n", "");
+    let mut setup = setup_with(TestDb::new(backend), 2, &[], |c| {
+        c.idp(IDP).set("timeout", 4);
+    });
     setup.delegate("plain");
     if processed {
         setup.idp.hold_processing_abandoned("id-plain");
@@ -277,7 +274,7 @@ fn kill_9_of_the_lease_holder(backend: Backend, processed: bool) {
 #[test]
 fn a_replica_whose_database_session_is_cut_takes_its_liveness_lock_again_within_a_second() {
     let db = TestDb::new(Backend::Postgres);
-    let mut setup = setup_with_options(db, 2, &[], "", "");
+    let mut setup = setup_with(db, 2, &[], |_| {});
     // A database restart or a network cut ends the sessions; here the server ends those holding
     // advisory locks: each replica's liveness lock.
     let cut = Instant::now();
@@ -330,13 +327,9 @@ fn mariadb_kill_9_of_the_lease_holder_whose_refresh_the_idp_processed_says_needs
 
 #[test]
 fn a_graceful_stop_ends_after_its_grace_period_and_the_refresh_it_cut_keeps_the_grant() {
-    let mut setup = setup_with_options(
-        TestDb::new(Backend::Sqlite),
-        1,
-        &[],
-        "",
-        "ShutdownGracePeriod = 2\n",
-    );
+    let mut setup = setup_with(TestDb::new(Backend::Sqlite), 1, &[], |c| {
+        c.service().set("ShutdownGracePeriod", 2);
+    });
     setup.delegate("plain");
     setup.idp.hold("id-plain");
     let held = get_token_in_background(&setup, FrontEnd::Json);
@@ -366,14 +359,14 @@ fn a_graceful_stop_ends_after_its_grace_period_and_the_refresh_it_cut_keeps_the_
     assert!(setup.idp.grant_alive("id-plain"));
 }
 
-/// One `serve` process on SQLite whose `test-idp` has `idp_options`.
-fn in_one_process(idp_options: &str) -> Setup {
-    setup_with_options(TestDb::new(Backend::Sqlite), 1, &[], idp_options, "")
+/// One `serve` process on SQLite, its configuration changed by `adjust`.
+fn in_one_process(adjust: impl FnOnce(&mut TestConfig)) -> Setup {
+    setup_with(TestDb::new(Backend::Sqlite), 1, &[], adjust)
 }
 
 #[test]
 fn an_audience_outside_the_allow_list_is_refused_before_the_idp() {
-    let setup = in_one_process("");
+    let setup = in_one_process(|_| {});
     setup.delegate("plain");
     setup.idp.reset_stats();
     for user in [Some("plain"), None] {
@@ -395,7 +388,7 @@ fn an_audience_outside_the_allow_list_is_refused_before_the_idp() {
 
 #[test]
 fn scopes_beyond_the_grant_are_refused_before_the_idp_and_a_narrowed_refresh_keeps_the_grant() {
-    let setup = in_one_process("");
+    let setup = in_one_process(|_| {});
     setup.delegate_naming("plain", SCOPE, Some(SCOPE));
     setup.idp.reset_stats();
     // Longer than the delegated access token lives: each call asks the IdP unless refused.
@@ -433,7 +426,9 @@ fn scopes_beyond_the_grant_are_refused_before_the_idp_and_a_narrowed_refresh_kee
 
 #[test]
 fn without_an_allow_list_user_tokens_get_no_audience_and_client_tokens_any() {
-    let setup = in_one_process("      # allowed_audiences unset");
+    let setup = in_one_process(|c| {
+        c.idp(IDP).remove("allowed_audiences");
+    });
     setup.delegate("plain");
     setup.idp.reset_stats();
     let refused = setup.get_token(Some("plain"), Some(CE), 0);
@@ -450,7 +445,7 @@ fn without_an_allow_list_user_tokens_get_no_audience_and_client_tokens_any() {
 
 #[test]
 fn a_failing_idp_gets_a_trickle_of_requests_not_one_per_caller() {
-    let setup = in_one_process("");
+    let setup = in_one_process(|_| {});
     setup.delegate("plain");
     setup.idp.reset_stats();
     setup.idp.fail_next(1000, 500);
@@ -494,7 +489,7 @@ fn a_failing_idp_gets_a_trickle_of_requests_not_one_per_caller() {
 
 #[test]
 fn a_restart_after_kill_9_during_a_refresh_serves_the_user_at_once() {
-    let mut setup = in_one_process("");
+    let mut setup = in_one_process(|_| {});
     setup.delegate("plain");
     setup.idp.hold("id-plain");
     // A caller whose refresh the IdP holds: the process holds the credential's lease (75 s).
@@ -520,7 +515,7 @@ fn a_restart_after_kill_9_during_a_refresh_serves_the_user_at_once() {
 
 #[test]
 fn sigterm_lets_calls_in_flight_finish_and_a_second_signal_stops_at_once() {
-    let mut setup = in_one_process("");
+    let mut setup = in_one_process(|_| {});
     setup.delegate("plain");
     // Nine callers, three per front-end, whose refresh the IdP answers after 4 s.
     setup.idp.latency(4000);
@@ -609,20 +604,11 @@ fn reload_keeps_serving_refuses_a_broken_config_and_swaps_the_host_certificate()
     tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
         .create()
         .unwrap();
-    // This test replaces the host certificate: give it its own copy.
-    let (cert, key) = (
-        db.dir.path().join("hostcert.pem"),
-        db.dir.path().join("hostkey.pem"),
-    );
-    pki.host.to_pem_files(&cert, &key).unwrap();
-    let config = write_config(db.dir.path(), "tm.cfg", &format!("URL = {}", db.url), "");
-    let shared = crate::pki::shared_host_files();
-    let text = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace(&shared.0, &cert.display().to_string())
-        .replace(&shared.1, &key.display().to_string());
-    std::fs::write(&config, &text).unwrap();
-    let mut app = ServeProcess::spawn(&config);
+    // The test's own copy of the host certificate (in its directory), which it replaces.
+    let mut config = TestConfig::on(&db);
+    let path = config.write("tm.cfg");
+    let PkiFiles { cert, key, .. } = PkiFiles::in_dir(db.dir.path());
+    let mut app = ServeProcess::spawn(&path);
 
     let admin = pki.proxy(&dn("admin"), ProxyKind::Rfc3820, Some("g_admin"));
     let mut kept = crate::client::Connection::open(app.https, &admin);
@@ -630,7 +616,8 @@ fn reload_keeps_serving_refuses_a_broken_config_and_swaps_the_host_certificate()
     assert_eq!(kept.post("/api/v1/ping", "{}").0, 200);
 
     // A broken configuration, by SIGHUP and by refreshConfiguration: refused, service unchanged.
-    std::fs::write(&config, text.replace("Registry\n{", "Registry\n{\n{")).unwrap();
+    let text = config.text();
+    std::fs::write(&path, text.replace("Registry\n{", "Registry\n{\n{")).unwrap();
     app.signal("HUP");
     let refused = app.wait_for_log("reload refused");
     assert!(refused.contains("tm.cfg"), "{refused}");
@@ -641,23 +628,16 @@ fn reload_keeps_serving_refuses_a_broken_config_and_swaps_the_host_certificate()
     );
 
     // One whose EncryptionKeyFile names a missing file: refused too, not the old file kept.
-    let keyring = db.dir.path().join("keyring").display().to_string();
-    let missing = db.dir.path().join("moved-keyring").display().to_string();
-    std::fs::write(&config, text.replace(&keyring, &missing)).unwrap();
+    let mut moved = config.clone();
+    let missing = db.dir.path().join("moved-keyring");
+    moved.service().set("EncryptionKeyFile", missing.display());
+    moved.write("tm.cfg");
     refresh_is_refused_naming(&mut kept, "moved-keyring");
 
     // A good one with a new user and a new host certificate.
     let newcomer_dn = dn("newcomer");
-    let fixed = text
-        .replace(
-            "    victim\n",
-            &format!("    newcomer\n    {{\n      DN = {newcomer_dn}\n    }}\n    victim\n"),
-        )
-        .replace(
-            "Users = plain, suspended, victim",
-            "Users = plain, suspended, victim, newcomer",
-        );
-    std::fs::write(&config, fixed).unwrap();
+    config.user("newcomer", "g_user");
+    config.write("tm.cfg");
     let renewed = pki
         .ca
         .issue_host(
@@ -698,7 +678,7 @@ fn mariadb_stalled_change_log_readers_fall_back_to_asking_the_database_and_recov
     use crate::replicas::{STALENESS_BOUND, VERSION_CHECKS, metric};
     let mut db = TestDb::new(Backend::Mysql);
     let proxy = behind_proxy(&mut db);
-    let setup = setup_with_options(db, 2, &["other".to_owned()], "", "");
+    let setup = setup_with(db, 2, &["other".to_owned()], |_| {});
     setup.delegate("plain");
     setup.delegate("other");
     for user in ["plain", "other"] {

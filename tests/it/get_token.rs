@@ -13,6 +13,7 @@ use crate::idp::TestIdp;
 use crate::pki::TestPki;
 use crate::process::{ServeProcess, configure};
 use crate::support::TestDb;
+use crate::test_config::{IDP, TestConfig};
 
 pub(crate) const SCOPE: &str = "openid offline_access compute.read";
 pub(crate) const CE: &str = "https://ce.example.org";
@@ -21,7 +22,7 @@ pub(crate) fn dn(name: &str) -> String {
     format!("/C=ch/O=DIRAC/OU=Test/CN={name}")
 }
 
-/// A service on SQLite whose `test-idp` is the fixture, with `extra_users` more users (IDs
+/// A service on SQLite whose [`IDP`] is the test IdP, with `extra_users` more users (IDs
 /// `id-<name>`) in group g_user.
 pub(crate) struct Setup {
     pub(crate) idp: TestIdp,
@@ -36,66 +37,42 @@ pub(crate) struct Setup {
     pub(crate) manager: CertifiedKey,
 }
 
-fn setup(extra_users: &[String], idp_options: &str) -> Setup {
+fn setup(extra_users: &[String], adjust: impl FnOnce(&mut TestConfig)) -> Setup {
     setup_on(
         TestDb::new(tokenmanager::config::Backend::Sqlite),
         1,
         extra_users,
-        idp_options,
+        adjust,
     )
 }
 
-fn setup_on(db: TestDb, replicas: usize, extra_users: &[String], idp_options: &str) -> Setup {
+fn setup_on(
+    db: TestDb,
+    replicas: usize,
+    extra_users: &[String],
+    adjust: impl FnOnce(&mut TestConfig),
+) -> Setup {
     let processes = if replicas == 1 { 0 } else { replicas };
-    setup_with(db, processes, extra_users, idp_options)
+    setup_with(db, processes, extra_users, adjust)
 }
 
-/// [`setup_on`] with `processes` `serve` processes, or the application in this process for 0.
-fn setup_with(db: TestDb, processes: usize, extra_users: &[String], idp_options: &str) -> Setup {
-    setup_with_options(db, processes, extra_users, idp_options, "")
-}
-
-/// [`setup_with`], with `service_options` in the service section.
-pub(crate) fn setup_with_options(
+/// The service on `db` with `processes` `serve` processes, or the application in this process
+/// for 0; its configuration the tests' usual one, [`IDP`] the test IdP allowing the audiences
+/// [`CE`] and `https://fts.example.org`, changed by `adjust`.
+pub(crate) fn setup_with(
     db: TestDb,
     processes: usize,
     extra_users: &[String],
-    idp_options: &str,
-    service_options: &str,
+    adjust: impl FnOnce(&mut TestConfig),
 ) -> Setup {
     let idp = TestIdp::spawn();
-    let config = configure(&db, service_options);
-    // An allow-list unless the test's options say otherwise (a comment naming the option
-    // leaves it unset).
-    let allow_list = if idp_options.contains("allowed_audiences") {
-        String::new()
-    } else {
-        format!("      allowed_audiences = {CE}, https://fts.example.org\n")
-    };
-    let mut text = std::fs::read_to_string(&config).unwrap().replace(
-        "      issuer = https://127.0.0.1:1/\n      client_id = tm-test\n",
-        &format!(
-            "      issuer = {}\n      client_id = tm-basic\n      client_secret = tm-basic-secret\n      \
-             audience_parameter = resource\n{allow_list}{idp_options}\n",
-            idp.issuer()
-        ),
-    );
-    let users: String = extra_users
-        .iter()
-        .map(|u| {
-            format!(
-                "    {u}\n    {{\n      DN = {}\n      DN += /O=DIRAC/CN=id-{u}\n    }}\n",
-                dn(u)
-            )
-        })
-        .collect();
-    text = text.replace("    victim\n", &format!("{users}    victim\n"));
-    let members: String = extra_users.iter().map(|u| format!(", {u}")).collect();
-    text = text.replace(
-        "Users = plain, suspended, victim",
-        &format!("Users = plain, suspended, victim{members}"),
-    );
-    std::fs::write(&config, text).unwrap();
+    let config = configure(&db, |c| {
+        c.test_idp(&idp.issuer(), &format!("{CE}, https://fts.example.org"));
+        for user in extra_users {
+            c.user(user, "g_user");
+        }
+        adjust(c);
+    });
     let (app, processes) = if processes == 0 {
         (Some(TestApp::spawn(&config)), Vec::new())
     } else {
@@ -259,7 +236,7 @@ fn two_hundred_concurrent_calls_for_one_user_cost_one_refresh_and_keep_the_grant
 }
 
 fn two_hundred_calls_for_one_user(backend: tokenmanager::config::Backend) {
-    let setup = Arc::new(setup_on(TestDb::new(backend), 1, &[], ""));
+    let setup = Arc::new(setup_on(TestDb::new(backend), 1, &[], |_| {}));
     setup.delegate("plain");
     setup.idp.reset_stats();
     let shared = setup.clone();
@@ -307,7 +284,7 @@ fn two_hundred_calls_for_one_user(backend: tokenmanager::config::Backend) {
 
 #[test]
 fn identical_client_token_requests_cost_one_client_credentials_call_per_audience() {
-    let setup = Arc::new(setup(&[], ""));
+    let setup = Arc::new(setup(&[], |_| {}));
     let shared = setup.clone();
     let replies = concurrently(200, move |i| {
         let audience = if i % 2 == 0 {
@@ -333,7 +310,7 @@ fn identical_client_token_requests_cost_one_client_credentials_call_per_audience
 #[test]
 fn fifty_users_times_twenty_calls_cost_fifty_refreshes_in_parallel() {
     let users: Vec<String> = (0..50).map(|i| format!("u{i}")).collect();
-    let setup = Arc::new(setup(&users, ""));
+    let setup = Arc::new(setup(&users, |_| {}));
     for user in &users {
         setup.delegate(user);
     }
@@ -372,7 +349,7 @@ fn fifty_users_times_twenty_calls_cost_fifty_refreshes_in_parallel() {
 
 #[test]
 fn required_time_left_beyond_the_cached_token_forces_exactly_one_refresh() {
-    let setup = Arc::new(setup(&[], ""));
+    let setup = Arc::new(setup(&[], |_| {}));
     setup.idp.set_access_token_ttl(600);
     setup.delegate("plain");
     setup.idp.reset_stats();
@@ -401,7 +378,7 @@ fn required_time_left_beyond_the_cached_token_forces_exactly_one_refresh() {
 
 #[test]
 fn a_hanging_refresh_does_not_delay_other_users_cache_hits() {
-    let setup = Arc::new(setup(&["slow".to_owned()], ""));
+    let setup = Arc::new(setup(&["slow".to_owned()], |_| {}));
     setup.delegate("plain");
     setup.delegate("slow");
     assert_eq!(
@@ -430,7 +407,9 @@ fn a_hanging_refresh_does_not_delay_other_users_cache_hits() {
 
 #[test]
 fn an_idp_error_or_timeout_leaves_the_stored_token_usable() {
-    let setup = setup(&[], "      timeout = 1\n      late_reply_wait = 3");
+    let setup = setup(&[], |c| {
+        c.idp(IDP).set("timeout", 1).set("late_reply_wait", 3);
+    });
     setup.delegate("plain");
     setup.idp.fail_next(1, 500);
     let failed = setup.get_token(Some("plain"), Some(CE), 0);
@@ -471,7 +450,9 @@ fn an_idp_error_or_timeout_leaves_the_stored_token_usable() {
 /// than dropping it and presenting the consumed token on the next call (which revokes the grant).
 #[test]
 fn a_refresh_answered_after_the_timeout_is_stored_not_lost() {
-    let setup = setup(&[], "      timeout = 1\n      late_reply_wait = 30");
+    let setup = setup(&[], |c| {
+        c.idp(IDP).set("timeout", 1).set("late_reply_wait", 30);
+    });
     setup.delegate("plain");
     setup.idp.reset_stats();
     // Processed on release even if the service had closed the connection, as real IdPs do.
@@ -512,7 +493,7 @@ fn a_lost_reply_never_makes_the_service_present_the_consumed_token() {
 }
 
 fn lost_reply(backend: tokenmanager::config::Backend) {
-    let setup = setup_on(TestDb::new(backend), 1, &[], "");
+    let setup = setup_on(TestDb::new(backend), 1, &[], |_| {});
     setup.delegate("plain");
     setup.idp.reset_stats();
     setup.idp.drop_reply("id-plain");
@@ -593,7 +574,7 @@ pub(crate) fn get_token_in_background(
 
 #[test]
 fn deleted_or_replaced_credentials_are_not_served_from_the_cache() {
-    let setup = setup(&[], "");
+    let setup = setup(&[], |_| {});
     setup.delegate("plain");
     assert_eq!(
         setup.get_token(Some("plain"), Some(CE), 0).status(),
@@ -619,7 +600,7 @@ fn deleted_or_replaced_credentials_are_not_served_from_the_cache() {
 
 #[test]
 fn callers_without_delegation_rights_get_no_token() {
-    let setup = setup(&[], "");
+    let setup = setup(&[], |_| {});
     setup.delegate("plain");
     let pki = TestPki::shared();
     let plain = pki.proxy(&dn("plain"), ProxyKind::Rfc3820, None);
@@ -638,7 +619,7 @@ fn callers_without_delegation_rights_get_no_token() {
 /// none serves the user's token later than the staleness bound after it was deleted through
 /// another.
 fn replicas_share_one_refresh(backend: tokenmanager::config::Backend, replicas: usize) {
-    let setup = Arc::new(setup_on(TestDb::new(backend), replicas, &[], ""));
+    let setup = Arc::new(setup_on(TestDb::new(backend), replicas, &[], |_| {}));
     setup.delegate("plain");
     setup.idp.reset_stats();
     setup.idp.latency(500);
@@ -719,10 +700,11 @@ fn jwt_for_audience(idp: &TestIdp, sub: &str, audience: &str) -> String {
 
 #[test]
 fn a_bearer_token_caller_is_identified_and_bad_ones_are_refused() {
-    let setup = setup(
-        &[],
-        &format!("      bearer_leeway = 0\n      bearer_audience = {SERVICE_AUDIENCE}"),
-    );
+    let setup = setup(&[], |c| {
+        c.idp(IDP)
+            .set("bearer_leeway", 0)
+            .set("bearer_audience", SERVICE_AUDIENCE);
+    });
     let whoami = |token: &str| {
         let request = Request::post("/api/v1/whoami").json("{}").bearer(token);
         Client::anonymous().call(setup.https_ports[0], &request)
@@ -790,7 +772,7 @@ fn a_bearer_token_caller_is_identified_and_bad_ones_are_refused() {
 
 #[test]
 fn without_a_bearer_audience_bearer_tokens_identify_no_one() {
-    let setup = setup(&[], "");
+    let setup = setup(&[], |_| {});
     let reply = Client::anonymous().call(
         setup.https_ports[0],
         &Request::post("/api/v1/whoami")

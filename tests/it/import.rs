@@ -8,8 +8,9 @@ use tokenmanager::db::{ImportOutcome, StoredToken, TokenUpdate};
 use tokenmanager::domain::{Secret, unix_now};
 
 use crate::on_every_backend;
-use crate::process::{configure, run, stderr, write_config};
+use crate::process::{configure, run, stderr};
 use crate::support::{TestDb, TestStore, get_credential, new_token, store_refreshed, store_token};
+use crate::test_config::TestConfig;
 
 /// DIRAC's `Token` table as SQLAlchemy 2.0 creates it (docs/DIRAC.md#the-token-table), verbatim.
 const DIRAC_TOKEN_DDL: &str = "CREATE TABLE `Token` (
@@ -110,12 +111,7 @@ async fn refresh_token_of(store: &TestStore, user_id: &str, provider: &str) -> O
 
 async fn import_takes_the_newest_live_row_and_never_overwrites_ours(backend: Backend) {
     let store = TestStore::new(backend).await;
-    let config = write_config(
-        store.db.dir.path(),
-        "tm.cfg",
-        &format!("URL = {}", store.db.url),
-        "",
-    );
+    let config = TestConfig::on(&store.db).write("tm.cfg");
     let dirac = dirac_tokendb();
     let now = unix_now();
     let live = now + 86_400;
@@ -423,7 +419,7 @@ async fn an_import_is_replaced_only_while_nobody_uses_it(backend: Backend) {
 #[test]
 fn import_refuses_other_schemes_and_unreadable_sources_without_showing_the_password() {
     let store = TestDb::new(Backend::Sqlite);
-    let config = configure(&store, "");
+    let config = configure(&store, |_| {});
     let config = config.to_str().unwrap();
     let no_table = TestDb::new(Backend::Mysql);
     let no_table_url = no_table

@@ -9,7 +9,7 @@ use tokenmanager::config::Backend;
 use tokenmanager::x509::pki::ProxyKind;
 use tokenmanager_loadtest::{LoadtestArgs, print_report};
 
-use crate::pki::TestPki;
+use crate::pki::{PkiFiles, TestPki};
 use crate::process::spawn_app;
 use crate::support::TestDb;
 
@@ -26,7 +26,7 @@ fn loadtest(args: &[&str]) -> String {
 #[test]
 fn loadtest_drives_every_protocol_with_a_proxy_and_reports_json() {
     let db = TestDb::new(Backend::Sqlite);
-    let app = spawn_app(&db, "");
+    let app = spawn_app(&db, |_| {});
     let pki = TestPki::shared();
     let proxy = db.dir.path().join("proxy.pem");
     pki.proxy(
@@ -36,7 +36,7 @@ fn loadtest_drives_every_protocol_with_a_proxy_and_reports_json() {
     )
     .write_proxy_file(&proxy)
     .unwrap();
-    let ca_dir = pki.ca_dir();
+    let ca_dir = PkiFiles::in_dir(db.dir.path()).ca_dir;
 
     let cases = [
         (

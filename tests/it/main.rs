@@ -14,6 +14,7 @@ mod pki;
 mod process;
 mod stall;
 mod support;
+mod test_config;
 
 mod admission;
 mod api;

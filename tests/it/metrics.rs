@@ -8,8 +8,8 @@ use tokenmanager::x509::pki::ProxyKind;
 use crate::app::TestApp;
 use crate::client::{Client, http_get};
 use crate::pki::TestPki;
-use crate::process::write_config;
 use crate::support::{TestStore, new_token, store_token};
+use crate::test_config::TestConfig;
 
 fn promtool_check(exposition: &str) -> (bool, String) {
     let mut child = Command::new("promtool")
@@ -48,12 +48,7 @@ async fn metrics_pass_promtool_and_count_requests_and_credentials() {
     for (user, provider) in [("a", "test-idp"), ("b", "test-idp"), ("c", "other-idp")] {
         store_token(&store.database, new_token(user, provider, "rt", "at")).await;
     }
-    let config = write_config(
-        store.db.dir.path(),
-        "tm.cfg",
-        &format!("URL = {}", store.db.url),
-        "",
-    );
+    let config = TestConfig::on(&store.db).write("tm.cfg");
     let app = TestApp::spawn(&config);
     let pki = TestPki::shared();
     let plain = pki.proxy("/C=ch/O=DIRAC/OU=Test/CN=plain", ProxyKind::Rfc3820, None);

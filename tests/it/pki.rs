@@ -1,30 +1,47 @@
 //! The test PKI, shared by every test of this binary: one CA (trusted by the servers), one
 //! untrusted CA, the host certificate, and users issued on demand, all from the product's own
-//! `x509::pki`. Files live in one temp directory for the whole run.
+//! `x509::pki`. It lives in memory: each test writes the files a server reads into its own
+//! temporary directory ([`TestPki::write_files`]), removed with it, so that no key outlives the
+//! test (a static is never dropped).
 
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use tempfile::TempDir;
 use tokenmanager::x509::pki::{Ca, CertifiedKey, ProxyKind, Validity};
 
 const DAY: Duration = Duration::from_secs(86_400);
 pub const HOST_DN: &str = "/C=ch/O=DIRAC/OU=Test/CN=localhost";
 
 pub struct TestPki {
-    dir: TempDir,
     pub ca: Ca,
     pub untrusted: Ca,
     pub host: CertifiedKey,
+}
+
+/// The files of `/DIRAC/Security` in a test's directory: the host certificate, its key and the
+/// hashed CA directory the servers trust.
+pub struct PkiFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca_dir: PathBuf,
+}
+
+impl PkiFiles {
+    /// Their paths in `dir` (nothing is written).
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            cert: dir.join("hostcert.pem"),
+            key: dir.join("hostkey.pem"),
+            ca_dir: dir.join("certificates"),
+        }
+    }
 }
 
 impl TestPki {
     pub fn shared() -> &'static TestPki {
         static PKI: OnceLock<TestPki> = OnceLock::new();
         PKI.get_or_init(|| {
-            // A static is never dropped, so this directory outlives the run: it goes under
-            // cargo's target directory (removed by `cargo clean`), never in /tmp with its keys.
-            let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
             let ca = Ca::new("/C=ch/O=DIRAC/CN=Test CA", Validity::from_now(30 * DAY)).unwrap();
             let untrusted = Ca::new(
                 "/C=ch/O=Elsewhere/CN=Other CA",
@@ -38,15 +55,7 @@ impl TestPki {
                     Validity::from_now(30 * DAY),
                 )
                 .unwrap();
-            ca.write_hashed_dir(&dir.path().join("certificates"))
-                .unwrap();
-            host.to_pem_files(
-                &dir.path().join("hostcert.pem"),
-                &dir.path().join("hostkey.pem"),
-            )
-            .unwrap();
             TestPki {
-                dir,
                 ca,
                 untrusted,
                 host,
@@ -54,20 +63,15 @@ impl TestPki {
         })
     }
 
-    /// The `/DIRAC/Security` options of a server using this PKI.
-    pub fn security_options(&self) -> String {
-        let path = |name: &str| self.dir.path().join(name).display().to_string();
-        format!(
-            "CertFile = {}\nKeyFile = {}\nCALocation = {}",
-            path("hostcert.pem"),
-            path("hostkey.pem"),
-            path("certificates")
-        )
-    }
-
-    /// The hashed CA directory the servers trust.
-    pub fn ca_dir(&self) -> std::path::PathBuf {
-        self.dir.path().join("certificates")
+    /// Writes the host certificate, its key and the CA directory into `dir` unless the
+    /// certificate is there already (a test that replaced it keeps its own): their paths.
+    pub fn write_files(&self, dir: &Path) -> PkiFiles {
+        let files = PkiFiles::in_dir(dir);
+        if !files.cert.exists() {
+            self.ca.write_hashed_dir(&files.ca_dir).unwrap();
+            self.host.to_pem_files(&files.cert, &files.key).unwrap();
+        }
+        files
     }
 
     pub fn user(&self, dn: &str) -> CertifiedKey {
@@ -82,13 +86,4 @@ impl TestPki {
             None => builder.issue().unwrap(),
         }
     }
-}
-
-/// The shared host certificate and key files, as `security_options` names them.
-pub fn shared_host_files() -> (String, String) {
-    let dir = TestPki::shared().dir.path();
-    (
-        dir.join("hostcert.pem").display().to_string(),
-        dir.join("hostkey.pem").display().to_string(),
-    )
 }

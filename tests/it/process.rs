@@ -1,4 +1,4 @@
-//! Test configurations, and the real `tokenmanager` binary: runs its commands, starts `serve`,
+//! The real `tokenmanager` binary: runs its commands, starts `serve` on a test configuration,
 //! reads its log.
 
 use std::io::{BufRead, BufReader};
@@ -8,33 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::app::TestApp;
-use crate::pki::TestPki;
+use crate::support::TestDb;
+use crate::test_config::TestConfig;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_tokenmanager");
-
-/// A minimal DIRAC configuration for one service on 127.0.0.1 with every port 0 (free ports).
-pub fn write_config(
-    dir: &Path,
-    name: &str,
-    database_section: &str,
-    service_options: &str,
-) -> PathBuf {
-    let keyring = dir.join("keyring");
-    let text = format!(
-        "DIRAC\n{{\n  Setup = Test\n  Setups\n  {{\n    Test\n    {{\n      Framework = Production\n    }}\n  }}\n\
-         Security\n  {{\n{}\n  }}\n}}\n\
-         Systems\n{{\n  Framework\n  {{\n    Production\n    {{\n      Services\n      {{\n        TokenManager\n        {{\n\
-         ListenAddress = 127.0.0.1\nPort = 0\nHTTPSPort = 0\nMetricsPort = 0\nEncryptionKeyFile = {}\n{service_options}\n\
-         }}\n      }}\n      Databases\n      {{\n        TokenDB\n        {{\n{database_section}\n        }}\n      }}\n    }}\n  }}\n}}\n\
-         {}",
-        TestPki::shared().security_options(),
-        keyring.display(),
-        REGISTRY
-    );
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
 
 pub fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(BINARY);
@@ -49,146 +26,25 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// The users, groups and hosts of the tests, one per kind of caller of the authorization matrix.
-/// Every user has the ID `id-<name>` (DN `/O=DIRAC/CN=id-<name>`).
-pub const REGISTRY: &str = "Registry
-{
-  DefaultGroup = g_user
-  BannedIPs = 127.0.0.2
-  Users
-  {
-    full
-    {
-      DN = /C=ch/O=DIRAC/OU=Test/CN=full
-      DN += /O=DIRAC/CN=id-full
-    }
-    limited
-    {
-      DN = /C=ch/O=DIRAC/OU=Test/CN=limited
-      DN += /O=DIRAC/CN=id-limited
-    }
-    private
-    {
-      DN = /C=ch/O=DIRAC/OU=Test/CN=private
-      DN += /O=DIRAC/CN=id-private
-    }
-    manager
-    {
-      DN = /C=ch/O=DIRAC/OU=Test/CN=manager
-      DN += /O=DIRAC/CN=id-manager
-    }
-    plain
-    {
-      DN = /C=ch/O=DIRAC/OU=Test/CN=plain
-      DN += /O=DIRAC/CN=id-plain
-    }
-    suspended
-    {
-      DN = /C=ch/O=DIRAC/OU=Test/CN=suspended
-      DN += /O=DIRAC/CN=id-suspended
-      Suspended = dteam
-    }
-    admin
-    {
-      DN = /C=ch/O=DIRAC/OU=Test/CN=admin
-      DN += /O=DIRAC/CN=id-admin
-    }
-    victim
-    {
-      DN = /C=ch/O=DIRAC/OU=Test/CN=victim
-      DN += /O=DIRAC/CN=id-victim
-    }
-  }
-  Groups
-  {
-    g_user
-    {
-      Users = plain, suspended, victim
-      Properties = NormalUser
-      VO = dteam
-    }
-    g_full
-    {
-      Users = full
-      Properties = NormalUser, FullDelegation
-      VO = dteam
-    }
-    g_limited
-    {
-      Users = limited
-      Properties = LimitedDelegation
-      VO = dteam
-    }
-    g_private
-    {
-      Users = private
-      Properties = PrivateLimitedDelegation
-      VO = dteam
-    }
-    g_manager
-    {
-      Users = manager
-      Properties = ProxyManagement
-      VO = dteam
-    }
-    g_admin
-    {
-      Users = admin
-      Properties = CSAdministrator
-      VO = dteam
-    }
-  }
-  Hosts
-  {
-    localhost
-    {
-      DN = /C=ch/O=DIRAC/OU=Test/CN=localhost
-      Properties = TrustedHost
-    }
-  }
-  VO
-  {
-    dteam
-    {
-      IdProvider = test-idp
-    }
-  }
-}
-Resources
-{
-  IdProviders
-  {
-    test-idp
-    {
-      issuer = https://127.0.0.1:1/
-      client_id = tm-test
-    }
-  }
-}
-";
-
-/// A fresh keyring in `db`'s directory and [`write_config`] on `db` with `service_options`: the
-/// configuration's path.
-pub fn configure(db: &crate::support::TestDb, service_options: &str) -> PathBuf {
+/// A fresh keyring in `db`'s directory, and there the tests' usual configuration on `db`
+/// changed by `adjust`, as `tm.cfg`: its path.
+pub fn configure(db: &TestDb, adjust: impl FnOnce(&mut TestConfig)) -> PathBuf {
     tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
         .create()
         .unwrap();
-    write_config(
-        db.dir.path(),
-        "tm.cfg",
-        &format!("URL = {}", db.url),
-        service_options,
-    )
+    let mut config = TestConfig::on(db);
+    adjust(&mut config);
+    config.write("tm.cfg")
 }
 
 /// [`configure`], and the application on it, in this process.
-pub fn spawn_app(db: &crate::support::TestDb, service_options: &str) -> TestApp {
-    TestApp::spawn(&configure(db, service_options))
+pub fn spawn_app(db: &TestDb, adjust: impl FnOnce(&mut TestConfig)) -> TestApp {
+    TestApp::spawn(&configure(db, adjust))
 }
 
 /// [`configure`], and `serve` on it: the real binary, for tests that read its log or signal it.
-pub fn spawn_process(db: &crate::support::TestDb, service_options: &str) -> ServeProcess {
-    ServeProcess::spawn(&configure(db, service_options))
+pub fn spawn_process(db: &TestDb, adjust: impl FnOnce(&mut TestConfig)) -> ServeProcess {
+    ServeProcess::spawn(&configure(db, adjust))
 }
 
 /// A running `serve`, the real binary; killed when dropped.

@@ -24,7 +24,7 @@ use tokenmanager::x509::pki::{CertifiedKey, ProxyKind};
 use crate::client::{Client, Reply, Request, form_encode_component, http_get};
 use crate::idp::TestIdp;
 use crate::pki::TestPki;
-use crate::process::{ServeProcess, write_config};
+use crate::process::{ServeProcess, spawn_process};
 use crate::support::TestDb;
 
 const JOB: &str = "tokenmanager";
@@ -207,20 +207,9 @@ impl Service {
     fn spawn() -> Self {
         let db = TestDb::new(tokenmanager::config::Backend::Sqlite);
         let idp = TestIdp::spawn();
-        tokenmanager::crypto::KeyringFile::new(db.dir.path().join("keyring"))
-            .create()
-            .unwrap();
-        let config = write_config(db.dir.path(), "tm.cfg", &format!("URL = {}", db.url), "");
-        let text = std::fs::read_to_string(&config).unwrap().replace(
-            "      issuer = https://127.0.0.1:1/\n      client_id = tm-test\n",
-            &format!(
-                "      issuer = {}\n      client_id = tm-basic\n      client_secret = tm-basic-secret\n      \
-                 audience_parameter = resource\n      allowed_audiences = {CE}, https://fts.example.org\n",
-                idp.issuer()
-            ),
-        );
-        std::fs::write(&config, text).unwrap();
-        let app = ServeProcess::spawn(&config);
+        let app = spawn_process(&db, |c| {
+            c.test_idp(&idp.issuer(), &format!("{CE}, https://fts.example.org"));
+        });
         let pki = TestPki::shared();
         Self {
             app,

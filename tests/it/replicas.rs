@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use tokenmanager::config::Backend;
 
 use crate::client::http_get;
-use crate::get_token::{CE, Setup, setup_with_options};
+use crate::get_token::{CE, Setup, setup_with};
 use crate::metrics::sample;
 use crate::support::TestDb;
 
@@ -57,7 +57,7 @@ pub(crate) const VERSION_CHECKS: &str =
 
 /// Two replicas, each with `plain`'s token cached.
 fn two_replicas_with_a_cached_token(backend: Backend) -> (Setup, Value) {
-    let setup = setup_with_options(TestDb::new(backend), 2, &["other".to_owned()], "", "");
+    let setup = setup_with(TestDb::new(backend), 2, &["other".to_owned()], |_| {});
     setup.delegate("plain");
     let first = setup.get_token_via(0, Some("plain"), Some(CE), 0);
     assert_eq!(first.status(), Some(200), "{first:?}");
@@ -267,7 +267,7 @@ fn mariadb_a_change_committed_after_a_later_one_is_not_skipped() {
 /// operator's SQL, as `sqlite3` would).
 #[test]
 fn sqlite_serve_notices_a_command_line_writer_within_the_bound() {
-    let setup = setup_with_options(TestDb::new(Backend::Sqlite), 0, &[], "", "");
+    let setup = setup_with(TestDb::new(Backend::Sqlite), 0, &[], |_| {});
     setup.delegate("plain");
     assert_eq!(
         setup.get_token(Some("plain"), Some(CE), 0).status(),
@@ -293,12 +293,11 @@ fn measure_staleness(backend: Backend) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
     let sqlite = backend == Backend::Sqlite;
-    let setup = setup_with_options(
+    let setup = setup_with(
         TestDb::new(backend),
         if sqlite { 0 } else { 2 },
         &[],
-        "",
-        "",
+        |_| {},
     );
     let observer = if sqlite { 0 } else { 1 };
     let mut connection = crate::client::Connection::open(setup.https_ports[observer], &setup.full);
