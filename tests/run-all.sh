@@ -6,6 +6,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tests/setup.sh
+# The tests' temporary files go here, in a directory emptied for each run: whatever is left
+# afterwards (CI checks with tests/leftovers.sh) is a test that does not clean up.
+export TMPDIR=$PWD/target/test-tmp
+rm -rf "$TMPDIR"
+mkdir -p "$TMPDIR"
 cargo test --workspace --all-targets -- --skip faults::
 start=$SECONDS
 echo "=== fault tests (serial)"
