@@ -161,8 +161,8 @@ struct Pki {
     user_key: PathBuf,
     /// Grid proxy file: proxy cert, proxy key, user cert.
     proxy: PathBuf,
-    /// Holds the files above; removed with the test's `Pki`.
-    _dir: tempfile::TempDir,
+    /// Holds the files above (and a test's report); removed with the test's `Pki`.
+    dir: tempfile::TempDir,
 }
 
 impl Pki {
@@ -235,7 +235,7 @@ impl Pki {
             server_key,
             ca_dir,
             wrong_ca_dir,
-            _dir: temp,
+            dir: temp,
         }
     }
 }
@@ -664,7 +664,7 @@ fn errors_are_counted_by_kind() {
 fn open_loop_rate_and_json_report() {
     let pki = Pki::new();
     let (port, _) = start_server(&pki, Mode::Http);
-    let out = std::env::temp_dir().join(format!("loadtest-report-{}.json", std::process::id()));
+    let out = pki.dir.path().join("report.json");
     let out_arg = out.display().to_string();
     let r = load(
         &pki,
@@ -693,7 +693,6 @@ fn open_loop_rate_and_json_report() {
     );
 
     let doc: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    std::fs::remove_file(&out).unwrap();
     assert_eq!(doc["schema"], "tokenmanager-loadtest/1");
     assert_eq!(doc["ok"], r.ok);
     assert_eq!(doc["errors"]["http_status"], json!({}));
