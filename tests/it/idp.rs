@@ -3,12 +3,6 @@
 //! rotate on every use; presenting a consumed one revokes the whole grant), with test-only
 //! control endpoints under `/test/`. Needs `npm ci --prefix tests/idp` once.
 
-// Not every helper is used by this module's own tests.
-#![expect(
-    dead_code,
-    reason = "not every helper is used by this module's own tests"
-)]
-
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -56,7 +50,6 @@ pub struct MintedGrant {
     pub refresh_token: String,
     pub access_token: String,
     pub expires_in: u64,
-    pub grant_id: String,
 }
 
 /// `GET /test/stats`: token-endpoint requests as they arrived (before any processing).
@@ -77,11 +70,6 @@ pub struct IdpStats {
     pub dropped_replies: u64,
     /// Held refreshes whose client closed the connection before the release (not processed).
     pub abandoned_holds: u64,
-    pub introspections: u64,
-    /// `GET /.well-known/openid-configuration` requests.
-    pub discovery: u64,
-    /// The whole answer, including other grant types under `token_requests`.
-    pub raw: Value,
 }
 
 impl IdpStats {
@@ -104,9 +92,6 @@ impl IdpStats {
             injected_failures: number("injected_failures"),
             dropped_replies: number("dropped_replies"),
             abandoned_holds: number("abandoned_holds"),
-            introspections: number("introspections"),
-            discovery: number("discovery"),
-            raw,
         }
     }
 
@@ -236,14 +221,6 @@ impl TestIdp {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    pub fn token_endpoint(&self) -> String {
-        format!("{}/token", self.issuer())
-    }
-
-    pub fn revocation_endpoint(&self) -> String {
-        format!("{}/token/revocation", self.issuer())
-    }
-
     /// What the server printed on stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
@@ -299,7 +276,6 @@ impl TestIdp {
             refresh_token: text("refresh_token"),
             access_token: text("access_token"),
             expires_in: v["expires_in"].as_u64().unwrap_or(0),
-            grant_id: text("grant_id"),
         }
     }
 
@@ -399,11 +375,6 @@ impl TestIdp {
     /// Lifetime of access tokens (user and client_credentials) issued from now on; default 3600.
     pub fn set_access_token_ttl(&self, secs: u64) {
         self.control("POST", "/test/ttl", Some(json!({"access_token": secs})));
-    }
-
-    /// Lifetime of refresh tokens issued from now on (minted or rotated); default 14 days.
-    pub fn set_refresh_token_ttl(&self, secs: u64) {
-        self.control("POST", "/test/ttl", Some(json!({"refresh_token": secs})));
     }
 
     // --- the real OAuth2 endpoints -----------------------------------------------------------
@@ -565,329 +536,5 @@ fn base64url_decode(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
-// --- the harness's own tests -----------------------------------------------------------------
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const USER_SCOPE: &str = "openid offline_access profile wlcg.groups:/dteam/user compute.read";
-
-    fn token<'a>(reply: &'a Result<Value, (u16, Value)>, field: &str) -> &'a str {
-        match reply {
-            Ok(v) => v[field]
-                .as_str()
-                .unwrap_or_else(|| panic!("no {field} in {v}")),
-            Err(e) => panic!("expected success, got {e:?}"),
-        }
-    }
-
-    fn assert_invalid_grant(reply: &Result<Value, (u16, Value)>) {
-        match reply {
-            Err((400, body)) => assert_eq!(body["error"], "invalid_grant", "{body}"),
-            other => panic!("expected 400 invalid_grant, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn idp_rotates_refresh_tokens_and_revokes_the_grant_on_reuse() {
-        let idp = TestIdp::spawn();
-        let minted = idp.grant("alice", USER_SCOPE);
-        assert!(idp.grant_alive("alice"));
-        assert_eq!(minted.expires_in, 3600);
-
-        let first = idp.refresh("tm-basic", &minted.refresh_token, None, None);
-        let rt1 = token(&first, "refresh_token").to_owned();
-        assert_ne!(rt1, minted.refresh_token, "the refresh token must rotate");
-        assert_eq!(first.as_ref().unwrap()["scope"], USER_SCOPE);
-        assert!(first.as_ref().unwrap()["id_token"].is_string());
-
-        // Narrower scope and an audience: a JWT for that resource, and a new refresh token.
-        let second = idp.refresh(
-            "tm-basic",
-            &rt1,
-            Some("compute.read"),
-            Some("https://ce.example.org:9619"),
-        );
-        let rt2 = token(&second, "refresh_token").to_owned();
-        assert_ne!(rt2, rt1);
-        let claims = jwt_claims(token(&second, "access_token")).expect("a JWT access token");
-        assert_eq!(claims["aud"], "https://ce.example.org:9619");
-        assert_eq!(claims["sub"], "alice");
-        assert_eq!(claims["scope"], "compute.read");
-        assert!(idp.grant_alive("alice"));
-
-        // Presenting the consumed token: invalid_grant, and the whole grant is gone.
-        assert_invalid_grant(&idp.refresh("tm-basic", &rt1, None, None));
-        assert!(!idp.grant_alive("alice"));
-        assert_invalid_grant(&idp.refresh("tm-basic", &rt2, None, None));
-
-        // A refresh token works only with the client it was issued to.
-        let post = idp.grant_for("tm-post", "bob", "openid offline_access");
-        assert_invalid_grant(&idp.refresh("tm-basic", &post.refresh_token, None, None));
-        let ok = idp.refresh("tm-post", &post.refresh_token, None, None);
-        assert!(ok.is_ok(), "{ok:?}");
-    }
-
-    #[test]
-    fn idp_client_credentials_with_a_resource_is_a_jwt_for_that_audience() {
-        let idp = TestIdp::spawn();
-        let resource = "https://ce.example.org:9619";
-        let scope = "compute.read compute.create wlcg.groups:/dteam/pilot";
-        for client in ["tm-basic", "tm-post"] {
-            let reply = idp.client_credentials(client, Some(scope), Some(resource));
-            let at = token(&reply, "access_token");
-            let claims = jwt_claims(at).expect("a JWT access token");
-            assert_eq!(claims["aud"], resource);
-            assert_eq!(claims["client_id"], client);
-            assert_eq!(claims["scope"], scope);
-            assert_eq!(claims["iss"], idp.issuer());
-            let lifetime = claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap();
-            assert_eq!(lifetime, 3600);
-            assert_eq!(reply.as_ref().unwrap()["expires_in"], 3600);
-        }
-
-        // Without a resource: an opaque token, arbitrary scopes kept.
-        let reply = idp.client_credentials("tm-basic", Some("fts wlcg.groups:/dteam/user"), None);
-        assert!(jwt_claims(token(&reply, "access_token")).is_none());
-        assert_eq!(
-            reply.as_ref().unwrap()["scope"],
-            "fts wlcg.groups:/dteam/user"
-        );
-
-        // Lifetimes are settable; non-https resources are refused.
-        idp.set_access_token_ttl(120);
-        let reply = idp.client_credentials("tm-post", Some("fts"), Some("https://fts.example.org"));
-        assert_eq!(reply.as_ref().unwrap()["expires_in"], 120);
-        let claims = jwt_claims(token(&reply, "access_token")).unwrap();
-        assert_eq!(
-            claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
-            120
-        );
-        match idp.client_credentials("tm-basic", Some("fts"), Some("http://fts.example.org")) {
-            Err((400, body)) => assert_eq!(body["error"], "invalid_target"),
-            other => panic!("expected invalid_target, got {other:?}"),
-        }
-
-        // Only the registered client authentication method is accepted.
-        let wrong = Request::post("/token")
-            .form(&[("grant_type", "client_credentials")])
-            .basic_auth("tm-post", "tm-post-secret");
-        let reply = Client::http().send(idp.port(), &wrong).unwrap();
-        assert_eq!(reply.status, 401);
-    }
-
-    #[test]
-    fn idp_injected_failures_do_not_consume_the_refresh_token() {
-        let idp = TestIdp::spawn();
-        let minted = idp.grant("carol", USER_SCOPE);
-        idp.fail_next(2, 500);
-        for _ in 0..2 {
-            match idp.refresh("tm-basic", &minted.refresh_token, None, None) {
-                Err((500, body)) => assert_eq!(body["error"], "server_error"),
-                other => panic!("expected the injected 500, got {other:?}"),
-            }
-        }
-        let reply = idp.refresh("tm-basic", &minted.refresh_token, None, None);
-        assert!(reply.is_ok(), "{reply:?}");
-        assert!(idp.grant_alive("carol"));
-        let stats = idp.stats();
-        assert_eq!(stats.refreshes("carol"), 3);
-        assert_eq!(stats.injected_failures, 2);
-        assert_eq!(stats.refresh_errors("carol"), 0);
-
-        idp.fail_next(1, 503);
-        let cc = idp.client_credentials("tm-post", Some("fts"), None);
-        assert!(matches!(cc, Err((503, _))), "{cc:?}");
-    }
-
-    #[test]
-    fn idp_hold_keeps_a_refresh_waiting_until_release() {
-        let idp = TestIdp::spawn();
-        let minted = idp.grant("dave", USER_SCOPE);
-        idp.hold("dave");
-        thread::scope(|s| {
-            let (tx, rx) = mpsc::channel();
-            let idp = &idp;
-            let rt = minted.refresh_token.clone();
-            s.spawn(move || {
-                tx.send(idp.refresh("tm-basic", &rt, None, None)).unwrap();
-            });
-            idp.wait_until_held(1, Duration::from_secs(10));
-            assert!(
-                rx.recv_timeout(Duration::from_millis(300)).is_err(),
-                "the held refresh was answered"
-            );
-            // Other users are not held.
-            let other = idp.grant("erin", USER_SCOPE);
-            assert!(
-                idp.refresh("tm-basic", &other.refresh_token, None, None)
-                    .is_ok()
-            );
-            assert_eq!(idp.held(), 1);
-
-            idp.release("dave");
-            let reply = rx
-                .recv_timeout(Duration::from_secs(10))
-                .expect("the released refresh was answered");
-            assert!(reply.is_ok(), "{reply:?}");
-        });
-        assert_eq!(idp.held(), 0);
-        assert!(idp.grant_alive("dave"));
-
-        // A client that gives up while held takes its request back: nothing is consumed.
-        let fresh = idp.grant("ivan", USER_SCOPE);
-        idp.hold("ivan");
-        let gave_up =
-            idp.refresh_with_timeout("tm-basic", &fresh.refresh_token, Duration::from_millis(500));
-        assert!(matches!(gave_up, Err((0, _))), "{gave_up:?}");
-        idp.wait_until_held(0, Duration::from_secs(10));
-        assert_eq!(idp.stats().abandoned_holds, 1);
-        idp.release("ivan");
-        let reply = idp.refresh("tm-basic", &fresh.refresh_token, None, None);
-        assert!(reply.is_ok(), "{reply:?}");
-
-        // With process_abandoned the late request is processed on release: the token is gone.
-        let slow = idp.grant("judy", USER_SCOPE);
-        idp.hold_processing_abandoned("judy");
-        let gave_up =
-            idp.refresh_with_timeout("tm-basic", &slow.refresh_token, Duration::from_millis(500));
-        assert!(matches!(gave_up, Err((0, _))), "{gave_up:?}");
-        assert_eq!(idp.held(), 1);
-        // Released, it takes the grant's lock before the next request arrives, so it goes first.
-        idp.release("judy");
-        assert_eq!(idp.held(), 0);
-        assert_invalid_grant(&idp.refresh("tm-basic", &slow.refresh_token, None, None));
-        assert!(!idp.grant_alive("judy"));
-    }
-
-    #[test]
-    fn idp_drop_reply_consumes_the_token_and_breaks_the_connection() {
-        let idp = TestIdp::spawn();
-        let minted = idp.grant("frank", USER_SCOPE);
-        idp.drop_reply("frank");
-        match idp.refresh("tm-basic", &minted.refresh_token, None, None) {
-            Err((0, body)) => assert_eq!(body["error"], "connection"),
-            other => panic!("expected a broken connection, got {other:?}"),
-        }
-        assert_eq!(idp.stats().dropped_replies, 1);
-        // The token was consumed: retrying it is reuse, and kills the grant.
-        assert!(idp.grant_alive("frank"));
-        assert_invalid_grant(&idp.refresh("tm-basic", &minted.refresh_token, None, None));
-        assert!(!idp.grant_alive("frank"));
-    }
-
-    #[test]
-    fn idp_keeps_thousands_of_grants() {
-        const GRANTS: usize = 2000;
-        const THREADS: usize = 4;
-        let started = Instant::now();
-        let idp = TestIdp::spawn();
-        let idp = &idp;
-        // Mint them all first: oidc-provider's bundled LRU store would have forgotten the first
-        // ones by the time they are refreshed.
-        let minted: Vec<MintedGrant> = thread::scope(|s| {
-            let handles: Vec<_> = (0..THREADS)
-                .map(|t| {
-                    s.spawn(move || {
-                        (t..GRANTS)
-                            .step_by(THREADS)
-                            .map(|i| {
-                                (
-                                    i,
-                                    idp.grant(&format!("user{i:04}"), "openid offline_access"),
-                                )
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            let mut all: Vec<(usize, MintedGrant)> = handles
-                .into_iter()
-                .flat_map(|h| h.join().unwrap())
-                .collect();
-            all.sort_by_key(|(i, _)| *i);
-            all.into_iter().map(|(_, g)| g).collect()
-        });
-        thread::scope(|s| {
-            for t in 0..THREADS {
-                let minted = &minted;
-                s.spawn(move || {
-                    for i in (t..GRANTS).step_by(THREADS) {
-                        let reply = idp.refresh("tm-basic", &minted[i].refresh_token, None, None);
-                        assert!(reply.is_ok(), "grant {i}: {reply:?}");
-                    }
-                });
-            }
-        });
-        let stats = idp.stats();
-        assert_eq!(stats.refreshes_total(), GRANTS as u64);
-        assert_eq!(stats.refreshes("user0000"), 1);
-        assert!(
-            stats.refresh_errors.is_empty(),
-            "{:?}",
-            stats.refresh_errors
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{GRANTS} grants took {:?}",
-            started.elapsed()
-        );
-    }
-
-    #[test]
-    fn idp_stats_count_what_arrived() {
-        let idp = TestIdp::spawn();
-        let minted = idp.grant("gina", USER_SCOPE);
-        let ok = idp.refresh("tm-basic", &minted.refresh_token, None, None);
-        assert!(ok.is_ok());
-        assert_invalid_grant(&idp.refresh("tm-basic", &minted.refresh_token, None, None));
-        for _ in 0..3 {
-            idp.client_credentials("tm-basic", Some("compute.read"), Some("https://a.example"))
-                .unwrap();
-        }
-        idp.client_credentials("tm-post", None, None).unwrap();
-        let other = idp.grant("hank", USER_SCOPE);
-        idp.revoke("tm-basic", &other.refresh_token, Some("refresh_token"))
-            .unwrap();
-        assert!(
-            !idp.grant_alive("hank"),
-            "revoking a refresh token revokes its grant"
-        );
-        assert!(
-            idp.refresh("tm-basic", "no-such-token", None, None)
-                .is_err()
-        );
-
-        let stats = idp.stats();
-        assert_eq!(stats.refreshes("gina"), 2);
-        assert_eq!(stats.refresh_errors("gina"), 1);
-        assert_eq!(stats.refreshes("<unknown>"), 1);
-        assert_eq!(stats.refreshes_total(), 3);
-        assert_eq!(
-            stats.client_credentials_count(
-                "tm-basic",
-                Some("compute.read"),
-                Some("https://a.example")
-            ),
-            3
-        );
-        assert_eq!(stats.client_credentials_count("tm-post", None, None), 1);
-        assert_eq!(stats.client_credentials_total(), 4);
-        assert_eq!(stats.revocations(), 1);
-
-        // Latency delays every token-endpoint request.
-        idp.latency(300);
-        let started = Instant::now();
-        idp.client_credentials("tm-post", Some("fts"), None)
-            .unwrap();
-        assert!(started.elapsed() >= Duration::from_millis(300));
-        idp.latency(0);
-
-        idp.reset_stats();
-        let stats = idp.stats();
-        assert_eq!(stats.refreshes_total(), 0);
-        assert_eq!(stats.client_credentials_total(), 0);
-        assert_eq!(stats.revocations(), 0);
-    }
-}
+/// The harness's own tests.
+mod tests;
