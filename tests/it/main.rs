@@ -1,7 +1,8 @@
 //! The one integration-test binary. Database tests run on SQLite, PostgreSQL and MariaDB, each
 //! in a fresh database; the servers are those of CONTRIBUTING.md, "The databases" (override with
 //! TOKENMANAGER_TEST_POSTGRES_URL / TOKENMANAGER_TEST_MYSQL_URL). None is ever skipped: an
-//! unreachable server fails the test.
+//! unreachable server fails the test. Each test keeps its files in a temp dir of its own under
+//! $TMPDIR, which tests/run-all.sh points at target/test-tmp.
 
 #![expect(
     clippy::unwrap_used,
