@@ -8,10 +8,7 @@ use crate::client::{Client, Request};
 use crate::pki::TestPki;
 use crate::process::{spawn_app, spawn_process};
 use crate::support::TestDb;
-
-fn dn(name: &str) -> String {
-    format!("/C=ch/O=DIRAC/OU=Test/CN={name}")
-}
+use crate::test_config::dn;
 
 /// One kind of caller of the matrix.
 struct Caller {

@@ -13,11 +13,8 @@ use crate::client::{Client, FORM, Reply, Request, Response, form_encode};
 use crate::pki::TestPki;
 use crate::process;
 use crate::support::TestDb;
+use crate::test_config::dn;
 use tokenmanager::config::Backend;
-
-fn dn(name: &str) -> String {
-    format!("/C=ch/O=DIRAC/OU=Test/CN={name}")
-}
 
 pub fn proxy(user: &str, group: &str) -> CertifiedKey {
     TestPki::shared().proxy(&dn(user), ProxyKind::Rfc3820, Some(group))

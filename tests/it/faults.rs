@@ -12,7 +12,7 @@ use tokenmanager::x509::pki::{ProxyKind, Validity};
 
 use crate::client::{Reply, http_get};
 use crate::get_token::{
-    CE, FrontEnd, SCOPE, Setup, assert_one_refresh_and_grant_alive, assert_refusal, dn,
+    CE, FrontEnd, SCOPE, Setup, assert_one_refresh_and_grant_alive, assert_refusal,
     get_token_in_background, setup_with,
 };
 use crate::metrics::sample;
@@ -20,7 +20,7 @@ use crate::pki::{PkiFiles, TestPki};
 use crate::process::ServeProcess;
 use crate::stall::StallingProxy;
 use crate::support::TestDb;
-use crate::test_config::{IDP, TestConfig};
+use crate::test_config::{IDP, TestConfig, dn};
 
 /// `db`'s server, reached through a [`StallingProxy`]: `db` then names the proxy.
 fn behind_proxy(db: &mut TestDb) -> StallingProxy {

@@ -13,14 +13,10 @@ use crate::idp::TestIdp;
 use crate::pki::TestPki;
 use crate::process::{ServeProcess, configure};
 use crate::support::TestDb;
-use crate::test_config::{IDP, TestConfig};
+use crate::test_config::{IDP, TestConfig, dn};
 
 pub(crate) const SCOPE: &str = "openid offline_access compute.read";
 pub(crate) const CE: &str = "https://ce.example.org";
-
-pub(crate) fn dn(name: &str) -> String {
-    format!("/C=ch/O=DIRAC/OU=Test/CN={name}")
-}
 
 /// A service on SQLite whose [`IDP`] is the test IdP, with `extra_users` more users (IDs
 /// `id-<name>`) in group g_user.

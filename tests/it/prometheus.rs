@@ -26,6 +26,7 @@ use crate::idp::TestIdp;
 use crate::pki::TestPki;
 use crate::process::{ServeProcess, spawn_process};
 use crate::support::TestDb;
+use crate::test_config::dn;
 
 const JOB: &str = "tokenmanager";
 const CE: &str = "https://ce.example.org";
@@ -34,10 +35,6 @@ fn grafana_file(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("grafana")
         .join(relative)
-}
-
-fn dn(name: &str) -> String {
-    format!("/C=ch/O=DIRAC/OU=Test/CN={name}")
 }
 
 fn promtool(args: &[&str]) {
