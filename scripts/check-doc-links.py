@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checks the repository's relative links (tests/run-all.sh runs it): every [text](target) in a
+"""Checks the repository's relative links (tests/run-all.sh runs it first): every [text](target) in a
 tracked Markdown file, and every repo-relative `docs/…md#anchor` mention in any tracked text file,
 must name a file that exists and, with #anchor, a heading whose GitHub anchor it is."""
 import os, re, subprocess, sys

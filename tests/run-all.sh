@@ -11,6 +11,8 @@ tests/setup.sh
 export TMPDIR=$PWD/target/test-tmp
 rm -rf "$TMPDIR"
 mkdir -p "$TMPDIR"
+echo "=== documentation links"
+scripts/check-doc-links.py
 cargo test --workspace --all-targets -- --skip faults::
 start=$SECONDS
 echo "=== fault tests (serial)"
