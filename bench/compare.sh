@@ -26,7 +26,7 @@ if [[ ${COMPARE_NO_BUILD:-0} != 1 ]]; then
 fi
 [[ -x $TM && -x $LOADGEN && -x $BASE ]] || { echo "missing $TM, $LOADGEN or $BASE" >&2; exit 1; }
 
-WORK=$(mktemp -d /tmp/tm-compare.XXXXXX)
+WORK=$(mktemp -d -t tm-compare.XXXXXX)
 PIDS=()
 cleanup() {
   local pid
