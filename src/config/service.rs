@@ -44,9 +44,9 @@ declare_options! {
     /// keyring that encrypts the stored tokens, see below
     pub const ENCRYPTION_KEY_FILE: Optional<FilePath> =
         "EncryptionKeyFile", FilePath, "required (or `TOKENMANAGER_ENCRYPTION_KEY_FILE`)";
-    /// create a missing keyring (later also the demo CA, host and user certificates) at start
-    /// instead of refusing to start; meant for the shipped example configuration only, never
-    /// for production
+    /// create a missing keyring and demo PKI (CA, host and user certificates, a user proxy) at
+    /// start instead of refusing to start; meant for the shipped example configuration only,
+    /// never for production
     pub const GENERATE_DEMO_CREDENTIALS: Setting<Flag> = "GenerateDemoCredentials", Flag, false;
     /// database connections per process; the DB actor runs one thread per connection
     pub const DATABASE_POOL_SIZE: Setting<Count> =
