@@ -1,5 +1,6 @@
 //! The `tokenmanager` command line: `serve`, `migrate`, `rotate-key`, `import-dirac-tokendb`.
 
+#[cfg(feature = "mysql")]
 mod import_tokendb;
 mod migrate;
 mod rotate_key;
@@ -62,6 +63,13 @@ enum Command {
     /// token replaces. Prints the counts imported, updated, unchanged, kept_ours,
     /// skipped_expired, skipped_duplicate and refused (with each refused row's id and reason);
     /// never a token. Applies pending migrations first, except with --dry-run.
+    #[cfg_attr(
+        not(feature = "mysql"),
+        command(
+            about = "Not in this build: reading DIRAC's MySQL TokenDB needs the Cargo feature `mysql`",
+            long_about = None
+        )
+    )]
     ImportDiracTokendb {
         /// DIRAC's TokenDB: mysql://user:password@host:port/dbname (or mariadb://).
         #[arg(value_name = "MYSQL_URL")]
@@ -88,8 +96,15 @@ pub enum CliError {
     App(#[from] AppError),
     #[error("{0}")]
     Rotation(String),
+    #[cfg(feature = "mysql")]
     #[error(transparent)]
     Source(#[from] crate::db::dirac_tokendb::SourceError),
+    #[cfg(not(feature = "mysql"))]
+    #[error(
+        "import-dirac-tokendb is not in this build: reading DIRAC's MySQL TokenDB needs the \
+         Cargo feature `mysql`"
+    )]
+    NoImport,
 }
 
 impl Cli {
@@ -106,6 +121,7 @@ impl Cli {
                 Command::RotateKey { key_id, batch } => {
                     rotate_key::run(settings()?, key_id.as_deref(), batch).await
                 }
+                #[cfg(feature = "mysql")]
                 Command::ImportDiracTokendb {
                     source,
                     password_file,
@@ -114,6 +130,8 @@ impl Cli {
                     import_tokendb::run(settings()?, &source, password_file.as_deref(), dry_run)
                         .await
                 }
+                #[cfg(not(feature = "mysql"))]
+                Command::ImportDiracTokendb { .. } => Err(CliError::NoImport),
             }
         })
     }

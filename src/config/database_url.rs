@@ -19,6 +19,15 @@ impl Backend {
             Self::Mysql => "mysql",
         }
     }
+
+    /// Whether this build can connect to the backend: each is a Cargo feature of the same name.
+    pub fn built_in(self) -> bool {
+        match self {
+            Self::Sqlite => cfg!(feature = "sqlite"),
+            Self::Postgres => cfg!(feature = "postgres"),
+            Self::Mysql => cfg!(feature = "mysql"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -28,6 +37,11 @@ pub enum UrlError {
          mariadb://"
     )]
     UnsupportedScheme,
+    #[error(
+        "this tokenmanager was built without the {} backend: rebuild it with the Cargo feature \
+         `{}` (one of the default features)", .0.name(), .0.name()
+    )]
+    NotBuiltIn(Backend),
     #[error(
         "sqlite:// needs a file path (an in-memory database would differ per pooled connection)"
     )]
@@ -57,8 +71,9 @@ impl fmt::Debug for DatabaseUrl {
 
 impl DatabaseUrl {
     pub fn parse(url: &str) -> Result<DatabaseUrl, UrlError> {
-        if backend_of(url).is_none() {
-            return Err(UrlError::UnsupportedScheme);
+        let backend = backend_of(url).ok_or(UrlError::UnsupportedScheme)?;
+        if !backend.built_in() {
+            return Err(UrlError::NotBuiltIn(backend));
         }
         if url
             .strip_prefix(SQLITE)
@@ -213,28 +228,29 @@ fn percent_encode(value: &str) -> String {
 mod tests {
     use super::*;
 
+    /// A URL of any known scheme, whether or not its backend is built in: what these tests look
+    /// at comes after the scheme check.
+    fn any(url: &str) -> DatabaseUrl {
+        backend_of(url).expect("a known scheme");
+        DatabaseUrl(url.to_owned())
+    }
+
     #[test]
     fn schemes_are_checked() {
-        assert_eq!(
-            DatabaseUrl::parse("sqlite:///tmp/x").unwrap().backend(),
-            Backend::Sqlite
-        );
-        assert_eq!(
-            DatabaseUrl::parse("postgres://h/db").unwrap().backend(),
-            Backend::Postgres
-        );
-        assert_eq!(
-            DatabaseUrl::parse("postgresql://h/db").unwrap().backend(),
-            Backend::Postgres
-        );
-        assert_eq!(
-            DatabaseUrl::parse("mysql://h/db").unwrap().backend(),
-            Backend::Mysql
-        );
-        assert_eq!(
-            DatabaseUrl::parse("mariadb://h/db").unwrap().backend(),
-            Backend::Mysql
-        );
+        for (url, backend) in [
+            ("sqlite:///tmp/x", Backend::Sqlite),
+            ("postgres://h/db", Backend::Postgres),
+            ("postgresql://h/db", Backend::Postgres),
+            ("mysql://h/db", Backend::Mysql),
+            ("mariadb://h/db", Backend::Mysql),
+        ] {
+            let parsed = DatabaseUrl::parse(url).map(|url| url.backend());
+            if backend.built_in() {
+                assert_eq!(parsed, Ok(backend), "{url}");
+            } else {
+                assert_eq!(parsed, Err(UrlError::NotBuiltIn(backend)), "{url}");
+            }
+        }
         assert_eq!(
             DatabaseUrl::parse("/tmp/x.sqlite"),
             Err(UrlError::UnsupportedScheme)
@@ -247,6 +263,15 @@ mod tests {
         assert_eq!(
             DatabaseUrl::parse("sqlite://:memory:"),
             Err(UrlError::NoSqliteFile)
+        );
+    }
+
+    #[test]
+    fn a_backend_not_built_in_is_refused_by_its_feature() {
+        let message = UrlError::NotBuiltIn(Backend::Postgres).to_string();
+        assert!(
+            message.contains("without the postgres backend") && message.contains("`postgres`"),
+            "{message}"
         );
     }
 
@@ -269,7 +294,7 @@ mod tests {
 
     #[test]
     fn masking_hides_passwords_only() {
-        let masked = |u: &str| DatabaseUrl::parse(u).unwrap().masked();
+        let masked = |u: &str| any(u).masked();
         assert_eq!(
             masked("postgres://u:p%40@h:5432/db"),
             "postgres://u:***@h:5432/db"
@@ -285,37 +310,29 @@ mod tests {
 
     #[test]
     fn password_is_injected_into_the_userinfo() {
-        let url = DatabaseUrl::parse("postgres://tm@h:5432/db").unwrap();
+        let url = any("postgres://tm@h:5432/db");
         assert_eq!(
             url.with_password("a b").unwrap().expose(),
             "postgres://tm:a%20b@h:5432/db"
         );
-        let url = DatabaseUrl::parse("mysql://tm:old@h/db").unwrap();
+        let url = any("mysql://tm:old@h/db");
         assert_eq!(
             url.with_password("new").unwrap().expose(),
             "mysql://tm:new@h/db"
         );
         assert_eq!(
-            DatabaseUrl::parse("mysql://h/db")
-                .unwrap()
-                .with_password("x"),
+            any("mysql://h/db").with_password("x"),
             Err(UrlError::PasswordWithoutUser)
         );
         assert_eq!(
-            DatabaseUrl::parse("sqlite:///x")
-                .unwrap()
-                .with_password("x"),
+            any("sqlite:///x").with_password("x"),
             Err(UrlError::PasswordForSqlite)
         );
     }
 
     #[test]
     fn relative_sqlite_paths_resolve_against_the_directory() {
-        let resolve = |u: &str| {
-            DatabaseUrl::parse(u)
-                .unwrap()
-                .resolve_sqlite(|p| Path::new("/srv/tm/config").join(p))
-        };
+        let resolve = |u: &str| any(u).resolve_sqlite(|p| Path::new("/srv/tm/config").join(p));
         assert_eq!(
             resolve("sqlite://../var/tm.sqlite").sqlite_path(),
             Some("/srv/tm/config/../var/tm.sqlite")

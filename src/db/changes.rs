@@ -9,15 +9,16 @@
 //!   allocated when its row is written, not when its transaction commits, so a later id can
 //!   become visible first: an id skipped over is a gap, looked at again on every read until its
 //!   row appears or is known never to come (no row, and no transaction holding one under a lock,
-//!   for [`GAP_GRACE`]).
+//!   for a grace period).
 //! - SQLite: the same table; one writer at a time, so ids become visible in order.
 
-use std::collections::BTreeMap;
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+mod change_log;
+
 use std::time::{Duration, Instant};
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Nullable, Text};
 
 use super::{CredentialVersion, DbConn, DbError, establish};
 use crate::config::{Backend, DatabaseUrl};
@@ -30,13 +31,6 @@ pub const READER_APPLICATION_NAME: &str = "tokenmanager-changes";
 /// How long change-log rows are kept: a replica whose reader was away longer may have missed
 /// changes, and treats that as a gap.
 pub const LOG_RETENTION: Duration = Duration::from_secs(600);
-/// How long an id skipped over on MariaDB is looked for when neither its row nor a transaction
-/// writing it is seen: longer than an insert takes between allocating an id and writing its row.
-const GAP_GRACE: Duration = Duration::from_secs(2);
-/// Gaps beyond this many (a burst of rolled-back writes) are given up as a gap in the stream.
-const MAX_GAPS: usize = 10_000;
-/// Rows read per query: a reader that is further behind reads again at once.
-const READ_BATCH: i64 = 5_000;
 /// Rows deleted per pruning transaction.
 const PRUNE_BATCH: usize = 10_000;
 
@@ -81,47 +75,6 @@ pub struct ChangeBatch {
     pub gap: bool,
 }
 
-#[derive(QueryableByName)]
-struct LogRow {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = Text)]
-    kind: String,
-    #[diesel(sql_type = Text)]
-    subject: String,
-    #[diesel(sql_type = Text)]
-    provider: String,
-    #[diesel(sql_type = BigInt)]
-    row_id: i64,
-    #[diesel(sql_type = Nullable<BigInt>)]
-    generation: Option<i64>,
-}
-
-impl LogRow {
-    fn change(self) -> Option<Change> {
-        let kind = match self.kind.as_str() {
-            "credential" => ChangeKind::Credential,
-            "client" => ChangeKind::Client,
-            _ => return None,
-        };
-        Some(Change {
-            kind,
-            subject: self.subject,
-            provider: self.provider,
-            row_id: self.row_id,
-            generation: self.generation,
-        })
-    }
-}
-
-#[derive(QueryableByName)]
-struct MaxId {
-    #[diesel(sql_type = Nullable<BigInt>)]
-    id: Option<i64>,
-}
-
-const LOG_COLUMNS: &str = "id, kind, subject, provider, row_id, generation";
-
 /// Reads the change stream of one database. Its session is opened on the first read and again
 /// after an error.
 pub struct ChangeReader {
@@ -129,12 +82,10 @@ pub struct ChangeReader {
     conn: Option<DbConn>,
     /// PostgreSQL: this reader's own channel, and the number of its last notification.
     sync_channel: String,
+    #[cfg(feature = "postgres")]
     syncs_sent: u64,
-    /// MariaDB and SQLite: the highest id read, and the ids below it not seen yet.
-    position: Option<i64>,
-    gaps: BTreeMap<i64, Instant>,
-    /// When the log was last read: a reader away for longer than the retention has a gap.
-    last_read: Option<Instant>,
+    #[cfg(any(feature = "mysql", feature = "sqlite"))]
+    log: change_log::LogReader,
 }
 
 impl ChangeReader {
@@ -144,10 +95,10 @@ impl ChangeReader {
             url: url.clone(),
             conn: None,
             sync_channel: format!("tokenmanager_sync_{instance:016x}"),
+            #[cfg(feature = "postgres")]
             syncs_sent: 0,
-            position: None,
-            gaps: BTreeMap::new(),
-            last_read: None,
+            #[cfg(any(feature = "mysql", feature = "sqlite"))]
+            log: change_log::LogReader::default(),
         }
     }
 
@@ -163,12 +114,20 @@ impl ChangeReader {
         result
     }
 
-    fn read_on_session(&mut self, confirm: bool) -> Result<ChangeBatch, DbError> {
+    fn read_on_session(
+        &mut self,
+        #[cfg_attr(
+            not(feature = "postgres"),
+            expect(unused_variables, reason = "only notifications are confirmed")
+        )]
+        confirm: bool,
+    ) -> Result<ChangeBatch, DbError> {
         let opened = self.conn.is_none();
         if opened {
             self.conn = Some(self.open()?);
         }
         match self.conn.as_mut().expect("opened above") {
+            #[cfg(feature = "postgres")]
             DbConn::Postgres(conn) => {
                 let sync =
                     (confirm || opened).then_some((&*self.sync_channel, &mut self.syncs_sent));
@@ -177,12 +136,27 @@ impl ChangeReader {
                 batch.gap = opened;
                 Ok(batch)
             }
-            DbConn::Mysql(_) | DbConn::Sqlite(_) => self.read_log(),
+            #[cfg(any(feature = "mysql", feature = "sqlite"))]
+            _ => self.log.read(self.conn.as_mut().expect("opened above")),
         }
     }
 
     fn open(&self) -> Result<DbConn, DbError> {
+        let session = match self.url.backend() {
+            // Its own notifications are commits that nothing needs on disk.
+            Backend::Postgres => Some(format!(
+                "SET application_name = '{READER_APPLICATION_NAME}'; SET synchronous_commit = off; \
+                 LISTEN {CHANNEL}; LISTEN {}",
+                self.sync_channel
+            )),
+            // Each read sees what is committed when it starts, and takes no gap locks.
+            Backend::Mysql => {
+                Some("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_owned())
+            }
+            Backend::Sqlite => None,
+        };
         let mut conn = match self.url.backend() {
+            #[cfg(feature = "postgres")]
             Backend::Postgres => DbConn::Postgres(
                 PgConnection::establish(&with_tcp_deadlines(self.url.expose())).map_err(
                     |source| DbError::Connect {
@@ -193,135 +167,10 @@ impl ChangeReader {
             ),
             _ => establish(&self.url)?,
         };
-        match &mut conn {
-            // Its own notifications are commits that nothing needs on disk.
-            DbConn::Postgres(pg) => pg.batch_execute(&format!(
-                "SET application_name = '{READER_APPLICATION_NAME}'; SET synchronous_commit = off; \
-                 LISTEN {CHANNEL}; LISTEN {}",
-                self.sync_channel
-            ))?,
-            // Each read sees what is committed when it starts, and takes no gap locks.
-            DbConn::Mysql(my) => {
-                my.batch_execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")?
-            }
-            DbConn::Sqlite(_) => {}
+        if let Some(session) = session {
+            conn.batch_execute(&session)?;
         }
         Ok(conn)
-    }
-
-    fn read_log(&mut self) -> Result<ChangeBatch, DbError> {
-        let started = Instant::now();
-        let conn = self.conn.as_mut().expect("opened by the caller");
-        let mut batch = ChangeBatch::default();
-        let Some(position) = self.position else {
-            // The first read: the stream starts after what is there.
-            let max: MaxId =
-                diesel::sql_query("SELECT MAX(id) AS id FROM token_changes").get_result(conn)?;
-            self.position = Some(max.id.unwrap_or(0));
-            self.last_read = Some(started);
-            batch.complete_as_of = Some(started);
-            return Ok(batch);
-        };
-        let rows: Vec<LogRow> = diesel::sql_query(format!(
-            "SELECT {LOG_COLUMNS} FROM token_changes WHERE id > ? ORDER BY id LIMIT {READ_BATCH}"
-        ))
-        .bind::<BigInt, _>(position)
-        .load(conn)?;
-        let caught_up = (rows.len() as i64) < READ_BATCH;
-        let is_mysql = matches!(conn, DbConn::Mysql(_));
-        let mut last = position;
-        for row in rows {
-            if is_mysql {
-                for skipped in last + 1..row.id {
-                    self.gaps.insert(skipped, started);
-                }
-            }
-            last = row.id;
-            batch.changes.extend(row.change());
-        }
-        self.position = Some(last);
-        if !self.gaps.is_empty() {
-            self.read_gaps(&mut batch)?;
-        }
-        let away = self
-            .last_read
-            .is_some_and(|at| started - at > LOG_RETENTION / 2);
-        batch.gap = away || self.gaps.len() > MAX_GAPS;
-        if self.gaps.len() > MAX_GAPS {
-            self.gaps.clear();
-        }
-        self.last_read = Some(started);
-        // Everything committed before the read started is in it; a gap still open is a
-        // transaction that had not committed then.
-        batch.complete_as_of = caught_up.then_some(started);
-        Ok(batch)
-    }
-
-    /// Looks at the gaps again: a row committed since is read; a gap older than [`GAP_GRACE`]
-    /// whose row no transaction holds (a rolled-back write, an id never used — on a Galera
-    /// cluster, the other nodes' ids) is closed. One or two queries, however many gaps; one per
-    /// old gap only while some transaction holds one.
-    fn read_gaps(&mut self, batch: &mut ChangeBatch) -> Result<(), DbError> {
-        let Some(DbConn::Mysql(conn)) = self.conn.as_mut() else {
-            return Ok(());
-        };
-        let ids = |gaps: &mut dyn Iterator<Item = i64>| {
-            gaps.map(|id| id.to_string()).collect::<Vec<_>>().join(",")
-        };
-        let all = ids(&mut self.gaps.keys().copied());
-        let found: Vec<LogRow> = diesel::sql_query(format!(
-            "SELECT {LOG_COLUMNS} FROM token_changes WHERE id IN ({all})"
-        ))
-        .load(conn)?;
-        for row in found {
-            self.gaps.remove(&row.id);
-            batch.changes.extend(row.change());
-        }
-        let now = Instant::now();
-        let old: Vec<i64> = self
-            .gaps
-            .iter()
-            .filter(|(_, missed)| now - **missed >= GAP_GRACE)
-            .map(|(id, _)| *id)
-            .collect();
-        if old.is_empty() {
-            return Ok(());
-        }
-        // NOWAIT: a row still being written is locked by its transaction, which would otherwise
-        // make this wait for its commit; its gap stays open however long that takes.
-        let locked_read = |conn: &mut MysqlConnection, ids: &str| {
-            diesel::sql_query(format!(
-                "SELECT {LOG_COLUMNS} FROM token_changes WHERE id IN ({ids}) FOR UPDATE NOWAIT"
-            ))
-            .load::<LogRow>(conn)
-        };
-        match locked_read(conn, &ids(&mut old.iter().copied())) {
-            Ok(rows) => {
-                // Committed between the two reads, or never coming.
-                batch
-                    .changes
-                    .extend(rows.into_iter().filter_map(LogRow::change));
-                for id in &old {
-                    self.gaps.remove(id);
-                }
-            }
-            Err(error) if is_lock_wait(&error) => {
-                for id in old {
-                    match locked_read(conn, &id.to_string()) {
-                        Ok(rows) => {
-                            self.gaps.remove(&id);
-                            batch
-                                .changes
-                                .extend(rows.into_iter().filter_map(LogRow::change));
-                        }
-                        Err(error) if is_lock_wait(&error) => {}
-                        Err(error) => return Err(error.into()),
-                    }
-                }
-            }
-            Err(error) => return Err(error.into()),
-        }
-        Ok(())
     }
 
     /// Deletes change-log rows older than [`LOG_RETENTION`] (by the database's clock), in
@@ -329,16 +178,16 @@ impl ChangeReader {
     /// SQLite's write lock (or MariaDB's undo) for long. Returns how many.
     pub fn prune(&mut self) -> Result<usize, DbError> {
         let retention = LOG_RETENTION.as_secs();
-        let statement = match self.conn.as_mut() {
-            Some(DbConn::Mysql(_)) => format!(
+        let statement = match self.conn.as_ref().map(DbConn::backend) {
+            Some(Backend::Mysql) => format!(
                 "DELETE FROM token_changes WHERE created_at < UNIX_TIMESTAMP() - {retention} \
                  LIMIT {PRUNE_BATCH}"
             ),
-            Some(DbConn::Sqlite(_)) => format!(
+            Some(Backend::Sqlite) => format!(
                 "DELETE FROM token_changes WHERE id IN (SELECT id FROM token_changes \
                  WHERE created_at < unixepoch() - {retention} LIMIT {PRUNE_BATCH})"
             ),
-            Some(DbConn::Postgres(_)) | None => return Ok(0),
+            Some(Backend::Postgres) | None => return Ok(0),
         };
         let conn = self.conn.as_mut().expect("matched above");
         let mut pruned = 0;
@@ -355,6 +204,7 @@ impl ChangeReader {
 /// libpq's TCP deadlines for the reader's session, unless the URL sets its own: a server or
 /// network gone silent fails its next read or write within seconds rather than at the system's
 /// TCP timeout (about 15 min), so the feed reconnects as soon as the database is back.
+#[cfg(feature = "postgres")]
 fn with_tcp_deadlines(url: &str) -> String {
     if url.contains("keepalives") || url.contains("tcp_user_timeout") {
         return url.to_owned();
@@ -365,19 +215,10 @@ fn with_tcp_deadlines(url: &str) -> String {
     )
 }
 
-fn is_lock_wait(error: &diesel::result::Error) -> bool {
-    match error {
-        diesel::result::Error::DatabaseError(_, info) => {
-            let message = info.message();
-            message.contains("Lock wait timeout") || message.contains("NOWAIT")
-        }
-        _ => false,
-    }
-}
-
 /// Takes the notifications delivered so far. With `sync` (this reader's channel and count), it
 /// first sends one of its own and takes everything up to it: the server delivers notifications
 /// in commit order, so when it is back, every change committed before it was sent has been read.
+#[cfg(feature = "postgres")]
 fn read_notifications(
     conn: &mut PgConnection,
     sync: Option<(&str, &mut u64)>,
@@ -416,6 +257,7 @@ fn read_notifications(
 mod tests {
     use super::*;
 
+    #[cfg(feature = "postgres")]
     #[test]
     fn the_readers_postgresql_session_gets_tcp_deadlines_unless_the_url_sets_them() {
         assert_eq!(

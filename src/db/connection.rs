@@ -1,21 +1,45 @@
 use std::time::Duration;
 
+#[cfg(feature = "mysql")]
+use diesel::MysqlConnection;
+#[cfg(feature = "postgres")]
+use diesel::PgConnection;
+#[cfg(feature = "sqlite")]
+use diesel::SqliteConnection;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::{MysqlConnection, PgConnection, SqliteConnection};
 
 use super::DbError;
 use crate::config::{Backend, DatabaseUrl};
 
-/// One connection type for the three backends; queries written once against it run on each.
+#[cfg(not(any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+compile_error!("tokenmanager needs at least one of the features sqlite, postgres and mysql");
+
+/// One connection type for the backends built in; queries written once against it run on each.
 #[derive(diesel::MultiConnection)]
 pub enum DbConn {
+    #[cfg(feature = "sqlite")]
     Sqlite(SqliteConnection),
+    #[cfg(feature = "postgres")]
     Postgres(PgConnection),
+    #[cfg(feature = "mysql")]
     Mysql(MysqlConnection),
 }
 
 impl DbConn {
+    /// Which backend this is: code that differs only in its SQL matches on this, and compiles
+    /// whichever backends are built in.
+    pub fn backend(&self) -> Backend {
+        match self {
+            #[cfg(feature = "sqlite")]
+            Self::Sqlite(_) => Backend::Sqlite,
+            #[cfg(feature = "postgres")]
+            Self::Postgres(_) => Backend::Postgres,
+            #[cfg(feature = "mysql")]
+            Self::Mysql(_) => Backend::Mysql,
+        }
+    }
+
     /// A trivial query: is the database reachable?
     pub fn ping(&mut self) -> Result<(), DbError> {
         self.batch_execute("SELECT 1").map_err(DbError::Query)
@@ -30,6 +54,7 @@ pub fn establish(url: &DatabaseUrl) -> Result<DbConn, DbError> {
         source,
     };
     match url.backend() {
+        #[cfg(feature = "sqlite")]
         Backend::Sqlite => {
             let path = url.sqlite_path().expect("checked by the backend");
             let mut conn = SqliteConnection::establish(path).map_err(connect_error)?;
@@ -41,9 +66,11 @@ pub fn establish(url: &DatabaseUrl) -> Result<DbConn, DbError> {
             .map_err(DbError::Query)?;
             Ok(DbConn::Sqlite(conn))
         }
+        #[cfg(feature = "postgres")]
         Backend::Postgres => PgConnection::establish(url.expose())
             .map(DbConn::Postgres)
             .map_err(connect_error),
+        #[cfg(feature = "mysql")]
         Backend::Mysql => {
             let mut conn =
                 MysqlConnection::establish(&mysql_scheme(url.expose())).map_err(connect_error)?;
@@ -51,10 +78,15 @@ pub fn establish(url: &DatabaseUrl) -> Result<DbConn, DbError> {
                 .map_err(DbError::Query)?;
             Ok(DbConn::Mysql(conn))
         }
+        // A URL that did not come through `DatabaseUrl::parse` (DIRAC's Host/User/DBName
+        // settings make a mysql:// one).
+        #[cfg(not(all(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+        not_built_in => Err(crate::config::UrlError::NotBuiltIn(not_built_in).into()),
     }
 }
 
 /// libmysqlclient knows only the mysql:// scheme; mariadb:// is accepted as its alias.
+#[cfg(feature = "mysql")]
 pub(super) fn mysql_scheme(url: &str) -> String {
     match url.strip_prefix("mariadb://") {
         Some(rest) => format!("mysql://{rest}"),

@@ -4,7 +4,7 @@
 //! waiting for another's refresh lease asks whether its holder still holds its lock.
 
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Bool, Nullable};
+use diesel::sql_types::{BigInt, Nullable};
 
 use super::schema::{client_tokens, tokens};
 use super::{DbConn, DbError};
@@ -14,71 +14,53 @@ use super::{DbConn, DbError};
 pub const LIVENESS_MARK: &str = "+live";
 
 #[derive(QueryableByName)]
-struct Flag {
-    #[diesel(sql_type = Bool)]
-    flag: bool,
-}
-
-#[derive(QueryableByName)]
 struct Number {
     #[diesel(sql_type = Nullable<BigInt>)]
     number: Option<i64>,
 }
 
-/// The PostgreSQL advisory-lock key of `owner`: the first 8 bytes of its SHA-256.
-fn postgres_key(owner: &str) -> i64 {
+/// The lock key of `owner`: the first 8 bytes of its SHA-256.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn lock_key(owner: &str) -> i64 {
     let digest = openssl::sha::sha256(owner.as_bytes());
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
 }
 
-/// The MariaDB lock name of `owner` (names are limited to 64 characters).
-fn mysql_name(owner: &str) -> String {
-    let key = postgres_key(owner);
-    format!("tokenmanager_live_{key:016x}")
-}
-
 /// Takes `owner`'s liveness lock on `conn`, without waiting; false if another session holds it
 /// (one of this process that the server has not closed yet).
-pub fn take_liveness_lock(conn: &mut DbConn, owner: &str) -> Result<bool, DbError> {
+pub fn take_liveness_lock(
+    conn: &mut DbConn,
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "mysql")),
+        expect(unused_variables, reason = "SQLite has no liveness locks")
+    )]
+    owner: &str,
+) -> Result<bool, DbError> {
     match conn {
-        DbConn::Postgres(c) => Ok(diesel::sql_query(format!(
-            "SELECT pg_try_advisory_lock({}) AS flag",
-            postgres_key(owner)
-        ))
-        .get_result::<Flag>(c)?
-        .flag),
-        DbConn::Mysql(c) => Ok(diesel::sql_query(format!(
-            "SELECT GET_LOCK('{}', 0) AS number",
-            mysql_name(owner)
-        ))
-        .get_result::<Number>(c)?
-        .number
-            == Some(1)),
+        #[cfg(feature = "postgres")]
+        DbConn::Postgres(c) => postgres::take_lock(c, owner),
+        #[cfg(feature = "mysql")]
+        DbConn::Mysql(c) => mysql::take_lock(c, owner),
+        #[cfg(feature = "sqlite")]
         DbConn::Sqlite(_) => Ok(true),
     }
 }
 
 /// Whether some session holds `owner`'s liveness lock.
-fn holds_liveness_lock(conn: &mut DbConn, owner: &str) -> Result<bool, DbError> {
+fn holds_liveness_lock(
+    conn: &mut DbConn,
+    #[cfg_attr(
+        not(any(feature = "postgres", feature = "mysql")),
+        expect(unused_variables, reason = "SQLite has no liveness locks")
+    )]
+    owner: &str,
+) -> Result<bool, DbError> {
     match conn {
-        DbConn::Postgres(c) => {
-            // A bigint key shows as its high half in classid, its low half in objid.
-            let key = postgres_key(owner) as u64;
-            let (high, low) = (key >> 32, key & 0xffff_ffff);
-            Ok(diesel::sql_query(format!(
-                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
-                 AND classid::bigint = {high} AND objid::bigint = {low} AND objsubid = 1) AS flag"
-            ))
-            .get_result::<Flag>(c)?
-            .flag)
-        }
-        DbConn::Mysql(c) => Ok(diesel::sql_query(format!(
-            "SELECT CAST(IS_USED_LOCK('{}') AS SIGNED) AS number",
-            mysql_name(owner)
-        ))
-        .get_result::<Number>(c)?
-        .number
-        .is_some()),
+        #[cfg(feature = "postgres")]
+        DbConn::Postgres(c) => postgres::lock_held(c, owner),
+        #[cfg(feature = "mysql")]
+        DbConn::Mysql(c) => mysql::lock_held(c, owner),
+        #[cfg(feature = "sqlite")]
         DbConn::Sqlite(_) => Ok(true),
     }
 }
@@ -87,14 +69,79 @@ fn holds_liveness_lock(conn: &mut DbConn, owner: &str) -> Result<bool, DbError> 
 /// replicas' clocks say.
 pub fn database_now(conn: &mut DbConn) -> Result<i64, DbError> {
     let query = match conn {
+        #[cfg(feature = "postgres")]
         DbConn::Postgres(_) => "SELECT CAST(EXTRACT(EPOCH FROM now()) AS BIGINT) AS number",
+        #[cfg(feature = "mysql")]
         DbConn::Mysql(_) => "SELECT CAST(UNIX_TIMESTAMP() AS SIGNED) AS number",
+        #[cfg(feature = "sqlite")]
         DbConn::Sqlite(_) => "SELECT CAST(strftime('%s', 'now') AS INTEGER) AS number",
     };
     diesel::sql_query(query)
         .get_result::<Number>(conn)?
         .number
         .ok_or_else(|| DbError::Query(diesel::result::Error::NotFound))
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use diesel::prelude::*;
+    use diesel::sql_types::Bool;
+
+    use super::{DbError, lock_key};
+
+    #[derive(QueryableByName)]
+    struct Flag {
+        #[diesel(sql_type = Bool)]
+        flag: bool,
+    }
+
+    pub(super) fn take_lock(c: &mut PgConnection, owner: &str) -> Result<bool, DbError> {
+        Ok(diesel::sql_query(format!(
+            "SELECT pg_try_advisory_lock({}) AS flag",
+            lock_key(owner)
+        ))
+        .get_result::<Flag>(c)?
+        .flag)
+    }
+
+    pub(super) fn lock_held(c: &mut PgConnection, owner: &str) -> Result<bool, DbError> {
+        // A bigint key shows as its high half in classid, its low half in objid.
+        let key = lock_key(owner) as u64;
+        let (high, low) = (key >> 32, key & 0xffff_ffff);
+        Ok(diesel::sql_query(format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND classid::bigint = {high} AND objid::bigint = {low} AND objsubid = 1) AS flag"
+        ))
+        .get_result::<Flag>(c)?
+        .flag)
+    }
+}
+
+#[cfg(feature = "mysql")]
+mod mysql {
+    use diesel::prelude::*;
+
+    use super::{DbError, Number, lock_key};
+
+    /// The lock name of `owner` (names are limited to 64 characters).
+    fn name(owner: &str) -> String {
+        format!("tokenmanager_live_{:016x}", lock_key(owner))
+    }
+
+    pub(super) fn take_lock(c: &mut MysqlConnection, owner: &str) -> Result<bool, DbError> {
+        let taken = diesel::sql_query(format!("SELECT GET_LOCK('{}', 0) AS number", name(owner)))
+            .get_result::<Number>(c)?;
+        Ok(taken.number == Some(1))
+    }
+
+    pub(super) fn lock_held(c: &mut MysqlConnection, owner: &str) -> Result<bool, DbError> {
+        let holder = diesel::sql_query(format!(
+            "SELECT CAST(IS_USED_LOCK('{}') AS SIGNED) AS number",
+            name(owner)
+        ))
+        .get_result::<Number>(c)?;
+        Ok(holder.number.is_some())
+    }
 }
 
 /// Which lease a replica waits for.

@@ -1,9 +1,11 @@
-//! Storage: diesel over SQLite, PostgreSQL and MariaDB/MySQL. Only the DB actor
-//! (`crate::actors::db`) holds the pool; everything here is called from its threads.
+//! Storage: diesel over SQLite, PostgreSQL and MariaDB/MySQL (each a Cargo feature; the code of
+//! a backend not built in is left out). Only the DB actor (`crate::actors::db`) holds the pool;
+//! everything here is called from its threads.
 
 mod changes;
 mod client_tokens;
 mod connection;
+#[cfg(feature = "mysql")]
 pub mod dirac_tokendb;
 mod liveness;
 mod migrate;
@@ -41,6 +43,8 @@ pub enum DbError {
     Pool(#[from] r2d2::Error),
     #[error("database error: {0}")]
     Query(#[from] diesel::result::Error),
+    #[error(transparent)]
+    Url(#[from] crate::config::UrlError),
     #[error("migrations failed: {0}")]
     Migration(String),
     #[error(transparent)]

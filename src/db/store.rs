@@ -689,7 +689,9 @@ impl TokenStore {
             );
             resealed.push((id, generation, old_key, sealed));
         }
-        // Binds a batch's rows, then the new key, to a query of [`reseal_statement`] and runs it.
+        // Binds a batch's rows, then the new key, to a re-seal query ([`reseal_statement`]) and
+        // runs it.
+        #[cfg(any(feature = "postgres", feature = "mysql"))]
         macro_rules! run_reseal {
             ($conn:expr, $backend:ty, $sql:expr, $resealed:expr, $new_key:expr) => {{
                 use diesel::sql_types::{BigInt, Binary, Nullable, Text};
@@ -708,10 +710,12 @@ impl TokenStore {
         let started = std::time::Instant::now();
         let rewritten = retry_lost_races(|| {
             conn.transaction(|conn| match conn {
+                _ if resealed.is_empty() => Ok(0),
                 // One statement for the batch: a round trip per row would bound the rate to a few
                 // thousand rows a second.
-                DbConn::Postgres(conn) if !resealed.is_empty() => {
-                    let sql = reseal_statement(ResealSql::Postgres, resealed.len());
+                #[cfg(feature = "postgres")]
+                DbConn::Postgres(conn) => {
+                    let sql = reseal_statement::postgres(resealed.len());
                     Ok(run_reseal!(
                         conn,
                         diesel::pg::Pg,
@@ -720,8 +724,9 @@ impl TokenStore {
                         newest.as_str()
                     )?)
                 }
-                DbConn::Mysql(conn) if !resealed.is_empty() => {
-                    let sql = reseal_statement(ResealSql::Mysql, resealed.len());
+                #[cfg(feature = "mysql")]
+                DbConn::Mysql(conn) => {
+                    let sql = reseal_statement::mysql(resealed.len());
                     Ok(run_reseal!(
                         conn,
                         diesel::mysql::Mysql,
@@ -730,8 +735,8 @@ impl TokenStore {
                         newest.as_str()
                     )?)
                 }
-                DbConn::Postgres(_) | DbConn::Mysql(_) => Ok(0),
                 // In-process: a statement per row costs no round trip.
+                #[cfg(feature = "sqlite")]
                 DbConn::Sqlite(_) => {
                     let mut rewritten = 0;
                     for (id, generation, old_key, sealed) in &resealed {
@@ -810,51 +815,47 @@ type Resealed = Vec<(i64, i64, String, Sealed)>;
 
 /// The rows of a re-seal batch as one UPDATE joined on (id, generation, key), so that each row is
 /// still written only if it is as it was read.
-fn reseal_statement(backend: ResealSql, rows: usize) -> String {
-    match backend {
-        // Numbered placeholders: the rows' five each, then the new key.
-        ResealSql::Postgres => {
-            let values: Vec<String> = (0..rows)
-                .map(|i| {
-                    let n = 5 * i;
-                    format!(
-                        "(${}::bigint, ${}::bigint, ${}::text, ${}::bytea, ${}::bytea)",
-                        n + 1,
-                        n + 2,
-                        n + 3,
-                        n + 4,
-                        n + 5
-                    )
-                })
-                .collect();
-            format!(
-                "UPDATE tokens AS t SET key_id = ${}, refresh_token = v.refresh_token, \
-                 access_token = v.access_token FROM (VALUES {}) AS v(id, generation, old_key, \
-                 refresh_token, access_token) WHERE t.id = v.id AND t.generation = v.generation \
-                 AND t.key_id = v.old_key",
-                5 * rows + 1,
-                values.join(", ")
-            )
-        }
-        // A derived table (MariaDB's VALUES cannot name its columns); placeholders in text order:
-        // the rows', then the new key.
-        ResealSql::Mysql => {
-            let first = "SELECT ? AS id, ? AS generation, ? AS old_key, ? AS refresh_token, \
-                         ? AS access_token";
-            let rest = " UNION ALL SELECT ?, ?, ?, ?, ?".repeat(rows.saturating_sub(1));
-            format!(
-                "UPDATE tokens AS t JOIN ({first}{rest}) AS v ON t.id = v.id \
-                 AND t.generation = v.generation AND t.key_id = v.old_key SET t.key_id = ?, \
-                 t.refresh_token = v.refresh_token, t.access_token = v.access_token"
-            )
-        }
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod reseal_statement {
+    /// Numbered placeholders: the rows' five each, then the new key.
+    #[cfg(feature = "postgres")]
+    pub(super) fn postgres(rows: usize) -> String {
+        let values: Vec<String> = (0..rows)
+            .map(|i| {
+                let n = 5 * i;
+                format!(
+                    "(${}::bigint, ${}::bigint, ${}::text, ${}::bytea, ${}::bytea)",
+                    n + 1,
+                    n + 2,
+                    n + 3,
+                    n + 4,
+                    n + 5
+                )
+            })
+            .collect();
+        format!(
+            "UPDATE tokens AS t SET key_id = ${}, refresh_token = v.refresh_token, \
+             access_token = v.access_token FROM (VALUES {}) AS v(id, generation, old_key, \
+             refresh_token, access_token) WHERE t.id = v.id AND t.generation = v.generation \
+             AND t.key_id = v.old_key",
+            5 * rows + 1,
+            values.join(", ")
+        )
     }
-}
 
-#[derive(Clone, Copy)]
-enum ResealSql {
-    Postgres,
-    Mysql,
+    /// A derived table (MariaDB's VALUES cannot name its columns); placeholders in text order:
+    /// the rows', then the new key.
+    #[cfg(feature = "mysql")]
+    pub(super) fn mysql(rows: usize) -> String {
+        let first = "SELECT ? AS id, ? AS generation, ? AS old_key, ? AS refresh_token, \
+                     ? AS access_token";
+        let rest = " UNION ALL SELECT ?, ?, ?, ?, ?".repeat(rows.saturating_sub(1));
+        format!(
+            "UPDATE tokens AS t JOIN ({first}{rest}) AS v ON t.id = v.id \
+             AND t.generation = v.generation AND t.key_id = v.old_key SET t.key_id = ?, \
+             t.refresh_token = v.refresh_token, t.access_token = v.access_token"
+        )
+    }
 }
 
 /// A row's two ciphertexts, both under the key the row records.
