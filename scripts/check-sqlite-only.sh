@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The SQLite-only build (`--no-default-features --features sqlite`): it must be clippy-clean (the
-# code of the other backends is left out by cfg), link neither libpq nor libmariadb/libmysqlclient,
-# and migrate and serve an SQLite database. The shipped example
+# code of the other backends is left out by cfg), pass its unit tests, link neither libpq nor
+# libmariadb/libmysqlclient, and migrate and serve an SQLite database. The shipped example
 # configuration is run from a temporary directory (its relative paths then land there too), with
 # ports the kernel picks.
 #
@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo clippy --locked --no-default-features --features sqlite --all-targets -- -D warnings
+cargo test --locked --no-default-features --features sqlite --lib
 cargo build --locked --no-default-features --features sqlite --bin tokenmanager
 binary=$PWD/target/debug/tokenmanager
 

@@ -549,6 +549,7 @@ Systems
     }
 
     #[test]
+    #[cfg(all(feature = "postgres", feature = "mysql"))]
     fn database_errors() {
         let root = db_section("Host = h\nUser = u\nPassword = secret-value");
         let err = resolve(&root, &no_env).unwrap_err().to_string();
@@ -590,6 +591,7 @@ Systems
     }
 
     #[test]
+    #[cfg(all(feature = "postgres", feature = "mysql"))]
     fn database_url_overrides() {
         let root = db_section("URL = postgresql://tm@db:5432/tokens");
         let env = |name: &str| (name == ENV_DB_PASSWORD).then(|| "pw".to_owned());
