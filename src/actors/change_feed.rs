@@ -99,6 +99,12 @@ impl Feed {
                         return Duration::ZERO;
                     }
                     self.last_confirmed = Some(started);
+                    if started.elapsed() >= CONFIRM_EVERY {
+                        // A read that took longer than the interval (a session stalled, now
+                        // back) confirms a sync already that old: waiting the interval again
+                        // would let its age cross the staleness bound once more.
+                        return Duration::ZERO;
+                    }
                 }
             }
             Err(error) => {
