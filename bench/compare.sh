@@ -7,7 +7,8 @@
 # Environment: COMPARE_SECONDS (10) measured seconds per run, COMPARE_WARMUP (2) warm-up seconds,
 # COMPARE_CLIENT_THREADS (1) load generator threads, COMPARE_NO_BUILD=1 to skip cargo build,
 # COMPARE_GETTOKEN=0 to skip the getToken runs (they need `npm ci --prefix tests/idp`),
-# COMPARE_KEEP=1 to keep the temporary directory (configuration, logs, loadtest JSON reports).
+# COMPARE_KEEP=1 to keep the temporary directory (configuration, logs, loadtest JSON reports),
+# COMPARE_TM=<path> to measure another tokenmanager binary (bench/release-profile.sh).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,7 +16,7 @@ REPORT=${1:-$ROOT/bench/results/compare-$(date +%Y%m%d-%H%M%S).md}
 SECS=${COMPARE_SECONDS:-10}
 WARMUP=${COMPARE_WARMUP:-2}
 THREADS=${COMPARE_CLIENT_THREADS:-1}
-TM=$ROOT/target/release/tokenmanager
+TM=${COMPARE_TM:-$ROOT/target/release/tokenmanager}
 LOADGEN=$ROOT/target/release/tokenmanager-loadtest
 BASE=$ROOT/target/release/examples/bench-baseline
 
