@@ -2,6 +2,7 @@
 //! a backend not built in is left out). Only the DB actor (`crate::actors::db`) holds the pool;
 //! everything here is called from its threads.
 
+pub mod audit;
 mod changes;
 mod client_tokens;
 mod connection;

@@ -47,3 +47,27 @@ diesel::table! {
         updated_at -> BigInt,
     }
 }
+
+diesel::table! {
+    audit_events (id) {
+        id -> BigInt,
+        first_at -> BigInt,
+        last_at -> BigInt,
+        occurrences -> BigInt,
+        kind -> Text,
+        origin -> Nullable<Text>,
+        outcome -> Text,
+        caller -> Nullable<Text>,
+        caller_group -> Nullable<Text>,
+        on_behalf_of -> Nullable<Text>,
+        user_id -> Nullable<Text>,
+        provider -> Nullable<Text>,
+        client_id -> Nullable<Text>,
+        scopes -> Nullable<Text>,
+        audience -> Nullable<Text>,
+        protocol -> Text,
+        client_addresses -> Nullable<Text>,
+        replica -> Text,
+        detail -> Nullable<Text>,
+    }
+}
