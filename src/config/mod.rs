@@ -33,7 +33,10 @@ pub use cfg::{CfgError, Origin, Section};
 pub use database_url::{Backend, DatabaseUrl, UrlError};
 pub use idp::options as idp_options;
 pub use idp::{IdProvider, client_secret_var};
-pub use service::{ConnectionSettings, SERVICE_OPTIONS, ServiceSettings, service_options_doc};
+pub use options::LogFormat;
+pub use service::{
+    AuditSettings, ConnectionSettings, SERVICE_OPTIONS, ServiceSettings, service_options_doc,
+};
 pub use settings::{SecuritySettings, Settings, resolve_security};
 
 pub const ENV_DB_URL: &str = "TOKENMANAGER_DB_URL";

@@ -459,6 +459,45 @@ impl Kind for Text {
     }
 }
 
+/// The log's format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per event.
+    Json,
+}
+
+/// `text` or `json`, in any case.
+pub struct LogFormats;
+
+impl Kind for LogFormats {
+    type Value = LogFormat;
+    type Default = LogFormat;
+    fn label(&self) -> &'static str {
+        "`text` or `json`"
+    }
+    fn parse(&self, text: &str, _: &Origin) -> Result<Option<LogFormat>, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "" => Ok(None),
+            "text" => Ok(Some(LogFormat::Text)),
+            "json" => Ok(Some(LogFormat::Json)),
+            _ => Err("invalid value, expected `text` or `json`".into()),
+        }
+    }
+    fn value_of(&self, default: &LogFormat) -> LogFormat {
+        *default
+    }
+    fn show(&self, default: &LogFormat) -> String {
+        match default {
+            LogFormat::Text => "`text`",
+            LogFormat::Json => "`json`",
+        }
+        .to_owned()
+    }
+}
+
 /// DIRAC's lists: comma-separated, items trimmed, empty items dropped.
 pub struct List;
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use super::cfg::{Entry, Section, split_list};
 use super::options::{
-    Address, Bytes, Count, EntryKind, FilePath, Flag, Optional, Port, Reader, Seconds,
-    ServicePaths, Setting, SubSection, Text, Zero, declare_options, render_table,
+    Address, Bytes, Count, EntryKind, FilePath, Flag, LogFormat, LogFormats, Optional, Port,
+    Reader, Seconds, ServicePaths, Setting, SubSection, Text, Zero, declare_options, render_table,
 };
 use super::secrets::env_value;
 use super::{ConfigError, ENV_ENCRYPTION_KEY_FILE};
@@ -84,6 +84,23 @@ declare_options! {
     /// presents the same refresh token while that request may still be processed
     pub const SHUTDOWN_GRACE_PERIOD: Setting<Seconds> =
         "ShutdownGracePeriod", Seconds(Zero::Refused), 30;
+    /// record every getToken and every change of a stored credential in the audit trail
+    /// (`getTokenAudit`, `tokenmanager audit`; docs/OPERATIONS.md#the-audit-trail)
+    pub const AUDIT: Setting<Flag> = "Audit", Flag, true;
+    // Cache hits come by the ten thousand per second: one row each would make the trail the
+    // service's main write load.
+    /// getToken calls of one caller for one subject and token key, by one protocol, with the
+    /// same origin and outcome, within this window are one audit record (first and last time,
+    /// count, up to 8 distinct client addresses); the window's records are written in batches
+    /// when it ends, off the request path
+    pub const AUDIT_WINDOW: Setting<Seconds> = "AuditWindow", Seconds(Zero::Refused), 5;
+    /// audit records older than this many days are deleted, hourly, 1,000 rows per statement;
+    /// 0 keeps them forever
+    pub const AUDIT_RETENTION_DAYS: Setting<Count> =
+        "AuditRetentionDays", Count(Zero::Allowed), 365;
+    /// the log's format: `text` (lines for people) or `json` (one JSON object per event, for a
+    /// log shipper); read from the local configuration files at start
+    pub const LOG_FORMAT: Setting<LogFormats> = "LogFormat", LogFormats, LogFormat::Text;
     /// token-info replies (`getTokensByUserID`, `getUserTokensInfo`, `getUsersTokensInfo`,
     /// `updateToken`) include `access_token` and `refresh_token` — to callers with
     /// `ProxyManagement` only; without it token values never leave the service in these replies
@@ -232,6 +249,8 @@ pub struct ServiceSettings {
     pub shutdown_grace: Duration,
     /// Token-info replies carry token values only with this set, and only to ProxyManagement.
     pub expose_token_values: bool,
+    pub audit: AuditSettings,
+    pub log_format: LogFormat,
     pub max_body_bytes: u64,
     pub refresh_actor_idle_time: Duration,
     pub protocol: Option<String>,
@@ -241,6 +260,15 @@ pub struct ServiceSettings {
     pub https_paths: Vec<String>,
     pub diset: DisetSettings,
     pub connections: ConnectionSettings,
+}
+
+/// The audit trail's options.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditSettings {
+    pub enabled: bool,
+    pub window: Duration,
+    /// None: records are kept forever.
+    pub retention: Option<Duration>,
 }
 
 /// Admission and read deadlines of the listeners (see `transport::admission`). The connection
@@ -358,6 +386,15 @@ pub(super) fn resolve_service(
         max_staleness: options.get(&MAX_STALENESS)?,
         shutdown_grace: options.get(&SHUTDOWN_GRACE_PERIOD)?,
         expose_token_values: options.get(&EXPOSE_TOKEN_VALUES)?,
+        audit: AuditSettings {
+            enabled: options.get(&AUDIT)?,
+            window: options.get(&AUDIT_WINDOW)?,
+            retention: match options.get(&AUDIT_RETENTION_DAYS)? {
+                0 => None,
+                days => Some(Duration::from_secs(u64::from(days) * 86_400)),
+            },
+        },
+        log_format: options.get(&LOG_FORMAT)?,
         max_body_bytes: options.get(&MAX_BODY_BYTES)?,
         refresh_actor_idle_time: options.get(&REFRESH_ACTOR_IDLE_TIME)?,
         protocol: options.optional(&PROTOCOL)?,
@@ -666,6 +703,6 @@ mod tests {
         {
             assert!(seen.insert(name), "{name} declared twice");
         }
-        assert_eq!(seen.len(), 32 + 14);
+        assert_eq!(seen.len(), 36 + 14);
     }
 }
