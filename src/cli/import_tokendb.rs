@@ -15,12 +15,13 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use super::CliError;
+use super::{CliError, audit};
 use crate::actors::db::DbOperation;
 use crate::app::{open_database, open_keyring};
 use crate::config::Settings;
 use crate::db::dirac_tokendb::{self, DiracToken};
 use crate::db::{ImportOutcome, PoolOptions};
+use crate::domain::audit::{AuditKind, AuditRecord};
 use crate::domain::{NewToken, TokenDictError, unix_now};
 use crate::metrics::Metrics;
 
@@ -141,8 +142,10 @@ pub async fn run(
         database.migrate().await?;
     }
     let mut outcomes: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut changes = Vec::new();
     for token in plan.tokens {
         let (user_id, provider) = (token.user_id.clone(), token.provider.clone());
+        let client_id = token.client_id.clone();
         let outcome = database
             .run(DbOperation::ImportToken, move |store, conn| {
                 store.import_token(conn, &token, now, dry_run)
@@ -150,6 +153,20 @@ pub async fn run(
             .await?;
         tracing::debug!(user_id, provider, outcome = outcome.as_str(), "import");
         *outcomes.entry(outcome.as_str()).or_default() += 1;
+        if !dry_run && matches!(outcome, ImportOutcome::Imported | ImportOutcome::Updated) {
+            changes.push(AuditRecord {
+                kind: AuditKind::Import,
+                outcome: "ok".into(),
+                user_id: Some(user_id),
+                provider: Some(provider),
+                client_id,
+                detail: Some(format!("{} from {}", outcome.as_str(), source.masked())),
+                ..AuditRecord::default()
+            });
+        }
+    }
+    if let Err(error) = audit::append(&database, changes).await {
+        eprintln!("warning: the import is done, but its audit records were not written: {error}");
     }
 
     if dry_run {

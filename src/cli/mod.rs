@@ -1,5 +1,7 @@
-//! The `tokenmanager` command line: `serve`, `migrate`, `rotate-key`, `import-dirac-tokendb`.
+//! The `tokenmanager` command line: `serve`, `migrate`, `rotate-key`, `audit`,
+//! `import-dirac-tokendb`.
 
+mod audit;
 #[cfg(feature = "mysql")]
 mod import_tokendb;
 mod migrate;
@@ -7,12 +9,13 @@ mod rotate_key;
 mod serve;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use thiserror::Error;
 
 use crate::app::{AppError, ConfigSources};
-use crate::config::{self, ConfigError, Settings};
+use crate::config::{self, ConfigError, LogFormat, Settings};
 use crate::crypto::CryptoError;
 use crate::db::DbError;
 
@@ -49,6 +52,27 @@ enum Command {
         // SQLite, a batch's transaction 35-150 ms, far below DatabaseDeadline (bench/README.md).
         #[arg(long, value_name = "ROWS", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=10_000))]
         batch: i64,
+    },
+    /// Show the audit trail: token handouts (aggregated per AuditWindow) and credential
+    /// changes, newest first, from the configured database (the service need not run).
+    Audit {
+        /// A DIRAC user name (the records of its IdP user IDs, from the Registry, and of tokens
+        /// handed out on its behalf) or an IdP user ID.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Only the records of this IdP (a /Resources/IdProviders section name).
+        #[arg(long, value_name = "PROVIDER")]
+        provider: Option<String>,
+        /// Only records whose last time is within this age: a number with s, m, h or d
+        /// (`90m`, `7d`); a bare number is seconds.
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        since: Option<Duration>,
+        /// At most this many records.
+        #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+        limit: i64,
+        /// One JSON array of records (the fields getTokenAudit returns) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Copy the tokens of a running DIRAC (its MySQL TokenDB) into our encrypted store.
     ///
@@ -96,6 +120,8 @@ pub enum CliError {
     App(#[from] AppError),
     #[error("{0}")]
     Rotation(String),
+    #[error("{0}")]
+    Audit(String),
     #[cfg(feature = "mysql")]
     #[error(transparent)]
     Source(#[from] crate::db::dirac_tokendb::SourceError),
@@ -108,6 +134,13 @@ pub enum CliError {
 }
 
 impl Cli {
+    /// The configuration's `LogFormat`, read before the log starts: from the local files, and
+    /// `text` when they do not load (the command then says why).
+    pub fn log_format(&self) -> LogFormat {
+        config::load(&self.config)
+            .map_or(LogFormat::Text, |loaded| loaded.settings.service.log_format)
+    }
+
     pub fn run(self) -> Result<(), CliError> {
         let Self { config, command } = self;
         let settings = || load_settings(&config);
@@ -120,6 +153,22 @@ impl Cli {
                 Command::Migrate => migrate::run(settings()?).await,
                 Command::RotateKey { key_id, batch } => {
                     rotate_key::run(settings()?, key_id.as_deref(), batch).await
+                }
+                Command::Audit {
+                    user,
+                    provider,
+                    since,
+                    limit,
+                    json,
+                } => {
+                    let args = audit::AuditArgs {
+                        user,
+                        provider,
+                        since,
+                        limit,
+                        json,
+                    };
+                    audit::run(settings()?, args).await
                 }
                 #[cfg(feature = "mysql")]
                 Command::ImportDiracTokendb {
@@ -137,10 +186,46 @@ impl Cli {
     }
 }
 
+/// An age on the command line: a whole number with `s`, `m`, `h` or `d`, or bare seconds.
+fn parse_age(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last() {
+        Some((at, 's')) => (&text[..at], 1),
+        Some((at, 'm')) => (&text[..at], 60),
+        Some((at, 'h')) => (&text[..at], 3600),
+        Some((at, 'd')) => (&text[..at], 86_400),
+        _ => (text, 1),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not an age such as 90s, 30m, 12h or 7d"))?;
+    number
+        .checked_mul(unit)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("'{text}' is too long an age"))
+}
+
 fn load_settings(paths: &[PathBuf]) -> Result<Settings, CliError> {
     let loaded = config::load(paths)?;
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
     Ok(loaded.settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_with_their_units() {
+        assert_eq!(parse_age("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_age("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_age("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_age("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(604_800)));
+        for bad in ["", "h", "1w", "-1h", "1.5h", "99999999999999999999d"] {
+            assert!(parse_age(bad).is_err(), "{bad}");
+        }
+    }
 }

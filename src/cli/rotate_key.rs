@@ -11,12 +11,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::CliError;
+use super::{CliError, audit};
 use crate::actors::db::{Database, DbOperation};
 use crate::app::open_database;
 use crate::config::Settings;
 use crate::crypto::{KeyringFile, SharedKeyring};
 use crate::db::PoolOptions;
+use crate::domain::audit::{AuditKind, AuditRecord};
 use crate::metrics::Metrics;
 
 /// Batches in a row that rewrite nothing before rotate-key gives up: each such batch means every
@@ -91,6 +92,18 @@ pub async fn run(settings: Settings, key_id: Option<&str>, batch: i64) -> Result
         progress.longest_transaction.as_millis(),
         progress.conflicts,
     );
+    let record = AuditRecord {
+        kind: AuditKind::KeyRotation,
+        outcome: "ok".into(),
+        detail: Some(format!(
+            "key {new_key}: {} stored credentials re-encrypted",
+            progress.rewritten
+        )),
+        ..AuditRecord::default()
+    };
+    if let Err(error) = audit::append(&database, vec![record]).await {
+        eprintln!("warning: the rotation is done, but its audit record was not written: {error}");
+    }
     Ok(())
 }
 
