@@ -44,6 +44,22 @@ pub struct Metrics {
     /// Refresh tokens the IdP issued that could not be stored (the call failed closed). Any
     /// increase needs an operator: that user's delegation is probably lost.
     pub refresh_token_persist_failures: IntCounter,
+    /// Audit records written to the database, by kind (`handout`, `update`, `delete`, `import`,
+    /// `rotate`, `needs_redelegation`, `key_rotation`, `revoke`); a handout record aggregates
+    /// the calls of one window.
+    pub audit_records: IntCounterVec,
+    /// Audit records never written, by reason: `overflow` (more than 100,000 waiting while the
+    /// database did not take them), `shutdown` (the database did not take them within the stop's
+    /// grace period). Any increase is a gap in the trail.
+    pub audit_records_lost: IntCounterVec,
+    /// Writes of the audit trail the database refused or did not answer in time; their records
+    /// are tried again at the next window.
+    pub audit_write_failures: IntCounter,
+    /// Audit records waiting to be written (this window's aggregates and queued changes). Set
+    /// at scrape.
+    pub audit_pending: IntGauge,
+    /// Audit records deleted for being older than `AuditRetentionDays`.
+    pub audit_purged: IntCounter,
     /// Open database connections of this process's pool.
     pub db_pool_connections: IntGauge,
     /// Idle database connections of this process's pool.
@@ -154,6 +170,9 @@ pub enum DbOperation {
     CountCredentials,
     RowsUnderOldKeys,
     ReencryptPass,
+    AuditAppend,
+    AuditRead,
+    AuditPurge,
 }
 
 impl DbOperation {
@@ -181,7 +200,7 @@ impl DbOperation {
         matches!(self, Self::StoreRefreshed | Self::MarkNeedsRedelegation)
     }
 
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 25] = [
         Self::Migrate,
         Self::Ping,
         Self::UpdateToken,
@@ -204,6 +223,9 @@ impl DbOperation {
         Self::CountCredentials,
         Self::RowsUnderOldKeys,
         Self::ReencryptPass,
+        Self::AuditAppend,
+        Self::AuditRead,
+        Self::AuditPurge,
     ];
 
     pub fn name(self) -> &'static str {
@@ -230,6 +252,9 @@ impl DbOperation {
             Self::CountCredentials => "count_credentials",
             Self::RowsUnderOldKeys => "rows_under_old_keys",
             Self::ReencryptPass => "reencrypt_pass",
+            Self::AuditAppend => "audit_append",
+            Self::AuditRead => "audit_read",
+            Self::AuditPurge => "audit_purge",
         }
     }
 }
@@ -347,6 +372,47 @@ impl Metrics {
                 IntCounter::new(
                     "tokenmanager_refresh_token_persist_failures_total",
                     "Refreshed tokens the IdP issued that could not be stored",
+                )?,
+            )?,
+            audit_records: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tokenmanager_audit_records_total",
+                        "Audit records written to the database, by kind",
+                    ),
+                    &["kind"],
+                )?,
+            )?,
+            audit_records_lost: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tokenmanager_audit_records_lost_total",
+                        "Audit records never written, by reason (overflow, shutdown)",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            audit_write_failures: register(
+                r,
+                IntCounter::new(
+                    "tokenmanager_audit_write_failures_total",
+                    "Audit trail writes that failed and are retried at the next window",
+                )?,
+            )?,
+            audit_pending: register(
+                r,
+                IntGauge::new(
+                    "tokenmanager_audit_pending_records",
+                    "Audit records waiting to be written",
+                )?,
+            )?,
+            audit_purged: register(
+                r,
+                IntCounter::new(
+                    "tokenmanager_audit_purged_records_total",
+                    "Audit records deleted for being older than the retention",
                 )?,
             )?,
             liveness_lock_held: register(
@@ -590,6 +656,9 @@ impl Metrics {
             self.changes_applied.with_label_values(&[kind]);
             self.lease_takeovers.with_label_values(&[kind]);
             self.refresh_actors.with_label_values(&[kind]);
+        }
+        for reason in ["overflow", "shutdown"] {
+            self.audit_records_lost.with_label_values(&[reason]);
         }
         for operation in DbOperation::ALL {
             for outcome in DB_OUTCOMES {

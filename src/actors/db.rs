@@ -182,6 +182,11 @@ impl Database {
         }
     }
 
+    /// How long a call waits for an operation (`DatabaseDeadline`).
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
     /// Now by the database's clock, as last measured, in Unix seconds: what leases are
     /// compared with, so that replicas whose clocks differ agree on when one expires.
     pub fn clock_now(&self) -> i64 {

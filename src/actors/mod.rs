@@ -2,6 +2,7 @@
 //! beside them, the threads that keep a connection of their own (the liveness lock, the change
 //! feed).
 
+pub mod audit;
 pub mod change_feed;
 pub mod db;
 pub mod liveness;

@@ -7,8 +7,8 @@ mod demo;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -126,6 +126,8 @@ pub struct AppHandle {
     service: Arc<Service>,
     workers: WorkersHandle,
     background: Arc<[tokio::task::AbortHandle]>,
+    /// Set by the first stop: when the audit trail's last write must be done.
+    audit_deadline: Arc<Mutex<Option<Instant>>>,
 }
 
 impl Application {
@@ -194,6 +196,15 @@ impl Application {
             actix_rt::spawn(export_certificate_expiry(service.clone())).abort_handle(),
             actix_rt::spawn(database_watch::watch_database(service.clone())).abort_handle(),
         ];
+        let audit = service.settings().service.audit.clone();
+        if audit.enabled {
+            let trail = service.audit().clone();
+            background.push(actix_rt::spawn(trail.write_every(audit.window)).abort_handle());
+            if let Some(retention) = audit.retention {
+                let trail = service.audit().clone();
+                background.push(actix_rt::spawn(trail.purge_every_hour(retention)).abort_handle());
+            }
+        }
         if let Some((source, fetched)) = sources.remote {
             service.set_remote(source, fetched);
             background
@@ -236,6 +247,7 @@ impl Application {
             service,
             workers: workers.handle(),
             background: background.into(),
+            audit_deadline: Arc::default(),
         };
         Ok(Self {
             ports,
@@ -264,6 +276,7 @@ impl Application {
             ..
         } = self;
         handle.workers.stopped().await;
+        handle.close_audit().await;
         tracing::info!("stopped");
         Ok(())
     }
@@ -277,16 +290,37 @@ impl AppHandle {
     }
 
     /// Stops the listeners and the background tasks; with `graceful`, calls in progress get
-    /// `ShutdownGracePeriod` to finish. [`Application::run`] then returns.
+    /// `ShutdownGracePeriod` to finish. [`Application::run`] then writes the audit records still
+    /// pending within what is left of it (at least `AUDIT_CLOSE_MIN`), and returns.
     pub async fn stop(&self, graceful: bool) {
+        let grace = self.service.settings().service.shutdown_grace;
+        let audit_deadline = Instant::now() + if graceful { grace } else { Duration::ZERO };
+        self.audit_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(audit_deadline);
         self.service.begin_stop();
         for task in self.background.iter() {
             task.abort();
         }
-        let grace = self.service.settings().service.shutdown_grace;
         self.workers.stop(graceful.then_some(grace)).await;
     }
+
+    /// Writes the audit records still pending, by the deadline the stop set.
+    async fn close_audit(&self) {
+        let deadline = *self
+            .audit_deadline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let left = deadline.map_or(Duration::ZERO, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        self.service.audit().close(left.max(AUDIT_CLOSE_MIN)).await;
+    }
 }
+
+/// The least time a stop gives the audit trail's last write, even an immediate stop's.
+const AUDIT_CLOSE_MIN: Duration = Duration::from_secs(2);
 
 /// Admission's bounds: the descriptors the soft open-file limit leaves after the reserve go to
 /// client connections.

@@ -20,6 +20,7 @@ pub enum Arguments {
     GetUserTokensInfo,
     GetUsersTokensInfo(GetUsersTokensInfoArgs),
     RefreshConfiguration(RefreshConfigurationArgs),
+    GetTokenAudit(GetTokenAuditArgs),
 }
 
 #[derive(Debug)]
@@ -68,6 +69,15 @@ pub struct RefreshConfigurationArgs {
     pub from_master: bool,
 }
 
+#[derive(Debug)]
+pub struct GetTokenAuditArgs {
+    pub user: Option<String>,
+    pub provider: Option<String>,
+    pub since: i64,
+    /// Within 1..=[`MAX_AUDIT_LIMIT`].
+    pub limit: i64,
+}
+
 /// The token dictionary holds a refresh token: its debug output names the fields only.
 impl std::fmt::Debug for UpdateTokenArgs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,8 +104,15 @@ impl GetTokensByUserIdArgs {
     pub const OTHER_USERS_RULE: &str = "getTokensByUserIDForOtherUsers";
 }
 
+impl GetTokenAuditArgs {
+    pub const OTHER_USERS_RULE: &str = "getTokenAuditForOtherUsers";
+}
+
 /// DIRAC's `requiredTimeLeft` default.
 pub(super) const DEFAULT_REQUIRED_TIME_LEFT: i64 = 0;
+/// getTokenAudit's default and largest `limit`.
+pub(super) const DEFAULT_AUDIT_LIMIT: i64 = 1000;
+pub(super) const MAX_AUDIT_LIMIT: i64 = 10_000;
 /// DIRAC's `rt_expired_in` default: one day.
 pub(super) const DEFAULT_REFRESH_LIFETIME: i64 = 86_400;
 
@@ -133,6 +150,12 @@ impl Arguments {
             Method::GetUsersTokensInfo => Self::GetUsersTokensInfo(GetUsersTokensInfoArgs {
                 users: values.text_list(),
             }),
+            Method::GetTokenAudit => Self::GetTokenAudit(GetTokenAuditArgs {
+                user: values.optional_text(),
+                provider: values.optional_text(),
+                since: values.int(0),
+                limit: values.int(DEFAULT_AUDIT_LIMIT).clamp(1, MAX_AUDIT_LIMIT),
+            }),
             Method::RefreshConfiguration => Self::RefreshConfiguration(RefreshConfigurationArgs {
                 from_master: values.flag(),
             }),
@@ -151,6 +174,7 @@ impl Arguments {
             Self::GetUserTokensInfo => Method::GetUserTokensInfo,
             Self::GetUsersTokensInfo(_) => Method::GetUsersTokensInfo,
             Self::RefreshConfiguration(_) => Method::RefreshConfiguration,
+            Self::GetTokenAudit(_) => Method::GetTokenAudit,
         }
     }
 }

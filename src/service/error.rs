@@ -241,6 +241,7 @@ impl ErrorCode {
                 Method::GetToken,
                 Method::GetUserTokensInfo,
                 Method::GetUsersTokensInfo,
+                Method::GetTokenAudit,
             ],
             Self::UnknownProvider => &[Method::GetToken, Method::UpdateToken],
             Self::InvalidToken => &[Method::UpdateToken],

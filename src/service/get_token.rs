@@ -4,6 +4,7 @@
 use serde_json::{Map, Value, json};
 
 use super::{ErrorCode, GetTokenArgs, MethodError};
+use crate::actors::audit::HandoutKey;
 use crate::actors::tokens::{AccessToken, Subject, TokenBroker, TokenError, TokenKey};
 use crate::config::Settings;
 use crate::domain::policy::{self, Authorized};
@@ -26,12 +27,14 @@ fn token_error(error: TokenError) -> MethodError {
     MethodError::new(code, error.to_string())
 }
 
+/// getToken; `handout` gets what the audit trail records of it, as far as the call got.
 pub async fn get_token(
     settings: &Settings,
     idps: &IdpRegistry,
     broker: &TokenBroker,
     caller: &Authorized,
     request: GetTokenArgs,
+    handout: &mut HandoutKey,
 ) -> Result<Value, MethodError> {
     let registry = &settings.registry;
     let group = request.group.as_deref();
@@ -51,6 +54,7 @@ pub async fn get_token(
             ));
         }
     };
+    handout.provider = Some(provider.clone());
     let idp = idps.get(&provider).ok_or_else(|| {
         MethodError::new(
             ErrorCode::UnknownProvider,
@@ -68,6 +72,8 @@ pub async fn get_token(
         )),
         None => request.scopes.clone(),
     };
+    handout.client_id = Some(options.client_id.clone());
+    handout.scopes = Some(scopes.to_string());
     let grant = match request.username {
         Some(_) => Grant::RefreshToken,
         None => Grant::ClientCredentials,
@@ -87,10 +93,11 @@ pub async fn get_token(
         // A client token, for DIRAC itself.
         policy::delegation(caller, "", "", registry)
             .map_err(|m| MethodError::new(ErrorCode::Forbidden, m))?;
-        let token = broker
+        let (token, origin) = broker
             .obtain(idp, key(Subject::Client), request.required_time_left)
             .await
             .map_err(token_error)?;
+        handout.origin = Some(origin);
         let mut reply = reply(&token);
         reply.insert("client_id".into(), json!(options.client_id));
         reply.insert("provider".into(), json!(provider));
@@ -116,7 +123,9 @@ pub async fn get_token(
         ));
     }
     let mut errors = Vec::new();
+    let first_id = ids.first().copied();
     for id in ids {
+        handout.user_id = Some(id.to_owned());
         match broker
             .obtain(
                 idp,
@@ -125,11 +134,16 @@ pub async fn get_token(
             )
             .await
         {
-            Ok(token) => return Ok(Value::Object(reply(&token))),
+            Ok((token, origin)) => {
+                handout.origin = Some(origin);
+                return Ok(Value::Object(reply(&token)));
+            }
             Err(error) => errors.push(token_error(error)),
         }
     }
-    // DIRAC joins the failures of every ID; the code is the first one's.
+    // DIRAC joins the failures of every ID; the code is the first one's (and the audit's
+    // user ID the first one's).
+    handout.user_id = first_id.map(str::to_owned);
     let code = errors.first().map_or(ErrorCode::NoToken, MethodError::code);
     let message = errors
         .iter()

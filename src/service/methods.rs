@@ -3,7 +3,9 @@
 
 use serde_json::{Map, Value};
 
-use super::args::{Arguments, DEFAULT_REFRESH_LIFETIME, DEFAULT_REQUIRED_TIME_LEFT};
+use super::args::{
+    Arguments, DEFAULT_AUDIT_LIMIT, DEFAULT_REFRESH_LIFETIME, DEFAULT_REQUIRED_TIME_LEFT,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Method {
@@ -17,6 +19,7 @@ pub enum Method {
     GetUserTokensInfo,
     GetUsersTokensInfo,
     RefreshConfiguration,
+    GetTokenAudit,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +157,31 @@ const DELETE_TOKEN: &[Param] = &[required(
 const GET_TOKENS_BY_USER_ID: &[Param] = &[required("userID", ParamKind::Str, "the IdP user ID")];
 const GET_USERS_TOKENS_INFO: &[Param] =
     &[required("users", ParamKind::StrList, "DIRAC user names")];
+const GET_TOKEN_AUDIT: &[Param] = &[
+    optional(
+        "user",
+        ParamKind::OptStr,
+        "a DIRAC user name: the records of that user's tokens and credentials; null: everyone's \
+         (callers with ProxyManagement), else the caller's own",
+    ),
+    optional(
+        "provider",
+        ParamKind::OptStr,
+        "only the records of this IdP",
+    ),
+    Param {
+        name: "since",
+        kind: ParamKind::Int,
+        default: Some(default_zero),
+        description: "Unix time: only records whose last time is at or after it (0: all)",
+    },
+    Param {
+        name: "limit",
+        kind: ParamKind::Int,
+        default: Some(default_audit_limit),
+        description: "at most this many records, newest first (1 to 10,000)",
+    },
+];
 const REFRESH_CONFIGURATION: &[Param] = &[Param {
     name: "fromMaster",
     kind: ParamKind::Bool,
@@ -182,12 +210,20 @@ fn default_refresh_lifetime() -> Value {
     Value::from(DEFAULT_REFRESH_LIFETIME)
 }
 
+fn default_zero() -> Value {
+    Value::from(0)
+}
+
+fn default_audit_limit() -> Value {
+    Value::from(DEFAULT_AUDIT_LIMIT)
+}
+
 fn default_false() -> Value {
     Value::Bool(false)
 }
 
 impl Method {
-    pub const ALL: [Method; 10] = [
+    pub const ALL: [Method; 11] = [
         Self::GetToken,
         Self::Ping,
         Self::Echo,
@@ -198,6 +234,7 @@ impl Method {
         Self::GetUserTokensInfo,
         Self::GetUsersTokensInfo,
         Self::RefreshConfiguration,
+        Self::GetTokenAudit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -212,6 +249,7 @@ impl Method {
             Self::GetUserTokensInfo => "getUserTokensInfo",
             Self::GetUsersTokensInfo => "getUsersTokensInfo",
             Self::RefreshConfiguration => "refreshConfiguration",
+            Self::GetTokenAudit => "getTokenAudit",
         }
     }
 
@@ -226,7 +264,7 @@ impl Method {
             Self::Ping | Self::Whoami => Some(&["all"]),
             Self::GetUsersTokensInfo => Some(&["ProxyManagement"]),
             Self::RefreshConfiguration => Some(&["CSAdministrator"]),
-            Self::GetUserTokensInfo => Some(&["authenticated"]),
+            Self::GetUserTokensInfo | Self::GetTokenAudit => Some(&["authenticated"]),
             _ => None,
         }
     }
@@ -247,6 +285,9 @@ impl Method {
             Self::GetUserTokensInfo => "Token info of the caller",
             Self::GetUsersTokensInfo => "Token info of the listed users",
             Self::RefreshConfiguration => "Re-reads the configuration files",
+            Self::GetTokenAudit => {
+                "The audit trail: token handouts and credential changes, newest first"
+            }
         }
     }
 
@@ -261,6 +302,7 @@ impl Method {
             Self::GetTokensByUserId => GET_TOKENS_BY_USER_ID,
             Self::GetUsersTokensInfo => GET_USERS_TOKENS_INFO,
             Self::RefreshConfiguration => REFRESH_CONFIGURATION,
+            Self::GetTokenAudit => GET_TOKEN_AUDIT,
         }
     }
 

@@ -6,6 +6,7 @@
 //! an [`ErrorCode`].
 
 mod args;
+mod audit;
 mod credential_gauges;
 mod error;
 mod get_token;
@@ -22,12 +23,13 @@ use serde_json::{Map, Value, json};
 use thiserror::Error;
 
 pub use args::{
-    Arguments, DeleteTokenArgs, EchoArgs, GetTokenArgs, GetTokensByUserIdArgs,
+    Arguments, DeleteTokenArgs, EchoArgs, GetTokenArgs, GetTokenAuditArgs, GetTokensByUserIdArgs,
     GetUsersTokensInfoArgs, RefreshConfigurationArgs, UpdateTokenArgs,
 };
 pub use error::{ErrorCode, MethodError, markdown_table};
 pub use methods::{Method, Param, ParamKind};
 
+use crate::actors::audit::{AuditTrail, HandoutKey};
 use crate::actors::change_feed::ChangeFeed;
 use crate::actors::db::{Database, DbOperation};
 use crate::actors::tokens::TokenBroker;
@@ -35,6 +37,7 @@ use crate::config::{self, ConfigError, Settings};
 use crate::configuration_server::{RemoteCfg, RemoteError, RemoteSource};
 use crate::crypto::{CryptoError, SharedKeyring};
 use crate::db::{DbError, StoredToken};
+use crate::domain::audit::{AuditKind, AuditRecord, Protocol};
 use crate::domain::policy::{self, Authorized, CallerKind, ExtraCredentials, Peer};
 use crate::domain::{NewToken, unix_now};
 use crate::idp::{IdpError, IdpRegistry};
@@ -53,6 +56,8 @@ pub struct CallContext {
     pub bearer: Option<BearerCaller>,
     pub extra_credentials: ExtraCredentials,
     pub ip: Option<IpAddr>,
+    /// How the call came, for the audit trail.
+    pub protocol: Protocol,
 }
 
 /// A call [`Service::check_access`] allowed, before its arguments are read: the method it was
@@ -161,6 +166,7 @@ impl Service {
             settings.service.refresh_actor_idle_time,
             shared_database,
             settings.service.max_staleness,
+            settings.service.audit.enabled,
             metrics.clone(),
         );
         Ok(Arc::new(Self {
@@ -226,6 +232,11 @@ impl Service {
         &self.database
     }
 
+    /// This process's audit trail.
+    pub fn audit(&self) -> &AuditTrail {
+        self.broker.audit()
+    }
+
     /// A stop has begun: the service is no longer ready for new calls.
     pub fn begin_stop(&self) {
         self.stopping
@@ -247,8 +258,11 @@ impl Service {
         ChangeFeed::start(&self.settings().database, self.broker.cache_sync())
     }
 
-    /// Publishes the change feed's state (read at scrape).
+    /// Publishes the change feed's state and the audit records waiting (read at scrape).
     pub fn export_change_feed_state(&self) {
+        self.metrics
+            .audit_pending
+            .set(self.audit().pending() as i64);
         let state = self.broker.sync_state();
         self.metrics
             .change_sync_age
@@ -417,31 +431,59 @@ impl Service {
         } = call;
         match args {
             Arguments::GetToken(args) => {
-                get_token::get_token(&settings, &self.idps(), &self.broker, &caller, args).await
+                let mut handout = HandoutKey {
+                    caller: caller.dn.clone(),
+                    caller_group: Some(caller.group.clone()),
+                    on_behalf_of: args.username.clone(),
+                    provider: args.provider.clone(),
+                    audience: args.audience.clone(),
+                    protocol: context.protocol,
+                    ..HandoutKey::default()
+                };
+                let result = get_token::get_token(
+                    &settings,
+                    &self.idps(),
+                    &self.broker,
+                    &caller,
+                    args,
+                    &mut handout,
+                )
+                .await;
+                handout.outcome = outcome(&result);
+                self.audit().handout(handout, context.ip);
+                result
             }
             Arguments::Ping => Ok(system::ping(self.started, &settings.service.name)),
             Arguments::Echo(EchoArgs { data }) => Ok(data),
             Arguments::Whoami => Ok(whoami(context, &caller, &settings)),
             Arguments::UpdateToken(args) => {
-                self.update_token(&settings, context, &caller, args).await
-            }
-            Arguments::DeleteToken(DeleteTokenArgs { user_id }) => {
-                self.check_own_or_allowed(
-                    &settings,
+                let change = change_record(
+                    AuditKind::Update,
                     context,
                     &caller,
-                    DeleteTokenArgs::OTHER_USERS_RULE,
-                    &user_id,
-                )?;
-                let id = user_id.clone();
-                self.database
-                    .run(DbOperation::RemoveTokens, move |store, conn| {
-                        store.remove_tokens(conn, &id)
-                    })
-                    .await?;
-                self.broker.forget_user(&user_id);
-                self.credentials_changed.notify_one();
-                Ok(json!("Token successfully removed"))
+                    &args.user_id,
+                    Some(&args.provider),
+                );
+                let result = self.update_token(&settings, context, &caller, args).await;
+                self.audit().record(AuditRecord {
+                    outcome: outcome(&result).to_owned(),
+                    ..change
+                });
+                result
+            }
+            Arguments::DeleteToken(DeleteTokenArgs { user_id }) => {
+                let change = change_record(AuditKind::Delete, context, &caller, &user_id, None);
+                let result = self
+                    .delete_token(&settings, context, &caller, user_id)
+                    .await;
+                self.audit().record(AuditRecord {
+                    outcome: outcome(&result).to_owned(),
+                    ..change
+                });
+                result
+            }
+            Arguments::GetTokenAudit(args) => {
+                self.token_audit(&settings, context, &caller, args).await
             }
             Arguments::GetTokensByUserId(GetTokensByUserIdArgs { user_id }) => {
                 self.check_own_or_allowed(
@@ -610,6 +652,31 @@ impl Service {
         Ok(token_info::list(&tokens, None, expose(settings, caller)))
     }
 
+    async fn delete_token(
+        &self,
+        settings: &Settings,
+        context: &CallContext,
+        caller: &Authorized,
+        user_id: String,
+    ) -> Result<Value, MethodError> {
+        self.check_own_or_allowed(
+            settings,
+            context,
+            caller,
+            DeleteTokenArgs::OTHER_USERS_RULE,
+            &user_id,
+        )?;
+        let id = user_id.clone();
+        self.database
+            .run(DbOperation::RemoveTokens, move |store, conn| {
+                store.remove_tokens(conn, &id)
+            })
+            .await?;
+        self.broker.forget_user(&user_id);
+        self.credentials_changed.notify_one();
+        Ok(json!("Token successfully removed"))
+    }
+
     async fn tokens_of(&self, user_id: &str) -> Result<Vec<StoredToken>, MethodError> {
         let user_id = user_id.to_owned();
         Ok(self
@@ -618,6 +685,34 @@ impl Service {
                 store.tokens_by_user_id(conn, &user_id)
             })
             .await?)
+    }
+}
+
+/// The audit record of a credential change a caller asked for; its outcome is set when it ran.
+fn change_record(
+    kind: AuditKind,
+    context: &CallContext,
+    caller: &Authorized,
+    user_id: &str,
+    provider: Option<&str>,
+) -> AuditRecord {
+    AuditRecord {
+        kind,
+        caller: caller.dn.clone(),
+        caller_group: Some(caller.group.clone()),
+        user_id: Some(user_id.to_owned()),
+        provider: provider.map(str::to_owned),
+        protocol: context.protocol,
+        client_addresses: context.ip.into_iter().collect(),
+        ..AuditRecord::default()
+    }
+}
+
+/// A result as the audit trail records it: `ok` or the error code.
+fn outcome<T>(result: &Result<T, MethodError>) -> &'static str {
+    match result {
+        Ok(_) => "ok",
+        Err(error) => error.code().as_str(),
     }
 }
 

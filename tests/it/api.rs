@@ -447,7 +447,7 @@ fn bad_input_gets_the_documented_error_and_changes_nothing() {
     let openapi = Client::anonymous().call(app.https, &Request::get("/api/v1/openapi.json"));
     assert_eq!(openapi.status(), Some(200));
     let paths = openapi.body()["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 10);
+    assert_eq!(paths.len(), 11);
     assert_eq!(
         openapi.body()["paths"]["/api/v1/updateToken"]["post"]["requestBody"]["content"]["application/json"]
             ["schema"]["required"],

@@ -740,3 +740,36 @@ fn mariadb_stalled_change_log_readers_fall_back_to_asking_the_database_and_recov
         "back in step, hits ask nothing"
     );
 }
+
+/// SIGTERM while the database does not answer: the audit records still pending cannot be
+/// written; the stop still ends within its grace period, and says how many were lost.
+#[test]
+fn sigterm_with_a_frozen_database_counts_and_logs_the_audit_records_it_loses() {
+    let mut db = TestDb::new(Backend::Postgres);
+    let proxy = behind_proxy(&mut db);
+    let grace = Duration::from_secs(4);
+    let mut setup = setup_with(db, 1, &[], |c| {
+        c.service()
+            .set("AuditWindow", 60)
+            .set("DatabaseDeadline", DEADLINE.as_secs())
+            .set("ShutdownGracePeriod", grace.as_secs());
+    });
+    setup.delegate("plain");
+    for _ in 0..3 {
+        assert_eq!(get_token(&setup, "plain", 0).status(), Some(200));
+    }
+    proxy.freeze();
+    let server = &mut setup.processes[0];
+    server.signal("TERM");
+    within(grace + Duration::from_secs(3), "the stop", || {
+        assert!(server.exits_within(grace + Duration::from_secs(10)));
+    });
+    let log = server.log();
+    let lost = log
+        .lines()
+        .find(|line| line.contains("audit records lost at stop"))
+        .unwrap_or_else(|| panic!("no loss logged:\n{log}"));
+    // The update, the refresh's rotation, and the handouts (minted, cached: two aggregates).
+    assert!(lost.contains("lost=4"), "{lost}");
+    proxy.thaw();
+}

@@ -107,6 +107,11 @@ impl Setup {
         &self.db
     }
 
+    /// The replicas' configuration file.
+    pub(crate) fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
     /// Starts `serve` process `replica`, which has exited, again on the same configuration.
     pub(crate) fn restart(&mut self, replica: usize) {
         let restarted = ServeProcess::spawn(&self.config);

@@ -19,6 +19,7 @@ mod test_config;
 
 mod admission;
 mod api;
+mod audit;
 mod cli;
 mod configuration_server;
 mod dirac;

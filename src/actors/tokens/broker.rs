@@ -12,8 +12,10 @@ use super::owner::LeaseOwner;
 use super::refresh::{Obtain, RefreshActor};
 use super::sync::SyncState;
 use super::{AccessToken, Subject, TokenError, TokenKey};
+use crate::actors::audit::AuditTrail;
 use crate::actors::db::{Database, DbOperation};
 use crate::db::{ChangeBatch, ChangeKind, DbError};
+use crate::domain::audit::Origin;
 use crate::domain::unix_now;
 use crate::idp::{IdpClient, IdpError};
 use crate::metrics::Metrics;
@@ -37,6 +39,7 @@ pub(crate) struct TokenBroker {
     /// Replicas share the database (PostgreSQL, MariaDB): leases and client tokens go through it.
     shared_database: bool,
     metrics: Arc<Metrics>,
+    audit: AuditTrail,
 }
 
 /// The cache's side of the change feed (see `actors::change_feed`): applies what the database
@@ -83,19 +86,32 @@ impl TokenBroker {
         idle_timeout: Duration,
         shared_database: bool,
         max_staleness: Duration,
+        audit_enabled: bool,
         metrics: Arc<Metrics>,
     ) -> Self {
         let owner = LeaseOwner::this_process(shared_database);
+        let lease_owner: Arc<str> = owner.id().into();
         Self {
+            audit: AuditTrail::new(
+                database.clone(),
+                lease_owner.clone(),
+                audit_enabled,
+                metrics.clone(),
+            ),
             database,
             cache: Arc::new(TokenCache::new(SyncState::new(max_staleness))),
             actors: Mutex::default(),
             idle_timeout,
-            lease_owner: owner.id().into(),
+            lease_owner,
             owner,
             shared_database,
             metrics,
         }
+    }
+
+    /// This process's audit trail.
+    pub(crate) fn audit(&self) -> &AuditTrail {
+        &self.audit
     }
 
     /// How far the cache is in step with the database's announced changes.
@@ -137,13 +153,14 @@ impl TokenBroker {
             .await
     }
 
-    /// A token for `key`: from the cache when one lives long enough, else from the key's actor.
+    /// A token for `key`: from the cache when one lives long enough, else from the key's actor;
+    /// with where it came from for this call.
     pub(crate) async fn obtain(
         &self,
         idp: &Arc<IdpClient>,
         key: TokenKey,
         required_time_left: i64,
-    ) -> Result<Arc<AccessToken>, TokenError> {
+    ) -> Result<(Arc<AccessToken>, Origin), TokenError> {
         let kind = match key.subject {
             Subject::User(_) => "user",
             Subject::Client => "client",
@@ -154,7 +171,7 @@ impl TokenBroker {
                     .token_cache_lookups
                     .with_label_values(&[kind, "hit"])
                     .inc();
-                return Ok(token);
+                return Ok((token, Origin::Cache));
             }
             self.cache.forget(&key);
         }
@@ -270,6 +287,7 @@ impl TokenBroker {
                     database: self.database.clone(),
                     cache: self.cache.clone(),
                     metrics: self.metrics.clone(),
+                    audit: self.audit.clone(),
                     last_used: Instant::now(),
                     idle_timeout: self.idle_timeout,
                 }

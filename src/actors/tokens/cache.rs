@@ -8,6 +8,7 @@ use std::time::Instant;
 use super::sync::{Stamp, SyncState, UNCONFIRMED};
 use crate::db::{Change, ChangeKind, CredentialVersion};
 use crate::domain::Secret;
+use crate::domain::audit::Origin;
 use crate::domain::scopes::ScopeSet;
 use crate::idp::IssuedToken;
 
@@ -46,6 +47,9 @@ pub(crate) struct AccessToken {
     pub(super) credential: Option<CredentialVersion>,
     /// The sync epoch it was last confirmed in (see [`TokenCache::trusts`]).
     pub(super) confirmed_epoch: AtomicU64,
+    /// Where this process got it: minted, stored by another replica's refresh while this one
+    /// waited, or read from the store. Served from the cache later, it is a cache hit.
+    pub(crate) origin: Origin,
 }
 
 impl AccessToken {
@@ -65,6 +69,7 @@ impl AccessToken {
             minted_for,
             credential: None,
             confirmed_epoch: AtomicU64::new(UNCONFIRMED),
+            origin: Origin::Minted,
         }
     }
 
@@ -378,6 +383,7 @@ mod tests {
             minted_for,
             credential: None,
             confirmed_epoch: AtomicU64::new(UNCONFIRMED),
+            origin: Origin::Minted,
         }
     }
 

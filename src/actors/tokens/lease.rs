@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 use super::seams::{CredentialStore, TokenIssuer};
 use super::sync::UNCONFIRMED;
 use super::{AccessToken, TokenError, TokenKey};
+use crate::actors::audit::AuditTrail;
 use crate::db::{ClientTokenKey, CredentialVersion, LeasedRow, StoredToken, TokenUpdate};
 use crate::domain::CredentialState;
+use crate::domain::audit::{AuditKind, AuditRecord, Origin, Protocol};
 use crate::domain::scopes::ScopeSet;
 use crate::idp::{IdpError, IssuedToken};
 use crate::metrics::Metrics;
@@ -26,6 +28,25 @@ pub(super) fn caller_deadline(issuer: &impl TokenIssuer) -> Duration {
 pub(super) struct Replica<'a> {
     pub(super) lease_owner: &'a str,
     pub(super) metrics: &'a Metrics,
+    /// Where a rotation or a credential marked for a new login is recorded.
+    pub(super) audit: Option<&'a AuditTrail>,
+}
+
+impl Replica<'_> {
+    fn audit(&self, kind: AuditKind, stored: &StoredToken, outcome: &str, detail: String) {
+        if let Some(audit) = self.audit {
+            audit.record(AuditRecord {
+                kind,
+                outcome: outcome.to_owned(),
+                user_id: Some(stored.user_id.clone()),
+                provider: Some(stored.provider.clone()),
+                client_id: stored.client_id.clone(),
+                protocol: Protocol::Service,
+                detail: Some(detail),
+                ..AuditRecord::default()
+            });
+        }
+    }
 }
 
 /// How often a replica that meets another's live lease looks at the row again.
@@ -245,6 +266,11 @@ pub(super) async fn shared_client_token(
                 minted_for: required_time_left,
                 credential: Some(row.version),
                 confirmed_epoch: AtomicU64::new(UNCONFIRMED),
+                origin: if peer_obtained {
+                    Origin::Replica
+                } else {
+                    Origin::Stored
+                },
             });
         }
         first_seen.get_or_insert(row.version);
@@ -321,6 +347,11 @@ fn stored_access_token(
         minted_for: required_time_left,
         credential: Some(stored.version()),
         confirmed_epoch: AtomicU64::new(UNCONFIRMED),
+        origin: if peer_refreshed {
+            Origin::Replica
+        } else {
+            Origin::Stored
+        },
     })
 }
 
@@ -395,6 +426,14 @@ async fn refresh_under_lease(
             // Stored before it is handed out; the write also ends the lease.
             let version =
                 store_refreshed(store, replica.metrics, &stored, &issued, &token, key, now).await?;
+            if issued.refresh_token.is_some() {
+                replica.audit(
+                    AuditKind::Rotate,
+                    &stored,
+                    "ok",
+                    format!("generation {}", version.generation),
+                );
+            }
             token.credential = Some(version);
             return Ok(token);
         }
@@ -403,9 +442,23 @@ async fn refresh_under_lease(
             // it again would at best fail, at worst make the IdP revoke the whole grant.
             tracing::warn!(user_id, provider, %error, "credential needs a new login");
             let mark = store.mark_needs_redelegation(stored.version(), store.now());
-            if let Err(mark) = mark.await {
-                tracing::error!(user_id, provider, error = %mark, "could not mark the credential");
-            }
+            let outcome = match mark.await {
+                Ok(_) => "ok",
+                Err(mark) => {
+                    tracing::error!(user_id, provider, error = %mark, "could not mark the credential");
+                    "internal"
+                }
+            };
+            let reason = match &error {
+                IdpError::InvalidGrant(_) => "the IdP refused the refresh token (invalid_grant)",
+                _ => "the IdP's reply to a refresh was lost: the refresh token may be consumed",
+            };
+            replica.audit(
+                AuditKind::NeedsRedelegation,
+                &stored,
+                outcome,
+                reason.to_owned(),
+            );
             Err(match error {
                 IdpError::InvalidGrant(_) => TokenError::Idp(error),
                 _ => TokenError::NeedsRedelegation {

@@ -8,7 +8,9 @@ use actix::prelude::*;
 use super::cache::TokenCache;
 use super::lease::{Replica, refresh_user_token, shared_client_token};
 use super::{AccessToken, TokenError, TokenKey};
+use crate::actors::audit::AuditTrail;
 use crate::actors::db::Database;
+use crate::domain::audit::Origin;
 use crate::domain::unix_now;
 use crate::idp::IdpClient;
 use crate::metrics::Metrics;
@@ -22,7 +24,8 @@ pub(super) struct Obtain {
 }
 
 impl Message for Obtain {
-    type Result = Result<Arc<AccessToken>, TokenError>;
+    /// The token, and where it came from for this caller.
+    type Result = Result<(Arc<AccessToken>, Origin), TokenError>;
 }
 
 /// Obtains its key's tokens one exchange at a time; stops itself when idle.
@@ -35,6 +38,7 @@ pub(super) struct RefreshActor {
     pub(super) database: Database,
     pub(super) cache: Arc<TokenCache>,
     pub(super) metrics: Arc<Metrics>,
+    pub(super) audit: AuditTrail,
     pub(super) last_used: Instant,
     pub(super) idle_timeout: Duration,
 }
@@ -74,7 +78,7 @@ impl RefreshActor {
 }
 
 impl Handler<Obtain> for RefreshActor {
-    type Result = AtomicResponse<Self, Result<Arc<AccessToken>, TokenError>>;
+    type Result = AtomicResponse<Self, Result<(Arc<AccessToken>, Origin), TokenError>>;
 
     fn handle(&mut self, request: Obtain, _: &mut Context<Self>) -> Self::Result {
         self.last_used = Instant::now();
@@ -95,17 +99,19 @@ impl Handler<Obtain> for RefreshActor {
                 .coalesced_callers
                 .with_label_values(&[self.kind()])
                 .inc();
-            return AtomicResponse::new(Box::pin(fut::ready(Ok(token))));
+            return AtomicResponse::new(Box::pin(fut::ready(Ok((token, Origin::Cache)))));
         }
         let (idp, database, cache) = (self.idp.clone(), self.database.clone(), self.cache.clone());
         let user_id = self.user_id.clone();
         let (lease_owner, metrics) = (self.lease_owner.clone(), self.metrics.clone());
+        let audit = self.audit.clone();
         let shared_database = self.shared_database;
         AtomicResponse::new(Box::pin(
             async move {
                 let replica = Replica {
                     lease_owner: &lease_owner,
                     metrics: &metrics,
+                    audit: Some(&audit),
                 };
                 let token = match &user_id {
                     Some(user_id) => {
@@ -144,9 +150,10 @@ impl Handler<Obtain> for RefreshActor {
                         )
                     }
                 };
+                let origin = token.origin;
                 let token = Arc::new(token);
                 cache.insert(request.key, token.clone(), read_at);
-                Ok(token)
+                Ok((token, origin))
             }
             .into_actor(self),
         ))

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use super::{answer, extra_credentials, s_error};
+use crate::domain::audit::Protocol;
 use crate::service::{CallContext, Service};
 use crate::transport::admission::{Admitted, ShedReason};
 use crate::transport::serve::ConnectionHandler;
@@ -228,6 +229,7 @@ async fn call(
         bearer: None,
         extra_credentials: extra_credentials(&proposal.extra_credentials),
         ip: Some(ip),
+        protocol: Protocol::Diset,
     };
     let access = match service.check_access(&context, &proposal.action_name) {
         Ok(access) => access,

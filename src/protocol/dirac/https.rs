@@ -12,6 +12,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use dirac_wire::{Value, form, jencode};
 
 use super::{answer, extra_credentials};
+use crate::domain::audit::Protocol;
 use crate::domain::policy::ExtraCredentials;
 use crate::metrics::Metrics;
 use crate::service::{CallContext, ErrorCode, Method, MethodError, Service};
@@ -241,6 +242,7 @@ async fn caller(
             bearer: None,
             extra_credentials,
             ip,
+            protocol: Protocol::Https,
         });
     }
     let token = bearer_token(request).ok_or_else(|| {
@@ -259,6 +261,7 @@ async fn caller(
         bearer: Some(bearer),
         extra_credentials: ExtraCredentials::None,
         ip,
+        protocol: Protocol::Https,
     })
 }
 

@@ -10,6 +10,7 @@ use actix_web::http::header::ContentType;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Map, Value, json};
 
+use crate::domain::audit::Protocol;
 use crate::domain::policy::ExtraCredentials;
 use crate::metrics::Metrics;
 use crate::service::{CallContext, ErrorCode, Method, MethodError, Service};
@@ -167,6 +168,7 @@ async fn answer(
             ExtraCredentials::None
         },
         ip: request.peer_addr().map(|a| a.ip()),
+        protocol: Protocol::Json,
     };
     service
         .call(&context, args)

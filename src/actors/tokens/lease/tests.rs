@@ -502,6 +502,7 @@ async fn refresh_counted(
     let replica = Replica {
         lease_owner: ME,
         metrics,
+        audit: None,
     };
     refresh_user_token(issuer, store, &replica, "alice", &key, required_time_left).await
 }
@@ -519,6 +520,7 @@ async fn refresh_scopes(
     let replica = Replica {
         lease_owner: ME,
         metrics: &Metrics::unexported(),
+        audit: None,
     };
     refresh_user_token(issuer, store, &replica, "alice", &key, 0).await
 }
@@ -531,6 +533,7 @@ async fn client_token(
     let replica = Replica {
         lease_owner: ME,
         metrics: &Metrics::unexported(),
+        audit: None,
     };
     shared_client_token(
         issuer,
