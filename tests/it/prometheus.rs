@@ -552,6 +552,17 @@ fn dashboard_and_alert_rules_query_a_live_service_through_prometheus() {
             1.0,
         ),
     ];
+    // The stored-credential gauges (counted in the background) and the reload (SIGHUP is
+    // handled asynchronously) follow the load by a moment: later scrapes have them.
+    let seen = |p: &Prometheus| {
+        expectations
+            .iter()
+            .all(|(expr, at_least)| p.scalar(expr).is_some_and(|v| v >= *at_least))
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen(&prometheus) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for (expr, at_least) in expectations {
         let value = prometheus.scalar(expr);
         assert!(
