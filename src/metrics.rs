@@ -39,6 +39,12 @@ pub struct Metrics {
     /// Cache misses answered by a refresh another caller started (queued behind the same refresh
     /// actor, or waiting for another replica's lease), by kind: IdP calls saved.
     pub coalesced_callers: IntCounterVec,
+    /// Background refreshes (`RefreshAhead`), by kind (`user`, `client`) and outcome: `ok`
+    /// (a fresh token cached before callers needed one), `failed` (the IdP or the database
+    /// failed; the current token stays in service, tried again with back-off), `cold` (nobody
+    /// asked for the key lately: left to expire), `superseded` (the token was replaced or
+    /// dropped before its refresh was due).
+    pub background_refreshes: IntCounterVec,
     /// Refresh actors alive now, by kind (one per stored credential or client-token key in use).
     pub refresh_actors: IntGaugeVec,
     /// Refresh tokens the IdP issued that could not be stored (the call failed closed). Any
@@ -374,6 +380,16 @@ impl Metrics {
                     "Refreshed tokens the IdP issued that could not be stored",
                 )?,
             )?,
+            background_refreshes: register(
+                r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tokenmanager_background_refreshes_total",
+                        "Background refreshes of hot keys, by kind and outcome",
+                    ),
+                    &["kind", "outcome"],
+                )?,
+            )?,
             audit_records: register(
                 r,
                 IntCounterVec::new(
@@ -656,6 +672,10 @@ impl Metrics {
             self.changes_applied.with_label_values(&[kind]);
             self.lease_takeovers.with_label_values(&[kind]);
             self.refresh_actors.with_label_values(&[kind]);
+            for outcome in ["ok", "failed", "cold", "superseded"] {
+                self.background_refreshes
+                    .with_label_values(&[kind, outcome]);
+            }
         }
         for reason in ["overflow", "shutdown"] {
             self.audit_records_lost.with_label_values(&[reason]);

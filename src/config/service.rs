@@ -84,6 +84,21 @@ declare_options! {
     /// presents the same refresh token while that request may still be processed
     pub const SHUTDOWN_GRACE_PERIOD: Setting<Seconds> =
         "ShutdownGracePeriod", Seconds(Zero::Refused), 30;
+    /// refresh the access token of a user credential or client-token key that callers asked
+    /// for lately in the background, before it runs out, so that they never wait on the IdP;
+    /// a key nobody asked for within the last half of its token's lifetime is left to expire
+    /// (no IdP load for idle users). Same single flight and leases as a caller's refresh
+    pub const REFRESH_AHEAD: Setting<Flag> = "RefreshAhead", Flag, true;
+    // 10 %: an hour-long token is refreshed with 6 minutes left, a minute-long one as soon as
+    // the callers' requiredTimeLeft says.
+    /// a background refresh starts when this share (percent) of the token's lifetime is left,
+    /// or when the longest `requiredTimeLeft` its callers asked for plus 1 s is, whichever is
+    /// more, but never before half its lifetime; each token comes up to 2 % of its lifetime (at
+    /// most 5 s) earlier at random, so that tokens minted together are not refreshed together.
+    /// A failed one leaves the token in service and is tried again after 2 s, doubling up to
+    /// 60 s, while the token lives
+    pub const REFRESH_AHEAD_PERCENT: Setting<Count> =
+        "RefreshAheadPercent", Count(Zero::Allowed), 10;
     /// record every getToken and every change of a stored credential in the audit trail
     /// (`getTokenAudit`, `tokenmanager audit`; docs/OPERATIONS.md#the-audit-trail)
     pub const AUDIT: Setting<Flag> = "Audit", Flag, true;
@@ -253,6 +268,9 @@ pub struct ServiceSettings {
     pub log_format: LogFormat,
     pub max_body_bytes: u64,
     pub refresh_actor_idle_time: Duration,
+    /// Background refreshes of hot keys: the share of the lifetime left when they start
+    /// (percent); none when off.
+    pub refresh_ahead_percent: Option<u32>,
     pub protocol: Option<String>,
     /// `Authorization/<method>` → rules (list semantics); `Default` is an ordinary key.
     pub authorization: BTreeMap<String, Vec<String>>,
@@ -397,6 +415,10 @@ pub(super) fn resolve_service(
         log_format: options.get(&LOG_FORMAT)?,
         max_body_bytes: options.get(&MAX_BODY_BYTES)?,
         refresh_actor_idle_time: options.get(&REFRESH_ACTOR_IDLE_TIME)?,
+        refresh_ahead_percent: options
+            .get(&REFRESH_AHEAD)?
+            .then(|| options.get(&REFRESH_AHEAD_PERCENT))
+            .transpose()?,
         protocol: options.optional(&PROTOCOL)?,
         authorization: authorization(&options, warnings),
         https_paths: options.get(&HTTPS_PATHS)?,
@@ -703,6 +725,6 @@ mod tests {
         {
             assert!(seen.insert(name), "{name} declared twice");
         }
-        assert_eq!(seen.len(), 36 + 14);
+        assert_eq!(seen.len(), 38 + 14);
     }
 }

@@ -32,7 +32,7 @@ pub use methods::{Method, Param, ParamKind};
 use crate::actors::audit::{AuditTrail, HandoutKey};
 use crate::actors::change_feed::ChangeFeed;
 use crate::actors::db::{Database, DbOperation};
-use crate::actors::tokens::TokenBroker;
+use crate::actors::tokens::{RefreshAheadPolicy, TokenBroker};
 use crate::config::{self, ConfigError, Settings};
 use crate::configuration_server::{RemoteCfg, RemoteError, RemoteSource};
 use crate::crypto::{CryptoError, SharedKeyring};
@@ -166,6 +166,10 @@ impl Service {
             settings.service.refresh_actor_idle_time,
             shared_database,
             settings.service.max_staleness,
+            settings
+                .service
+                .refresh_ahead_percent
+                .map(|percent_left| RefreshAheadPolicy { percent_left }),
             settings.service.audit.enabled,
             metrics.clone(),
         );

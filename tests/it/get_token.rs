@@ -107,6 +107,14 @@ impl Setup {
         &self.db
     }
 
+    /// The metrics port of replica 0.
+    pub(crate) fn metrics_port(&self) -> u16 {
+        match &self._app {
+            Some(app) => app.metrics,
+            None => self.processes[0].metrics,
+        }
+    }
+
     /// The replicas' configuration file.
     pub(crate) fn config_path(&self) -> &std::path::Path {
         &self.config

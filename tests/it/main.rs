@@ -33,5 +33,6 @@ mod layers;
 mod loadtest;
 mod metrics;
 mod prometheus;
+mod refresh_ahead;
 mod replicas;
 mod storage;

@@ -9,7 +9,7 @@ use actix::prelude::*;
 use super::cache::TokenCache;
 use super::lease::caller_deadline;
 use super::owner::LeaseOwner;
-use super::refresh::{Obtain, RefreshActor};
+use super::refresh::{Obtain, RefreshActor, RefreshAheadPolicy};
 use super::sync::SyncState;
 use super::{AccessToken, Subject, TokenError, TokenKey};
 use crate::actors::audit::AuditTrail;
@@ -32,6 +32,7 @@ pub(crate) struct TokenBroker {
     cache: Arc<TokenCache>,
     actors: Mutex<HashMap<ActorKey, Addr<RefreshActor>>>,
     idle_timeout: Duration,
+    refresh_ahead: Option<RefreshAheadPolicy>,
     /// This process, as the owner of refresh leases.
     owner: LeaseOwner,
     /// [`LeaseOwner::id`], as the leases record it.
@@ -86,6 +87,7 @@ impl TokenBroker {
         idle_timeout: Duration,
         shared_database: bool,
         max_staleness: Duration,
+        refresh_ahead: Option<RefreshAheadPolicy>,
         audit_enabled: bool,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -102,6 +104,7 @@ impl TokenBroker {
             cache: Arc::new(TokenCache::new(SyncState::new(max_staleness))),
             actors: Mutex::default(),
             idle_timeout,
+            refresh_ahead,
             lease_owner,
             owner,
             shared_database,
@@ -171,6 +174,7 @@ impl TokenBroker {
                     .token_cache_lookups
                     .with_label_values(&[kind, "hit"])
                     .inc();
+                token.note_asked(required_time_left);
                 return Ok((token, Origin::Cache));
             }
             self.cache.forget(&key);
@@ -290,6 +294,8 @@ impl TokenBroker {
                     audit: self.audit.clone(),
                     last_used: Instant::now(),
                     idle_timeout: self.idle_timeout,
+                    refresh_ahead: self.refresh_ahead,
+                    planned: HashMap::new(),
                 }
                 .start()
             })

@@ -1,7 +1,8 @@
 //! The key types of the token path and the access-token cache.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -50,6 +51,13 @@ pub(crate) struct AccessToken {
     /// Where this process got it: minted, stored by another replica's refresh while this one
     /// waited, or read from the store. Served from the cache later, it is a cache hit.
     pub(crate) origin: Origin,
+    /// When a caller last asked for it (Unix seconds; 0: never since it was cached), and the
+    /// longest `requiredTimeLeft` asked: what decides its background refresh.
+    pub(super) asked_at: AtomicI64,
+    pub(super) asked_for: AtomicI64,
+    /// Seconds its background refresh comes early, so that tokens minted together are not
+    /// refreshed together.
+    pub(super) jitter: i64,
 }
 
 impl AccessToken {
@@ -70,7 +78,30 @@ impl AccessToken {
             credential: None,
             confirmed_epoch: AtomicU64::new(UNCONFIRMED),
             origin: Origin::Minted,
+            asked_at: AtomicI64::new(0),
+            asked_for: AtomicI64::new(0),
+            jitter: refresh_jitter(issued.expires_in.unwrap_or(0)),
         }
+    }
+
+    /// A caller was served this token for `required_time_left` seconds. One relaxed load per
+    /// hit, a store at most once a second.
+    pub(crate) fn note_asked(&self, required_time_left: i64) {
+        let now = crate::domain::unix_now();
+        if self.asked_at.load(Ordering::Relaxed) != now {
+            self.asked_at.store(now, Ordering::Relaxed);
+        }
+        if required_time_left > self.asked_for.load(Ordering::Relaxed) {
+            self.asked_for
+                .fetch_max(required_time_left, Ordering::Relaxed);
+        }
+    }
+
+    /// The longest `requiredTimeLeft` asked for it, if a caller asked for it at or after
+    /// `since` (Unix seconds).
+    pub(super) fn asked_since(&self, since: i64) -> Option<i64> {
+        let asked_at = self.asked_at.load(Ordering::Relaxed);
+        (asked_at != 0 && asked_at >= since).then(|| self.asked_for.load(Ordering::Relaxed))
     }
 
     pub(crate) fn seconds_left(&self, now: i64) -> i64 {
@@ -87,6 +118,17 @@ impl AccessToken {
             && left >= self.lifetime - (self.lifetime / 10).max(1);
         left > 0 && (left >= required_time_left || as_fresh_as_it_gets)
     }
+}
+
+/// A random share of up to 2 % of `lifetime` (at most 5 s), in whole seconds.
+pub(super) fn refresh_jitter(lifetime: i64) -> i64 {
+    let span = (lifetime / 50).clamp(0, 5);
+    if span == 0 {
+        return 0;
+    }
+    // RandomState's keys are random per instance.
+    let random = std::collections::hash_map::RandomState::new().hash_one(lifetime);
+    (random % (span as u64 + 1)) as i64
 }
 
 /// Whose cached tokens an announced change concerns.
@@ -230,6 +272,15 @@ impl TokenCache {
             .get(key)
             .filter(|t| t.minted >= since && t.seconds_left(now) > 0)
             .cloned()
+    }
+
+    /// Whether `token` is still the one cached for `key`.
+    pub(super) fn holds(&self, key: &TokenKey, token: &Arc<AccessToken>) -> bool {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        entries
+            .tokens
+            .get(key)
+            .is_some_and(|cached| Arc::ptr_eq(cached, token))
     }
 
     pub(super) fn forget(&self, key: &TokenKey) {
@@ -384,6 +435,9 @@ mod tests {
             credential: None,
             confirmed_epoch: AtomicU64::new(UNCONFIRMED),
             origin: Origin::Minted,
+            asked_at: AtomicI64::new(0),
+            asked_for: AtomicI64::new(0),
+            jitter: 0,
         }
     }
 

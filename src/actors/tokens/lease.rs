@@ -3,9 +3,10 @@
 //! token is handed out: IdPs that rotate refresh tokens revoke the whole grant when a used one is
 //! presented again. DIRAC's own client tokens go through a shared row the same way.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::time::{Duration, Instant};
 
+use super::cache::refresh_jitter;
 use super::seams::{CredentialStore, TokenIssuer};
 use super::sync::UNCONFIRMED;
 use super::{AccessToken, TokenError, TokenKey};
@@ -271,6 +272,9 @@ pub(super) async fn shared_client_token(
                 } else {
                     Origin::Stored
                 },
+                asked_at: AtomicI64::new(0),
+                asked_for: AtomicI64::new(0),
+                jitter: refresh_jitter(row.expires_in),
             });
         }
         first_seen.get_or_insert(row.version);
@@ -352,6 +356,9 @@ fn stored_access_token(
         } else {
             Origin::Stored
         },
+        asked_at: AtomicI64::new(0),
+        asked_for: AtomicI64::new(0),
+        jitter: refresh_jitter(stored.expires_in),
     })
 }
 

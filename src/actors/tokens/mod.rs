@@ -14,6 +14,7 @@ mod sync;
 
 pub(crate) use broker::{CacheSync, TokenBroker};
 pub(crate) use cache::{AccessToken, Subject, TokenKey};
+pub(crate) use refresh::RefreshAheadPolicy;
 
 use crate::db::DbError;
 use crate::domain::scopes::ScopeSet;
