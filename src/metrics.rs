@@ -179,6 +179,11 @@ pub enum DbOperation {
     AuditAppend,
     AuditRead,
     AuditPurge,
+    ListCredentials,
+    CredentialRecord,
+    DeleteCredential,
+    VerifyCredentials,
+    VerifyClientTokens,
 }
 
 impl DbOperation {
@@ -206,7 +211,7 @@ impl DbOperation {
         matches!(self, Self::StoreRefreshed | Self::MarkNeedsRedelegation)
     }
 
-    pub const ALL: [Self; 25] = [
+    pub const ALL: [Self; 30] = [
         Self::Migrate,
         Self::Ping,
         Self::UpdateToken,
@@ -232,6 +237,11 @@ impl DbOperation {
         Self::AuditAppend,
         Self::AuditRead,
         Self::AuditPurge,
+        Self::ListCredentials,
+        Self::CredentialRecord,
+        Self::DeleteCredential,
+        Self::VerifyCredentials,
+        Self::VerifyClientTokens,
     ];
 
     pub fn name(self) -> &'static str {
@@ -261,6 +271,11 @@ impl DbOperation {
             Self::AuditAppend => "audit_append",
             Self::AuditRead => "audit_read",
             Self::AuditPurge => "audit_purge",
+            Self::ListCredentials => "list_credentials",
+            Self::CredentialRecord => "credential_record",
+            Self::DeleteCredential => "delete_credential",
+            Self::VerifyCredentials => "verify_credentials",
+            Self::VerifyClientTokens => "verify_client_tokens",
         }
     }
 }

@@ -101,6 +101,11 @@ impl Keyring {
         &self.keys.last().expect("a keyring is never empty").id
     }
 
+    /// The ids of the keys, oldest first.
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| k.id.as_str())
+    }
+
     pub fn has_key(&self, key_id: &str) -> bool {
         self.keys.iter().any(|k| k.id == key_id)
     }

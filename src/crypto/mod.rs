@@ -18,7 +18,8 @@ pub enum TokenColumn {
 }
 
 impl TokenColumn {
-    fn label(self) -> &'static str {
+    /// The column's name, as errors and the `tokens verify` report name it.
+    pub fn label(self) -> &'static str {
         match self {
             Self::RefreshToken => "refresh_token",
             Self::AccessToken => "access_token",

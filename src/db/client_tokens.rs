@@ -53,7 +53,7 @@ fn context<'a>(subject: &'a str, provider: &'a str) -> SealContext<'a> {
 }
 
 /// The ciphertext is bound to its token key, so it cannot serve another key's requests.
-fn subject(token_key: &str) -> String {
+pub(super) fn subject(token_key: &str) -> String {
     format!("client:{token_key}")
 }
 

@@ -8,6 +8,7 @@ mod client_tokens;
 mod connection;
 #[cfg(feature = "mysql")]
 pub mod dirac_tokendb;
+mod inspect;
 mod liveness;
 mod migrate;
 mod schema;
@@ -19,6 +20,10 @@ pub use changes::{
 };
 pub use client_tokens::{ClientTokenKey, StoredClientToken};
 pub use connection::{DbConn, DbManager, DbPool, PoolOptions, build_pool, establish};
+pub use inspect::{
+    CredentialFilter, CredentialRecord, NotOpened, OpenedTokens, RecordAndTokens, SealFailure,
+    VerifyBatch,
+};
 pub use liveness::{LIVENESS_MARK, LeasedRow, database_now, dead_lease_holder, take_liveness_lock};
 pub use migrate::run_migrations;
 pub use sqlite_lock::{LockError, SqliteServeLock};
