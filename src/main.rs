@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         Err(error) => {
             // Each error's message already names its cause.
             eprintln!("tokenmanager: {error}");
-            ExitCode::FAILURE
+            ExitCode::from(error.exit_code())
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The `tokenmanager` command line: `serve`, `migrate`, `rotate-key`, `audit`,
+//! The `tokenmanager` command line: `serve`, `migrate`, `rotate-key`, `audit`, `tokens`,
 //! `import-dirac-tokendb`.
 
 mod audit;
@@ -7,6 +7,7 @@ mod import_tokendb;
 mod migrate;
 mod rotate_key;
 mod serve;
+mod tokens;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -106,6 +107,12 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// List, show, revoke and verify the stored credentials, reading the database of the
+    /// configuration directly (the service may be down). Never prints a token value unless
+    /// `show --show-values` asks. Exit codes: 0 done, 1 error, 2 wrong usage, 3 no such
+    /// credential, 4 not revoked (nothing deleted), 5 stored values that do not decrypt.
+    #[command(subcommand)]
+    Tokens(tokens::TokensCommand),
 }
 
 #[derive(Debug, Error)]
@@ -122,6 +129,8 @@ pub enum CliError {
     Rotation(String),
     #[error("{0}")]
     Audit(String),
+    #[error(transparent)]
+    Tokens(#[from] tokens::TokensError),
     #[cfg(feature = "mysql")]
     #[error(transparent)]
     Source(#[from] crate::db::dirac_tokendb::SourceError),
@@ -131,6 +140,16 @@ pub enum CliError {
          Cargo feature `mysql`"
     )]
     NoImport,
+}
+
+impl CliError {
+    /// The process's exit status for this error: 1, or a code of its own (`tokens`).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Tokens(error) => error.exit_code(),
+            _ => 1,
+        }
+    }
 }
 
 impl Cli {
@@ -181,6 +200,7 @@ impl Cli {
                 }
                 #[cfg(not(feature = "mysql"))]
                 Command::ImportDiracTokendb { .. } => Err(CliError::NoImport),
+                Command::Tokens(command) => Ok(tokens::run(settings()?, command).await?),
             }
         })
     }

@@ -66,6 +66,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "crypto",
             "config",
             "db",
+            "idp",
             "actors",
             "transport",
             "app",

@@ -36,3 +36,4 @@ mod prometheus;
 mod refresh_ahead;
 mod replicas;
 mod storage;
+mod tokens;
