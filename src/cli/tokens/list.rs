@@ -25,7 +25,7 @@ pub struct ListArgs {
     /// a whole number with s, m, h or d (7d, 12h).
     #[arg(long, value_name = "SPAN", value_parser = parse_span)]
     expiring: Option<i64>,
-    /// A JSON array of objects (fields: id, user_id, provider, state, generation, key_id,
+    /// A JSON array, one object per line (fields: id, user_id, provider, state, generation, key_id,
     /// rt_expires_at, updated_at, lease_owner, lease_expires_at; times in Unix seconds).
     #[arg(long)]
     json: bool,
@@ -73,12 +73,14 @@ pub(super) async fn run(store: &Store, args: &ListArgs) -> Result<(), TokensErro
 
     let mut out = std::io::stdout().lock();
     if args.json {
-        let array: Vec<Value> = records
-            .iter()
-            .map(|(record, state)| as_json(record, state))
-            .collect();
-        serde_json::to_writer_pretty(&mut out, &array).map_err(std::io::Error::from)?;
-        writeln!(out)?;
+        // One object per line, written as it goes: a listing of every credential holds no
+        // second copy of them.
+        write!(out, "[")?;
+        for (i, (record, state)) in records.iter().enumerate() {
+            let separator = if i == 0 { "\n" } else { ",\n" };
+            write!(out, "{separator}{}", as_json(record, state))?;
+        }
+        writeln!(out, "\n]")?;
     } else {
         write_table(&mut out, &records, now)?;
     }
