@@ -107,10 +107,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// List, show, revoke and verify the stored credentials, reading the database of the
-    /// configuration directly (the service may be down). Never prints a token value unless
-    /// `show --show-values` asks. Exit codes: 0 done, 1 error, 2 wrong usage, 3 no such
-    /// credential, 4 not revoked (nothing deleted), 5 stored values that do not decrypt.
+    /// List, show, revoke and verify the stored credentials (works while the service is down).
+    ///
+    /// Reads the database of the configuration directly, with its keyring. Never prints a token
+    /// value unless `show --show-values` asks. Exit codes: 0 done, 1 error, 2 wrong usage, 3 no
+    /// such credential, 4 not revoked (nothing deleted), 5 stored values that do not decrypt.
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
 }

@@ -578,9 +578,9 @@ fn revoke_deletes_nothing_the_idp_did_not_revoke_unless_forced() {
 }
 
 /// What stops a command before it reads anything: a keyring that is not there, a database that
-/// does not answer.
+/// does not answer or an SQLite file that does not exist.
 #[actix::test]
-async fn a_missing_keyring_or_an_unreachable_database_is_a_clear_error() {
+async fn a_missing_keyring_or_database_is_a_clear_error() {
     let store = TestStore::new(Backend::Sqlite).await;
     store_token(&store.database, new_token("u1", "IAM", "rt", "at")).await;
     let config = TestConfig::on(&store.db).write("tm.cfg");
@@ -606,7 +606,7 @@ async fn a_missing_keyring_or_an_unreachable_database_is_a_clear_error() {
             .set("URL", "postgres://postgres@127.0.0.1:1/nothing");
         config.write("nowhere.cfg")
     };
-    for command in [&["list"][..], &["verify"], &["show", "u1", "IAM"]] {
+    for command in [&["list"][..], &["show", "u1", "IAM"]] {
         let output = tokens(&nowhere, command);
         assert_eq!(exit_code(&output), 1, "{command:?}");
         assert!(
@@ -615,6 +615,25 @@ async fn a_missing_keyring_or_an_unreachable_database_is_a_clear_error() {
             stderr(&output)
         );
     }
+    let missing_file = {
+        let mut config = TestConfig::on(&store.db);
+        let path = store.db.dir.path().join("no-such.sqlite");
+        config
+            .database()
+            .set("URL", format!("sqlite://{}", path.display()));
+        (config.write("missing.cfg"), path)
+    };
+    let output = tokens(&missing_file.0, &["list"]);
+    assert_eq!(exit_code(&output), 1);
+    assert!(
+        stderr(&output).contains(&format!(
+            "the SQLite database {} does not exist",
+            missing_file.1.display()
+        )),
+        "{}",
+        stderr(&output)
+    );
+    assert!(!missing_file.1.exists(), "no database is made up");
     assert!(
         get_credential(&store.database, "u1", "IAM")
             .await

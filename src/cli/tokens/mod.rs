@@ -41,22 +41,24 @@ const OPERATION_DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Subcommand)]
 pub enum TokensCommand {
-    /// List the stored credentials, one line each: user ID, provider, state, generation, key id,
-    /// refresh-token expiry, last update, refresh-lease holder. Never a token value. A row whose
-    /// key is not in the keyring is listed with state `undecryptable` (nothing is decrypted:
-    /// `tokens verify` opens every value).
+    /// List the stored credentials, one line each (never a token value).
+    ///
+    /// Each line: user ID, provider, state, generation, key id, refresh-token expiry, last
+    /// update, refresh-lease holder. A row whose key is not in the keyring is listed with state
+    /// `undecryptable` (nothing is decrypted: `tokens verify` opens every value).
     List(list::ListArgs),
     /// Every column of one credential; its token values only with --show-values.
     Show(show::ShowArgs),
-    /// Revoke a credential's refresh token at its IdP (RFC 7009), then delete the credential;
-    /// running servers drop it from their caches within MaxStaleness.
+    /// Revoke a credential's refresh token at its IdP, then delete the credential.
     ///
-    /// If the IdP refuses or cannot be reached, nothing is deleted (exit code 4), unless
+    /// The revocation is RFC 7009's; running servers drop the credential from their caches within
+    /// MaxStaleness. If the IdP refuses or cannot be reached, nothing is deleted (exit code 4), unless
     /// --force: deleting without revoking leaves the grant alive at the IdP.
     Revoke(revoke::RevokeArgs),
-    /// Decrypt every stored value (credentials and client tokens) with the keyring; print the
-    /// rows per key id and each value that does not decrypt (exit code 5). Run it after
-    /// restoring a backup and before removing an old key from the keyring.
+    /// Check that every stored value decrypts: after a restore, before removing a key.
+    ///
+    /// Decrypts every stored value (credentials and client tokens) with the keyring; prints the
+    /// rows per key id and each value that does not decrypt (exit code 5).
     Verify(verify::VerifyArgs),
 }
 
@@ -67,6 +69,8 @@ pub enum TokensError {
          configuration)"
     )]
     Keyring(#[source] CryptoError),
+    #[error("the SQLite database {0} does not exist")]
+    NoDatabase(String),
     #[error(transparent)]
     Database(#[from] AppError),
     #[error(transparent)]
@@ -124,6 +128,13 @@ impl Store {
         // keyring would find every stored row undecryptable.
         let keyring_path = settings.service.encryption_key_file.clone();
         let keyring = Arc::new(SharedKeyring::load(&keyring_path).map_err(TokensError::Keyring)?);
+        // SQLite would create a missing file: a mistyped path would list an empty store.
+        if let Some(path) = settings.database.sqlite_path()
+            && !path.starts_with("file:")
+            && !std::path::Path::new(path).exists()
+        {
+            return Err(TokensError::NoDatabase(path.to_owned()));
+        }
         let options = PoolOptions {
             max_size: 1,
             deadline: OPERATION_DEADLINE,
