@@ -323,6 +323,26 @@ async fn show_prints_every_column_and_values_only_when_asked(backend: Backend) {
         stderr(&secrets)
     );
     assert!(!stderr(&secrets).contains(&refresh));
+    assert!(
+        !text.contains("WARNING"),
+        "stdout is no terminal here: the warning goes to stderr alone"
+    );
+    // On a terminal (util-linux's `script` gives it one), the warning is on stdout too.
+    let on_a_terminal = format!(
+        "{} tokens show u2 IAM --show-values --config {} 2>/dev/null",
+        crate::process::BINARY,
+        config.display()
+    );
+    let terminal = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &on_a_terminal, "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(terminal.status.success(), "{}", stderr(&terminal));
+    let screen = stdout(&terminal);
+    assert!(
+        screen.contains("WARNING: printing the secret token values") && screen.contains(&refresh),
+        "{screen}"
+    );
 
     // A row under a key the keyring lost: shown, its failure named, no value.
     let lost = tokens(config, &["show", "u3", "IAM", "--show-values"]);
