@@ -530,6 +530,27 @@ async fn revoke_revokes_at_the_idp_and_running_replicas_stop_serving(backend: Ba
         stderr(&revoked)
     );
 
+    // The audit trail has it, as the command line's.
+    let config = setup.config_path().to_str().unwrap().to_owned();
+    let audit = run(
+        &["--config", &config, "audit", "--user", "id-plain", "--json"],
+        &[],
+    );
+    let records: Vec<Value> = serde_json::from_slice(&audit.stdout).unwrap();
+    let revoke = records
+        .iter()
+        .find(|r| r["kind"] == "revoke")
+        .unwrap_or_else(|| panic!("no revoke record: {records:#?}"));
+    assert_eq!(revoke["protocol"], "cli");
+    assert_eq!(revoke["provider"], IDP);
+    assert!(
+        revoke["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("revoked at the IdP"),
+        "{revoke}"
+    );
+
     let again = tokens(setup.config_path(), &["revoke", "id-plain", IDP]);
     assert_eq!(exit_code(&again), NOT_FOUND, "{}", stderr(&again));
 }

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use clap::Args;
 
 use super::{Store, TokensError};
-use crate::actors::db::DbOperation;
+use crate::actors::db::{Database, DbOperation};
 use crate::config::Settings;
 use crate::db::CredentialRecord;
 use crate::domain::Secret;
+use crate::domain::audit::{AuditKind, AuditRecord};
 use crate::idp::{IdpClient, IdpOptions};
 use crate::metrics::Metrics;
 
@@ -90,12 +91,16 @@ pub(super) async fn run(
                 store.delete_credential(conn, version)
             })
             .await?;
-        record_revocation(&RevocationRecord {
-            credential: &record,
-            revoked_at_idp: &revocation,
-            forced: args.force,
-            deleted,
-        });
+        record_revocation(
+            &store.database,
+            &RevocationRecord {
+                credential: &record,
+                revoked_at_idp: &revocation,
+                forced: args.force,
+                deleted,
+            },
+        )
+        .await;
         if deleted {
             let how = if revocation.is_ok() {
                 "revoked its refresh token at the IdP and deleted"
@@ -154,9 +159,10 @@ struct RevocationRecord<'a> {
     deleted: bool,
 }
 
-/// Where the audit record of a revocation is written. For now the log (stderr) alone: the audit
-/// trail of issue 16 writes its record here.
-fn record_revocation(record: &RevocationRecord<'_>) {
+/// Records a revocation in the audit trail (and the log): what the IdP said, whether it was
+/// forced, whether the row was deleted. A record that cannot be written is a warning: the
+/// revocation itself stands.
+async fn record_revocation(database: &Database, record: &RevocationRecord<'_>) {
     let credential = record.credential;
     let operator = std::env::var("USER").unwrap_or_default();
     tracing::info!(
@@ -171,4 +177,22 @@ fn record_revocation(record: &RevocationRecord<'_>) {
         operator,
         "tokens revoke"
     );
+    let mut detail = match record.revoked_at_idp {
+        Ok(()) => "revoked at the IdP".to_owned(),
+        Err(why) => format!("not revoked at the IdP ({why}); deleted with --force"),
+    };
+    if !record.deleted {
+        detail.push_str("; the row changed meanwhile and was not deleted");
+    }
+    let entry = AuditRecord {
+        kind: AuditKind::Revoke,
+        outcome: "ok".into(),
+        user_id: Some(credential.user_id.clone()),
+        provider: Some(credential.provider.clone()),
+        detail: Some(format!("{detail} (generation {})", credential.generation)),
+        ..AuditRecord::default()
+    };
+    if let Err(error) = crate::cli::audit::append(database, vec![entry]).await {
+        eprintln!("warning: the revocation's audit record was not written: {error}");
+    }
 }
