@@ -1,7 +1,8 @@
 // A strict OpenID provider for tokenmanager's integration tests: oidc-provider (pinned in
 // package.json) on http://127.0.0.1:<port>, with refresh-token rotation on every use, reuse
-// detection, JWT access tokens for RFC 8707 resources, client_credentials, RFC 7009 revocation,
-// an unbounded in-memory store, and test-only control endpoints under /test/. See README.md.
+// detection, JWT access tokens for RFC 8707 resources, client_credentials, RFC 8693 token
+// exchange, RFC 7009 revocation, an unbounded in-memory store, and test-only control endpoints
+// under /test/. See README.md.
 //
 //   node tests/idp/server.mjs [--port N] [--exit-with-stdin]
 //
@@ -53,6 +54,9 @@ const settings = {
   accessTokenTtl: 3600, // AccessToken and ClientCredentials, seconds
   refreshTokenTtl: 14 * DAY, // each RefreshToken (a rotated one gets a fresh lifetime)
   latencyMs: 0, // delay before processing every token-endpoint request
+  // Refreshes and client_credentials requests that name no resource are processed as if they
+  // named this one (their access token is then a JWT with that aud); null: opaque tokens.
+  defaultResource: null,
 };
 
 const RESOURCE_RE = /^https:\/\/[^\s#]+$/;
@@ -60,9 +64,15 @@ const SCOPE_TOKEN_RE = /^[\x21\x23-\x5B\x5D-\x7E]+$/;
 
 function emptyStats() {
   return {
-    token_requests: { refresh_token: {}, client_credentials: {} },
+    token_requests: { refresh_token: {}, client_credentials: {}, token_exchange: {} },
     revocations: 0,
     refresh_errors: {},
+    // Refreshes whose request named an audience or resource, by sub.
+    refreshes_with_audience: {},
+    // Token exchanges the IdP refused, by error code (invalid_target, invalid_grant...).
+    exchange_errors: {},
+    // Token exchanges whose subject token was resolved, by its format (opaque, jwt).
+    exchange_subjects: {},
     // Extras, not in the original brief:
     injected_failures: 0, // requests answered by /test/fail instead of being processed
     dropped_replies: 0, // refreshes processed whose connection was then destroyed (/test/drop-reply)
@@ -199,8 +209,13 @@ const scopes = new Set([
   'storage.read', 'storage.create', 'storage.modify', 'storage.stage', 'fts', 'scim:read',
 ]);
 
+// RFC 8693.
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+const JWT_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:jwt';
+
 const clientDefaults = {
-  grant_types: ['refresh_token', 'client_credentials'],
+  grant_types: ['refresh_token', 'client_credentials', TOKEN_EXCHANGE],
   response_types: [],
   redirect_uris: [],
 };
@@ -394,6 +409,115 @@ if (!(liveScopes instanceof Set)) throw new Error('oidc-provider internals chang
   };
 }
 
+// ---------------------------------------------------------------------------------------------
+// RFC 8693 token exchange: an access token (the subject token) for one narrowed to an audience
+// and a subset of its scopes. oidc-provider has no such grant; registerGrantType adds it.
+
+// A JWT access token this provider signed: the claims if its signature (the provider's own keys),
+// type, issuer and expiry hold; else undefined.
+function verifiedJwtAccessToken(token) {
+  const [header64, payload64, signature64, extra] = token.split('.');
+  if (extra !== undefined || !signature64) return undefined;
+  let header;
+  let claims;
+  try {
+    header = JSON.parse(Buffer.from(header64, 'base64url').toString('utf8'));
+    claims = JSON.parse(Buffer.from(payload64, 'base64url').toString('utf8'));
+  } catch {
+    return undefined;
+  }
+  if (header.alg !== 'RS256' || header.typ !== 'at+jwt') return undefined;
+  const jwk = instance(provider).jwks?.keys?.find((k) => k.kid === header.kid && k.kty === 'RSA');
+  if (!jwk) return undefined;
+  const signed = crypto.verify(
+    'sha256',
+    Buffer.from(`${header64}.${payload64}`),
+    crypto.createPublicKey({ key: jwk, format: 'jwk' }),
+    Buffer.from(signature64, 'base64url'),
+  );
+  const now = Math.floor(Date.now() / 1000);
+  if (!signed || claims.iss !== issuer || typeof claims.exp !== 'number' || claims.exp <= now) {
+    return undefined;
+  }
+  return claims;
+}
+
+// Whose token the subject token is, and what it grants; undefined when it is unknown, expired or
+// revoked (its grant gone). Opaque tokens are looked up, JWTs verified.
+async function exchangeSubject(token) {
+  if (token.includes('.')) {
+    const claims = verifiedJwtAccessToken(token);
+    if (!claims || typeof claims.sub !== 'string') return undefined;
+    return { accountId: claims.sub, scope: claims.scope ?? '', grantId: undefined, format: 'jwt' };
+  }
+  const at = await provider.AccessToken.find(token);
+  if (!at) return undefined;
+  if (at.grantId && !(await provider.Grant.find(at.grantId))) return undefined;
+  return { accountId: at.accountId, scope: at.scope ?? '', grantId: at.grantId, format: 'opaque' };
+}
+
+async function tokenExchange(ctx) {
+  const { params, client } = ctx.oidc;
+  if (!params.subject_token) throw new errors.InvalidRequest('missing required parameter subject_token');
+  if (![ACCESS_TOKEN_TYPE, JWT_TOKEN_TYPE].includes(params.subject_token_type)) {
+    throw new errors.InvalidRequest(`subject_token_type must be ${ACCESS_TOKEN_TYPE} or ${JWT_TOKEN_TYPE}`);
+  }
+  if (params.actor_token !== undefined || params.actor_token_type !== undefined) {
+    throw new errors.InvalidRequest('actor tokens (delegation) are not supported');
+  }
+  if (params.requested_token_type !== undefined && params.requested_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest(`requested_token_type must be ${ACCESS_TOKEN_TYPE}`);
+  }
+  if (params.audience !== undefined && params.resource !== undefined && params.audience !== params.resource) {
+    throw new errors.InvalidTarget('one audience at a time');
+  }
+  // The audiences a client may exchange for are the resources it may ask for anywhere here:
+  // https:// URIs.
+  const audience = params.audience ?? params.resource;
+  if (audience !== undefined && !isHttpsResource(audience)) {
+    throw new errors.InvalidTarget('audience not allowed for this client (test-idp exchanges for https:// audiences only)');
+  }
+  const subject = await exchangeSubject(params.subject_token);
+  if (!subject) throw new errors.InvalidGrant('subject token is unknown, expired or revoked');
+  bump(stats.exchange_subjects, subject.format);
+  const granted = new Set(subject.scope.split(' ').filter(Boolean));
+  const requested = params.scope ? params.scope.split(' ').filter(Boolean) : [...granted];
+  const beyond = requested.filter((s) => !granted.has(s));
+  if (beyond.length > 0) {
+    throw new errors.InvalidScope('requested scope exceeds the subject token\'s', beyond.join(' '));
+  }
+  const scope = requested.join(' ');
+  const at = new provider.AccessToken({
+    accountId: subject.accountId,
+    client,
+    grantId: subject.grantId,
+    gty: 'token_exchange',
+    scope,
+  });
+  if (audience !== undefined) {
+    at.resourceServer = new provider.ResourceServer(audience, {
+      scope,
+      audience,
+      accessTokenFormat: 'jwt',
+      jwt: { sign: { alg: 'RS256' } },
+    });
+  }
+  ctx.oidc.entity('AccessToken', at);
+  const accessToken = await at.save();
+  ctx.body = {
+    access_token: accessToken,
+    issued_token_type: ACCESS_TOKEN_TYPE,
+    token_type: at.tokenType,
+    expires_in: at.expiration,
+    ...(scope ? { scope } : {}),
+  };
+}
+
+provider.registerGrantType(TOKEN_EXCHANGE, tokenExchange, [
+  'subject_token', 'subject_token_type', 'actor_token', 'actor_token_type',
+  'requested_token_type', 'audience', 'resource', 'scope',
+]);
+
 function json(ctx, status, body) {
   ctx.status = status;
   ctx.type = 'application/json';
@@ -506,6 +630,14 @@ async function handleTest(ctx) {
       if (body.refresh_token !== undefined) settings.refreshTokenTtl = Number(body.refresh_token);
       return json(ctx, 200, { access_token: settings.accessTokenTtl, refresh_token: settings.refreshTokenTtl });
     }
+    case 'POST /test/default-resource': {
+      const { resource } = await readJson(ctx);
+      if (resource !== null && !isHttpsResource(resource)) {
+        throw Object.assign(new Error('resource must be an https:// URI or null'), { status: 400 });
+      }
+      settings.defaultResource = resource;
+      return json(ctx, 200, { resource });
+    }
     case 'GET /test/grant-status': {
       const sub = ctx.query.sub;
       const grantId = latestGrant.get(sub);
@@ -565,6 +697,10 @@ async function tokenGate(ctx, next) {
     sub = owner?.sub ?? '<unknown>';
     grantId = owner?.grantId;
     bump(stats.token_requests.refresh_token, sub);
+    if (params.has('resource') || params.has('audience')) bump(stats.refreshes_with_audience, sub);
+  } else if (grantType === TOKEN_EXCHANGE) {
+    const audience = params.get('audience') ?? params.get('resource') ?? '';
+    bump(stats.token_requests.token_exchange, `${clientIdOf(ctx, params)} ${audience} ${params.get('scope') ?? ''}`);
   } else if (grantType === 'client_credentials') {
     const key = `${clientIdOf(ctx, params)} ${params.get('scope') ?? ''} ${params.getAll('resource').join(' ')}`;
     bump(stats.token_requests.client_credentials, key);
@@ -616,6 +752,12 @@ async function tokenGate(ctx, next) {
     dropReplies.set(sub, dropReplies.get(sub) - 1);
   }
 
+  if (settings.defaultResource && ['refresh_token', 'client_credentials'].includes(grantType)
+      && !params.has('resource')) {
+    params.set('resource', settings.defaultResource);
+    ctx.req.body = params.toString();
+  }
+
   const unlock = grantId ? await lockGrant(grantId) : undefined;
   try {
     if (wrongAuthMethod(ctx, params)) {
@@ -628,6 +770,15 @@ async function tokenGate(ctx, next) {
   }
 
   if (sub !== undefined && ctx.status >= 400) bump(stats.refresh_errors, sub);
+  if (grantType === TOKEN_EXCHANGE && ctx.status >= 400) {
+    let error = 'unknown';
+    try {
+      error = JSON.parse(ctx.body).error ?? error;
+    } catch {
+      error = ctx.body?.error ?? error;
+    }
+    bump(stats.exchange_errors, error);
+  }
   if (drop) {
     stats.dropped_replies += 1;
     ctx.respond = false;

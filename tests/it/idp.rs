@@ -70,6 +70,14 @@ pub struct IdpStats {
     pub dropped_replies: u64,
     /// Held refreshes whose client closed the connection before the release (not processed).
     pub abandoned_holds: u64,
+    /// RFC 8693 token exchanges by `"<client_id> <audience> <scope>"` (absent parts empty).
+    pub token_exchanges: BTreeMap<String, u64>,
+    /// Token exchanges the IdP refused, by error code.
+    pub exchange_errors: BTreeMap<String, u64>,
+    /// Token exchanges whose subject token was resolved, by its format (`opaque`, `jwt`).
+    pub exchange_subjects: BTreeMap<String, u64>,
+    /// Refreshes whose request named an audience or resource, by sub.
+    pub refreshes_with_audience: BTreeMap<String, u64>,
 }
 
 impl IdpStats {
@@ -92,7 +100,34 @@ impl IdpStats {
             injected_failures: number("injected_failures"),
             dropped_replies: number("dropped_replies"),
             abandoned_holds: number("abandoned_holds"),
+            token_exchanges: counts(&raw["token_requests"]["token_exchange"]),
+            exchange_errors: counts(&raw["exchange_errors"]),
+            exchange_subjects: counts(&raw["exchange_subjects"]),
+            refreshes_with_audience: counts(&raw["refreshes_with_audience"]),
         }
+    }
+
+    pub fn exchanges_total(&self) -> u64 {
+        self.token_exchanges.values().sum()
+    }
+
+    /// Token exchanges asking for `audience`, whatever the client and scope.
+    pub fn exchanges_for(&self, audience: &str) -> u64 {
+        self.token_exchanges
+            .iter()
+            .filter(|(key, _)| key.split(' ').nth(1) == Some(audience))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Token exchanges refused with `error`.
+    pub fn exchange_errors(&self, error: &str) -> u64 {
+        self.exchange_errors.get(error).copied().unwrap_or(0)
+    }
+
+    /// Refreshes of `sub` that named an audience or resource.
+    pub fn refreshes_with_audience(&self, sub: &str) -> u64 {
+        self.refreshes_with_audience.get(sub).copied().unwrap_or(0)
     }
 
     /// Refresh requests presenting a refresh token of `sub`.
@@ -372,6 +407,17 @@ impl TestIdp {
         self.control("GET", &path, None)["alive"].as_bool().unwrap()
     }
 
+    /// Refreshes and client_credentials requests that name no resource are processed as if they
+    /// named `resource` (their access tokens are then JWTs with that `aud`); `None`: opaque
+    /// access tokens again (the default).
+    pub fn set_default_resource(&self, resource: Option<&str>) {
+        self.control(
+            "POST",
+            "/test/default-resource",
+            Some(json!({ "resource": resource })),
+        );
+    }
+
     /// Lifetime of access tokens (user and client_credentials) issued from now on; default 3600.
     pub fn set_access_token_ttl(&self, secs: u64) {
         self.control("POST", "/test/ttl", Some(json!({"access_token": secs})));
@@ -477,6 +523,35 @@ impl TestIdp {
         }
         if let Some(resource) = resource {
             params.push(("resource", resource));
+        }
+        self.post_form("/token", client, &params)
+    }
+
+    /// An RFC 8693 token exchange of `subject_token` (of type `subject_token_type`) at the real
+    /// token endpoint, the audience as `audience`.
+    pub fn token_exchange(
+        &self,
+        client: &str,
+        subject_token: &str,
+        subject_token_type: Option<&str>,
+        audience: Option<&str>,
+        scope: Option<&str>,
+    ) -> Result<Value, (u16, Value)> {
+        let mut params = vec![
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange",
+            ),
+            ("subject_token", subject_token),
+        ];
+        for (name, value) in [
+            ("subject_token_type", subject_token_type),
+            ("audience", audience),
+            ("scope", scope),
+        ] {
+            if let Some(value) = value {
+                params.push((name, value));
+            }
         }
         self.post_form("/token", client, &params)
     }

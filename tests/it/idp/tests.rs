@@ -319,3 +319,173 @@ fn idp_stats_count_what_arrived() {
     assert_eq!(stats.client_credentials_total(), 0);
     assert_eq!(stats.revocations(), 0);
 }
+
+fn assert_refused(reply: &Result<Value, (u16, Value)>, error: &str) {
+    match reply {
+        Err((400, body)) => assert_eq!(body["error"], error, "{body}"),
+        other => panic!("expected 400 {error}, got {other:?}"),
+    }
+}
+
+#[test]
+fn idp_token_exchange_narrows_a_subject_token_and_refuses_as_rfc_8693_says() {
+    const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+    let idp = TestIdp::spawn();
+    let minted = idp.grant("erin", USER_SCOPE);
+    let refreshed = idp.refresh("tm-basic", &minted.refresh_token, None, None);
+    let opaque = token(&refreshed, "access_token").to_owned();
+    assert!(jwt_claims(&opaque).is_none());
+    let rt = token(&refreshed, "refresh_token").to_owned();
+
+    // An opaque subject token, narrowed to an audience and a subset of its scopes.
+    let ce = "https://ce.example.org:9619";
+    let reply = idp.token_exchange(
+        "tm-basic",
+        &opaque,
+        Some(ACCESS_TOKEN),
+        Some(ce),
+        Some("compute.read"),
+    );
+    let claims = jwt_claims(token(&reply, "access_token")).expect("a JWT access token");
+    assert_eq!(
+        (&claims["aud"], &claims["sub"], &claims["scope"]),
+        (&json!(ce), &json!("erin"), &json!("compute.read"))
+    );
+    assert_eq!(claims["iss"], idp.issuer());
+    let body = reply.as_ref().unwrap();
+    assert_eq!(body["issued_token_type"], ACCESS_TOKEN);
+    assert_eq!(
+        (&body["scope"], &body["expires_in"]),
+        (&json!("compute.read"), &json!(3600))
+    );
+    assert!(body.get("refresh_token").is_none());
+
+    // A JWT subject token (from a refresh for a resource) works too; its scope bounds the next.
+    let for_fts = idp.refresh(
+        "tm-basic",
+        &rt,
+        Some("compute.read profile"),
+        Some("https://fts.example.org"),
+    );
+    let jwt = token(&for_fts, "access_token").to_owned();
+    let reply = idp.token_exchange("tm-basic", &jwt, Some(ACCESS_TOKEN), Some(ce), None);
+    let claims = jwt_claims(token(&reply, "access_token")).unwrap();
+    assert_eq!(claims["aud"], ce);
+    let mut scope: Vec<&str> = claims["scope"].as_str().unwrap().split(' ').collect();
+    scope.sort_unstable();
+    assert_eq!(
+        scope,
+        ["compute.read", "profile"],
+        "the subject token's scope"
+    );
+    assert_refused(
+        &idp.token_exchange(
+            "tm-basic",
+            &jwt,
+            Some(ACCESS_TOKEN),
+            Some(ce),
+            Some("compute.read storage.read"),
+        ),
+        "invalid_scope",
+    );
+
+    // The refusals.
+    assert_refused(
+        &idp.token_exchange("tm-basic", &opaque, None, Some(ce), None),
+        "invalid_request",
+    );
+    assert_refused(
+        &idp.token_exchange(
+            "tm-basic",
+            &opaque,
+            Some("urn:x:refresh_token"),
+            Some(ce),
+            None,
+        ),
+        "invalid_request",
+    );
+    assert_refused(
+        &idp.token_exchange(
+            "tm-basic",
+            &opaque,
+            Some(ACCESS_TOKEN),
+            Some("http://ce.example.org"),
+            None,
+        ),
+        "invalid_target",
+    );
+    assert_refused(
+        &idp.token_exchange(
+            "tm-basic",
+            "no-such-token",
+            Some(ACCESS_TOKEN),
+            Some(ce),
+            None,
+        ),
+        "invalid_grant",
+    );
+    let mut forged = jwt.clone().into_bytes();
+    let inside_signature = jwt.rfind('.').unwrap() + 10;
+    forged[inside_signature] = if forged[inside_signature] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
+    let forged = String::from_utf8(forged).unwrap();
+    assert_refused(
+        &idp.token_exchange("tm-basic", &forged, Some(ACCESS_TOKEN), Some(ce), None),
+        "invalid_grant",
+    );
+    assert!(
+        idp.revoke("tm-basic", &opaque, Some("access_token"))
+            .is_ok()
+    );
+    assert_refused(
+        &idp.token_exchange("tm-basic", &opaque, Some(ACCESS_TOKEN), Some(ce), None),
+        "invalid_grant",
+    );
+
+    let stats = idp.stats();
+    assert_eq!(stats.exchanges_total(), 9);
+    assert_eq!(stats.exchanges_for(ce), 8);
+    assert_eq!(
+        (
+            stats.exchange_errors("invalid_grant"),
+            stats.exchange_errors("invalid_request")
+        ),
+        (3, 2)
+    );
+    assert_eq!(
+        (
+            stats.exchange_errors("invalid_target"),
+            stats.exchange_errors("invalid_scope")
+        ),
+        (1, 1)
+    );
+    assert_eq!(stats.refreshes_with_audience("erin"), 1);
+    let subjects = |format: &str| stats.exchange_subjects.get(format).copied();
+    assert_eq!(
+        (subjects("opaque"), subjects("jwt")),
+        (Some(1), Some(2)),
+        "{stats:?}"
+    );
+    assert!(
+        idp.grant_alive("erin"),
+        "a refused exchange consumes nothing"
+    );
+}
+
+#[test]
+fn idp_default_resource_makes_refreshed_access_tokens_jwts() {
+    let idp = TestIdp::spawn();
+    let minted = idp.grant("frank", USER_SCOPE);
+    idp.set_default_resource(Some("https://broad.example.org"));
+    let reply = idp.refresh("tm-basic", &minted.refresh_token, None, None);
+    let claims = jwt_claims(token(&reply, "access_token")).expect("a JWT access token");
+    assert_eq!(claims["aud"], "https://broad.example.org");
+    assert_eq!(idp.stats().refreshes_with_audience("frank"), 0);
+    idp.set_default_resource(None);
+    let rt = token(&reply, "refresh_token");
+    let reply = idp.refresh("tm-basic", rt, None, None);
+    assert!(jwt_claims(token(&reply, "access_token")).is_none());
+}
