@@ -23,7 +23,7 @@ pub struct Metrics {
     /// `error`: the error codes are in `tokenmanager_requests_total`, to keep this family small).
     pub request_duration: HistogramVec,
     /// Requests to identity providers, by IdP, grant (`refresh_token`, `client_credentials`,
-    /// `revocation`, `discovery`) and outcome (`ok`, `invalid_grant`, `refused`, `unavailable`,
+    /// `token_exchange`, `revocation`, `discovery`) and outcome (`ok`, `invalid_grant`, `refused`, `unavailable`,
     /// `reply_lost`).
     pub idp_requests: IntCounterVec,
     /// Time of each IdP request, by IdP and grant, whatever the outcome.
@@ -136,9 +136,10 @@ pub const PROTOCOLS: [&str; 3] = ["json", "https", "dips"];
 /// Kinds of token of the token-path metrics.
 pub const TOKEN_KINDS: [&str; 2] = ["user", "client"];
 /// Grants (and other requests) of `tokenmanager_idp_requests_total`.
-pub const IDP_GRANTS: [&str; 4] = [
+pub const IDP_GRANTS: [&str; 5] = [
     "refresh_token",
     "client_credentials",
+    "token_exchange",
     "revocation",
     "discovery",
 ];

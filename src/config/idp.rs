@@ -48,11 +48,21 @@ pub mod options {
         /// (`audience_not_allowed`) *before* the IdP is contacted: some IdPs rotate the refresh
         /// token and only then refuse an audience the grant does not cover, which burns the
         /// user's grant. Unset, a user token with an audience is refused (what each user
-        /// delegated is not known here) and a client token (`client_credentials`, which
-        /// consumes nothing) may ask for any; list the audiences your components use, e.g. the
-        /// FTS and CE endpoints
+        /// delegated is not known here) unless `audience_narrowing = exchange`, and a client
+        /// token (`client_credentials`, which consumes nothing) may ask for any; list the
+        /// audiences your components use, e.g. the FTS and CE endpoints
         pub const ALLOWED_AUDIENCES: Optional<List> = "allowed_audiences", List,
-            "unset: no audience for user tokens, any for client tokens";
+            "unset: no audience for user tokens (any with `exchange` below), any for client tokens";
+        /// how a user token gets the audience getToken asks for: `refresh` sends it with the
+        /// refresh token (a rotating IdP that then refuses it has consumed the refresh token:
+        /// hence `allowed_audiences`); `exchange` refreshes without audience and exchanges that
+        /// access token at the IdP for one narrowed to the audience and scopes (RFC 8693 token
+        /// exchange, which the IdP must allow for this client): the refresh token never travels
+        /// with a caller's audience, and a refused exchange costs nothing but that call. With
+        /// `exchange` and `allowed_audiences` unset, user tokens may ask for any audience, the IdP
+        /// deciding. Client tokens ask for theirs with `client_credentials` either way
+        pub const AUDIENCE_NARROWING: Setting<Text> =
+            "audience_narrowing", Text("`refresh` or `exchange`"), "refresh";
         /// total time of one IdP request (discovery, token, revocation); getToken's callers get
         /// `idp_unavailable` "timed out" after `timeout` + 1 s
         pub const TIMEOUT: Setting<PositiveSeconds> = "timeout", PositiveSeconds, 10;

@@ -60,6 +60,8 @@ type TokenError = RequestTokenError<
 pub(super) struct Discovered {
     client: Client,
     revocation: Option<RevocationUrl>,
+    /// For the requests the openidconnect crate has no type for (token exchange).
+    token_endpoint: Option<String>,
     pub(super) jwks_uri: String,
     fetched: Instant,
 }
@@ -285,6 +287,7 @@ impl IdpClient {
             .transpose()
             .map_err(|e| self.unavailable(format!("revocation endpoint: {e}")))?;
         let jwks_uri = metadata.jwks_uri().url().to_string();
+        let token_endpoint = metadata.token_endpoint().map(|url| url.url().to_string());
         let mut client = CoreClient::from_provider_metadata(
             metadata,
             ClientId::new(self.options.client_id.clone()),
@@ -300,6 +303,7 @@ impl IdpClient {
         Ok(Discovered {
             client,
             revocation,
+            token_endpoint,
             jwks_uri,
             fetched: Instant::now(),
         })
@@ -368,6 +372,128 @@ impl IdpClient {
         .await
     }
 
+    /// An RFC 8693 token exchange: `subject_token` (an access token this service obtained) for
+    /// one narrowed to `audience` and `scopes`. A plain form POST (the openidconnect crate has
+    /// no such request), bounded, counted and backed off like the other grants. Nothing is
+    /// consumed, so every failure is an error of this call only: a refusal (the subject token's
+    /// `invalid_grant` included) is [`IdpError::ExchangeRefused`], a lost reply unavailable.
+    pub async fn token_exchange(
+        &self,
+        subject_token: &Secret,
+        scopes: &ScopeSet,
+        audience: &str,
+    ) -> Result<IssuedToken, IdpError> {
+        self.options
+            .check_audience(Some(audience), Grant::TokenExchange)?;
+        self.guarded(async {
+            let discovered = self.client().await?;
+            let Some(url) = discovered.token_endpoint.clone() else {
+                return Err(self.unavailable("the IdP advertises no token endpoint"));
+            };
+            let _permit = self.permit().await?;
+            let scope = scopes.to_string();
+            let mut form = vec![
+                ("grant_type", TOKEN_EXCHANGE_GRANT),
+                ("subject_token", subject_token.expose()),
+                ("subject_token_type", ACCESS_TOKEN_TYPE),
+                ("requested_token_type", ACCESS_TOKEN_TYPE),
+                (self.options.audience_parameter.name(), audience),
+            ];
+            if !scopes.is_empty() {
+                form.push(("scope", &scope));
+            }
+            let request = self.http.post(&url).header("Accept", "application/json");
+            let request = self.authenticated(request, &mut form);
+            let started = Instant::now();
+            let result = self
+                .bounded(self.options.timeout, async {
+                    let response = request.form(&form).send().await?;
+                    let status = response.status();
+                    Ok::<_, reqwest::Error>((status, response.bytes().await?))
+                })
+                .await
+                .and_then(|sent| {
+                    sent.map_err(|error| {
+                        self.discovery_is_due();
+                        // Nothing was consumed: a lost reply is one more unavailable IdP.
+                        if error.is_timeout() {
+                            self.unavailable("timed out")
+                        } else {
+                            self.unavailable(format!("token exchange: {error}"))
+                        }
+                    })
+                })
+                .and_then(|(status, body)| self.exchanged(status, &body));
+            self.observe("token_exchange", started, &result);
+            result
+        })
+        .await
+    }
+
+    /// Client authentication as the IdP's other grants use it (`token_endpoint_auth_method`):
+    /// the secret in the body, or HTTP Basic with the form-encoded id and secret (RFC 6749
+    /// §2.3.1, as the openidconnect crate sends them).
+    fn authenticated<'a>(
+        &'a self,
+        request: reqwest::RequestBuilder,
+        form: &mut Vec<(&'a str, &'a str)>,
+    ) -> reqwest::RequestBuilder {
+        let secret = self.options.client_secret.as_ref().map(Secret::expose);
+        if self.options.secret_in_body {
+            form.push(("client_id", &self.options.client_id));
+            if let Some(secret) = secret {
+                form.push(("client_secret", secret));
+            }
+            request
+        } else {
+            request.basic_auth(
+                form_encoded(&self.options.client_id),
+                secret.map(form_encoded),
+            )
+        }
+    }
+
+    /// Reads a token exchange's reply: the token, or the IdP's refusal sorted.
+    fn exchanged(&self, status: reqwest::StatusCode, body: &[u8]) -> Result<IssuedToken, IdpError> {
+        let unreadable = || {
+            self.unavailable(format!(
+                "token exchange: unreadable reply (HTTP {status}): {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ))
+        };
+        if status.is_success() {
+            // Not quoted: a reply that fails to parse may still hold a token.
+            let reply: ExchangeReply = serde_json::from_slice(body).map_err(|error| {
+                self.unavailable(format!(
+                    "token exchange: unreadable reply ({:?} error at line {} column {})",
+                    error.classify(),
+                    error.line(),
+                    error.column()
+                ))
+            })?;
+            return Ok(IssuedToken {
+                access_token: Secret::new(reply.access_token),
+                token_type: reply.token_type,
+                expires_in: reply.expires_in,
+                scope: reply.scope.map(|s| ScopeSet::parse(&s)),
+                refresh_token: None,
+            });
+        }
+        let refusal: ExchangeRefusal = match serde_json::from_slice(body) {
+            Ok(refusal) if !status.is_server_error() => refusal,
+            _ => return Err(unreadable()),
+        };
+        let description = refusal.error_description.unwrap_or_default();
+        if refusal.error == "server_error" || refusal.error == "temporarily_unavailable" {
+            return Err(self.unavailable(format!("{}: {description}", refusal.error)));
+        }
+        Err(IdpError::ExchangeRefused {
+            idp: self.options.name.clone(),
+            error: refusal.error,
+            description,
+        })
+    }
+
     /// Runs one token-endpoint exchange within `timeout`, classifies a refusal (DIRAC's
     /// `context` prefixes its message), counts and times it.
     async fn grant(
@@ -433,7 +559,11 @@ impl IdpClient {
         let outcome = match result {
             Ok(_) => "ok",
             Err(IdpError::InvalidGrant(_)) => "invalid_grant",
-            Err(IdpError::Refused { .. } | IdpError::AudienceNotAllowed { .. }) => "refused",
+            Err(
+                IdpError::Refused { .. }
+                | IdpError::ExchangeRefused { .. }
+                | IdpError::AudienceNotAllowed { .. },
+            ) => "refused",
             Err(IdpError::ReplyLost { .. }) => "reply_lost",
             Err(IdpError::Unavailable { .. } | IdpError::Config { .. }) => "unavailable",
         };
@@ -507,6 +637,42 @@ impl IdpClient {
             RequestTokenError::Other(reason) => self.unavailable(reason),
         }
     }
+}
+
+/// RFC 8693's grant type and the token type of what is exchanged and asked for.
+const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// A token exchange's reply (RFC 8693 §2.2.1); `issued_token_type` is not checked: only an
+/// access token was asked for.
+#[derive(Deserialize)]
+struct ExchangeReply {
+    access_token: String,
+    token_type: String,
+    expires_in: Option<i64>,
+    scope: Option<String>,
+}
+
+/// An OAuth error reply (RFC 6749 §5.2).
+#[derive(Deserialize)]
+struct ExchangeRefusal {
+    error: String,
+    error_description: Option<String>,
+}
+
+/// `application/x-www-form-urlencoded` encoding of one value.
+fn form_encoded(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
+                out.push(byte as char);
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
 }
 
 fn issued(response: CoreTokenResponse) -> IssuedToken {

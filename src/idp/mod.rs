@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 pub use bearer::{BearerError, BearerIdentity, claimed_issuer};
 pub use client::{IdpClient, IssuedToken};
-pub use options::{AudienceParameter, Grant, IdpOptions};
+pub use options::{AudienceNarrowing, AudienceParameter, Grant, IdpOptions};
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
@@ -39,6 +39,15 @@ pub enum IdpError {
     #[error("{context}: {error}: {description}")]
     Refused {
         context: &'static str,
+        error: String,
+        description: String,
+    },
+    /// The IdP refused a token exchange (RFC 8693 `error`: `invalid_target`, `invalid_scope`,
+    /// `invalid_grant` for the subject token...): an error of that call only, since no refresh
+    /// token was presented.
+    #[error("Token exchange refused by {idp}: {error}: {description}")]
+    ExchangeRefused {
+        idp: String,
         error: String,
         description: String,
     },

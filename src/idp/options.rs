@@ -3,9 +3,9 @@ use std::time::Duration;
 use super::IdpError;
 use crate::config::IdProvider;
 use crate::config::idp_options::{
-    ALLOWED_AUDIENCES, AUDIENCE_PARAMETER, BEARER_AUDIENCE, BEARER_LEEWAY, CONNECT_TIMEOUT,
-    DISCOVERY_REFRESH, LATE_REPLY_WAIT, MAX_IN_FLIGHT, SERVER_METADATA_URL, TIMEOUT,
-    TOKEN_ENDPOINT_AUTH_METHOD,
+    ALLOWED_AUDIENCES, AUDIENCE_NARROWING, AUDIENCE_PARAMETER, BEARER_AUDIENCE, BEARER_LEEWAY,
+    CONNECT_TIMEOUT, DISCOVERY_REFRESH, LATE_REPLY_WAIT, MAX_IN_FLIGHT, SERVER_METADATA_URL,
+    TIMEOUT, TOKEN_ENDPOINT_AUTH_METHOD,
 };
 use crate::domain::Secret;
 use crate::domain::scopes::ProviderType;
@@ -17,6 +17,18 @@ pub enum Grant {
     RefreshToken,
     /// DIRAC's own token.
     ClientCredentials,
+    /// A user's token narrowed to an audience by exchanging a broad one (RFC 8693).
+    TokenExchange,
+}
+
+/// How a user token gets the audience a caller asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AudienceNarrowing {
+    /// The audience is sent with the refresh token.
+    Refresh,
+    /// A refresh without audience, then an RFC 8693 exchange of its access token for the
+    /// audience: the refresh token never travels with a caller's audience.
+    Exchange,
 }
 
 /// How the requested audience travels to the IdP.
@@ -52,6 +64,7 @@ pub struct IdpOptions {
     /// a secret) in the Authorization header.
     pub secret_in_body: bool,
     pub audience_parameter: AudienceParameter,
+    pub audience_narrowing: AudienceNarrowing,
     /// None (unset): user tokens get no audience, client tokens any; Some: only these, for both.
     pub allowed_audiences: Option<Vec<String>>,
     pub timeout: Duration,
@@ -114,6 +127,15 @@ impl IdpOptions {
                 )));
             }
         };
+        let audience_narrowing = match idp.get(&AUDIENCE_NARROWING).map_err(&problem)?.as_str() {
+            "refresh" => AudienceNarrowing::Refresh,
+            "exchange" => AudienceNarrowing::Exchange,
+            other => {
+                return Err(problem(format!(
+                    "audience_narrowing {other} is not refresh or exchange"
+                )));
+            }
+        };
         let allowed_audiences = idp.optional(&ALLOWED_AUDIENCES).map_err(&problem)?;
         let max_in_flight = idp.get(&MAX_IN_FLIGHT).map_err(&problem)?;
         Ok(Self {
@@ -128,6 +150,7 @@ impl IdpOptions {
             client_secret: idp.client_secret().cloned(),
             secret_in_body,
             audience_parameter,
+            audience_narrowing,
             allowed_audiences,
             timeout: idp.get(&TIMEOUT).map_err(&problem)?,
             connect_timeout: idp.get(&CONNECT_TIMEOUT).map_err(&problem)?,
@@ -144,11 +167,19 @@ impl IdpOptions {
         self.timeout + self.late_reply_wait
     }
 
+    /// The grant a user token with `audience` is obtained with.
+    pub fn user_token_grant(&self, audience: Option<&str>) -> Grant {
+        match (audience, self.audience_narrowing) {
+            (Some(_), AudienceNarrowing::Exchange) => Grant::TokenExchange,
+            _ => Grant::RefreshToken,
+        }
+    }
+
     /// Refuses an audience the grant may not ask for, before the IdP is contacted: some IdPs
     /// rotate the refresh token and only then refuse an audience the grant does not cover, which
-    /// burns the user's grant. With no allow-list a user token gets no audience at all (what
-    /// the user delegated is unknown here), while a client token, which consumes nothing, may ask
-    /// for any.
+    /// burns the user's grant. With no allow-list a refreshed user token gets no audience at all
+    /// (what the user delegated is unknown here), while a client token or an exchanged one,
+    /// which consume nothing, may ask for any.
     pub fn check_audience(&self, audience: Option<&str>, grant: Grant) -> Result<(), IdpError> {
         let Some(audience) = audience else {
             return Ok(());
@@ -156,7 +187,7 @@ impl IdpOptions {
         let allowed = match (&self.allowed_audiences, grant) {
             (Some(allowed), _) => allowed.iter().any(|a| a == audience),
             (None, Grant::RefreshToken) => false,
-            (None, Grant::ClientCredentials) => true,
+            (None, Grant::ClientCredentials | Grant::TokenExchange) => true,
         };
         if allowed {
             Ok(())
@@ -207,6 +238,7 @@ mod tests {
         assert_eq!(o.provider_type, ProviderType::OAuth2);
         assert!(!o.secret_in_body);
         assert_eq!(o.audience_parameter, AudienceParameter::Audience);
+        assert_eq!(o.audience_narrowing, AudienceNarrowing::Refresh);
         assert_eq!(o.allowed_audiences, None);
         let secs = Duration::from_secs;
         assert_eq!(
@@ -223,13 +255,14 @@ mod tests {
     fn set_options_are_read() {
         let o = options_with(
             "token_endpoint_auth_method = client_secret_post\naudience_parameter = resource\n\
-             allowed_audiences = a, ,b\nserver_metadata_url = https://m\ntimeout = 0.5\n\
+             audience_narrowing = exchange\nallowed_audiences = a, ,b\nserver_metadata_url = https://m\ntimeout = 0.5\n\
              connect_timeout = 2\nlate_reply_wait = 7\nmax_in_flight = 4\n\
              discovery_refresh = 9\nbearer_audience = https://tm\nbearer_leeway = 0",
         )
         .unwrap();
         assert!(o.secret_in_body);
         assert_eq!(o.audience_parameter, AudienceParameter::Resource);
+        assert_eq!(o.audience_narrowing, AudienceNarrowing::Exchange);
         assert_eq!(o.allowed_audiences, Some(vec!["a".into(), "b".into()]));
         assert_eq!(o.discovery_url, "https://m");
         let secs = Duration::from_secs;
@@ -256,6 +289,10 @@ mod tests {
             (
                 "audience_parameter = aud",
                 "audience_parameter aud is not audience or resource",
+            ),
+            (
+                "audience_narrowing = token-exchange",
+                "audience_narrowing token-exchange is not refresh or exchange",
             ),
             (
                 "timeout = 0",
@@ -285,5 +322,41 @@ mod tests {
             assert_eq!(problem_of(extra), problem, "{extra}");
         }
         assert_eq!(problem_of("issuer =\nclient_id = c"), "issuer is not set");
+    }
+
+    #[test]
+    fn exchanged_user_tokens_may_ask_for_any_audience_without_an_allow_list() {
+        let refresh = options_with("").unwrap();
+        assert_eq!(refresh.user_token_grant(Some("a")), Grant::RefreshToken);
+        assert!(
+            refresh
+                .check_audience(Some("a"), Grant::RefreshToken)
+                .is_err()
+        );
+        let exchange = options_with("audience_narrowing = exchange").unwrap();
+        assert_eq!(exchange.user_token_grant(None), Grant::RefreshToken);
+        assert_eq!(exchange.user_token_grant(Some("a")), Grant::TokenExchange);
+        assert!(
+            exchange
+                .check_audience(Some("a"), Grant::TokenExchange)
+                .is_ok()
+        );
+        // A refresh still never carries an unlisted audience.
+        assert!(
+            exchange
+                .check_audience(Some("a"), Grant::RefreshToken)
+                .is_err()
+        );
+        let listed = options_with("audience_narrowing = exchange\nallowed_audiences = b").unwrap();
+        assert!(
+            listed
+                .check_audience(Some("a"), Grant::TokenExchange)
+                .is_err()
+        );
+        assert!(
+            listed
+                .check_audience(Some("b"), Grant::TokenExchange)
+                .is_ok()
+        );
     }
 }

@@ -203,11 +203,14 @@ impl ErrorCode {
             Self::InvalidToken => "a token dictionary DIRAC would refuse (same messages)",
             Self::NoIdp => "getToken: a group whose VO has no IdP, and no IdP named",
             Self::AudienceNotAllowed => {
-                "getToken: an audience outside the IdP's allow-list (the IdP is not contacted)"
+                "getToken: an audience outside the IdP's allow-list (the IdP is not contacted), \
+                 or one the IdP refused to exchange for (`invalid_target`, with \
+                 `audience_narrowing = exchange`; the stored token is unchanged)"
             }
             Self::ScopeNotGranted => {
                 "getToken: scopes (the group's `IdPRole` ones included) the user did not delegate \
-                 in the stored login (the IdP is not contacted); the message names them"
+                 in the stored login, or, with `audience_narrowing = exchange`, that the user's \
+                 broad token lacks (the IdP is not contacted); the message names them"
             }
             Self::NoToken => "getToken: no stored token for the user at that IdP",
             Self::NeedsRedelegation => {
@@ -215,7 +218,8 @@ impl ErrorCode {
                  user must log in again (updateToken)"
             }
             Self::IdpRefused => {
-                "getToken: the IdP refused the request; the stored token is unchanged"
+                "getToken: the IdP refused the request (a token exchange included); the stored \
+                 token is unchanged"
             }
             Self::IdpUnavailable => {
                 "getToken: the IdP timed out or failed; the stored token is unchanged"

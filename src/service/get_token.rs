@@ -19,6 +19,11 @@ fn token_error(error: TokenError) -> MethodError {
             ErrorCode::NeedsRedelegation
         }
         TokenError::Idp(IdpError::AudienceNotAllowed { .. }) => ErrorCode::AudienceNotAllowed,
+        // A refused exchange is an error of that call: it presented no refresh token.
+        TokenError::Idp(IdpError::ExchangeRefused { error, .. }) if error == "invalid_target" => {
+            ErrorCode::AudienceNotAllowed
+        }
+        TokenError::Idp(IdpError::ExchangeRefused { .. }) => ErrorCode::IdpRefused,
         TokenError::ScopeNotGranted { .. } => ErrorCode::ScopeNotGranted,
         TokenError::Idp(IdpError::Refused { .. }) => ErrorCode::IdpRefused,
         TokenError::Idp(_) => ErrorCode::IdpUnavailable,
@@ -75,7 +80,7 @@ pub async fn get_token(
     handout.client_id = Some(options.client_id.clone());
     handout.scopes = Some(scopes.to_string());
     let grant = match request.username {
-        Some(_) => Grant::RefreshToken,
+        Some(_) => options.user_token_grant(request.audience.as_deref()),
         None => Grant::ClientCredentials,
     };
     options

@@ -190,7 +190,10 @@ impl Setup {
 /// Runs `count` calls at once, each on its own thread and connection. One burst at a time in the
 /// whole test binary: on two cores, several bursts of RSA handshakes at once measure the
 /// machine, not the service.
-fn concurrently(count: usize, call: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Vec<Reply> {
+pub(crate) fn concurrently(
+    count: usize,
+    call: impl Fn(usize) -> Reply + Send + Sync + 'static,
+) -> Vec<Reply> {
     static ONE_BURST: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _burst = ONE_BURST.lock().unwrap_or_else(|e| e.into_inner());
     let call = Arc::new(call);

@@ -36,4 +36,5 @@ mod prometheus;
 mod refresh_ahead;
 mod replicas;
 mod storage;
+mod token_exchange;
 mod tokens;

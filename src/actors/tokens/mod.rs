@@ -1,11 +1,13 @@
 //! The token path: an access-token cache ([`cache`]) in front of one refresh actor per stored
 //! credential and one per client-token key ([`refresh`]), which obtain tokens through the
-//! cross-replica lease protocol ([`lease`]); the [`TokenBroker`] ties them together for the
-//! request path. An actor's handler is atomic, so one IdP exchange per key is in flight; callers
+//! cross-replica lease protocol ([`lease`]) and, for an IdP that narrows audiences by exchange,
+//! exchange a broad one ([`exchange`]); the [`TokenBroker`] ties them together for the request
+//! path. An actor's handler is atomic, so one IdP exchange per key is in flight; callers
 //! queued behind it are answered from its result.
 
 mod broker;
 mod cache;
+mod exchange;
 mod lease;
 mod owner;
 mod refresh;

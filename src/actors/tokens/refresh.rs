@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::cache::TokenCache;
-use super::lease::{Replica, refresh_user_token, shared_client_token};
+use super::exchange::user_token;
+use super::lease::{Replica, shared_client_token};
 use super::{AccessToken, TokenError, TokenKey};
 use crate::actors::audit::AuditTrail;
 use crate::actors::db::Database;
@@ -301,10 +302,12 @@ impl RefreshActor {
             };
             let token = match &user_id {
                 Some(user_id) => {
-                    refresh_user_token(
+                    user_token(
                         idp.as_ref(),
                         &database,
                         &replica,
+                        &cache,
+                        read_at,
                         user_id,
                         &key,
                         required_time_left,

@@ -11,7 +11,7 @@ use crate::db::{
 };
 use crate::domain::scopes::ScopeSet;
 use crate::domain::{Secret, unix_now};
-use crate::idp::{IdpClient, IdpError, IssuedToken};
+use crate::idp::{AudienceNarrowing, IdpClient, IdpError, IssuedToken};
 
 /// The stored credentials and the shared client-token rows, with their leases.
 pub(super) trait CredentialStore {
@@ -101,6 +101,10 @@ pub(super) trait TokenIssuer {
     /// How long a refresh may take in all, its late reply included.
     fn refresh_timeout(&self) -> Duration;
 
+    /// Whether a user token's audience is had by exchange (`audience_narrowing = exchange`)
+    /// rather than sent with the refresh token.
+    fn narrows_audiences_by_exchange(&self) -> bool;
+
     async fn refresh(
         &self,
         refresh_token: &Secret,
@@ -112,6 +116,14 @@ pub(super) trait TokenIssuer {
         &self,
         scopes: &ScopeSet,
         audience: Option<&str>,
+    ) -> Result<IssuedToken, IdpError>;
+
+    /// An RFC 8693 exchange of an access token for one narrowed to `audience` and `scopes`.
+    async fn token_exchange(
+        &self,
+        subject_token: &Secret,
+        scopes: &ScopeSet,
+        audience: &str,
     ) -> Result<IssuedToken, IdpError>;
 }
 
@@ -258,6 +270,10 @@ impl TokenIssuer for IdpClient {
         self.options().refresh_timeout()
     }
 
+    fn narrows_audiences_by_exchange(&self) -> bool {
+        self.options().audience_narrowing == AudienceNarrowing::Exchange
+    }
+
     async fn refresh(
         &self,
         refresh_token: &Secret,
@@ -273,5 +289,14 @@ impl TokenIssuer for IdpClient {
         audience: Option<&str>,
     ) -> Result<IssuedToken, IdpError> {
         IdpClient::client_credentials(self, scopes, audience).await
+    }
+
+    async fn token_exchange(
+        &self,
+        subject_token: &Secret,
+        scopes: &ScopeSet,
+        audience: &str,
+    ) -> Result<IssuedToken, IdpError> {
+        IdpClient::token_exchange(self, subject_token, scopes, audience).await
     }
 }

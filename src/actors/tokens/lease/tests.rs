@@ -330,6 +330,8 @@ struct FakeIssuer {
     replies: Mutex<VecDeque<(Duration, Result<IssuedToken, IdpError>)>>,
     /// The refresh tokens presented, and `client_credentials` for each client-token request.
     presented: Mutex<Vec<String>>,
+    /// `audience_narrowing = exchange`.
+    narrowing_by_exchange: bool,
 }
 
 impl FakeIssuer {
@@ -366,6 +368,10 @@ impl TokenIssuer for FakeIssuer {
         REFRESH_TIMEOUT
     }
 
+    fn narrows_audiences_by_exchange(&self) -> bool {
+        self.narrowing_by_exchange
+    }
+
     async fn refresh(
         &self,
         refresh_token: &Secret,
@@ -381,6 +387,16 @@ impl TokenIssuer for FakeIssuer {
         _audience: Option<&str>,
     ) -> Result<IssuedToken, IdpError> {
         self.exchange("client_credentials").await
+    }
+
+    async fn token_exchange(
+        &self,
+        subject_token: &Secret,
+        _scopes: &ScopeSet,
+        audience: &str,
+    ) -> Result<IssuedToken, IdpError> {
+        self.exchange(&format!("{} for {audience}", subject_token.expose()))
+            .await
     }
 }
 
@@ -1098,4 +1114,179 @@ async fn a_grant_whose_login_named_no_scope_refuses_nothing() {
         .await
         .unwrap();
     assert_eq!(issuer.presented(), ["rt-1"]);
+}
+
+/// Audience narrowing by exchange (`super::super::exchange`), on the same fakes.
+mod exchange {
+    use super::*;
+    use crate::actors::tokens::cache::TokenCache;
+    use crate::actors::tokens::exchange::user_token;
+    use crate::actors::tokens::sync::SyncState;
+
+    const CE: &str = "https://ce.example.org";
+
+    fn narrowed_key(audience: &str) -> TokenKey {
+        TokenKey {
+            audience: Some(audience.into()),
+            ..TokenKey::for_tests(Subject::User("alice".into()))
+        }
+    }
+
+    fn broad_key() -> TokenKey {
+        TokenKey::for_tests(Subject::User("alice".into()))
+    }
+
+    fn scripted(replies: Vec<Result<IssuedToken, IdpError>>) -> FakeIssuer {
+        let issuer = FakeIssuer {
+            narrowing_by_exchange: true,
+            ..FakeIssuer::default()
+        };
+        for reply in replies {
+            issuer
+                .replies
+                .lock()
+                .unwrap()
+                .push_back((Duration::ZERO, reply));
+        }
+        issuer
+    }
+
+    async fn exchanged(
+        issuer: &FakeIssuer,
+        store: &FakeStore,
+        cache: &TokenCache,
+        audience: &str,
+    ) -> Result<AccessToken, TokenError> {
+        let replica = Replica {
+            lease_owner: ME,
+            metrics: &Metrics::unexported(),
+            audit: None,
+        };
+        let key = narrowed_key(audience);
+        let read_at = cache.sync().stamp();
+        user_token(issuer, store, &replica, cache, read_at, "alice", &key, 0).await
+    }
+
+    fn cache() -> TokenCache {
+        TokenCache::new(SyncState::new(Duration::from_secs(5)))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_refresh_without_audience_then_one_exchange_per_audience() {
+        let store = FakeStore::holding(credential());
+        let issuer = scripted(vec![
+            issued("at-broad", Some("rt-2")),
+            issued("at-ce", None),
+            issued("at-fts", None),
+        ]);
+        let cache = cache();
+        let token = exchanged(&issuer, &store, &cache, CE).await.unwrap();
+        assert_eq!(token.access_token.expose(), "at-ce");
+        let stored = store.credential_now();
+        assert_eq!(token.credential, Some(stored.version()));
+        assert_eq!(stored.refresh_token.expose(), "rt-2");
+        assert_eq!(stored.audience, None, "the refresh asked for no audience");
+        let broad = cache.get(&broad_key(), 0, store.now()).expect("cached");
+        assert_eq!(broad.access_token.expose(), "at-broad");
+
+        // The broad token (stored with the credential) serves the next audience: no refresh.
+        let fts = "https://fts.example.org";
+        let token = exchanged(&issuer, &store, &cache, fts).await.unwrap();
+        assert_eq!(token.access_token.expose(), "at-fts");
+        assert_eq!(
+            issuer.presented(),
+            [
+                "rt-1",
+                "at-broad for https://ce.example.org",
+                "at-broad for https://fts.example.org"
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn scopes_the_broad_token_lacks_are_refused_before_the_exchange() {
+        let store = FakeStore::holding(credential());
+        let mut narrower = issued("at-broad", Some("rt-2")).unwrap();
+        narrower.scope = Some(ScopeSet::parse("openid"));
+        let issuer = scripted(vec![Ok(narrower)]);
+        let result = exchanged(&issuer, &store, &cache(), CE).await;
+        match result {
+            Err(TokenError::ScopeNotGranted { scopes, .. }) => {
+                assert_eq!(scopes.to_string(), "compute.read");
+            }
+            other => panic!("expected ScopeNotGranted, got {other:?}"),
+        }
+        assert_eq!(issuer.presented(), ["rt-1"], "no exchange");
+    }
+
+    fn refused(error: &str) -> Result<IssuedToken, IdpError> {
+        Err(IdpError::ExchangeRefused {
+            idp: "IAM".into(),
+            error: error.into(),
+            description: String::new(),
+        })
+    }
+
+    fn refused_with(result: &Result<AccessToken, TokenError>, expected: &str) -> bool {
+        matches!(result, Err(TokenError::Idp(IdpError::ExchangeRefused { error, .. })) if error == expected)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_exchange_fails_that_call_only() {
+        let store = FakeStore::holding(credential_with_access_token(600));
+        let issuer = scripted(vec![refused("invalid_target"), refused("invalid_scope")]);
+        let cache = cache();
+        for expected in ["invalid_target", "invalid_scope"] {
+            let result = exchanged(&issuer, &store, &cache, CE).await;
+            assert!(refused_with(&result, expected), "{result:?}");
+            // Never marked: the refresh token was not presented.
+            assert_intact(&store);
+        }
+        assert_eq!(
+            issuer.presented(),
+            [
+                "at-stored for https://ce.example.org",
+                "at-stored for https://ce.example.org"
+            ]
+        );
+    }
+
+    /// The IdP no longer knows the broad token (it was revoked): one refresh without audience
+    /// replaces it, though the stored copy still lives, and it is exchanged once more.
+    #[tokio::test(start_paused = true)]
+    async fn a_broad_token_the_idp_no_longer_knows_is_replaced_once() {
+        let store = FakeStore::holding(credential_with_access_token(600));
+        let issuer = scripted(vec![
+            refused("invalid_grant"),
+            issued("at-fresh", Some("rt-2")),
+            issued("at-ce", None),
+            refused("invalid_grant"),
+            issued("at-fresher", Some("rt-3")),
+            refused("invalid_grant"),
+        ]);
+        let cache = cache();
+        let token = exchanged(&issuer, &store, &cache, CE).await.unwrap();
+        assert_eq!(token.access_token.expose(), "at-ce");
+        let broad = cache.get(&broad_key(), 0, store.now()).expect("cached");
+        assert_eq!(broad.access_token.expose(), "at-fresh");
+        assert_eq!(store.credential_now().refresh_token.expose(), "rt-2");
+
+        // Refused again after the refresh: that call fails, and nothing is marked.
+        let result = exchanged(&issuer, &store, &cache, "https://fts.example.org").await;
+        assert!(refused_with(&result, "invalid_grant"), "{result:?}");
+        let row = store.credential_now();
+        assert_eq!(row.state, CredentialState::Active);
+        assert_eq!(row.refresh_token.expose(), "rt-3");
+        assert_eq!(
+            issuer.presented(),
+            [
+                "at-stored for https://ce.example.org",
+                "rt-1",
+                "at-fresh for https://ce.example.org",
+                "at-fresh for https://fts.example.org",
+                "rt-2",
+                "at-fresher for https://fts.example.org",
+            ]
+        );
+    }
 }
