@@ -221,3 +221,49 @@ fn a_token_without_audience_is_a_plain_refresh() {
         "{stats:?}"
     );
 }
+
+/// Refresh-ahead of a narrowed key goes the same way: the broad token refreshed without
+/// audience, then exchanged; callers of the hot key never wait after their first call.
+#[test]
+fn a_narrowed_key_refreshed_ahead_never_sends_its_audience_with_the_refresh_token() {
+    let setup = setup_with(
+        TestDb::new(tokenmanager::config::Backend::Sqlite),
+        0,
+        &[],
+        |c| {
+            c.service().set("RefreshAhead", "yes");
+            c.idp(IDP).set("audience_narrowing", "exchange");
+        },
+    );
+    setup.idp.set_access_token_ttl(8);
+    setup.delegate("plain");
+    setup.idp.reset_stats();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(17);
+    while std::time::Instant::now() < until {
+        let (_, claims) = token_of(&get_token(&setup, &["compute.read"], CE));
+        assert_eq!(claims["aud"], CE);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (status, exposition) = http_get(setup.metrics_port(), "/metrics");
+    assert_eq!(status, 200);
+    let counted = |series: &str| sample(&exposition, series).unwrap_or(0.0);
+    let background =
+        counted(r#"tokenmanager_background_refreshes_total{kind="user",outcome="ok"}"#);
+    assert!(background >= 1.0, "{background} background refreshes");
+    assert_eq!(
+        counted(r#"tokenmanager_token_cache_lookups_total{kind="user",result="miss"}"#),
+        1.0,
+        "callers waited on the IdP after their first call"
+    );
+    let stats = setup.idp.stats();
+    assert_eq!(stats.refreshes_with_audience("id-plain"), 0, "{stats:?}");
+    assert_eq!(
+        stats.exchanges_for(CE) as f64,
+        1.0 + background,
+        "one exchange per refresh of the narrowed key: {stats:?}"
+    );
+    assert!(
+        stats.refreshes("id-plain") as f64 <= 1.0 + background,
+        "{stats:?}"
+    );
+}
