@@ -40,16 +40,8 @@ trap 'exit 130' INT TERM
 
 log() { echo "[compare] $*" >&2; }
 
-# Waits for a line matching $2 in file $1 (written by pid $3); prints the line.
-wait_line() {
-  local file=$1 pattern=$2 pid=$3 i
-  for i in $(seq 1 600); do
-    if grep -q "$pattern" "$file" 2>/dev/null; then grep -m1 "$pattern" "$file"; return 0; fi
-    kill -0 "$pid" 2>/dev/null || { echo "process $pid exited:" >&2; tail -20 "$file" >&2; return 1; }
-    sleep 0.1
-  done
-  echo "timeout waiting for '$pattern' in $file" >&2; tail -20 "$file" >&2; return 1
-}
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # utime + stime of a process, in clock ticks.
@@ -74,101 +66,7 @@ fi
 # --- configuration; `serve` generates the PKI (GenerateDemoCredentials) --------------------
 CERTS=$WORK/certs
 mkdir -p "$CERTS"
-if [[ -n $IDP_PORT ]]; then
-  VO="  VO
-  {
-    dteam
-    {
-      IdProvider = test-idp
-    }
-  }"
-  RESOURCES="Resources
-{
-  IdProviders
-  {
-    test-idp
-    {
-      issuer = http://127.0.0.1:$IDP_PORT
-      client_id = tm-basic
-      client_secret = tm-basic-secret
-      audience_parameter = resource
-      allowed_audiences = https://ce.example.org
-    }
-  }
-}"
-else
-  VO= RESOURCES=
-fi
-cat >"$WORK/bench.cfg" <<EOF
-DIRAC
-{
-  Setup = Bench
-  Setups
-  {
-    Bench
-    {
-      Framework = Production
-    }
-  }
-  Security
-  {
-    CertFile = $CERTS/hostcert.pem
-    KeyFile = $CERTS/hostkey.pem
-    CALocation = $CERTS/certificates
-  }
-}
-Systems
-{
-  Framework
-  {
-    Production
-    {
-      Services
-      {
-        TokenManager
-        {
-          ListenAddress = 127.0.0.1
-          Port = 0
-          HTTPSPort = 0
-          MetricsPort = 0
-          EncryptionKeyFile = $WORK/keyring
-          GenerateDemoCredentials = yes
-        }
-      }
-      Databases
-      {
-        TokenDB
-        {
-          URL = sqlite://$WORK/tm.sqlite
-        }
-      }
-    }
-  }
-}
-Registry
-{
-  DefaultGroup = g_bench
-  Users
-  {
-    alice
-    {
-      DN = /C=ch/O=DIRAC/OU=DIRAC demo/CN=demouser
-      DN += /O=DIRAC/CN=bench-alice
-    }
-  }
-  Groups
-  {
-    g_bench
-    {
-      Users = alice
-      Properties = NormalUser, FullDelegation, ProxyManagement
-      VO = dteam
-    }
-  }
-$VO
-}
-$RESOURCES
-EOF
+KEYRING=$WORK/keyring DB_URL=sqlite://$WORK/tm.sqlite bench_config >"$WORK/bench.cfg"
 
 TOKENMANAGER_LOG=info "$TM" serve --config "$WORK/bench.cfg" >/dev/null 2>"$WORK/tm.log" &
 TM_PID=$!

@@ -34,22 +34,15 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 log() { echo "[refresh-ahead] $*" >&2; }
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
-wait_line() {
-  local file=$1 pattern=$2 pid=$3 i
-  for i in $(seq 1 600); do
-    if grep -q "$pattern" "$file" 2>/dev/null; then grep -m1 "$pattern" "$file"; return 0; fi
-    kill -0 "$pid" 2>/dev/null || { tail -20 "$file" >&2; return 1; }
-    sleep 0.1
-  done
-  return 1
-}
-
-CERTS=$WORK/certs
-audiences=$(seq -s, -f 'https://ce%g.example.org' 1 $KEYS)
-users=""
+CERTS=$WORK/certs KEYRING=$WORK/keyring
+AUDIENCES=$(seq -s, -f 'https://ce%g.example.org' 1 $KEYS)
+GROUP_USERS=$(seq -s, -f 'u%g' 1 $KEYS)
+USERS=""
 for i in $(seq 1 $KEYS); do
-  users+="    u$i
+  USERS+="    u$i
     {
       DN = /O=DIRAC/CN=bench-u$i
     }
@@ -67,95 +60,8 @@ one() {
   curl -sf -X POST -H 'content-type: application/json' "http://127.0.0.1:$idp/test/ttl" \
     -d "{\"access_token\": $LIFETIME}" >/dev/null
   rm -f "$WORK/tm.sqlite"*
-  cat >"$WORK/bench.cfg" <<EOF
-DIRAC
-{
-  Setup = Bench
-  Setups
-  {
-    Bench
-    {
-      Framework = Production
-    }
-  }
-  Security
-  {
-    CertFile = $CERTS/hostcert.pem
-    KeyFile = $CERTS/hostkey.pem
-    CALocation = $CERTS/certificates
-  }
-}
-Systems
-{
-  Framework
-  {
-    Production
-    {
-      Services
-      {
-        TokenManager
-        {
-          ListenAddress = 127.0.0.1
-          Port = 0
-          HTTPSPort = 0
-          MetricsPort = 0
-          EncryptionKeyFile = $WORK/keyring
-          GenerateDemoCredentials = yes
-          RefreshAhead = $mode
-        }
-      }
-      Databases
-      {
-        TokenDB
-        {
-          URL = sqlite://$WORK/tm.sqlite
-        }
-      }
-    }
-  }
-}
-Registry
-{
-  DefaultGroup = g_bench
-  Users
-  {
-    alice
-    {
-      DN = /C=ch/O=DIRAC/OU=DIRAC demo/CN=demouser
-    }
-$users  }
-  Groups
-  {
-    g_bench
-    {
-      Users = alice, $(seq -s, -f 'u%g' 1 $KEYS)
-      Properties = NormalUser, FullDelegation, ProxyManagement
-      VO = dteam
-    }
-  }
-  VO
-  {
-    dteam
-    {
-      IdProvider = test-idp
-    }
-  }
-}
-Resources
-{
-  IdProviders
-  {
-    test-idp
-    {
-      issuer = http://127.0.0.1:$idp
-      client_id = tm-basic
-      client_secret = tm-basic-secret
-      audience_parameter = resource
-      allowed_audiences = $audiences
-    }
-  }
-}
-EOF
+  IDP_PORT=$idp SERVICE_OPTIONS="          RefreshAhead = $mode" DB_URL=sqlite://$WORK/tm.sqlite \
+    bench_config >"$WORK/bench.cfg"
   "$TM" serve --config "$WORK/bench.cfg" >/dev/null 2>"$WORK/tm.log" &
   local pid=$!
   PIDS+=($pid)
