@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::outcome::{Target, request, run_list};
+use crate::target::{Target, request, run_list};
 
 /// The counter's samples: (operation, outcome) → count.
 pub type DbOperations = BTreeMap<(String, String), u64>;

@@ -20,6 +20,7 @@ mod dbcalls;
 mod fixture;
 mod outcome;
 mod report;
+mod target;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -31,8 +32,9 @@ use tokenmanager::crypto::KeyringFile;
 use fixture::{
     AUDIENCE, GRANT_SCOPE, Idp, Memory, Pki, Server, Users, pin_current_thread_to, user_id,
 };
-use outcome::{Outcome, Scenario, Target, request, run_level, run_list, update_token_request};
+use outcome::{Outcome, Scenario, run_level};
 use report::{mib, round};
+use target::{Target, request, run_list, update_token_request};
 use tokenmanager_loadtest::engine::Schedule;
 use tokenmanager_loadtest::http::Response;
 
@@ -385,10 +387,10 @@ fn main() {
     );
     let full = pki.proxy("full", "g_full");
     let manager = pki.proxy("manager", "g_manager");
-    let caller = outcome::tls(server.https, pki.ca.cert(), &full);
-    let admin = outcome::tls(server.https, pki.ca.cert(), &manager);
+    let caller = target::tls(server.https, pki.ca.cert(), &full);
+    let admin = target::tls(server.https, pki.ca.cert(), &manager);
     let control = Control {
-        target: outcome::plain(idp.port),
+        target: target::plain(idp.port),
     };
     let small_users: Vec<String> = small.iter().map(|s| s.to_string()).collect();
     let small_subs: Vec<String> = small.iter().map(|s| user_id(s)).collect();
@@ -413,7 +415,7 @@ fn main() {
         options: &options,
         caller,
         admin,
-        metrics: outcome::plain(server.metrics),
+        metrics: target::plain(server.metrics),
         control,
         probed: vec![pid, std::process::id(), idp.pid()],
     };
@@ -899,7 +901,7 @@ impl Bench<'_> {
         );
         server.stop();
         *server = Server::spawn_on(&options.binary, config, Some(server_cpu));
-        let target = outcome::tls(server.https, pki.ca.cert(), caller);
+        let target = target::tls(server.https, pki.ca.cert(), caller);
         warm_token_cache(&target);
         pin_current_thread_to(&client_cpus).expect("pin the client");
         let scenarios = [

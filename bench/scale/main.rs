@@ -39,6 +39,8 @@ mod outcome;
 )]
 #[path = "../gettoken/report.rs"]
 mod report;
+#[path = "../gettoken/target.rs"]
+mod target;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -58,8 +60,8 @@ use tokenmanager::domain::{Secret, unix_now};
 use tokenmanager_loadtest::engine::{self, Expect, Load, Request, Schedule};
 
 use fixture::{AUDIENCE, GRANT_SCOPE, Idp, PROVIDER, Pki, Server, Users, user_id};
-use outcome::{Target, request, run_list, update_token_request};
 use report::round;
+use target::{Target, request, run_list, update_token_request};
 
 /// Settings, from the environment (documented in bench/README.md).
 struct Options {
@@ -699,7 +701,7 @@ fn main() {
         options: &options,
         pki: &pki,
         control: Control {
-            target: outcome::plain(idp.port),
+            target: target::plain(idp.port),
         },
         full: pki.proxy("full", "g_full"),
         manager: pki.proxy("manager", "g_manager"),
@@ -894,7 +896,7 @@ impl Bench<'_> {
             })
             .collect();
         let (grants, _) = run_list(&self.control.target, 8, grants);
-        let admin = outcome::tls(server.https, self.pki.ca.cert(), &self.manager);
+        let admin = target::tls(server.https, self.pki.ca.cert(), &self.manager);
         let requests = self
             .real
             .iter()
@@ -945,8 +947,8 @@ impl Bench<'_> {
             .collect();
         scrapes.sort_by(f64::total_cmp);
 
-        let caller = outcome::tls(server.https, self.pki.ca.cert(), &self.full);
-        let admin = outcome::tls(server.https, self.pki.ca.cert(), &self.manager);
+        let caller = target::tls(server.https, self.pki.ca.cert(), &self.full);
+        let admin = target::tls(server.https, self.pki.ca.cert(), &self.manager);
         // Users not asked for before: a stored access token that still lives would answer a
         // user asked for at an earlier size without a refresh. The last 100 are the load's.
         let pool = self.real.len().saturating_sub(100).max(1);
