@@ -1,6 +1,7 @@
 //! DIRAC's own TokenDB (docs/DIRAC.md#the-token-table): a MySQL `Token` table of plaintext tokens,
-//! with no key on (user_id, provider). `import-dirac-tokendb` reads it once, here; nothing writes
-//! to it. The connection is the command's own (it is not the service's database).
+//! with no key on (user_id, provider). `import-dirac-tokendb` reads it, here;
+//! `export-dirac-tokendb` writes our credentials back into it, in one transaction
+//! ([`DiracTransaction`]). The connection is the command's own (it is not the service's database).
 
 use std::path::Path;
 
@@ -22,6 +23,51 @@ const SELECT_TOKENS: &str = "SELECT CAST(id AS SIGNED) AS id, user_id, provider,
      CAST(rt_expires_at AS SIGNED) AS rt_expires_at, client_id, token_type, scope, \
      CAST(issued_at AS SIGNED) AS issued_at, CAST(expires_in AS SIGNED) AS expires_in \
      FROM `Token` ORDER BY id";
+
+/// What `export-dirac-tokendb` writes into DIRAC's `Token` table for one credential
+/// (docs/OPERATIONS.md#switching-back-to-dirac has why each value).
+#[derive(Clone, Debug)]
+pub struct ExportRow {
+    pub user_id: String,
+    pub provider: String,
+    pub refresh_token: Secret,
+    pub rt_expires_at: i64,
+    /// DIRAC's `expires_at`, which its `updateToken` purges by.
+    pub expires_at: i64,
+    pub client_id: Option<String>,
+    pub token_type: Option<String>,
+    pub scope: String,
+    pub issued_at: i64,
+}
+
+/// One credential's change to DIRAC's table: its rows `delete` go, `insert` comes.
+#[derive(Clone, Debug)]
+pub struct Replacement {
+    pub delete: Vec<i64>,
+    pub insert: ExportRow,
+}
+
+/// DIRAC 9.1.22's `Token` table as its TokenDB creates it at start-up (SQLAlchemy 2.0's DDL for
+/// `DIRAC.FrameworkSystem.DB.TokenDB.Token`, verbatim but for `IF NOT EXISTS` and whitespace): what
+/// `export-dirac-tokendb` creates when DIRAC's database has no such table.
+pub const CREATE_TOKEN_TABLE: &str = "CREATE TABLE IF NOT EXISTS `Token` (
+  id INTEGER NOT NULL AUTO_INCREMENT,
+  kid VARCHAR(255),
+  user_id VARCHAR(255),
+  provider VARCHAR(255),
+  expires_at INTEGER NOT NULL,
+  access_token TEXT NOT NULL,
+  refresh_token TEXT NOT NULL,
+  rt_expires_at INTEGER NOT NULL,
+  client_id VARCHAR(48),
+  token_type VARCHAR(40),
+  scope TEXT,
+  issued_at INTEGER NOT NULL,
+  access_token_revoked_at INTEGER NOT NULL,
+  refresh_token_revoked_at INTEGER NOT NULL,
+  expires_in INTEGER NOT NULL,
+  PRIMARY KEY (id)
+)ENGINE=InnoDB CHARSET=utf8mb4";
 
 #[derive(QueryableByName)]
 struct RawRow {
@@ -116,6 +162,12 @@ pub enum SourceError {
         #[source]
         source: diesel::result::Error,
     },
+    #[error("cannot write DIRAC's Token table at {url}: {source}")]
+    Write {
+        url: String,
+        #[source]
+        source: diesel::result::Error,
+    },
 }
 
 /// The source URL: mysql:// or mariadb:// only, with the password from `password_file` (one
@@ -157,24 +209,158 @@ fn scheme_of(url: &str) -> String {
     }
 }
 
-/// Every row of DIRAC's `Token` table, in id order.
-pub fn read_tokens(url: &DatabaseUrl) -> Result<Vec<DiracToken>, SourceError> {
+/// A connection to DIRAC's TokenDB, its character set that of DIRAC's tables.
+fn connect(url: &DatabaseUrl) -> Result<MysqlConnection, SourceError> {
     let mut conn = MysqlConnection::establish(&mysql_scheme(url.expose())).map_err(|source| {
         SourceError::Connect {
             url: url.masked(),
             source,
         }
     })?;
-    let query_error = |source| SourceError::Query {
-        url: url.masked(),
-        source,
-    };
     conn.batch_execute("SET NAMES utf8mb4")
-        .map_err(query_error)?;
+        .map_err(|source| SourceError::Query {
+            url: url.masked(),
+            source,
+        })?;
+    Ok(conn)
+}
+
+/// Every row of DIRAC's `Token` table, in id order.
+pub fn read_tokens(url: &DatabaseUrl) -> Result<Vec<DiracToken>, SourceError> {
+    let mut conn = connect(url)?;
     let rows: Vec<RawRow> = diesel::sql_query(SELECT_TOKENS)
         .load(&mut conn)
-        .map_err(query_error)?;
+        .map_err(|source| SourceError::Query {
+            url: url.masked(),
+            source,
+        })?;
     Ok(rows.into_iter().map(DiracToken::from).collect())
+}
+
+/// `export-dirac-tokendb`'s transaction on DIRAC's TokenDB: it reads every row of `Token` with
+/// a write lock on each (a DIRAC service still running waits for it instead of writing between
+/// the read and the write), then deletes and inserts, and nothing of it is visible until
+/// [`DiracTransaction::commit`]. Dropped uncommitted, its connection closes and the server rolls
+/// it back.
+pub struct DiracTransaction {
+    conn: MysqlConnection,
+    url: String,
+    open: bool,
+}
+
+impl DiracTransaction {
+    /// Opens the transaction and reads the table. The table is created first (DIRAC's DDL,
+    /// [`CREATE_TOKEN_TABLE`]) unless `read_only`; a read-only transaction on a database without
+    /// the table reads no rows. (MySQL commits a `CREATE TABLE` at once, so it comes before
+    /// the transaction.)
+    pub fn begin(
+        url: &DatabaseUrl,
+        read_only: bool,
+    ) -> Result<(Self, Vec<DiracToken>), SourceError> {
+        let mut conn = connect(url)?;
+        let url = url.masked();
+        let query_error = |source| SourceError::Query {
+            url: url.clone(),
+            source,
+        };
+        if !read_only {
+            conn.batch_execute(CREATE_TOKEN_TABLE)
+                .map_err(|source| SourceError::Write {
+                    url: url.clone(),
+                    source,
+                })?;
+        } else if !table_exists(&mut conn).map_err(query_error)? {
+            return Ok((
+                Self {
+                    conn,
+                    url,
+                    open: false,
+                },
+                Vec::new(),
+            ));
+        }
+        conn.batch_execute("START TRANSACTION")
+            .map_err(query_error)?;
+        let lock = if read_only { "" } else { " FOR UPDATE" };
+        let rows: Vec<RawRow> = diesel::sql_query(format!("{SELECT_TOKENS}{lock}"))
+            .load(&mut conn)
+            .map_err(query_error)?;
+        let rows = rows.into_iter().map(DiracToken::from).collect();
+        Ok((
+            Self {
+                conn,
+                url,
+                open: true,
+            },
+            rows,
+        ))
+    }
+
+    /// Deletes each replacement's rows and inserts its row, inside the transaction.
+    pub fn apply(&mut self, replacements: &[Replacement]) -> Result<(), SourceError> {
+        let url = &self.url;
+        let write_error = |source| SourceError::Write {
+            url: url.clone(),
+            source,
+        };
+        for replacement in replacements {
+            for id in &replacement.delete {
+                diesel::sql_query("DELETE FROM `Token` WHERE id = ?")
+                    .bind::<BigInt, _>(*id)
+                    .execute(&mut self.conn)
+                    .map_err(write_error)?;
+            }
+            let row = &replacement.insert;
+            // access_token is NOT NULL in DIRAC's DDL; we hand DIRAC no access token ('').
+            // The revocation times and expires_in are DIRAC's unused zeros.
+            diesel::sql_query(
+                "INSERT INTO `Token` (kid, user_id, provider, expires_at, access_token, \
+                 refresh_token, rt_expires_at, client_id, token_type, scope, issued_at, \
+                 access_token_revoked_at, refresh_token_revoked_at, expires_in) \
+                 VALUES (NULL, ?, ?, ?, '', ?, ?, ?, ?, ?, ?, 0, 0, 0)",
+            )
+            .bind::<Text, _>(&row.user_id)
+            .bind::<Text, _>(&row.provider)
+            .bind::<BigInt, _>(row.expires_at)
+            .bind::<Text, _>(row.refresh_token.expose())
+            .bind::<BigInt, _>(row.rt_expires_at)
+            .bind::<Nullable<Text>, _>(row.client_id.as_deref())
+            .bind::<Nullable<Text>, _>(row.token_type.as_deref())
+            .bind::<Text, _>(&row.scope)
+            .bind::<BigInt, _>(row.issued_at)
+            .execute(&mut self.conn)
+            .map_err(write_error)?;
+        }
+        Ok(())
+    }
+
+    /// Commits what [`Self::apply`] wrote.
+    pub fn commit(mut self) -> Result<(), SourceError> {
+        if !self.open {
+            return Ok(());
+        }
+        self.conn
+            .batch_execute("COMMIT")
+            .map_err(|source| SourceError::Write {
+                url: self.url.clone(),
+                source,
+            })
+    }
+}
+
+/// Whether the database has DIRAC's `Token` table.
+fn table_exists(conn: &mut MysqlConnection) -> Result<bool, diesel::result::Error> {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        count: i64,
+    }
+    let found: Count = diesel::sql_query(
+        "SELECT COUNT(*) AS count FROM information_schema.TABLES \
+         WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'Token'",
+    )
+    .get_result(conn)?;
+    Ok(found.count > 0)
 }
 
 #[cfg(test)]

@@ -82,6 +82,45 @@ pub fn database_now(conn: &mut DbConn) -> Result<i64, DbError> {
         .ok_or_else(|| DbError::Query(diesel::result::Error::NotFound))
 }
 
+#[derive(QueryableByName)]
+struct Session {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    session: String,
+}
+
+/// The other client sessions on this database (PostgreSQL, MariaDB), each as `user@host` and,
+/// on PostgreSQL, its `application_name`: what tells a command that a `serve` may still be
+/// writing (each replica keeps a liveness and a pooled session there). Nothing tells a serve
+/// from another client, so any session counts. MariaDB shows other accounts' sessions only to
+/// an account with the PROCESS privilege; a serve using the same account is always seen. SQLite
+/// has no sessions: its serve lock says whether a serve runs ([`super::SqliteServeLock`]).
+pub fn other_sessions(conn: &mut DbConn) -> Result<Vec<String>, DbError> {
+    let query: Option<&str> = match conn {
+        #[cfg(feature = "postgres")]
+        DbConn::Postgres(_) => Some(
+            "SELECT usename::text || '@' || COALESCE(host(client_addr), 'local') || ' (' || \
+             COALESCE(NULLIF(application_name, ''), '-') || ')' AS session FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND backend_type = 'client backend' ORDER BY 1",
+        ),
+        #[cfg(feature = "mysql")]
+        DbConn::Mysql(_) => Some(
+            "SELECT CONCAT(USER, '@', HOST) AS session FROM information_schema.PROCESSLIST \
+             WHERE DB = DATABASE() AND ID <> CONNECTION_ID() ORDER BY 1",
+        ),
+        #[cfg(feature = "sqlite")]
+        DbConn::Sqlite(_) => None,
+    };
+    let Some(query) = query else {
+        return Ok(Vec::new());
+    };
+    Ok(diesel::sql_query(query)
+        .load::<Session>(conn)?
+        .into_iter()
+        .map(|s| s.session)
+        .collect())
+}
+
 #[cfg(feature = "postgres")]
 mod postgres {
     use diesel::prelude::*;

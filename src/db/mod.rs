@@ -24,12 +24,14 @@ pub use inspect::{
     CredentialFilter, CredentialRecord, NotOpened, OpenedTokens, RecordAndTokens, SealFailure,
     VerifyBatch,
 };
-pub use liveness::{LIVENESS_MARK, LeasedRow, database_now, dead_lease_holder, take_liveness_lock};
+pub use liveness::{
+    LIVENESS_MARK, LeasedRow, database_now, dead_lease_holder, other_sessions, take_liveness_lock,
+};
 pub use migrate::run_migrations;
 pub use sqlite_lock::{LockError, SqliteServeLock};
 pub use store::{
-    CredentialCount, CredentialVersion, ImportOutcome, ReencryptBatch, StoredToken, TokenStore,
-    TokenUpdate,
+    CredentialCount, CredentialPair, CredentialVersion, ExportCandidate, ExportSkip, ImportOutcome,
+    ReencryptBatch, StoredToken, TokenStore, TokenUpdate,
 };
 
 use thiserror::Error;

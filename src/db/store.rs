@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -186,6 +187,32 @@ impl ImportOutcome {
             Self::KeptOurs => "kept_ours",
         }
     }
+}
+
+/// A stored credential as `export-dirac-tokendb` sees it: one it can hand to DIRAC, or why not.
+#[derive(Debug)]
+pub enum ExportCandidate {
+    Usable(Box<StoredToken>),
+    Skipped {
+        id: i64,
+        user_id: String,
+        provider: String,
+        reason: ExportSkip,
+    },
+}
+
+/// A credential's (user ID, provider).
+pub type CredentialPair = (String, String);
+
+/// Why a stored credential is not exported. No variant holds a token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExportSkip {
+    /// The IdP refused its refresh token: DIRAC could not use it either.
+    NeedsRedelegation,
+    /// Its refresh token has expired (`rt_expires_at <= now`).
+    Expired,
+    /// It does not decrypt with the keyring (the error, which names no value).
+    DoesNotDecrypt(String),
 }
 
 /// Stored credentials of one (provider, state), from [`TokenStore::count_credentials`].
@@ -640,6 +667,69 @@ impl TokenStore {
                 state,
                 stored,
                 expiring: [first, second],
+            })
+            .collect())
+    }
+
+    /// Every stored credential for `export-dirac-tokendb`, in id order: the usable ones
+    /// decrypted, the others with the reason they are left out. Only usable ones are decrypted, so
+    /// a row that would be skipped anyway never counts as undecryptable.
+    pub fn export_candidates(
+        &self,
+        conn: &mut DbConn,
+        now: i64,
+    ) -> Result<Vec<ExportCandidate>, DbError> {
+        let rows: Vec<TokenRow> = tokens::table
+            .order(tokens::id.asc())
+            .select(TokenRow::as_select())
+            .load(conn)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let reason = if row.state != CredentialState::Active.as_str() {
+                    ExportSkip::NeedsRedelegation
+                } else if row.rt_expires_at <= now {
+                    ExportSkip::Expired
+                } else {
+                    let (id, user_id, provider) =
+                        (row.id, row.user_id.clone(), row.provider.clone());
+                    return match self.decrypt(row) {
+                        Ok(token) => ExportCandidate::Usable(Box::new(token)),
+                        Err(e) => ExportCandidate::Skipped {
+                            id,
+                            user_id,
+                            provider,
+                            reason: ExportSkip::DoesNotDecrypt(e.to_string()),
+                        },
+                    };
+                };
+                ExportCandidate::Skipped {
+                    id: row.id,
+                    user_id: row.user_id,
+                    provider: row.provider,
+                    reason,
+                }
+            })
+            .collect())
+    }
+
+    /// The version of every stored credential, by (user ID, provider), without decrypting:
+    /// how `export-dirac-tokendb` sees whether a credential changed while it ran.
+    pub fn credential_versions(
+        &self,
+        conn: &mut DbConn,
+    ) -> Result<HashMap<CredentialPair, CredentialVersion>, DbError> {
+        Ok(tokens::table
+            .select((
+                tokens::user_id,
+                tokens::provider,
+                tokens::id,
+                tokens::generation,
+            ))
+            .load::<(String, String, i64, i64)>(conn)?
+            .into_iter()
+            .map(|(user_id, provider, id, generation)| {
+                ((user_id, provider), CredentialVersion { id, generation })
             })
             .collect())
     }
