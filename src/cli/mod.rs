@@ -1,7 +1,9 @@
 //! The `tokenmanager` command line: `serve`, `migrate`, `rotate-key`, `audit`, `tokens`,
-//! `import-dirac-tokendb`.
+//! `import-dirac-tokendb`, `export-dirac-tokendb`.
 
 mod audit;
+#[cfg(feature = "mysql")]
+mod export_tokendb;
 #[cfg(feature = "mysql")]
 mod import_tokendb;
 mod migrate;
@@ -114,6 +116,46 @@ enum Command {
     /// such credential, 4 not revoked (nothing deleted), 5 stored values that do not decrypt.
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
+    /// Write our current refresh tokens back into DIRAC's TokenDB, in clear text, so that
+    /// DIRAC's own TokenManager can take over again without a new login.
+    ///
+    /// Stop every `serve` on our database first: a token one rotates after the export would be
+    /// lost to DIRAC. The command refuses while one may run (the SQLite serve lock; any other
+    /// session on a PostgreSQL or MariaDB database) unless --force, and writes nothing if any of
+    /// our credentials changed meanwhile. Creates DIRAC's `Token` table if absent (DIRAC
+    /// 9.1.22's DDL). A credential of ours replaces every DIRAC row of its (user_id, provider),
+    /// unless DIRAC holds a live row with another refresh token issued at or after our last
+    /// write of it. Credentials that need re-delegation, whose refresh token has expired or that
+    /// do not decrypt are not exported. One transaction; a second run changes nothing. Prints
+    /// the counts exported, replaced, unchanged, kept_dirac, skipped_needs_redelegation,
+    /// skipped_expired and failed; never a token.
+    #[cfg_attr(
+        not(feature = "mysql"),
+        command(
+            about = "Not in this build: writing DIRAC's MySQL TokenDB needs the Cargo feature `mysql`",
+            long_about = None
+        )
+    )]
+    ExportDiracTokendb {
+        /// DIRAC's TokenDB: mysql://user:password@host:port/dbname (or mariadb://).
+        #[arg(value_name = "MYSQL_URL")]
+        target: String,
+        /// Read the target database password from FILE (one trailing newline ignored), rather
+        /// than from the URL, where other users of the machine can see it.
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// Print what an export would do and write nothing (needs no confirmation).
+        #[arg(long)]
+        dry_run: bool,
+        /// Confirm that DIRAC keeps tokens in clear text: every exported refresh token is readable
+        /// by anyone who can read DIRAC's database or its backups. Without it nothing is written.
+        #[arg(long = "i-understand-tokens-are-stored-in-clear")]
+        cleartext_confirmed: bool,
+        /// Export even though other sessions are connected to our database (or the SQLite serve
+        /// lock is held). Changes to our credentials during the export still abort it.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Error)]
@@ -133,6 +175,9 @@ pub enum CliError {
     #[error(transparent)]
     Tokens(#[from] tokens::TokensError),
     #[cfg(feature = "mysql")]
+    #[error("{0}")]
+    Export(String),
+    #[cfg(feature = "mysql")]
     #[error(transparent)]
     Source(#[from] crate::db::dirac_tokendb::SourceError),
     #[cfg(not(feature = "mysql"))]
@@ -141,6 +186,12 @@ pub enum CliError {
          Cargo feature `mysql`"
     )]
     NoImport,
+    #[cfg(not(feature = "mysql"))]
+    #[error(
+        "export-dirac-tokendb is not in this build: writing DIRAC's MySQL TokenDB needs the \
+         Cargo feature `mysql`"
+    )]
+    NoExport,
 }
 
 impl CliError {
@@ -202,6 +253,26 @@ impl Cli {
                 #[cfg(not(feature = "mysql"))]
                 Command::ImportDiracTokendb { .. } => Err(CliError::NoImport),
                 Command::Tokens(command) => Ok(tokens::run(settings()?, command).await?),
+                #[cfg(feature = "mysql")]
+                Command::ExportDiracTokendb {
+                    target,
+                    password_file,
+                    dry_run,
+                    cleartext_confirmed,
+                    force,
+                } => {
+                    export_tokendb::run(
+                        settings()?,
+                        &target,
+                        password_file.as_deref(),
+                        dry_run,
+                        cleartext_confirmed,
+                        force,
+                    )
+                    .await
+                }
+                #[cfg(not(feature = "mysql"))]
+                Command::ExportDiracTokendb { .. } => Err(CliError::NoExport),
             }
         })
     }
