@@ -21,7 +21,7 @@ const AUDIENCE: &str = "https://ce.example.org";
 /// A venv tests/dirac-client/setup.sh made (tests/setup.sh runs it): `variable` overrides its
 /// path, else it is `name` in the test cache, `$TOKENMANAGER_TEST_CACHE`, default
 /// `${XDG_CACHE_HOME:-$HOME/.cache}/tokenmanager` (setup.sh's default too).
-fn venv(variable: &str, name: &str) -> PathBuf {
+pub(crate) fn venv(variable: &str, name: &str) -> PathBuf {
     let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
     if let Some(path) = var(variable) {
         return PathBuf::from(path);

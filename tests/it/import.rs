@@ -38,7 +38,7 @@ on_every_backend!(
 );
 
 /// A DIRAC TokenDB of its own on MariaDB, with the empty `Token` table.
-fn dirac_tokendb() -> TestDb {
+pub(crate) fn dirac_tokendb() -> TestDb {
     let db = TestDb::new(Backend::Mysql);
     db.execute_raw(DIRAC_TOKEN_DDL);
     db
@@ -46,7 +46,7 @@ fn dirac_tokendb() -> TestDb {
 
 /// One row as DIRAC's `updateToken` stores it; `kid` is NULL as DIRAC never sets it, and
 /// `bare` leaves `client_id` and `token_type` NULL too.
-fn insert_dirac_row(
+pub(crate) fn insert_dirac_row(
     db: &TestDb,
     user_id: Option<&str>,
     provider: &str,

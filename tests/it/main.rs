@@ -25,6 +25,7 @@ mod configuration_server;
 mod dirac;
 mod dirac_client;
 mod encryption;
+mod export;
 mod faults;
 mod get_token;
 mod idp;
