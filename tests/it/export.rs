@@ -1,11 +1,13 @@
 //! `export-dirac-tokendb`: the binary writes our credentials into a DIRAC `Token` table on
 //! MariaDB, which DIRAC 9.1.22's own TokenDB code (from PyPI, tests/dirac-client/tokendb_read.py)
 //! then reads as DIRAC's TokenManager would; a round trip DIRAC → us → DIRAC through a real
-//! rotation at the test IdP keeps the grant alive; and DIRAC's newer logins are kept.
+//! rotation at the test IdP keeps the grant alive; DIRAC's newer logins are kept; and a
+//! credential written while the export runs rolls it back.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use serde_json::{Value, json};
@@ -502,4 +504,93 @@ async fn kept_dirac_rows_dry_run_and_refusals() {
          skipped_expired=0 failed=0"
     );
     assert_eq!(dirac_rows(&dirac).unwrap(), after);
+}
+
+/// (4) The rotation race: a credential written while the export runs (here, while DIRAC's table
+/// is locked and the export waits for it) makes the export roll DIRAC's transaction back and
+/// fail, whatever --force says: DIRAC never gets a refresh token that is already rotated.
+#[actix::test]
+async fn a_credential_written_during_the_export_rolls_it_back() {
+    let store = TestStore::new(Backend::Sqlite).await;
+    let config = TestConfig::on(&store.db).write("tm.cfg");
+    store_token(
+        &store.database,
+        new_token("u1", "IAM", "secret-rt-u1", "secret-at-u1"),
+    )
+    .await;
+    let dirac = dirac_tokendb();
+    let before = dirac_rows(&dirac).unwrap();
+
+    let mut locker = MysqlConnection::establish(&dirac.url).unwrap();
+    locker.batch_execute("LOCK TABLES `Token` WRITE").unwrap();
+    let export = Command::new(crate::process::BINARY)
+        .args(["export-dirac-tokendb", "--config", config.to_str().unwrap()])
+        .args([dirac.url.as_str(), CONFIRM, "--force"])
+        .env_remove("TOKENMANAGER_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Until the export waits for DIRAC's table: it has read our credentials by then.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        #[derive(QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = BigInt)]
+            count: i64,
+        }
+        let waiting: Count = diesel::sql_query(
+            "SELECT COUNT(*) AS count FROM information_schema.PROCESSLIST \
+             WHERE DB = DATABASE() AND ID <> CONNECTION_ID() AND STATE LIKE '%lock%'",
+        )
+        .get_result(&mut locker)
+        .unwrap();
+        if waiting.count > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the export never waited for DIRAC's table"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // A replica still running rotates u1's token meanwhile.
+    let u1 = get_credential(&store.database, "u1", "IAM")
+        .await
+        .unwrap()
+        .unwrap();
+    let update = tokenmanager::db::TokenUpdate {
+        refresh_token: tokenmanager::domain::Secret::new("secret-rt-u1-rotated"),
+        rt_expires_at: u1.rt_expires_at,
+        access_token: None,
+        expires_at: 0,
+        expires_in: 0,
+        token_type: None,
+        scope: u1.scope.clone(),
+        audience: None,
+    };
+    crate::support::store_refreshed(&store.database, u1.version(), "u1", "IAM", update)
+        .await
+        .unwrap();
+    locker.batch_execute("UNLOCK TABLES").unwrap();
+
+    let output = export.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(!output.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("1 of our credentials changed while exporting")
+            && stderr.contains("nothing was written to DIRAC"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("secret-") && !stderr.contains("secret-"));
+    assert_eq!(dirac_rows(&dirac).unwrap(), before, "rolled back");
+
+    // Run again with nothing running: DIRAC gets the rotated token.
+    exported(&config, &dirac, &[CONFIRM], &[]);
+    let rows = dirac_rows(&dirac).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].refresh_token, "secret-rt-u1-rotated");
 }
