@@ -51,8 +51,8 @@ pub struct Metrics {
     /// increase needs an operator: that user's delegation is probably lost.
     pub refresh_token_persist_failures: IntCounter,
     /// Audit records written to the database, by kind (`handout`, `update`, `delete`, `import`,
-    /// `rotate`, `needs_redelegation`, `key_rotation`, `revoke`); a handout record aggregates
-    /// the calls of one window.
+    /// `rotate`, `needs_redelegation`, `key_rotation`, `revoke`, `export`); a handout record
+    /// aggregates the calls of one window.
     pub audit_records: IntCounterVec,
     /// Audit records never written, by reason: `overflow` (more than 100,000 waiting while the
     /// database did not take them), `shutdown` (the database did not take them within the stop's

@@ -10,16 +10,20 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::Arc;
 
-use super::CliError;
-use crate::app::open_keyring;
+use super::{CliError, audit};
+use crate::app::{open_database, open_keyring};
 use crate::config::Settings;
+use crate::crypto::SharedKeyring;
 use crate::db::dirac_tokendb::{self, DiracToken, DiracTransaction, ExportRow, Replacement};
 use crate::db::{
-    CredentialPair, CredentialVersion, ExportCandidate, ExportSkip, LockError, SqliteServeLock,
-    StoredToken, TokenStore, establish, other_sessions,
+    CredentialPair, CredentialVersion, ExportCandidate, ExportSkip, LockError, PoolOptions,
+    SqliteServeLock, StoredToken, TokenStore, establish, other_sessions,
 };
+use crate::domain::audit::{AuditKind, AuditRecord};
 use crate::domain::unix_now;
+use crate::metrics::Metrics;
 
 /// The flag without which nothing is written: DIRAC stores tokens in clear text.
 const CLEARTEXT_FLAG: &str = "--i-understand-tokens-are-stored-in-clear";
@@ -166,7 +170,7 @@ pub async fn run(
     }
     let target = dirac_tokendb::source_url(target, password_file)?;
     let keyring = open_keyring(&settings)?;
-    let store = TokenStore::new(keyring);
+    let store = TokenStore::new(keyring.clone());
     let mut conn = establish(&settings.database)?;
     // Held until the end: no serve starts on the SQLite file while we export.
     let _sqlite_lock = if dry_run {
@@ -194,6 +198,7 @@ pub async fn run(
             )));
         }
         transaction.commit()?;
+        record_in_audit_trail(&settings, keyring, &plan.replacements, &target.masked()).await;
     }
 
     if dry_run {
@@ -227,6 +232,47 @@ pub async fn run(
         );
     }
     Ok(())
+}
+
+/// One `export` record per credential written into DIRAC's table. The export is done: a trail
+/// that cannot be written is a warning, not a failure.
+async fn record_in_audit_trail(
+    settings: &Settings,
+    keyring: Arc<SharedKeyring>,
+    replacements: &[Replacement],
+    target: &str,
+) {
+    if replacements.is_empty() {
+        return;
+    }
+    let records = replacements
+        .iter()
+        .map(|replacement| AuditRecord {
+            kind: AuditKind::Export,
+            outcome: "ok".into(),
+            user_id: Some(replacement.insert.user_id.clone()),
+            provider: Some(replacement.insert.provider.clone()),
+            client_id: replacement.insert.client_id.clone(),
+            detail: Some(match replacement.delete.len() {
+                0 => format!("exported to {target}"),
+                rows => format!("replaced {rows} DIRAC rows at {target}"),
+            }),
+            ..AuditRecord::default()
+        })
+        .collect();
+    let options = PoolOptions {
+        max_size: 1,
+        ..Default::default()
+    };
+    // Nothing scrapes a command's metrics.
+    let metrics = Arc::new(Metrics::unexported());
+    let written = match open_database(&settings.database, keyring, options, metrics).await {
+        Ok(database) => audit::append(&database, records).await,
+        Err(error) => Err(error.into()),
+    };
+    if let Err(error) = written {
+        eprintln!("warning: the export is done, but its audit records were not written: {error}");
+    }
 }
 
 /// Refuses to export while a `serve` may be using our database, unless `force`: a token it

@@ -27,12 +27,15 @@ pub enum AuditKind {
     NeedsRedelegation,
     /// rotate-key re-encrypted the stored tokens under a new key.
     KeyRotation,
+    /// export-dirac-tokendb wrote a credential's refresh token, in clear text, into DIRAC's
+    /// TokenDB.
+    Export,
     /// An operator revoked a credential at the IdP and deleted it.
     Revoke,
 }
 
 impl AuditKind {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Handout,
         Self::Update,
         Self::Delete,
@@ -41,6 +44,7 @@ impl AuditKind {
         Self::NeedsRedelegation,
         Self::KeyRotation,
         Self::Revoke,
+        Self::Export,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +57,7 @@ impl AuditKind {
             Self::NeedsRedelegation => "needs_redelegation",
             Self::KeyRotation => "key_rotation",
             Self::Revoke => "revoke",
+            Self::Export => "export",
         }
     }
 

@@ -258,6 +258,36 @@ async fn diracs_own_tokendb_reads_what_the_export_wrote(backend: Backend) {
         first.contains("(user_id \"dave\", provider \"IAM\"): does not decrypt"),
         "{first}"
     );
+    // The audit trail names each credential handed to DIRAC.
+    let audit = run(
+        &["audit", "--json", "--config", config.to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        audit.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audit.stderr)
+    );
+    let records: Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let mut exports: Vec<(&str, &str)> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|record| record["kind"] == json!("export"))
+        .map(|record| {
+            (
+                record["provider"].as_str().unwrap(),
+                record["detail"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    exports.sort();
+    let detail = format!("exported to {}", dirac.url);
+    assert_eq!(
+        exports,
+        [("CERN", detail.as_str()), ("IAM", detail.as_str())],
+        "{records}"
+    );
     let rows = dirac_rows(&dirac).unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
     for row in &rows {
