@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tokenmanager::config::Backend;
 
 use crate::client::{Client, Request, form_encode};
-use crate::dirac::proxy;
+use crate::dirac::{Diset, proposal, proxy};
 use crate::get_token::{CE, Setup, setup_with};
 use crate::process;
 use crate::support::TestDb;
@@ -180,6 +180,14 @@ fn handouts_and_changes_are_recorded(backend: Backend) {
     let reply = Client::with_certificate(&setup.manager).call(setup.https_ports[0], &request);
     assert_eq!(reply.body()["OK"], true, "{reply:?}");
     assert_eq!(reply.body()["Value"].as_array().unwrap().len(), 2);
+    // And DISET.
+    let mut diset = Diset::connect(setup.dips_port(), Some(&setup.manager)).unwrap();
+    diset.send(proposal("getTokenAudit", r#""""#).as_bytes());
+    assert_eq!(diset.receive_json(), json!({"OK": true, "Value": null}));
+    diset.send(br#"{"OK": true, "Value": ["plain", "test-idp", 0, 2]}"#);
+    let reply = diset.receive_json();
+    assert_eq!(reply["OK"], true, "{reply}");
+    assert_eq!(reply["Value"].as_array().unwrap().len(), 2, "{reply}");
 }
 
 /// `Audit = no`: getToken works and nothing is recorded.

@@ -107,6 +107,14 @@ impl Setup {
         &self.db
     }
 
+    /// The DISET port of replica 0.
+    pub(crate) fn dips_port(&self) -> u16 {
+        match &self._app {
+            Some(app) => app.dips,
+            None => self.processes[0].dips,
+        }
+    }
+
     /// The metrics port of replica 0.
     pub(crate) fn metrics_port(&self) -> u16 {
         match &self._app {
