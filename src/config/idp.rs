@@ -84,7 +84,8 @@ pub mod options {
         /// clock skew tolerated on a bearer token's expiry
         pub const BEARER_LEEWAY: Setting<WholeSeconds> = "bearer_leeway", WholeSeconds, 60;
         /// age at which the cached discovery document is fetched again (also after a transport
-        /// error; never per call)
+        /// error; never per call); the document is the issuer's, shared by its sections
+        /// (below), each judging its age by its own setting
         pub const DISCOVERY_REFRESH: Setting<PositiveSeconds> =
             "discovery_refresh", PositiveSeconds, 3600;
     }

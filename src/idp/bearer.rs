@@ -120,7 +120,12 @@ impl IdpClient {
     /// The IdP's keys, cached; fetched again when `kid` is not among them (key rotation at the
     /// IdP), at most every few seconds.
     async fn jwks(&self, kid: &str) -> Result<JwkSet, IdpError> {
-        let cached = self.jwks.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let cached = self
+            .discovery
+            .jwks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         if let Some((set, fetched)) = &cached {
             let known = set
                 .keys
@@ -136,7 +141,7 @@ impl IdpClient {
         let discovered = self.client().await?;
         let response = self
             .http
-            .get(discovered.jwks_uri.as_str())
+            .get(discovered.document.jwks_uri.as_str())
             .header("Accept", "application/json")
             .send()
             .await
@@ -148,7 +153,11 @@ impl IdpClient {
             .map_err(|e| self.unavailable(format!("JWKS: {e}")))?;
         let set: JwkSet =
             serde_json::from_slice(&body).map_err(|e| self.unavailable(format!("JWKS: {e}")))?;
-        *self.jwks.write().unwrap_or_else(|e| e.into_inner()) = Some((set.clone(), Instant::now()));
+        *self
+            .discovery
+            .jwks
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some((set.clone(), Instant::now()));
         Ok(set)
     }
 }

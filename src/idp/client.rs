@@ -1,47 +1,21 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use openidconnect::core::{
-    CoreAuthDisplay, CoreClaimName, CoreClaimType, CoreClient, CoreClientAuthMethod,
-    CoreErrorResponseType, CoreGrantType, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
-    CoreJweKeyManagementAlgorithm, CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
-    CoreTokenResponse,
-};
+use openidconnect::core::{CoreClient, CoreErrorResponseType, CoreTokenResponse};
 use openidconnect::{
-    AdditionalProviderMetadata, AuthType, ClientId, ClientSecret, EndpointMaybeSet, EndpointNotSet,
-    EndpointSet, HttpClientError, IssuerUrl, OAuth2TokenResponse, ProviderMetadata, RefreshToken,
-    RequestTokenError, RevocationUrl, Scope, StandardErrorResponse,
+    AuthType, ClientId, ClientSecret, EndpointMaybeSet, EndpointNotSet, EndpointSet,
+    HttpClientError, IssuerUrl, OAuth2TokenResponse, RefreshToken, RequestTokenError,
+    RevocationUrl, Scope, StandardErrorResponse,
 };
-use serde::{Deserialize, Serialize};
-use tokio::sync::{Mutex, Semaphore};
+use serde::Deserialize;
+use tokio::sync::Semaphore;
 
 use super::backoff::{self, Backoff};
+use super::discovery::{Document, Metadata, SharedDiscovery};
 use super::{Grant, IdpError, IdpOptions};
 use crate::domain::Secret;
 use crate::domain::scopes::ScopeSet;
 use crate::metrics::Metrics;
-
-/// The RFC 7009 endpoint is not part of OpenID discovery's core fields.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-struct RevocationEndpoint {
-    revocation_endpoint: Option<String>,
-}
-impl AdditionalProviderMetadata for RevocationEndpoint {}
-
-type Metadata = ProviderMetadata<
-    RevocationEndpoint,
-    CoreAuthDisplay,
-    CoreClientAuthMethod,
-    CoreClaimName,
-    CoreClaimType,
-    CoreGrantType,
-    CoreJweContentEncryptionAlgorithm,
-    CoreJweKeyManagementAlgorithm,
-    CoreJsonWebKey,
-    CoreResponseMode,
-    CoreResponseType,
-    CoreSubjectIdentifierType,
->;
 
 type Client = CoreClient<
     EndpointSet,
@@ -56,14 +30,11 @@ type TokenError = RequestTokenError<
     StandardErrorResponse<CoreErrorResponseType>,
 >;
 
+/// The issuer's discovery document with this section's client built on it.
 #[derive(Clone)]
 pub(super) struct Discovered {
     client: Client,
-    revocation: Option<RevocationUrl>,
-    /// For the requests the openidconnect crate has no type for (token exchange).
-    token_endpoint: Option<String>,
-    pub(super) jwks_uri: String,
-    fetched: Instant,
+    pub(super) document: Arc<Document>,
 }
 
 /// What the IdP issued.
@@ -78,17 +49,18 @@ pub struct IssuedToken {
     pub refresh_token: Option<Secret>,
 }
 
-/// One IdP: its discovery document cached (fetched again after `discovery_refresh`, or after a
-/// failure, never per call), its requests bounded in time and number.
+/// One IdP section: its issuer's discovery document cached (shared with the issuer's other
+/// sections; fetched again after `discovery_refresh`, or after a failure, never per call), its
+/// requests bounded in time and number.
 pub struct IdpClient {
     options: IdpOptions,
     pub(super) http: reqwest::Client,
     /// For the `refresh_token` grant: bounded by `timeout + late_reply_wait`, since a rotating IdP
     /// that answers after `timeout` has consumed the refresh token we sent.
     refresh_http: reqwest::Client,
-    discovered: RwLock<Option<Discovered>>,
-    pub(super) jwks: RwLock<Option<(jsonwebtoken::jwk::JwkSet, Instant)>>,
-    discovering: Mutex<()>,
+    pub(super) discovery: Arc<SharedDiscovery>,
+    /// This section's client, built on the shared document it names.
+    built: RwLock<Option<Discovered>>,
     in_flight: Semaphore,
     backoff: std::sync::Mutex<Backoff>,
     metrics: Arc<Metrics>,
@@ -112,6 +84,16 @@ impl Drop for Attempt<'_> {
 impl IdpClient {
     /// A client for the IdP of `options`, counting its requests in `metrics`.
     pub fn new(options: IdpOptions, metrics: Arc<Metrics>) -> Result<Self, IdpError> {
+        Self::sharing(options, metrics, Arc::default())
+    }
+
+    /// A client whose issuer's discovery document and JWKS are `discovery`, shared with the
+    /// other sections of that issuer.
+    pub(super) fn sharing(
+        options: IdpOptions,
+        metrics: Arc<Metrics>,
+        discovery: Arc<SharedDiscovery>,
+    ) -> Result<Self, IdpError> {
         let http_client = |timeout: Duration| {
             reqwest::Client::builder()
                 // Following redirects would open the client to SSRF.
@@ -134,9 +116,8 @@ impl IdpClient {
             options,
             http,
             refresh_http,
-            discovered: RwLock::new(None),
-            jwks: RwLock::new(None),
-            discovering: Mutex::new(()),
+            discovery,
+            built: RwLock::new(None),
             backoff: std::sync::Mutex::new(Backoff::default()),
             metrics,
         })
@@ -196,35 +177,52 @@ impl IdpClient {
         result
     }
 
-    fn cached(&self) -> Option<Discovered> {
-        self.discovered
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
     /// The discovered client; fetches discovery when none is cached or the cached one is due,
     /// keeping a stale copy if the fetch fails.
     pub(super) async fn client(&self) -> Result<Discovered, IdpError> {
-        if let Some(current) = self
-            .cached()
-            .filter(|d| d.fetched.elapsed() < self.options.discovery_refresh)
+        let document = self.document().await?;
+        if let Some(built) = self
+            .built
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|b| Arc::ptr_eq(&b.document, &document))
         {
+            return Ok(built.clone());
+        }
+        let mut client = CoreClient::from_provider_metadata(
+            document.metadata.clone(),
+            ClientId::new(self.options.client_id.clone()),
+            self.options
+                .client_secret
+                .as_ref()
+                .map(|s| ClientSecret::new(s.expose().to_owned())),
+        );
+        if self.options.secret_in_body {
+            client = client.set_auth_type(AuthType::RequestBody);
+        }
+        let built = Discovered { client, document };
+        *self.built.write().unwrap_or_else(|e| e.into_inner()) = Some(built.clone());
+        Ok(built)
+    }
+
+    /// The issuer's discovery document, fetched by whichever of its sections needs it first.
+    async fn document(&self) -> Result<Arc<Document>, IdpError> {
+        let refresh = self.options.discovery_refresh;
+        if let Some(current) = self.discovery.fresh(refresh) {
             return Ok(current);
         }
-        let _one_at_a_time = self.discovering.lock().await;
-        if let Some(current) = self
-            .cached()
-            .filter(|d| d.fetched.elapsed() < self.options.discovery_refresh)
-        {
+        let _one_at_a_time = self.discovery.discovering.lock().await;
+        if let Some(current) = self.discovery.fresh(refresh) {
             return Ok(current);
         }
         match self.discover().await {
             Ok(fresh) => {
-                *self.discovered.write().unwrap_or_else(|e| e.into_inner()) = Some(fresh.clone());
+                let fresh = Arc::new(fresh);
+                self.discovery.store(fresh.clone());
                 Ok(fresh)
             }
-            Err(error) => match self.cached() {
+            Err(error) => match self.discovery.cached() {
                 Some(stale) => {
                     tracing::warn!(idp = %self.options.name, %error, "discovery failed; using the cached document");
                     Ok(stale)
@@ -236,24 +234,17 @@ impl IdpClient {
 
     /// After a transport failure the endpoints may have moved: fetch discovery again next time.
     fn discovery_is_due(&self) {
-        if let Some(current) = self
-            .discovered
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-        {
-            current.fetched = Instant::now() - self.options.discovery_refresh;
-        }
+        self.discovery.make_due();
     }
 
-    async fn discover(&self) -> Result<Discovered, IdpError> {
+    async fn discover(&self) -> Result<Document, IdpError> {
         let started = Instant::now();
         let result = self.fetch_discovery().await;
         self.observe("discovery", started, &result);
         result
     }
 
-    async fn fetch_discovery(&self) -> Result<Discovered, IdpError> {
+    async fn fetch_discovery(&self) -> Result<Document, IdpError> {
         let issuer = IssuerUrl::new(self.options.issuer.clone())
             .map_err(|e| self.unavailable(e.to_string()))?;
         let response = self
@@ -288,20 +279,9 @@ impl IdpClient {
             .map_err(|e| self.unavailable(format!("revocation endpoint: {e}")))?;
         let jwks_uri = metadata.jwks_uri().url().to_string();
         let token_endpoint = metadata.token_endpoint().map(|url| url.url().to_string());
-        let mut client = CoreClient::from_provider_metadata(
+        tracing::info!(idp = %self.options.name, issuer = %self.options.issuer, "discovery fetched");
+        Ok(Document {
             metadata,
-            ClientId::new(self.options.client_id.clone()),
-            self.options
-                .client_secret
-                .as_ref()
-                .map(|s| ClientSecret::new(s.expose().to_owned())),
-        );
-        if self.options.secret_in_body {
-            client = client.set_auth_type(AuthType::RequestBody);
-        }
-        tracing::info!(idp = %self.options.name, "discovery fetched");
-        Ok(Discovered {
-            client,
             revocation,
             token_endpoint,
             jwks_uri,
@@ -387,7 +367,7 @@ impl IdpClient {
             .check_audience(Some(audience), Grant::TokenExchange)?;
         self.guarded(async {
             let discovered = self.client().await?;
-            let Some(url) = discovered.token_endpoint.clone() else {
+            let Some(url) = discovered.document.token_endpoint.clone() else {
                 return Err(self.unavailable("the IdP advertises no token endpoint"));
             };
             let _permit = self.permit().await?;
@@ -517,7 +497,7 @@ impl IdpClient {
     /// https endpoint, which loopback test IdPs do not have.
     pub async fn revoke(&self, refresh_token: &Secret) -> Result<(), IdpError> {
         let discovered = self.client().await?;
-        let Some(url) = discovered.revocation.clone() else {
+        let Some(url) = discovered.document.revocation.clone() else {
             return Err(self.unavailable("the IdP advertises no revocation endpoint"));
         };
         let _permit = self.permit().await?;

@@ -1,10 +1,13 @@
 //! Identity providers: the only code that calls out over HTTP. One [`IdpClient`] per
-//! `/Resources/IdProviders/<name>` section, with its discovery cached, its requests bounded in
-//! time and number, and its errors sorted into what the token path must do about them.
+//! `/Resources/IdProviders/<name>` section (DIRAC 9 names an OAuth client by its section, so
+//! one issuer may have several, each with its own client), the issuer's discovery cached and
+//! shared by its sections, its requests bounded in time and number, and its errors sorted into
+//! what the token path must do about them.
 
 mod backoff;
 mod bearer;
 mod client;
+mod discovery;
 mod options;
 
 use std::collections::HashMap;
@@ -16,6 +19,7 @@ pub use options::{AudienceNarrowing, AudienceParameter, Grant, IdpOptions};
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use discovery::SharedDiscovery;
 
 /// How an IdP call failed, sorted by what the caller must do.
 #[derive(Debug, thiserror::Error)]
@@ -76,19 +80,27 @@ fn audience_refusal(idp: &str, audience: &str, listed: bool) -> String {
 #[derive(Clone, Default)]
 pub struct IdpRegistry {
     clients: HashMap<String, Arc<IdpClient>>,
+    /// The same clients in the configuration's order, which bearer tokens are tried in.
+    in_order: Vec<Arc<IdpClient>>,
 }
 
 impl IdpRegistry {
     pub fn from_settings(settings: &Settings, metrics: &Arc<Metrics>) -> Result<Self, IdpError> {
         let mut clients = HashMap::new();
+        let mut in_order = Vec::new();
+        // Sections of one issuer (and discovery URL) share its discovery document and JWKS.
+        let mut discoveries: HashMap<(String, String), Arc<SharedDiscovery>> = HashMap::new();
         for idp in &settings.idps {
             let options = IdpOptions::from_config(idp)?;
-            clients.insert(
-                idp.name().to_owned(),
-                Arc::new(IdpClient::new(options, metrics.clone())?),
-            );
+            let discovery = discoveries
+                .entry((options.issuer.clone(), options.discovery_url.clone()))
+                .or_default()
+                .clone();
+            let client = Arc::new(IdpClient::sharing(options, metrics.clone(), discovery)?);
+            clients.insert(idp.name().to_owned(), client.clone());
+            in_order.push(client);
         }
-        Ok(Self { clients })
+        Ok(Self { clients, in_order })
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<IdpClient>> {
@@ -99,10 +111,47 @@ impl IdpRegistry {
     pub async fn verify_bearer(&self, token: &str) -> Result<BearerIdentity, BearerError> {
         let issuer = claimed_issuer(token)?;
         let idp = self
-            .clients
-            .values()
+            .in_order
+            .iter()
             .find(|c| c.options().issuer == issuer)
             .ok_or(BearerError::UnknownIssuer)?;
         idp.verify_bearer(token).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Section, resolve};
+    use std::path::Path;
+
+    #[test]
+    fn sections_of_one_issuer_share_its_discovery_and_keep_their_clients() {
+        let section = |name: &str, issuer: &str, client: &str| {
+            format!("{name}\n{{\nissuer = {issuer}\nclient_id = {client}\n}}\n")
+        };
+        let text = format!(
+            "Systems\n{{\nFramework\n{{\nServices\n{{\nTokenManager\n{{\nEncryptionKeyFile = k\n}}\n}}\n\
+             Databases\n{{\nTokenDB\n{{\nURL = sqlite://x\n}}\n}}\n}}\n}}\n\
+             Resources\n{{\nIdProviders\n{{\n{}{}{}}}\n}}\n",
+            section("users", "https://idp.example.org/", "tm-users"),
+            section("pilots", "https://idp.example.org", "tm-pilots"),
+            section("other", "https://other.example.org", "tm-users"),
+        );
+        let root = Section::parse(&text, Path::new("/etc/tm/i.cfg")).unwrap();
+        let settings = resolve(&root, &|_| None).unwrap().settings;
+        let registry =
+            IdpRegistry::from_settings(&settings, &Arc::new(Metrics::unexported())).unwrap();
+        let [users, pilots, other] =
+            ["users", "pilots", "other"].map(|name| registry.get(name).unwrap().clone());
+        assert!(Arc::ptr_eq(&users.discovery, &pilots.discovery));
+        assert!(!Arc::ptr_eq(&users.discovery, &other.discovery));
+        assert_eq!(
+            (
+                users.options().client_id.as_str(),
+                pilots.options().client_id.as_str()
+            ),
+            ("tm-users", "tm-pilots")
+        );
     }
 }
