@@ -107,15 +107,27 @@ impl IdpRegistry {
         self.clients.get(name)
     }
 
-    /// Verifies a bearer token with the keys of the IdP whose issuer it names.
+    /// Verifies a bearer token with the keys of the IdP whose issuer it names: valid if any
+    /// section of that issuer accepts it (each has its own `bearer_audience`), tried in the
+    /// configuration's order; when none does, the first one's refusal. A malformed token or an
+    /// unreachable issuer fails at once: the issuer's other sections share the same keys.
     pub async fn verify_bearer(&self, token: &str) -> Result<BearerIdentity, BearerError> {
         let issuer = claimed_issuer(token)?;
-        let idp = self
+        let mut first_refusal = None;
+        for idp in self
             .in_order
             .iter()
-            .find(|c| c.options().issuer == issuer)
-            .ok_or(BearerError::UnknownIssuer)?;
-        idp.verify_bearer(token).await
+            .filter(|c| c.options().issuer == issuer)
+        {
+            match idp.verify_bearer(token).await {
+                Ok(identity) => return Ok(identity),
+                Err(refusal @ (BearerError::Invalid(_) | BearerError::NoAudience(_))) => {
+                    first_refusal.get_or_insert(refusal);
+                }
+                Err(failure) => return Err(failure),
+            }
+        }
+        Err(first_refusal.unwrap_or(BearerError::UnknownIssuer))
     }
 }
 
