@@ -78,6 +78,8 @@ pub struct IdpStats {
     pub exchange_subjects: BTreeMap<String, u64>,
     /// Refreshes whose request named an audience or resource, by sub.
     pub refreshes_with_audience: BTreeMap<String, u64>,
+    /// Requests for the discovery document.
+    pub discovery: u64,
 }
 
 impl IdpStats {
@@ -104,6 +106,7 @@ impl IdpStats {
             exchange_errors: counts(&raw["exchange_errors"]),
             exchange_subjects: counts(&raw["exchange_subjects"]),
             refreshes_with_audience: counts(&raw["refreshes_with_audience"]),
+            discovery: number("discovery"),
         }
     }
 

@@ -33,6 +33,7 @@ mod import;
 mod layers;
 mod loadtest;
 mod metrics;
+mod multi_client;
 mod prometheus;
 mod refresh_ahead;
 mod replicas;
